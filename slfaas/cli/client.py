@@ -1,0 +1,75 @@
+"""How the CLI talks to a server: boto3 for the Lambda API, urllib for slfaas's own endpoints."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:9000"
+
+
+class CliError(Exception):
+    """A one-line message for the user; the CLI exits non-zero with it."""
+
+
+def endpoint_default() -> str:
+    return os.environ.get("SLFAAS_ENDPOINT", DEFAULT_ENDPOINT)
+
+
+def lambda_client(endpoint: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session(
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "slfaas"),
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "slfaas"),
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+    return session.client("lambda", endpoint_url=endpoint,
+                          config=Config(retries={"total_max_attempts": 1}, read_timeout=900, connect_timeout=5))
+
+
+def api(endpoint: str, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(endpoint.rstrip("/") + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("message", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise CliError(f"{exc.headers.get('x-amzn-ErrorType', exc.code)}: {message}")
+    except urllib.error.URLError as exc:
+        raise CliError(unreachable(endpoint, exc.reason))
+    if not raw:
+        return None
+    return json.loads(raw) if "json" in ctype else raw.decode("utf-8", "replace")
+
+
+def unreachable(endpoint: str, why: object) -> str:
+    return f"cannot reach slfaas at {endpoint} ({why}); is `slfaas server` running? (--endpoint / SLFAAS_ENDPOINT)"
+
+
+def zip_adapter(adapter_dir: Path) -> bytes:
+    """Zip the adapter directory's files at the zip root (where the runtime looks for them)."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise CliError(f"adapter directory not found: {adapter_dir}")
+    for required in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter_dir / required).is_file():
+            raise CliError(f"{adapter_dir} has no {required}: is it a PEFT LoRA adapter (save_pretrained)?")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(adapter_dir.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zf.write(path, path.relative_to(adapter_dir).as_posix())
+    return buf.getvalue()

@@ -1,0 +1,286 @@
+"""The ``slfaas`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from slfaas.cli.client import CliError, api, endpoint_default, lambda_client, unreachable, zip_adapter
+
+DEFAULT_DATA_DIR = Path("~/.slfaas").expanduser()
+ROLE = "arn:aws:iam::000000000000:role/slfaas"
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _boto_call(endpoint: str, fn: Callable[[Any], Any]) -> Any:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    try:
+        return fn(lambda_client(endpoint))
+    except EndpointConnectionError as exc:
+        raise CliError(unreachable(endpoint, exc.__class__.__name__))
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise CliError(f"{err.get('Code')}: {err.get('Message')}")
+
+
+# commands
+def cmd_server(args: argparse.Namespace) -> int:
+    from slfaas.faas.server import ServerConfig, SlfaasServer
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        _progress(f"warning: binding {args.host} with no authentication: anyone who reaches this port can "
+                  f"deploy and run code. Bind 127.0.0.1 unless the network is trusted.")
+    try:
+        server = SlfaasServer(ServerConfig(
+            data_dir=Path(args.data_dir), host=args.host, port=args.port, database_url=args.database_url,
+            sandbox=args.sandbox, keep_alive_s=args.keep_alive_s, max_instances=args.max_instances,
+            init_timeout_s=args.init_timeout_s, device=args.device))
+    except OSError as exc:
+        raise CliError(f"cannot start the server on {args.host}:{args.port}: {exc}")
+    except ValueError as exc:
+        raise CliError(str(exc))
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"slfaas server listening on {server.url} (data dir {Path(args.data_dir).resolve()}, "
+          f"sandbox {args.sandbox}, device {server.node.config.device}); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    print("slfaas server stopped", flush=True)
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    zip_bytes = zip_adapter(Path(args.adapter))
+    env: dict[str, str] = {}
+    if args.base_model:
+        env["SLFAAS_BASE_MODEL"] = args.base_model
+
+    def deploy(client: Any) -> dict:
+        params: dict[str, Any] = {"Timeout": args.timeout, "MemorySize": args.memory}
+        if args.description is not None:
+            params["Description"] = args.description
+        if env:
+            params["Environment"] = {"Variables": env}
+        try:
+            client.get_function(FunctionName=args.name)
+            exists = True
+        except client.exceptions.ResourceNotFoundException:
+            exists = False
+        if not exists:
+            _progress(f"creating function {args.name} ({len(zip_bytes) / 1e6:.2f} MB code zip)")
+            client.create_function(FunctionName=args.name, Runtime="slfaas-lora", Role=ROLE,
+                                   Handler="slfaas.lora", Code={"ZipFile": zip_bytes}, **params)
+        else:
+            _progress(f"updating function {args.name} ({len(zip_bytes) / 1e6:.2f} MB code zip)")
+            client.update_function_code(FunctionName=args.name, ZipFile=zip_bytes)
+            client.get_waiter("function_updated_v2").wait(FunctionName=args.name,
+                                                          WaiterConfig={"Delay": 1, "MaxAttempts": 600})
+            client.update_function_configuration(FunctionName=args.name, **params)
+        if args.no_wait:
+            return client.get_function_configuration(FunctionName=args.name)
+        _progress("waiting for the function to become Active (backbone loading on the node)...")
+        t0 = time.time()
+        while True:
+            cfg = client.get_function_configuration(FunctionName=args.name)
+            if cfg["State"] == "Failed" or cfg.get("LastUpdateStatus") == "Failed":
+                raise CliError(f"function {args.name} failed: {cfg.get('StateReason') or cfg.get('LastUpdateStatusReason')}")
+            if cfg["State"] == "Active" and cfg.get("LastUpdateStatus") == "Successful":
+                return cfg
+            if time.time() - t0 > args.wait_timeout_s:
+                raise CliError(f"function {args.name} not Active after {args.wait_timeout_s} s (state {cfg['State']})")
+            time.sleep(0.5)
+
+    cfg = _boto_call(args.endpoint, deploy)
+    print(f"{cfg['FunctionName']}\t{cfg['State']}\t{cfg['FunctionArn']}")
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    if args.payload is not None and args.prompt is not None:
+        raise CliError("give either --payload or --prompt, not both")
+    if args.payload is not None:
+        payload = args.payload.encode()
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise CliError(f"--payload is not valid JSON: {exc}")
+    elif args.prompt is not None:
+        event: dict[str, Any] = {"prompt": args.prompt, "max_tokens": args.max_tokens,
+                                 "temperature": args.temperature}
+        payload = json.dumps(event).encode()
+    else:
+        raise CliError("nothing to send: give --payload JSON or --prompt TEXT")
+    resp = _boto_call(args.endpoint, lambda c: c.invoke(FunctionName=args.name, Payload=payload))
+    body = resp["Payload"].read().decode("utf-8", "replace")
+    if resp.get("FunctionError"):
+        try:
+            err = json.loads(body)
+            raise CliError(f"function error ({err.get('errorType')}): {err.get('errorMessage')}")
+        except ValueError:
+            raise CliError(f"function error: {body}")
+    if args.text:
+        print(json.loads(body).get("text", ""))
+    else:
+        print(json.dumps(json.loads(body), indent=2) if body else "")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    def all_functions(client: Any) -> list[dict]:
+        out: list[dict] = []
+        for page in client.get_paginator("list_functions").paginate():
+            out.extend(page["Functions"])
+        return out
+
+    fns = _boto_call(args.endpoint, all_functions)
+    if not fns:
+        print("no functions deployed")
+        return 0
+    print(f"{'NAME':24} {'STATE':8} {'MEMORY':>6} {'TIMEOUT':>7}  LAST MODIFIED")
+    for f in fns:
+        print(f"{f['FunctionName']:24} {f['State']:8} {f['MemorySize']:>6} {f['Timeout']:>7}  {f['LastModified']}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _boto_call(args.endpoint, lambda c: c.delete_function(FunctionName=args.name))
+    print(f"deleted {args.name}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    text = api(args.endpoint, "GET", f"/slfaas/v1/functions/{args.name}/logs?max_bytes={args.max_bytes}")
+    sys.stdout.write(text or "")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.models_cmd == "add":
+        m = api(args.endpoint, "POST", "/slfaas/v1/models", {"Name": args.name, "Path": str(Path(args.path).resolve())})
+        print(f"{m['Name']}\t{m['Path']}")
+    elif args.models_cmd == "remove":
+        api(args.endpoint, "DELETE", f"/slfaas/v1/models/{args.name}")
+        print(f"removed {args.name}")
+    else:
+        models = api(args.endpoint, "GET", "/slfaas/v1/models")["Models"]
+        for m in models:
+            print(f"{m['Name']}\t{m['Path']}")
+        if not models:
+            print("no models registered (slfaas models add NAME PATH)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from slfaas.cli.demo import run_demo
+    return run_demo(Path(args.data_dir), port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slfaas", description="Serverless LoRA functions on one shared LLM backbone, "
+                                "behind an AWS-Lambda-compatible API.")
+    p.add_argument("--version", action="version", version=f"slfaas {__import__('slfaas').__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--endpoint", default=endpoint_default(),
+                        help="slfaas server URL (default: $SLFAAS_ENDPOINT or %(default)s)")
+        return sp
+
+    s = sub.add_parser("server", help="run the control plane and a local node agent",
+                       description="Run the Lambda-compatible API and one local node agent in one process.")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    s.add_argument("--port", type=int, default=9000, help="port to bind, 0 for any free port (default %(default)s)")
+    s.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="registry, code and logs (default %(default)s)")
+    s.add_argument("--database-url", help="any SQLAlchemy URL for the registry (default: SQLite in the data dir)")
+    s.add_argument("--sandbox", default="process", choices=["process"], help="instance isolation (default %(default)s)")
+    s.add_argument("--device", default="auto", help="cpu or auto (default %(default)s)")
+    s.add_argument("--keep-alive-s", type=float, default=300.0, help="stop instances idle this long (default %(default)s)")
+    s.add_argument("--max-instances", type=int, default=32, help="instances per node (default %(default)s)")
+    s.add_argument("--init-timeout-s", type=float, default=300.0, help="cold-start limit (default %(default)s)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_server)
+
+    d = client_cmd("deploy", "create or update a function from a PEFT LoRA adapter directory")
+    d.add_argument("name", help="function name")
+    d.add_argument("--adapter", required=True, help="directory with adapter_config.json + adapter_model.safetensors")
+    d.add_argument("--base-model", help="registered model name or model directory (default: the adapter's base)")
+    d.add_argument("--timeout", type=int, default=60, help="invocation timeout in seconds (default %(default)s)")
+    d.add_argument("--memory", type=int, default=2048, help="MemorySize in MB (default %(default)s)")
+    d.add_argument("--description")
+    d.add_argument("--no-wait", action="store_true", help="do not wait until the function is Active")
+    d.add_argument("--wait-timeout-s", type=float, default=600.0)
+    d.set_defaults(func=cmd_deploy)
+
+    i = client_cmd("invoke", "invoke a function and print its result")
+    i.add_argument("name")
+    i.add_argument("--payload", help='event JSON, e.g. \'{"prompt": "hi", "max_tokens": 8}\'')
+    i.add_argument("--prompt", help="shortcut for a payload with this prompt")
+    i.add_argument("--max-tokens", type=int, default=32, help="with --prompt (default %(default)s)")
+    i.add_argument("--temperature", type=float, default=0.0, help="with --prompt; 0 is greedy (default %(default)s)")
+    i.add_argument("--text", action="store_true", help="print only the generated text")
+    i.set_defaults(func=cmd_invoke)
+
+    ls = client_cmd("list", "list functions")
+    ls.set_defaults(func=cmd_list)
+
+    rm = client_cmd("delete", "delete a function")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_delete)
+
+    lg = client_cmd("logs", "print a function's instance logs (stdout/stderr, START/END/REPORT lines)")
+    lg.add_argument("name")
+    lg.add_argument("--max-bytes", type=int, default=256 * 1024, help="tail size (default %(default)s)")
+    lg.set_defaults(func=cmd_logs)
+
+    m = client_cmd("models", "manage named base models")
+    msub = m.add_subparsers(dest="models_cmd", metavar="ACTION")
+    ma = msub.add_parser("add", help="register NAME for a local Hugging Face model directory")
+    ma.add_argument("name")
+    ma.add_argument("path")
+    mr = msub.add_parser("remove", help="forget a registered model name")
+    mr.add_argument("name")
+    msub.add_parser("list", help="list registered models")
+    m.set_defaults(func=cmd_models)
+
+    dm = sub.add_parser("demo", help="make a tiny model and two adapters, serve, deploy and invoke them",
+                        description="End-to-end demo on the embedded default: builds a tiny base model and two "
+                                    "trained LoRA adapters (if absent), starts a server, deploys both through "
+                                    "boto3, invokes them and prints the results.")
+    dm.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR / "demo"), help="(default %(default)s)")
+    dm.add_argument("--port", type=int, default=0, help="server port, 0 for a free one (default %(default)s)")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"slfaas: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Domain exceptions. The API layer maps them to AWS error shapes; nothing else does."""
+from __future__ import annotations
+
+
+class SlfaasError(Exception):
+    """Base of every error slfaas raises on purpose."""
+
+
+class NotFound(SlfaasError):
+    """A function, version, model or record does not exist."""
+
+
+class InvalidParameter(SlfaasError):
+    """A request parameter is wrong (bad zip, missing adapter files, shapes that do not fit)."""
+
+
+class InvalidRequestContent(SlfaasError):
+    """A request body cannot be parsed."""
+
+
+class Conflict(SlfaasError):
+    """The resource exists already, or is not in a state that allows the operation."""
+
+
+class TooManyRequests(SlfaasError):
+    """A concurrency or capacity limit refused the request."""
+
+    def __init__(self, message: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class RequestTooLarge(SlfaasError):
+    """The request payload exceeds its limit."""
+
+
+class NodeError(SlfaasError):
+    """The node could not provide what an invocation needs (e.g. a backbone failed to load)."""

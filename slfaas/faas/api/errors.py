@@ -1,0 +1,58 @@
+"""Domain exceptions → AWS error responses (the only place they are shaped)."""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Response
+from werkzeug.exceptions import HTTPException
+
+from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
+                           SlfaasError, TooManyRequests)
+
+log = logging.getLogger(__name__)
+
+_MAPPING: list[tuple[type[SlfaasError], int, str]] = [
+    (NotFound, 404, "ResourceNotFoundException"),
+    (InvalidParameter, 400, "InvalidParameterValueException"),
+    (InvalidRequestContent, 400, "InvalidRequestContentException"),
+    (Conflict, 409, "ResourceConflictException"),
+    (TooManyRequests, 429, "TooManyRequestsException"),
+    (RequestTooLarge, 413, "RequestTooLargeException"),
+    (NodeError, 500, "ServiceException"),
+]
+
+
+def aws_error(status: int, code: str, message: str, error_kind: str = "User", **extra: object) -> Response:
+    body = {"Type": error_kind, "message": message, **extra}
+    resp = Response(json.dumps(body), status=status, mimetype="application/json")
+    resp.headers["x-amzn-ErrorType"] = code
+    return resp
+
+
+def from_domain(exc: SlfaasError) -> Response:
+    for cls, status, code in _MAPPING:
+        if isinstance(exc, cls):
+            extra = {"Reason": exc.reason} if isinstance(exc, TooManyRequests) else {}
+            resp = aws_error(status, code, str(exc), "Service" if status >= 500 else "User", **extra)
+            if isinstance(exc, TooManyRequests):
+                resp.headers["Retry-After"] = "1"
+            return resp
+    return aws_error(500, "ServiceException", str(exc), "Service")
+
+
+def from_http(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    if code == 413:
+        return aws_error(413, "RequestTooLargeException", "Request must be smaller than the allowed size")
+    if code == 404:
+        return aws_error(404, "UnknownOperationException", "Unknown operation or resource path")
+    if code == 405:
+        return aws_error(405, "UnknownOperationException", "Method not allowed for this resource")
+    return aws_error(code, "InvalidRequestContentException" if code < 500 else "ServiceException",
+                     exc.description or exc.name, "User" if code < 500 else "Service")
+
+
+def from_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error while serving a request")
+    return aws_error(500, "ServiceException", f"Internal error: {exc.__class__.__name__}", "Service")

@@ -1,0 +1,105 @@
+"""slfaas's own endpoints (no Lambda equivalent): base models, logs, invocation records, node."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request, send_file
+
+from slfaas.errors import InvalidParameter, NotFound
+from slfaas.faas.api.lambda_api import _json_body
+from slfaas.faas.service import FunctionService
+
+bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
+
+
+def _service() -> FunctionService:
+    return current_app.extensions["slfaas.service"]
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status=status, mimetype="application/json")
+
+
+@bp.get("/health")
+def health() -> Response:
+    return _json({"status": "ok"})
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    return _json({"Models": [{"Name": m.name, "Path": m.path} for m in _service().registry.list_base_models()]})
+
+
+@bp.post("/models")
+def add_model() -> Response:
+    body = _json_body()
+    name, path = body.get("Name"), body.get("Path")
+    if not isinstance(name, str) or not isinstance(path, str):
+        raise InvalidParameter("Name and Path (strings) are required")
+    return _json(_service().add_base_model(name, path), 201)
+
+
+@bp.delete("/models/<name>")
+def delete_model(name: str) -> Response:
+    try:
+        _service().registry.delete_base_model(name)
+    except NotFound:
+        raise NotFound(f"Model not found: {name}")
+    return Response(status=204)
+
+
+@bp.get("/functions/<name>/logs")
+def function_logs(name: str) -> Response:
+    svc = _service()
+    svc.get_function(name)
+    try:
+        max_bytes = int(request.args.get("max_bytes", 256 * 1024))
+    except ValueError:
+        raise InvalidParameter("max_bytes must be an integer")
+    return Response(svc.node.logs.tail(name, max(1, min(max_bytes, 16 << 20))), mimetype="text/plain")
+
+
+@bp.get("/invocations")
+def list_invocations() -> Response:
+    try:
+        limit = int(request.args.get("limit", 100))
+    except ValueError:
+        raise InvalidParameter("limit must be an integer")
+    records = _service().registry.list_invocations(request.args.get("function"), max(1, min(limit, 10000)))
+    return _json({"Invocations": [asdict(r) for r in records]})
+
+
+@bp.get("/invocations/<request_id>")
+def get_invocation(request_id: str) -> Response:
+    return _json(asdict(_service().registry.get_invocation(request_id)))
+
+
+@bp.get("/node")
+def node_status() -> Response:
+    svc = _service()
+    with_checksums = request.args.get("checksums") in ("1", "true")
+    backbones = []
+    for b in svc.node.backbones.loaded():
+        item = asdict(b)
+        if with_checksums:
+            item["sha256"] = svc.node.backbones.checksum(b.model_path)
+        backbones.append(item)
+    return _json({
+        "NodeId": svc.node.node_id,
+        "Device": svc.node.config.device,
+        "Sandbox": svc.node.sandboxes.name,
+        "Backbones": backbones,
+        "Instances": [asdict(i) for i in svc.node.instances()],
+    })
+
+
+@bp.get("/code/<sha256_hex>.zip")
+def download_code(sha256_hex: str) -> Response:
+    if len(sha256_hex) != 64 or not all(c in "0123456789abcdef" for c in sha256_hex):
+        raise NotFound("no such code package")
+    path = _service().code.root / f"{sha256_hex}.zip"
+    if not path.is_file():
+        raise NotFound("no such code package")
+    return send_file(path, mimetype="application/zip")

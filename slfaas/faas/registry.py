@@ -1,0 +1,237 @@
+"""The registry: functions, base models and invocation records, stored through SQLAlchemy.
+
+Every method opens its own short session, so the registry is safe to share across the
+server's threads; values leave as frozen dataclasses, never as live ORM objects.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from slfaas.errors import Conflict, NotFound
+from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, InvocationRow
+
+LATEST = "$LATEST"
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    name: str
+    version: str
+    runtime: str
+    role: str
+    handler: str
+    description: str
+    timeout_s: int
+    memory_mb: int
+    environment: dict[str, str]
+    code_sha256_hex: str
+    code_size_bytes: int
+    base_model_path: str
+    state: str
+    state_reason: str
+    state_reason_code: str
+    last_update_status: str
+    last_update_status_reason: str
+    revision_id: str
+    last_modified: str
+    created_ts: float
+
+
+@dataclass(frozen=True)
+class InvocationRecord:
+    request_id: str
+    function_name: str
+    version: str
+    status: str
+    start_ts: float
+    code_sha256_hex: str = ""
+    instance_id: str = ""
+    end_ts: float | None = None
+    duration_ms: float | None = None
+    init_duration_ms: float | None = None
+    queue_ms: float | None = None
+    cold_start: bool = False
+    error_type: str = ""
+    error_message: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class BaseModelEntry:
+    name: str
+    path: str
+    created_ts: float
+
+
+def _to_function(row: FunctionRow) -> FunctionRecord:
+    values = {f.name: getattr(row, f.name) for f in fields(FunctionRecord) if f.name != "environment"}
+    return FunctionRecord(environment=json.loads(row.environment_json or "{}"), **values)
+
+
+def _to_invocation(row: InvocationRow) -> InvocationRecord:
+    return InvocationRecord(**{f.name: getattr(row, f.name) for f in fields(InvocationRecord)})
+
+
+class Registry:
+    def __init__(self, database_url: str):
+        self.database_url = database_url
+        self.engine: Engine = create_engine(database_url, **_engine_kwargs(database_url))
+        if database_url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> "Registry":
+        return cls(f"sqlite:///{Path(data_dir).resolve() / 'registry.db'}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    # functions
+    def insert_function(self, rec: FunctionRecord) -> None:
+        row = FunctionRow(**{f.name: getattr(rec, f.name) for f in fields(rec) if f.name != "environment"},
+                          environment_json=json.dumps(rec.environment, sort_keys=True))
+        with self._session() as s:
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                raise Conflict(f"Function already exist: {rec.name}")
+
+    def get_function(self, name: str, version: str = LATEST) -> FunctionRecord:
+        with self._session() as s:
+            row = s.get(FunctionRow, (name, version))
+            if row is None:
+                raise NotFound(name)
+            return _to_function(row)
+
+    def update_function(self, name: str, expected_revision: str | None = None, **changes: Any) -> FunctionRecord:
+        """Apply ``changes`` atomically; with ``expected_revision`` only if it still matches."""
+        if "environment" in changes:
+            changes["environment_json"] = json.dumps(changes.pop("environment"), sort_keys=True)
+        with self._session() as s:
+            stmt = update(FunctionRow).where(FunctionRow.name == name, FunctionRow.version == LATEST)
+            if expected_revision is not None:
+                stmt = stmt.where(FunctionRow.revision_id == expected_revision)
+            result = s.execute(stmt.values(**changes))
+            s.commit()
+            if result.rowcount == 0:
+                if s.get(FunctionRow, (name, LATEST)) is None:
+                    raise NotFound(name)
+                raise Conflict(f"Function {name} changed concurrently; retry")
+        return self.get_function(name)
+
+    def list_functions(self, after: str | None, limit: int) -> list[FunctionRecord]:
+        with self._session() as s:
+            stmt = select(FunctionRow).where(FunctionRow.version == LATEST).order_by(FunctionRow.name)
+            if after is not None:
+                stmt = stmt.where(FunctionRow.name > after)
+            return [_to_function(r) for r in s.scalars(stmt.limit(limit))]
+
+    def delete_function(self, name: str) -> None:
+        with self._session() as s:
+            rows = s.scalars(select(FunctionRow).where(FunctionRow.name == name)).all()
+            if not rows:
+                raise NotFound(name)
+            for r in rows:
+                s.delete(r)
+            s.commit()
+
+    def iter_functions(self) -> Iterator[FunctionRecord]:
+        with self._session() as s:
+            rows = s.scalars(select(FunctionRow)).all()
+        return iter([_to_function(r) for r in rows])
+
+    # base models
+    def put_base_model(self, name: str, path: str) -> BaseModelEntry:
+        with self._session() as s:
+            row = s.get(BaseModelRow, name)
+            if row is None:
+                row = BaseModelRow(name=name, path=path, created_ts=time.time())
+                s.add(row)
+            else:
+                row.path = path
+            s.commit()
+            return BaseModelEntry(row.name, row.path, row.created_ts)
+
+    def get_base_model(self, name: str) -> BaseModelEntry:
+        with self._session() as s:
+            row = s.get(BaseModelRow, name)
+            if row is None:
+                raise NotFound(name)
+            return BaseModelEntry(row.name, row.path, row.created_ts)
+
+    def list_base_models(self) -> list[BaseModelEntry]:
+        with self._session() as s:
+            return [BaseModelEntry(r.name, r.path, r.created_ts)
+                    for r in s.scalars(select(BaseModelRow).order_by(BaseModelRow.name))]
+
+    def delete_base_model(self, name: str) -> None:
+        with self._session() as s:
+            row = s.get(BaseModelRow, name)
+            if row is None:
+                raise NotFound(name)
+            s.delete(row)
+            s.commit()
+
+    # invocations
+    def record_invocation(self, rec: InvocationRecord) -> None:
+        with self._session() as s:
+            s.merge(InvocationRow(**{f.name: getattr(rec, f.name) for f in fields(rec)}))
+            s.commit()
+
+    def finish_invocation(self, rec: InvocationRecord, **changes: Any) -> InvocationRecord:
+        done = replace(rec, **changes)
+        self.record_invocation(done)
+        return done
+
+    def get_invocation(self, request_id: str) -> InvocationRecord:
+        with self._session() as s:
+            row = s.get(InvocationRow, request_id)
+            if row is None:
+                raise NotFound(request_id)
+            return _to_invocation(row)
+
+    def list_invocations(self, function_name: str | None = None, limit: int = 100) -> list[InvocationRecord]:
+        with self._session() as s:
+            stmt = select(InvocationRow).order_by(InvocationRow.start_ts.desc())
+            if function_name is not None:
+                stmt = stmt.where(InvocationRow.function_name == function_name)
+            return [_to_invocation(r) for r in s.scalars(stmt.limit(limit))]
+
+    def mark_interrupted_invocations(self) -> int:
+        """At start-up: invocations still 'running' were cut off by a node stop or crash."""
+        with self._session() as s:
+            result = s.execute(update(InvocationRow).where(InvocationRow.status == "running")
+                               .values(status="interrupted", error_type="Node.Stopped",
+                                       error_message="the node stopped before the invocation finished"))
+            s.commit()
+            return result.rowcount
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()

@@ -1,0 +1,395 @@
+"""FunctionService: the control plane's operations on functions, independent of HTTP.
+
+Create/update validate the code and the adapter against its base model synchronously (header
+reads, milliseconds), store the function as Pending, and let a background step make the
+backbone resident on the node before the function turns Active.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
+                           TooManyRequests)
+from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validate_base_model_dir
+from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
+from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
+from slfaas.gpu_node.agent import NodeAgent
+from slfaas.gpu_node.types import FunctionSpec, InvocationRequest, InvocationResult
+
+log = logging.getLogger(__name__)
+
+RUNTIME = "slfaas-lora"
+DEFAULT_HANDLER = "slfaas.lora"
+DEFAULT_TIMEOUT_S = 60
+DEFAULT_MEMORY_MB = 2048
+MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
+BASE_MODEL_ENV = "SLFAAS_BASE_MODEL"
+
+
+@dataclass(frozen=True)
+class InvokeOutcome:
+    status_code: int
+    payload: bytes
+    function_error: str | None
+    executed_version: str
+    request_id: str
+    log_tail: str | None = None
+
+
+def _now_lambda() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000+0000", time.gmtime())
+
+
+def _int_param(params: dict, key: str, default: int, low: int, high: int) -> int:
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameter(f"{key} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidParameter(
+            f"1 validation error detected: Value '{value}' at '{key[0].lower() + key[1:]}' failed to satisfy "
+            f"constraint: Member must have value {'greater' if value < low else 'less'} than or equal to "
+            f"{low if value < low else high}")
+    return value
+
+
+def _environment(params: dict) -> dict[str, str] | None:
+    env = params.get("Environment")
+    if env is None:
+        return None
+    if not isinstance(env, dict) or not isinstance(env.get("Variables", {}), dict):
+        raise InvalidParameter("Environment must be an object with a Variables map")
+    variables = env.get("Variables") or {}
+    for k, v in variables.items():
+        if not isinstance(v, str):
+            raise InvalidParameter(f"Environment variable {k} must be a string")
+        if k.startswith("AWS_LAMBDA_") or k.startswith("SLFAAS_") and k != BASE_MODEL_ENV or k == "_HANDLER":
+            raise InvalidParameter(
+                f"Lambda was unable to configure your environment variables because the environment variables "
+                f"you have provided contains reserved keys that are currently not supported for modification. "
+                f"Reserved keys used in this request: {k}")
+    return dict(variables)
+
+
+class FunctionService:
+    def __init__(self, registry: Registry, node: NodeAgent, code_root: Path, region: str = "us-east-1",
+                 public_url: Callable[[], str] = lambda: "http://127.0.0.1"):
+        self.registry = registry
+        self.node = node
+        self.code = CodeStore(code_root)
+        self.region = region
+        self.public_url = public_url
+        n = registry.mark_interrupted_invocations()
+        if n:
+            log.warning("%d invocation(s) were cut off by the previous node stop; marked interrupted", n)
+
+    # base models
+    def resolve_base_model(self, ref: str) -> Path:
+        """A registered model name (``slfaas models add``) or a local model directory."""
+        try:
+            path = Path(self.registry.get_base_model(ref).path)
+        except NotFound:
+            path = Path(ref).expanduser()
+            if not path.is_dir():
+                raise InvalidParameter(
+                    f"Base model '{ref}' is neither a registered model (slfaas models add NAME PATH) "
+                    f"nor a local model directory")
+        validate_base_model_dir(path)
+        return path.resolve()
+
+    def add_base_model(self, name: str, path: str) -> dict:
+        if not name or "/" in name and Path(name).is_dir():
+            raise InvalidParameter("A model name must not be empty or an existing path")
+        p = Path(path).expanduser().resolve()
+        if not p.is_dir():
+            raise InvalidParameter(f"{path} is not a directory")
+        validate_base_model_dir(p)
+        entry = self.registry.put_base_model(name, str(p))
+        return {"Name": entry.name, "Path": entry.path}
+
+    # functions
+    def _base_model_for(self, env: dict[str, str], pkg: CodePackage) -> Path:
+        ref = env.get(BASE_MODEL_ENV) or pkg.adapter_base_model
+        if not ref:
+            raise InvalidParameter(
+                f"No base model: set Environment.Variables.{BASE_MODEL_ENV} or base_model_name_or_path "
+                f"in adapter_config.json")
+        base = self.resolve_base_model(ref)
+        check_adapter_fits(pkg.dir_path, base)
+        return base
+
+    def _store_code(self, code: Any) -> CodePackage:
+        if not isinstance(code, dict):
+            raise InvalidParameter("Code must be an object with ZipFile")
+        if "ZipFile" not in code:
+            if any(k in code for k in ("S3Bucket", "S3Key", "ImageUri")):
+                raise InvalidParameter("Only Code.ZipFile is supported by this server (S3 and image code are not)")
+            raise InvalidParameter("Code.ZipFile is required")
+        try:
+            raw = base64.b64decode(code["ZipFile"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise InvalidParameter("Code.ZipFile is not valid base64")
+        return self.code.put(raw)
+
+    def create_function(self, params: dict) -> FunctionRecord:
+        name = params.get("FunctionName")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise InvalidParameter(f"FunctionName must match [a-zA-Z0-9-_]{{1,64}}, got {name!r}")
+        runtime = params.get("Runtime")
+        if runtime != RUNTIME:
+            raise InvalidParameter(
+                f"The runtime parameter of {runtime} is not supported: use Runtime='{RUNTIME}'")
+        if params.get("PackageType", "Zip") != "Zip":
+            raise InvalidParameter("Only PackageType Zip is supported")
+        role = params.get("Role")
+        if not isinstance(role, str) or not role:
+            raise InvalidParameter("Role is required")
+        try:
+            self.registry.get_function(name)
+            raise Conflict(f"Function already exist: {name}")
+        except NotFound:
+            pass
+        env = _environment(params) or {}
+        timeout_s = _int_param(params, "Timeout", DEFAULT_TIMEOUT_S, 1, 900)
+        memory_mb = _int_param(params, "MemorySize", DEFAULT_MEMORY_MB, 128, 10240)
+        pkg = self._store_code(params.get("Code"))
+        base = self._base_model_for(env, pkg)
+        handler = params.get("Handler") or DEFAULT_HANDLER
+        rec = FunctionRecord(
+            name=name, version=LATEST, runtime=RUNTIME, role=role, handler=str(handler),
+            description=str(params.get("Description") or ""), timeout_s=timeout_s, memory_mb=memory_mb,
+            environment=env, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
+            base_model_path=str(base), state="Pending", state_reason="The function is being created.",
+            state_reason_code="Creating", last_update_status="InProgress",
+            last_update_status_reason="The function is being created.",
+            revision_id=str(uuid.uuid4()), last_modified=_now_lambda(), created_ts=time.time())
+        self.registry.insert_function(rec)
+        self._activate_async(rec)
+        return rec
+
+    def _activate_async(self, rec: FunctionRecord) -> None:
+        threading.Thread(target=self._activate, args=(rec,), daemon=True, name=f"activate-{rec.name}").start()
+
+    def _activate(self, rec: FunctionRecord) -> None:
+        try:
+            self.node.prepare(self.spec(rec))
+            changes = dict(state="Active", state_reason="", state_reason_code="",
+                           last_update_status="Successful", last_update_status_reason="")
+        except (NodeError, OSError) as exc:
+            log.error("function %s failed to activate: %s", rec.name, exc)
+            changes = dict(state="Failed", state_reason=str(exc), state_reason_code="InternalError",
+                           last_update_status="Failed", last_update_status_reason=str(exc))
+        try:
+            self.registry.update_function(rec.name, expected_revision=rec.revision_id, **changes)
+        except (NotFound, Conflict):
+            pass  # deleted or updated meanwhile: the newer change activates itself
+
+    def get_function(self, ref: str, qualifier: str | None = None) -> FunctionRecord:
+        fn = parse_function_ref(ref, qualifier)
+        if fn.qualifier not in (None, LATEST):
+            raise NotFound(f"Function not found: {function_arn(self.region, fn.name, fn.qualifier)}")
+        try:
+            return self.registry.get_function(fn.name)
+        except NotFound:
+            raise NotFound(f"Function not found: {function_arn(self.region, fn.name)}")
+
+    def list_functions(self, marker: str | None, max_items: int | None) -> tuple[list[FunctionRecord], str | None]:
+        limit = 50 if max_items is None else max_items
+        if not 1 <= limit <= 10000:
+            raise InvalidParameter("MaxItems must be between 1 and 10000")
+        after = None
+        if marker:
+            try:
+                after = base64.urlsafe_b64decode(marker.encode()).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise InvalidParameter(f"Invalid Marker: {marker}")
+        page = self.registry.list_functions(after, limit + 1)
+        next_marker = None
+        if len(page) > limit:
+            page = page[:limit]
+            next_marker = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
+        return page, next_marker
+
+    def update_code(self, ref: str, params: dict) -> FunctionRecord:
+        rec = self.get_function(ref)
+        self._check_revision(rec, params)
+        if params.get("Publish"):
+            raise InvalidParameter("Publish is not supported yet: versions are not implemented")
+        pkg = self._store_code({k: v for k, v in params.items() if k in ("ZipFile", "S3Bucket", "S3Key", "ImageUri")})
+        base = self._base_model_for(rec.environment, pkg)
+        return self._apply_update(rec, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
+                                  base_model_path=str(base))
+
+    def update_configuration(self, ref: str, params: dict) -> FunctionRecord:
+        rec = self.get_function(ref)
+        self._check_revision(rec, params)
+        changes: dict[str, Any] = {}
+        if "Runtime" in params and params["Runtime"] != RUNTIME:
+            raise InvalidParameter(f"The runtime parameter of {params['Runtime']} is not supported")
+        if "Role" in params:
+            changes["role"] = str(params["Role"])
+        if "Handler" in params:
+            changes["handler"] = str(params["Handler"] or DEFAULT_HANDLER)
+        if "Description" in params:
+            changes["description"] = str(params["Description"] or "")
+        if "Timeout" in params:
+            changes["timeout_s"] = _int_param(params, "Timeout", rec.timeout_s, 1, 900)
+        if "MemorySize" in params:
+            changes["memory_mb"] = _int_param(params, "MemorySize", rec.memory_mb, 128, 10240)
+        env = _environment(params)
+        if env is not None:
+            changes["environment"] = env
+            pkg = self.code.get(rec.code_sha256_hex)
+            changes["base_model_path"] = str(self._base_model_for(env, pkg))
+        return self._apply_update(rec, **changes)
+
+    def _check_revision(self, rec: FunctionRecord, params: dict) -> None:
+        expected = params.get("RevisionId")
+        if expected and expected != rec.revision_id:
+            raise Conflict("The Revision Id provided does not match the latest Revision Id. "
+                           "Call the GetFunction/GetAlias API to retrieve the latest Revision Id")
+
+    def _apply_update(self, rec: FunctionRecord, **changes: Any) -> FunctionRecord:
+        if rec.last_update_status == "InProgress":
+            raise Conflict(f"The operation cannot be performed at this time. An update is in progress for "
+                           f"resource: {function_arn(self.region, rec.name)}")
+        new_revision = str(uuid.uuid4())
+        updated = self.registry.update_function(
+            rec.name, expected_revision=rec.revision_id, revision_id=new_revision,
+            last_modified=_now_lambda(), last_update_status="InProgress",
+            last_update_status_reason="The function is being updated.", **changes)
+        self.node.retire(rec.name, keep_revision=new_revision)
+        self._activate_async(updated)
+        return updated
+
+    def delete_function(self, ref: str, qualifier: str | None = None) -> None:
+        rec = self.get_function(ref, qualifier)
+        self.registry.delete_function(rec.name)
+        self.node.retire(rec.name, keep_revision=None)
+        self.node.logs.remove(rec.name)
+
+    # invocation
+    def spec(self, rec: FunctionRecord) -> FunctionSpec:
+        return FunctionSpec(
+            name=rec.name, version=rec.version, revision_id=rec.revision_id,
+            arn=function_arn(self.region, rec.name), code_dir=self.code.root / rec.code_sha256_hex,
+            base_model_path=Path(rec.base_model_path), handler=rec.handler, timeout_s=rec.timeout_s,
+            memory_mb=rec.memory_mb, environment=rec.environment)
+
+    def invoke(self, ref: str, qualifier: str | None, payload: bytes, invocation_type: str = "RequestResponse",
+               client_context: str | None = None) -> InvokeOutcome:
+        if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+            raise InvalidParameter(f"Unsupported InvocationType: {invocation_type}")
+        rec = self.get_function(ref, qualifier)
+        if rec.state != "Active":
+            raise Conflict(f"The operation cannot be performed at this time. The function is currently in the "
+                           f"following state: {rec.state}")
+        if len(payload) > MAX_SYNC_PAYLOAD_BYTES:
+            raise RequestTooLarge(f"Request must be smaller than {MAX_SYNC_PAYLOAD_BYTES} bytes for the "
+                                  f"InvokeFunction operation")
+        if payload.strip():
+            try:
+                json.loads(payload)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidRequestContent(f"Could not parse request body into json: {exc}")
+        request_id = str(uuid.uuid4())
+        if invocation_type == "DryRun":
+            return InvokeOutcome(204, b"", None, rec.version, request_id)
+        request = InvocationRequest(request_id, self.spec(rec), payload or b"{}", client_context)
+        record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
+                                  status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
+        self.registry.record_invocation(record)
+        if invocation_type == "Event":
+            threading.Thread(target=self._run, args=(request, record), daemon=True,
+                             name=f"event-{request_id[:8]}").start()
+            return InvokeOutcome(202, b"", None, rec.version, request_id)
+        result = self._run(request, record)
+        return InvokeOutcome(200, result.payload, result.function_error, rec.version, request_id)
+
+    def _run(self, request: InvocationRequest, record: InvocationRecord) -> InvocationResult:
+        try:
+            result = self.node.invoke(request)
+        except BaseException as exc:
+            self.registry.finish_invocation(record, status="throttled" if isinstance(exc, TooManyRequests)
+                                            else "failed", end_ts=time.time(), error_type=exc.__class__.__name__,
+                                            error_message=str(exc))
+            raise
+        usage: dict = {}
+        metrics: dict = {}
+        if result.function_error is None:
+            try:
+                body = json.loads(result.payload)
+                if isinstance(body, dict):
+                    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+                    metrics = body.get("metrics") if isinstance(body.get("metrics"), dict) else {}
+            except ValueError:
+                pass
+        message = ""
+        if result.function_error:
+            try:
+                message = str(json.loads(result.payload).get("errorMessage", ""))[:2000]
+            except (ValueError, AttributeError):
+                message = ""
+        self.registry.finish_invocation(
+            record, status="success" if result.function_error is None else "function_error",
+            instance_id=result.instance_id, end_ts=result.end_ts, duration_ms=result.duration_ms,
+            init_duration_ms=result.init_duration_ms, queue_ms=result.queue_ms, cold_start=result.cold_start,
+            error_type=result.error_type, error_message=message,
+            prompt_tokens=_opt_int(usage.get("prompt_tokens")),
+            completion_tokens=_opt_int(usage.get("completion_tokens")),
+            ttft_ms=_opt_float(metrics.get("ttft_ms")))
+        return result
+
+    def code_location(self, rec: FunctionRecord) -> str:
+        return f"{self.public_url()}/slfaas/v1/code/{rec.code_sha256_hex}.zip"
+
+
+def _opt_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _opt_float(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def configuration(rec: FunctionRecord, region: str) -> dict:
+    """The FunctionConfiguration shape of botocore's Lambda model."""
+    out: dict[str, Any] = {
+        "FunctionName": rec.name,
+        "FunctionArn": function_arn(region, rec.name),
+        "Runtime": rec.runtime,
+        "Role": rec.role,
+        "Handler": rec.handler,
+        "CodeSize": rec.code_size_bytes,
+        "Description": rec.description,
+        "Timeout": rec.timeout_s,
+        "MemorySize": rec.memory_mb,
+        "LastModified": rec.last_modified,
+        "CodeSha256": base64.b64encode(bytes.fromhex(rec.code_sha256_hex)).decode(),
+        "Version": rec.version,
+        "TracingConfig": {"Mode": "PassThrough"},
+        "RevisionId": rec.revision_id,
+        "State": rec.state,
+        "LastUpdateStatus": rec.last_update_status,
+        "PackageType": "Zip",
+        "Architectures": ["x86_64"],
+        "EphemeralStorage": {"Size": 512},
+    }
+    if rec.environment:
+        out["Environment"] = {"Variables": dict(rec.environment)}
+    if rec.state_reason:
+        out["StateReason"] = rec.state_reason
+        out["StateReasonCode"] = rec.state_reason_code
+    if rec.last_update_status_reason:
+        out["LastUpdateStatusReason"] = rec.last_update_status_reason
+    return out

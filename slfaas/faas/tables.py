@@ -1,0 +1,64 @@
+"""SQLAlchemy 2 table definitions for the registry (SQLite by default, any SQLAlchemy URL)."""
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FunctionRow(Base):
+    __tablename__ = "functions"
+
+    name: Mapped[str] = mapped_column(String(170), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    runtime: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(2048))
+    handler: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    timeout_s: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    environment_json: Mapped[str] = mapped_column(Text, default="{}")
+    code_sha256_hex: Mapped[str] = mapped_column(String(64))
+    code_size_bytes: Mapped[int] = mapped_column(Integer)
+    base_model_path: Mapped[str] = mapped_column(String(4096))
+    state: Mapped[str] = mapped_column(String(16))
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    state_reason_code: Mapped[str] = mapped_column(String(64), default="")
+    last_update_status: Mapped[str] = mapped_column(String(16))
+    last_update_status_reason: Mapped[str] = mapped_column(Text, default="")
+    revision_id: Mapped[str] = mapped_column(String(36))
+    last_modified: Mapped[str] = mapped_column(String(40))
+    created_ts: Mapped[float] = mapped_column(Float)
+
+
+class BaseModelRow(Base):
+    __tablename__ = "base_models"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    path: Mapped[str] = mapped_column(String(4096))
+    created_ts: Mapped[float] = mapped_column(Float)
+
+
+class InvocationRow(Base):
+    __tablename__ = "invocations"
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    function_name: Mapped[str] = mapped_column(String(170), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    code_sha256_hex: Mapped[str] = mapped_column(String(64), default="")
+    instance_id: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(32))
+    start_ts: Mapped[float] = mapped_column(Float, index=True)
+    end_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    init_duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    queue_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cold_start: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_type: Mapped[str] = mapped_column(String(128), default="")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,0 +1,115 @@
+"""Entry point of a function instance: ``python -m slfaas.functions`` inside a sandbox.
+
+Init (imports, backbone attach, adapter load, handler import) then the Runtime API loop.
+Init failures are reported to ``/init/error``; handler failures to ``/invocation/{id}/error``
+with Lambda's ``{"errorMessage", "errorType", "stackTrace"}`` body.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from slfaas.functions.runtime_client import NodeGone, RuntimeClient
+
+log = logging.getLogger("slfaas.functions")
+
+
+def _die_with_node() -> None:
+    """Ask the kernel to kill us if the node dies, so a crashed node leaves no orphans."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    node_pid = int(os.environ.get("SLFAAS_NODE_PID", "0") or 0)
+    if node_pid and os.getppid() != node_pid:
+        sys.exit(0)  # the node died before the prctl took effect
+
+
+def _error_body(exc: BaseException, error_type: str | None = None) -> dict:
+    return {
+        "errorMessage": str(exc) or exc.__class__.__name__,
+        "errorType": error_type or exc.__class__.__name__,
+        "stackTrace": traceback.format_exception(type(exc), exc, exc.__traceback__)[1:],
+    }
+
+
+def _load_handler(code_dir: Path, handler_name: str) -> Callable[[Any, Any], Any]:
+    """``handler.py`` in the code zip wins; otherwise the built-in ``slfaas.lora``."""
+    user = code_dir / "handler.py"
+    if user.is_file():
+        spec = importlib.util.spec_from_file_location("handler", user)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["handler"] = module
+        spec.loader.exec_module(module)
+        attr = handler_name.rsplit(".", 1)[-1] if handler_name.startswith("handler.") else "handler"
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise AttributeError(f"handler.py has no callable '{attr}'")
+        return fn
+    from slfaas.lora import handler
+    return handler
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+    _die_with_node()
+    client = RuntimeClient(os.environ["SLFAAS_RUNTIME_SOCKET"])
+    try:
+        from slfaas.functions.context import LambdaContext
+        from slfaas.functions.engine import LoraEngine
+
+        t0 = time.perf_counter()
+        engine = LoraEngine(int(os.environ["SLFAAS_BACKBONE_FD"]), Path(os.environ["SLFAAS_BASE_MODEL_DIR"]),
+                            Path(os.environ["SLFAAS_CODE_DIR"]))
+        handler = _load_handler(Path(os.environ["SLFAAS_CODE_DIR"]), os.environ.get("_HANDLER", ""))
+        t = engine.timings
+        log.info("init done in %.2f s (imports %.2f s, backbone attach %.3f s, adapter load %.3f s)",
+                 time.perf_counter() - t0, t.imports_s, t.backbone_attach_s, t.adapter_load_s)
+    except NodeGone:
+        return 1
+    except Exception as exc:  # report, then exit: the node fails the cold-start invocation
+        traceback.print_exc()
+        try:
+            client.init_error(_error_body(exc, f"Runtime.InitError.{exc.__class__.__name__}"))
+        except NodeGone:
+            pass
+        return 1
+
+    while True:
+        try:
+            inv = client.next()
+        except NodeGone:
+            return 0
+        try:
+            try:
+                event = json.loads(inv.payload) if inv.payload else {}
+            except ValueError as exc:
+                raise ValueError(f"event is not JSON: {exc}") from exc
+            result = handler(event, LambdaContext(engine, inv))
+            body = json.dumps(result).encode()
+        except Exception as exc:
+            traceback.print_exc()
+            try:
+                client.error(inv.request_id, _error_body(exc))
+            except NodeGone:
+                return 0
+            continue
+        try:
+            client.respond(inv.request_id, body)
+        except NodeGone:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The generation event (DESIGN.md "Interfaces"), validated into a frozen value."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MAX_TOKENS_LIMIT = 8192
+
+
+class InvalidEvent(ValueError):
+    """The event does not describe a generation request."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _number(event: dict, key: str, kind: type, default: Any) -> Any:
+    value = event.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise InvalidEvent(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
+
+
+def parse_event(event: Any) -> GenerationRequest:
+    if not isinstance(event, dict):
+        raise InvalidEvent(f"the event must be a JSON object with a 'prompt', got {type(event).__name__}")
+    prompt = event.get("prompt")
+    if not isinstance(prompt, str):
+        raise InvalidEvent("the event needs 'prompt': a string" if prompt is None
+                           else f"'prompt' must be a string, got {type(prompt).__name__}")
+    max_tokens = _number(event, "max_tokens", int, 16)
+    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise InvalidEvent(f"'max_tokens' must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
+    temperature = _number(event, "temperature", float, 1.0)
+    if temperature < 0:
+        raise InvalidEvent(f"'temperature' must be >= 0, got {temperature}")
+    top_p = _number(event, "top_p", float, 1.0)
+    if not 0 < top_p <= 1:
+        raise InvalidEvent(f"'top_p' must be in (0, 1], got {top_p}")
+    seed = event.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidEvent(f"'seed' must be an integer or null, got {seed!r}")
+    stop = event.get("stop") or ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise InvalidEvent("'stop' must be a string or a list of non-empty strings")
+    return GenerationRequest(prompt, max_tokens, temperature, top_p, seed, tuple(stop))

@@ -1,0 +1,281 @@
+"""The node agent: owns the backbones, starts and reuses function instances, runs invocations.
+
+Invocation path: acquire an instance (a warm one of the same function revision, else a cold
+start) → hand the request over through that instance's Runtime API → release. Instances idle
+for longer than ``keep_alive_s`` are stopped by a reaper thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from slfaas.errors import TooManyRequests
+from slfaas.gpu_node.backbone import BackboneInfo, BackboneOwner
+from slfaas.gpu_node.instance import Instance, InstanceState, Outcome, error_payload
+from slfaas.gpu_node.logs import FunctionLogs
+from slfaas.gpu_node.runtime_api import RuntimeApiServer
+from slfaas.gpu_node.sandboxes.base import SandboxFactory, SandboxSpec
+from slfaas.gpu_node.types import FunctionSpec, InstanceInfo, InvocationRequest, InvocationResult
+
+log = logging.getLogger(__name__)
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    keep_alive_s: float = 300.0
+    max_instances: int = 32
+    init_timeout_s: float = 300.0
+    device: str = "cpu"
+    python: str = sys.executable
+
+
+class NodeAgent:
+    def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None):
+        self.config = config
+        self.node_id = uuid.uuid4().hex[:12]
+        self.sandboxes = sandboxes
+        self.backbones = backbones or BackboneOwner()
+        self.logs = FunctionLogs(Path(config.data_dir) / "logs")
+        # Unix socket paths are limited to 108 bytes, so they live in a short temp dir.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="slfaas-rt-"))
+        self._lock = threading.Lock()
+        self._instances: dict[str, Instance] = {}
+        self._apis: dict[str, RuntimeApiServer] = {}
+        self._current_revision: dict[str, str | None] = {}  # set by retire(): older ones are stale
+        self._closed = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="keep-alive-reaper")
+        self._reaper.start()
+
+    # public API
+    def prepare(self, function: FunctionSpec) -> BackboneInfo:
+        """Make sure the function's backbone is resident (the Pending → Active step)."""
+        self.backbones.acquire(function.base_model_path)
+        return next(b for b in self.backbones.loaded()
+                    if Path(b.model_path) == Path(function.base_model_path).resolve())
+
+    def invoke(self, request: InvocationRequest) -> InvocationResult:
+        submitted_ts = time.time()
+        instance, cold = self._acquire(request.function)
+        try:
+            if cold and not instance.wait_ready(self.config.init_timeout_s):
+                outcome = instance.init_error or Outcome(
+                    error_payload("Runtime.InitTimeout",
+                                  f"Init did not finish within {self.config.init_timeout_s:.0f} s"),
+                    "Runtime.InitTimeout")
+                instance.fail_and_kill()
+                self._report(request, instance, outcome, cold, submitted_ts, submitted_ts)
+                return self._result(request, instance, outcome, cold, submitted_ts, submitted_ts)
+            dispatch_ts = time.time()
+            self.logs.append(request.function.name, instance.instance_id,
+                             f"START RequestId: {request.request_id} Version: {request.function.version}")
+            outcome, _call = instance.run(request, cold, dispatch_ts)
+            self._report(request, instance, outcome, cold, submitted_ts, dispatch_ts)
+            return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts)
+        finally:
+            instance.release()
+            if self._stale(instance) and instance.try_reserve():
+                self._stop(instance)
+
+    def instances(self) -> list[InstanceInfo]:
+        with self._lock:
+            items = list(self._instances.values())
+        return [InstanceInfo(i.instance_id, i.function.name, i.function.version, i.function.revision_id,
+                             i.state.value, i.sandbox.pid if i.sandbox else None, i.started_ts,
+                             i.last_used_ts, i.invocations) for i in items]
+
+    def retire(self, function_name: str, keep_revision: str | None = None) -> int:
+        """Stop idle instances of ``function_name`` (except those of ``keep_revision``);
+        busy ones finish their invocation and are reaped as stale afterwards."""
+        with self._lock:
+            victims = [i for i in self._instances.values() if i.function.name == function_name
+                       and i.function.revision_id != keep_revision]
+        with self._lock:
+            self._current_revision[function_name] = keep_revision
+        stopped = 0
+        for inst in victims:
+            if inst.try_reserve():
+                self._stop(inst)
+                stopped += 1
+        return stopped
+
+    def _stale(self, inst: Instance) -> bool:
+        with self._lock:
+            name = inst.function.name
+            return name in self._current_revision and self._current_revision[name] != inst.function.revision_id
+
+    def shutdown(self) -> None:
+        self._closed.set()
+        with self._lock:
+            items = list(self._instances.values())
+        for inst in items:
+            self._stop(inst)
+        self.sandboxes.close()
+        self.backbones.close()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    # instances
+    def _acquire(self, function: FunctionSpec) -> tuple[Instance, bool]:
+        victim: Instance | None = None
+        with self._lock:
+            for inst in self._instances.values():
+                if inst.function.pool_key == function.pool_key and inst.try_reserve():
+                    return inst, False
+            live = [i for i in self._instances.values() if i.alive]
+            if len(live) >= self.config.max_instances:
+                idle = sorted((i for i in live if i.state is InstanceState.IDLE), key=lambda i: i.last_used_ts)
+                victim = next((i for i in idle if i.try_reserve()), None)
+                if victim is None:
+                    raise TooManyRequests(
+                        f"Node is at its limit of {self.config.max_instances} instances, all busy",
+                        reason="ConcurrentInvocationLimitExceeded")
+            inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function)
+            self._instances[inst.instance_id] = inst
+        if victim is not None:
+            log.info("evicting idle instance %s to make room", victim.instance_id)
+            self._stop(victim)
+        try:
+            self._start(inst)
+        except BaseException as exc:
+            log.exception("could not start instance for %s", function.name)
+            inst.init_failed(error_payload("Runtime.StartError", f"could not start the sandbox: {exc}"),
+                             "Runtime.StartError")
+            self._forget(inst)
+        return inst, True
+
+    def _start(self, inst: Instance) -> None:
+        function = inst.function
+        image = self.backbones.acquire(function.base_model_path)
+        socket_path = self._socket_dir / f"{inst.instance_id}.sock"
+        api = RuntimeApiServer(socket_path, inst).start()
+        with self._lock:
+            self._apis[inst.instance_id] = api
+        env = self._runtime_env(inst, socket_path, image.fd)
+        spec = SandboxSpec(
+            instance_id=inst.instance_id, function_name=function.name, version=function.version,
+            argv=(self.config.python, "-m", "slfaas.functions"), env=env, code_dir=function.code_dir,
+            runtime_socket=socket_path, memory_mb=function.memory_mb, inherit_fds=(image.fd,),
+            labels={"slfaas.node": self.node_id, "slfaas.function": function.name,
+                    "slfaas.version": function.version, "slfaas.instance": inst.instance_id},
+        )
+        inst.sandbox = self.sandboxes.start(
+            spec, lambda line, name=function.name, iid=inst.instance_id: self.logs.append(name, iid, line))
+        log.info("started instance %s of %s (pid %s)", inst.instance_id, function.name, inst.sandbox.pid)
+        threading.Thread(target=self._watch, args=(inst,), daemon=True, name=f"watch-{inst.instance_id}").start()
+
+    def _runtime_env(self, inst: Instance, socket_path: Path, backbone_fd: int) -> dict[str, str]:
+        f = inst.function
+        env = {k: v for k, v in os.environ.items()
+               if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES")}
+        env.update(f.environment)
+        pythonpath = os.environ.get("PYTHONPATH")
+        env.update({
+            "PYTHONPATH": _PACKAGE_ROOT + (os.pathsep + pythonpath if pythonpath else ""),
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "AWS_LAMBDA_FUNCTION_NAME": f.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": f.version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(f.memory_mb),
+            "_HANDLER": f.handler,
+            "SLFAAS_RUNTIME_SOCKET": str(socket_path),
+            "SLFAAS_INSTANCE_ID": inst.instance_id,
+            "SLFAAS_BACKBONE_FD": str(backbone_fd),
+            "SLFAAS_BASE_MODEL_DIR": str(f.base_model_path),
+            "SLFAAS_CODE_DIR": str(f.code_dir),
+            "SLFAAS_DEVICE": self.config.device,
+            "SLFAAS_NODE_PID": str(os.getpid()),
+        })
+        return env
+
+    def _watch(self, inst: Instance) -> None:
+        assert inst.sandbox is not None
+        code = inst.sandbox.wait()
+        was_stopping = inst.state in (InstanceState.STOPPING, InstanceState.STOPPED)
+        inst.on_exit(code)
+        if not was_stopping:
+            log.warning("instance %s of %s exited unexpectedly (%s)", inst.instance_id, inst.function.name, code)
+            self.logs.append(inst.function.name, inst.instance_id, f"instance exited unexpectedly (status {code})")
+        self._forget(inst)
+
+    def _stop(self, inst: Instance) -> None:
+        inst.begin_stop()
+        if inst.sandbox is not None:
+            inst.sandbox.stop()
+            inst.sandbox.wait(5)
+        self._forget(inst)
+
+    def _forget(self, inst: Instance) -> None:
+        inst.mark_stopped()
+        with self._lock:
+            self._instances.pop(inst.instance_id, None)
+            api = self._apis.pop(inst.instance_id, None)
+        if api is not None:
+            api.close()
+
+    def _reap_loop(self) -> None:
+        interval_s = max(0.05, min(1.0, self.config.keep_alive_s / 4))
+        while not self._closed.wait(interval_s):
+            now = time.time()
+            with self._lock:
+                items = list(self._instances.values())
+            for inst in items:
+                if inst.state is InstanceState.IDLE and now - inst.last_used_ts > self.config.keep_alive_s:
+                    if inst.try_reserve():
+                        log.info("keep-alive expired: stopping %s", inst.instance_id)
+                        self._stop(inst)
+
+    # results
+    def _result(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
+                submitted_ts: float, dispatch_ts: float) -> InvocationResult:
+        end_ts = time.time()
+        queue_ms = ((outcome.delivered_ts or dispatch_ts) - dispatch_ts) * 1000
+        return InvocationResult(
+            request_id=request.request_id, payload=outcome.payload,
+            function_error=None if outcome.error_type is None else "Unhandled",
+            error_type=outcome.error_type or "", instance_id=inst.instance_id, cold_start=cold,
+            start_ts=submitted_ts, end_ts=end_ts,
+            init_duration_ms=inst.init_duration_ms if cold else None,
+            queue_ms=queue_ms, duration_ms=(end_ts - dispatch_ts) * 1000)
+
+    def _report(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
+                submitted_ts: float, dispatch_ts: float) -> None:
+        name = request.function.name
+        duration_ms = (time.time() - dispatch_ts) * 1000
+        if outcome.error_type is not None:
+            try:
+                message = json.loads(outcome.payload).get("errorMessage", "")
+            except (ValueError, AttributeError):
+                message = ""
+            self.logs.append(name, inst.instance_id,
+                             f"ERROR RequestId: {request.request_id} {outcome.error_type}: {message}")
+        self.logs.append(name, inst.instance_id, f"END RequestId: {request.request_id}")
+        init = f"\tInit Duration: {inst.init_duration_ms:.2f} ms" if cold and inst.init_duration_ms else ""
+        self.logs.append(name, inst.instance_id,
+                         f"REPORT RequestId: {request.request_id}\tDuration: {duration_ms:.2f} ms\t"
+                         f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {request.function.memory_mb} MB\t"
+                         f"Max Memory Used: {_max_rss_mb(inst)} MB{init}")
+
+
+def _max_rss_mb(inst: Instance) -> int:
+    pid = inst.sandbox.pid if inst.sandbox else None
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, TypeError):
+        pass
+    return 0

@@ -1,0 +1,240 @@
+"""A function instance: one sandbox running the runtime, as an explicit state machine.
+
+STARTING ─first /next─▶ IDLE ◀─▶ BUSY        any live state ─stop()─▶ STOPPING ─▶ STOPPED
+    │                     │        │
+    └──init error/exit────┴────────┴──▶ FAILED ─▶ STOPPED
+
+The agent moves IDLE→BUSY when it assigns an invocation; this object moves the rest, from the
+runtime's API calls and from the sandbox's exit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from slfaas.gpu_node.runtime_api import Delivery
+from slfaas.gpu_node.sandboxes.base import Sandbox
+from slfaas.gpu_node.types import FunctionSpec, InvocationRequest
+
+log = logging.getLogger(__name__)
+
+
+class InstanceState(str, Enum):
+    STARTING = "STARTING"
+    IDLE = "IDLE"
+    BUSY = "BUSY"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+
+_ALLOWED = {
+    InstanceState.STARTING: {InstanceState.IDLE, InstanceState.BUSY, InstanceState.FAILED, InstanceState.STOPPING},
+    InstanceState.IDLE: {InstanceState.BUSY, InstanceState.FAILED, InstanceState.STOPPING},
+    InstanceState.BUSY: {InstanceState.IDLE, InstanceState.FAILED, InstanceState.STOPPING},
+    InstanceState.FAILED: {InstanceState.STOPPING, InstanceState.STOPPED},
+    InstanceState.STOPPING: {InstanceState.STOPPED},
+    InstanceState.STOPPED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass
+class Outcome:
+    """How one invocation ended inside an instance."""
+
+    payload: bytes
+    error_type: str | None  # None: success
+    delivered_ts: float | None = None
+
+
+@dataclass
+class _Call:
+    request: InvocationRequest
+    cold_start: bool
+    submitted_ts: float
+    deadline_ts: float
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    delivered_ts: float | None = None
+
+
+def error_payload(error_type: str, message: str) -> bytes:
+    return json.dumps({"errorMessage": message, "errorType": error_type, "stackTrace": []}).encode()
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "Runtime exited without providing a reason"
+    if code < 0:
+        try:
+            return f"Runtime exited with error: signal: {signal.Signals(-code).name}"
+        except ValueError:
+            return f"Runtime exited with error: signal {-code}"
+    return f"Runtime exited with error: exit status {code}"
+
+
+class Instance:
+    def __init__(self, instance_id: str, function: FunctionSpec, reserved: bool = True):
+        """``reserved``: started for one invocation, so init ends in BUSY, not IDLE, and no
+        other caller can take the instance before that invocation runs."""
+        self.instance_id = instance_id
+        self._reserved = reserved
+        self.function = function
+        self.state = InstanceState.STARTING
+        self.started_ts = time.time()
+        self.last_used_ts = self.started_ts
+        self.invocations = 0
+        self.init_duration_ms: float | None = None
+        self.init_error: Outcome | None = None
+        self.sandbox: Sandbox | None = None
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._queue: queue.Queue[_Call | None] = queue.Queue()
+        self._inflight: _Call | None = None
+
+    # state machine
+    def _move(self, new: InstanceState) -> None:
+        """Caller holds ``_lock``."""
+        if new not in _ALLOWED[self.state]:
+            raise IllegalTransition(f"{self.instance_id}: {self.state.value} → {new.value}")
+        log.debug("instance %s: %s → %s", self.instance_id, self.state.value, new.value)
+        self.state = new
+
+    def try_reserve(self) -> bool:
+        """IDLE → BUSY for the agent; False if the instance is not idle any more."""
+        with self._lock:
+            if self.state is not InstanceState.IDLE:
+                return False
+            self._move(InstanceState.BUSY)
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.last_used_ts = time.time()
+            if self.state is InstanceState.BUSY:
+                self._move(InstanceState.IDLE)
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (InstanceState.STARTING, InstanceState.IDLE, InstanceState.BUSY)
+
+    # agent side
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait for init to finish; True when the runtime asked for its first invocation."""
+        self._ready.wait(timeout_s)
+        return self._ready.is_set() and self.init_error is None and self.alive
+
+    def run(self, request: InvocationRequest, cold_start: bool, submitted_ts: float) -> tuple[Outcome, _Call]:
+        """Hand one invocation to the runtime and wait for its end (response, error, exit, timeout)."""
+        now = time.time()
+        call = _Call(request, cold_start, submitted_ts, now + request.function.timeout_s)
+        with self._lock:
+            if not self.alive:
+                return Outcome(error_payload("Runtime.ExitError", "instance is not running"), "Runtime.ExitError"), call
+            self._inflight = call
+            self.invocations += 1
+        self._queue.put(call)
+        if not call.done.wait(request.function.timeout_s):
+            self._finish(call, Outcome(
+                error_payload("Sandbox.Timedout",
+                              f"Task timed out after {request.function.timeout_s:.2f} seconds"),
+                "Sandbox.Timedout"))
+            self.fail_and_kill()
+        assert call.outcome is not None
+        return call.outcome, call
+
+    def fail_and_kill(self) -> None:
+        with self._lock:
+            if self.alive:
+                self._move(InstanceState.FAILED)
+        if self.sandbox is not None:
+            self.sandbox.kill()
+
+    def _finish(self, call: _Call, outcome: Outcome) -> bool:
+        with self._lock:
+            if call.done.is_set():
+                return False
+            outcome.delivered_ts = call.delivered_ts
+            call.outcome = outcome
+            if self._inflight is call:
+                self._inflight = None
+            call.done.set()
+            return True
+
+    def on_exit(self, code: int | None) -> None:
+        """Called by the agent's watcher when the sandbox process ends."""
+        reason = describe_exit(code)
+        with self._lock:
+            call = self._inflight
+            if self.state in (InstanceState.STARTING, InstanceState.IDLE, InstanceState.BUSY):
+                self._move(InstanceState.FAILED)
+                if self.init_error is None and not self._ready.is_set():
+                    self.init_error = Outcome(error_payload("Runtime.ExitError", reason), "Runtime.ExitError")
+        self._ready.set()
+        if call is not None:
+            self._finish(call, Outcome(error_payload("Runtime.ExitError", reason), "Runtime.ExitError"))
+        self._queue.put(None)  # wake a blocked /next so its handler thread ends
+
+    def begin_stop(self) -> bool:
+        with self._lock:
+            if self.state in (InstanceState.STOPPING, InstanceState.STOPPED):
+                return False
+            self._move(InstanceState.STOPPING)
+        self._queue.put(None)
+        return True
+
+    def mark_stopped(self) -> None:
+        with self._lock:
+            if self.state is InstanceState.FAILED:
+                self._move(InstanceState.STOPPING)
+            if self.state is InstanceState.STOPPING:
+                self._move(InstanceState.STOPPED)
+
+    # runtime side (RuntimeEndpoint)
+    def next_delivery(self) -> Delivery | None:
+        with self._lock:
+            if self.state is InstanceState.STARTING:
+                self.init_duration_ms = (time.time() - self.started_ts) * 1000
+                self._move(InstanceState.BUSY if self._reserved else InstanceState.IDLE)
+                self._ready.set()
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return None
+            with self._lock:
+                if call.done.is_set():  # timed out before delivery
+                    continue
+                call.delivered_ts = time.time()
+            return Delivery(
+                request_id=call.request.request_id,
+                payload=call.request.payload,
+                deadline_ms=int(call.deadline_ts * 1000),
+                function_arn=call.request.function.arn,
+                client_context=call.request.client_context,
+                cold_start=call.cold_start,
+                queue_ms=(call.delivered_ts - call.submitted_ts) * 1000,
+            )
+
+    def complete(self, request_id: str, body: bytes, error_type: str | None) -> bool:
+        with self._lock:
+            call = self._inflight
+        if call is None or call.request.request_id != request_id:
+            return False
+        return self._finish(call, Outcome(body, error_type))
+
+    def init_failed(self, body: bytes, error_type: str) -> None:
+        with self._lock:
+            self.init_error = Outcome(body, error_type)
+            if self.alive:
+                self._move(InstanceState.FAILED)
+        self._ready.set()

@@ -1,0 +1,58 @@
+"""The sandbox ABC: how the node starts and stops one function instance, whatever isolates it.
+
+A sandbox only runs the runtime process; invocations reach it through the Runtime API socket,
+so backends differ in isolation (process, container), never in how work is handed over.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+LogSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    instance_id: str
+    function_name: str
+    version: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    code_dir: Path
+    runtime_socket: Path
+    memory_mb: int
+    inherit_fds: tuple[int, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Sandbox(ABC):
+    """One running instance. ``wait`` returns the exit status (negative: killed by signal)."""
+
+    @property
+    @abstractmethod
+    def pid(self) -> int | None: ...
+
+    @abstractmethod
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Block until the sandbox exits (or the timeout passes: None)."""
+
+    @abstractmethod
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Terminate, escalating to a kill after ``grace_s``; idempotent."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Kill at once (timeouts, crashes)."""
+
+
+class SandboxFactory(ABC):
+    name: str
+
+    @abstractmethod
+    def start(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
+        """Start the runtime described by ``spec``; its output lines go to ``log_sink``."""
+
+    def close(self) -> None:
+        """Release backend resources (and reap anything left over)."""

@@ -1,0 +1,65 @@
+"""Values that cross between the control plane and the node agent."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """Everything the node needs to run one function version. ``revision_id`` changes with
+    every code or configuration update, so instances of an old revision are never reused."""
+
+    name: str
+    version: str
+    revision_id: str
+    arn: str
+    code_dir: Path
+    base_model_path: Path
+    handler: str
+    timeout_s: int
+    memory_mb: int
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pool_key(self) -> tuple[str, str]:
+        return (self.name, self.revision_id)
+
+
+@dataclass(frozen=True)
+class InvocationRequest:
+    request_id: str
+    function: FunctionSpec
+    payload: bytes
+    client_context: str | None = None
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    """``function_error`` is AWS's X-Amz-Function-Error value ("Unhandled"/"Handled") or None."""
+
+    request_id: str
+    payload: bytes
+    function_error: str | None
+    error_type: str
+    instance_id: str
+    cold_start: bool
+    start_ts: float
+    end_ts: float
+    init_duration_ms: float | None
+    queue_ms: float
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    instance_id: str
+    function_name: str
+    version: str
+    revision_id: str
+    state: str
+    pid: int | None
+    started_ts: float
+    last_used_ts: float
+    invocations: int
