@@ -1,0 +1,151 @@
+"""Shared fixtures: tiny real checkpoints made once per session, and live servers."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from slfaas.cli.client import zip_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TinyAssets:
+    base: Path            # tiny Llama (TINY shape) + tokenizer
+    adapter_a: Path       # random LoRA, seed 1, base_model_name_or_path = base
+    adapter_b: Path       # random LoRA, seed 2
+    other_base: Path      # a base model of another shape
+    misfit_adapter: Path  # adapter made for other_base: must not fit base
+
+    def zip(self, adapter: Path, extra: dict[str, str] | None = None) -> bytes:
+        """The adapter zipped at the root, plus extra files (e.g. a handler.py)."""
+        import io
+        import zipfile
+
+        raw = zip_adapter(adapter)
+        if not extra:
+            return raw
+        buf = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(buf, "w") as dst:
+            for info in src.infolist():
+                dst.writestr(info, src.read(info))
+            for name, text in extra.items():
+                dst.writestr(name, text)
+        return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
+    from slfaas.tinymodels import TINY, TinyShape, make_adapter, make_base_model
+
+    root = tmp_path_factory.mktemp("assets")
+    base = make_base_model(root / "base")
+    other_shape = TinyShape(96, 160, 2, 4, 2, 512)
+    other = make_base_model(root / "other-base", shape=other_shape, seed=3)
+    del TINY
+    return TinyAssets(
+        base=base,
+        adapter_a=make_adapter(base, root / "adapter-a", seed=1, base_model_name=str(base)),
+        adapter_b=make_adapter(base, root / "adapter-b", seed=2, base_model_name=str(base)),
+        other_base=other,
+        misfit_adapter=make_adapter(other, root / "adapter-misfit", seed=4, base_model_name=str(base)),
+    )
+
+
+class LiveServer:
+    """``slfaas server`` as a real subprocess on a free port."""
+
+    def __init__(self, data_dir: Path, *extra: str):
+        self.data_dir = data_dir
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.output: list[str] = []
+
+    def start(self, timeout_s: float = 60) -> "LiveServer":
+        cmd = [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(self.data_dir),
+               *self.extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + timeout_s
+        assert self.proc.stdout is not None
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited during start:\n" + "".join(self.output))
+            self.output.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        else:
+            raise RuntimeError("server did not start in time")
+        import threading
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout_s)
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("lambda", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="test", aws_secret_access_key="test",
+                            config=Config(retries={"total_max_attempts": 1}, read_timeout=300))
+
+    def api(self, method: str, path: str, body: object = None) -> object:
+        from slfaas.cli.client import api
+        return api(self.url, method, path, body)
+
+
+@pytest.fixture
+def live_server_factory(tmp_path: Path) -> Iterator:
+    servers: list[LiveServer] = []
+
+    def make(*extra: str, data_dir: Path | None = None) -> LiveServer:
+        s = LiveServer(data_dir or tmp_path / "data", *extra).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        if s.alive():
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    s = LiveServer(tmp_path_factory.mktemp("server-data"), "--keep-alive-s", "600").start()
+    yield s
+    if s.alive():
+        s.stop()
+
+
+def deploy(client, name: str, zip_bytes: bytes, **params) -> dict:  # type: ignore[no-untyped-def]
+    """create_function + wait for Active, the way a boto3 user would."""
+    client.create_function(FunctionName=name, Runtime="slfaas-lora", Role="arn:aws:iam::000000000000:role/t",
+                           Code={"ZipFile": zip_bytes}, **params)
+    client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300})
+    return client.get_function_configuration(FunctionName=name)

@@ -1,0 +1,27 @@
+"""Acceptance: 8 warm instances of 8 adapters share one >=200 MB backbone (PSS)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("memory_pss", ROOT / "bench" / "memory_pss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_eight_instances_share_one_backbone(tmp_path: Path) -> None:
+    r = _bench().measure(tmp_path, 8, log=lambda *_: None)
+    assert r.backbone_mb >= 200
+    # the issue's bound
+    assert r.pss_sum_mb < r.bound_mb, r
+    # sharper: the backbone mapping, summed over 8 processes, is one copy, not eight
+    assert r.backbone_pss_sum_mb <= 1.05 * r.backbone_mb, r
+    assert r.backbone_rss_sum_mb >= 6 * r.backbone_pss_sum_mb, r
