@@ -253,12 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = client_cmd("models", "manage named base models")
     msub = m.add_subparsers(dest="models_cmd", metavar="ACTION")
-    ma = msub.add_parser("add", help="register NAME for a local Hugging Face model directory")
+    # --endpoint is accepted before or after the action (SUPPRESS keeps the parent's value)
+    endpoint_opt = argparse.ArgumentParser(add_help=False)
+    endpoint_opt.add_argument("--endpoint", default=argparse.SUPPRESS, help="slfaas server URL")
+    ma = msub.add_parser("add", parents=[endpoint_opt], help="register NAME for a local Hugging Face model directory")
     ma.add_argument("name")
     ma.add_argument("path")
-    mr = msub.add_parser("remove", help="forget a registered model name")
+    mr = msub.add_parser("remove", parents=[endpoint_opt], help="forget a registered model name")
     mr.add_argument("name")
-    msub.add_parser("list", help="list registered models")
+    msub.add_parser("list", parents=[endpoint_opt], help="list registered models")
     m.set_defaults(func=cmd_models)
 
     dm = sub.add_parser("demo", help="make a tiny model and two adapters, serve, deploy and invoke them",

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
 
@@ -69,7 +70,20 @@ class ProcessSandbox(Sandbox):
 class ProcessSandboxFactory(SandboxFactory):
     name = "process"
 
+    def __init__(self) -> None:
+        # Runtimes ask for PR_SET_PDEATHSIG, which fires when the *thread* that forked them
+        # exits. Forking from one long-lived thread ties them to the node's life, not to the
+        # life of whichever request thread happened to cause the cold start.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
+
     def start(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
+        return self._spawner.submit(self._spawn, spec, log_sink).result()
+
+    def close(self) -> None:
+        self._spawner.shutdown(wait=False)
+
+    @staticmethod
+    def _spawn(spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
         proc = subprocess.Popen(
             list(spec.argv),
             env=dict(spec.env),
