@@ -172,3 +172,39 @@ def make_trained_adapter(base_dir: Path, out_dir: Path, text: str, seed: int = 0
     if base_model_name is not None:
         _set_adapter_base_name(out_dir, base_model_name)
     return out_dir
+
+
+def make_random_adapter_for_config(config_dir: Path, out_dir: Path, seed: int, rank: int = 16,
+                                   target_modules: tuple[str, ...] = ("q_proj", "v_proj"), scale: float = 0.02,
+                                   base_model_name: str | None = None, dtype: str = "float16") -> Path:
+    """A random LoRA adapter written straight from the base's config.json: no base weights are
+    loaded, so adapters for 7B-shaped bases cost milliseconds (GPU benchmarks)."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(config_dir))
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * head_dim
+    shapes = {  # module → (out_features, in_features)
+        "q_proj": (cfg.num_attention_heads * head_dim, cfg.hidden_size), "k_proj": (kv, cfg.hidden_size),
+        "v_proj": (kv, cfg.hidden_size), "o_proj": (cfg.hidden_size, cfg.num_attention_heads * head_dim),
+        "gate_proj": (cfg.intermediate_size, cfg.hidden_size), "up_proj": (cfg.intermediate_size, cfg.hidden_size),
+        "down_proj": (cfg.hidden_size, cfg.intermediate_size),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg.num_hidden_layers):
+        for module in target_modules:
+            out_f, in_f = shapes[module]
+            group = "self_attn" if module.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
+            key = f"base_model.model.model.layers.{layer}.{group}.{module}"
+            tensors[f"{key}.lora_A.weight"] = (torch.randn((rank, in_f), generator=gen) * scale).to(getattr(torch, dtype))
+            tensors[f"{key}.lora_B.weight"] = (torch.randn((out_f, rank), generator=gen) * scale).to(getattr(torch, dtype))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules), lora_dropout=0.0,
+               task_type="CAUSAL_LM", base_model_name_or_path=base_model_name or str(config_dir)).save_pretrained(str(out_dir))
+    return out_dir

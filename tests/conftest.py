@@ -16,6 +16,9 @@ import pytest
 from slfaas.cli.client import zip_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
+# The sandbox backend of every LiveServer that does not choose one: `SLFAAS_TEST_SANDBOX=docker
+# pytest tests/integration` runs the same boto3 tests with a container per instance (make test-docker).
+TEST_SANDBOX = os.environ.get("SLFAAS_TEST_SANDBOX", "process")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class LiveServer:
     def start(self, timeout_s: float = 60) -> "LiveServer":
         cmd = [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(self.data_dir),
                *self.extra]
+        if TEST_SANDBOX != "process" and "--sandbox" not in self.extra:
+            cmd += ["--sandbox", TEST_SANDBOX]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.time() + timeout_s

@@ -45,7 +45,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         server = SlfaasServer(ServerConfig(
             data_dir=Path(args.data_dir), host=args.host, port=args.port, database_url=args.database_url,
             sandbox=args.sandbox, keep_alive_s=args.keep_alive_s, max_instances=args.max_instances,
-            init_timeout_s=args.init_timeout_s, device=args.device))
+            init_timeout_s=args.init_timeout_s, device=args.device, verify_interval_s=args.verify_interval_s,
+            instance_gpu_mb=args.instance_gpu_mb, docker_image=args.docker_image,
+            docker_warm_pool=args.docker_warm_pool))
     except OSError as exc:
         raise CliError(f"cannot start the server on {args.host}:{args.port}: {exc}")
     except ValueError as exc:
@@ -188,6 +190,62 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_build_image(args: argparse.Namespace) -> int:
+    from slfaas.gpu_node.sandboxes.docker import DockerUnavailable
+    from slfaas.gpu_node.sandboxes.docker_image import ImageBuildError, build_dockerfile_image, build_local_image
+
+    try:
+        if args.check:
+            from slfaas.gpu_node.sandboxes.docker_image import image_problem
+            problem = image_problem(args.tag, args.suite)
+            if problem:
+                raise CliError(problem)
+            print(f"{args.tag} is ready")
+            return 0
+        if args.dockerfile:
+            build_args = dict(a.split("=", 1) for a in args.build_arg)
+            if args.base_image:
+                build_args["BASE_IMAGE"] = args.base_image
+            build_dockerfile_image(Path(args.dockerfile), args.tag, build_args, args.build_network, progress=_progress)
+        else:
+            build_local_image(args.tag, suite=args.suite, mirror=args.mirror, cache_dir=Path(args.cache_dir),
+                              rebuild=args.rebuild, progress=_progress)
+    except (DockerUnavailable, ImageBuildError, OSError, ValueError) as exc:
+        raise CliError(f"build-image: {exc}")
+    print(args.tag)
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    if args.node_cmd == "build-image":
+        return cmd_node_build_image(args)
+    if args.node_cmd == "verify":
+        checks = api(args.endpoint, "POST", "/slfaas/v1/node/verify")["Checks"]
+        if not checks:
+            print("no backbone loaded")
+        bad = 0
+        for c in checks:
+            if c["ok"]:
+                print(f"OK        {c['model_path']} ({c['elapsed_ms']:.1f} ms)")
+            else:
+                bad += 1
+                print(f"MISMATCH  {c['model_path']}: {len(c['bad_tensors'])} tensor(s) changed "
+                      f"({', '.join(c['bad_tensors'][:4])}...); stopped {len(c['stopped_instances'])} "
+                      f"instance(s), reloaded in {c['reload_s']:.2f} s")
+        return 1 if bad else 0
+    node = api(args.endpoint, "GET", "/slfaas/v1/node")
+    print(f"node {node['NodeId']}  device {node['Device']}  sandbox {node['Sandbox']}")
+    for b in node["Backbones"]:
+        print(f"  backbone {b['model_path']}  {b['size_bytes'] / 1e9:.2f} GB  loaded in {b['load_s']:.2f} s "
+              f"({b['load_gb_per_s']:.1f} GB/s)")
+    gpu = node.get("Gpu")
+    if gpu:
+        print(f"  GPU {gpu['name']}: {gpu['used_mb']} / {gpu['total_mb']} MiB used, backbones {gpu['backbones_mb']} MiB")
+    for i in node["Instances"]:
+        print(f"  instance {i['instance_id']:34} {i['state']:8} pid {i['pid']}  invocations {i['invocations']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from slfaas.cli.demo import run_demo
     return run_demo(Path(args.data_dir), port=args.port)
@@ -211,8 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=9000, help="port to bind, 0 for any free port (default %(default)s)")
     s.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="registry, code and logs (default %(default)s)")
     s.add_argument("--database-url", help="any SQLAlchemy URL for the registry (default: SQLite in the data dir)")
-    s.add_argument("--sandbox", default="process", choices=["process"], help="instance isolation (default %(default)s)")
-    s.add_argument("--device", default="auto", help="cpu or auto (default %(default)s)")
+    s.add_argument("--sandbox", default="process", choices=["process", "docker"],
+                   help="instance isolation: a process, or a Docker container per instance (default %(default)s)")
+    s.add_argument("--docker-image", default=None,
+                   help="with --sandbox docker: the runtime image (default slfaas/runtime:local, made by "
+                        "`slfaas node build-image`)")
+    s.add_argument("--docker-warm-pool", type=int, default=0, metavar="N",
+                   help="with --sandbox docker: keep N generic containers pre-started (libraries imported), "
+                        "specialised into a function's instance on a cold start (default %(default)s)")
+    s.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, or auto = first GPU if present (default %(default)s)")
+    s.add_argument("--verify-interval-s", type=float, default=None,
+                   help="backbone integrity check period (default: 60 on CUDA; CPU backbones are sealed)")
+    s.add_argument("--instance-gpu-mb", type=int, default=1536,
+                   help="GPU memory reserved per instance for admission control (default %(default)s)")
     s.add_argument("--keep-alive-s", type=float, default=300.0, help="stop instances idle this long (default %(default)s)")
     s.add_argument("--max-instances", type=int, default=32, help="instances per node (default %(default)s)")
     s.add_argument("--init-timeout-s", type=float, default=300.0, help="cold-start limit (default %(default)s)")
@@ -263,6 +333,30 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("name")
     msub.add_parser("list", parents=[endpoint_opt], help="list registered models")
     m.set_defaults(func=cmd_models)
+
+    nd = client_cmd("node", "inspect the node: backbones, instances, GPU memory; verify backbone integrity")
+    nsub = nd.add_subparsers(dest="node_cmd", metavar="ACTION")
+    nsub.add_parser("status", parents=[endpoint_opt], help="backbones, instances and GPU memory (default)")
+    nsub.add_parser("verify", parents=[endpoint_opt],
+                    help="check every backbone's bytes now; a mismatch stops its instances and reloads it")
+    bi = nsub.add_parser(
+        "build-image", help="build the Docker runtime image for --sandbox docker (no registry needed)",
+        description="Without --dockerfile: debootstrap a minimal Debian of the host's release (cached under "
+                    "--cache-dir), `docker import` it as a runtime image that runs the node's own Python mounted "
+                    "read-only. With --dockerfile docker/Dockerfile.runtime: a self-contained image (needs a "
+                    "registry / PyPI), e.g. --base-image nvidia/cuda:12.4.1-runtime-ubuntu22.04 for GPUs.")
+    bi.add_argument("--tag", default="slfaas/runtime:local", help="image name (default %(default)s)")
+    bi.add_argument("--suite", help="Debian release to debootstrap (default: the host's, else bookworm)")
+    bi.add_argument("--mirror", help="Debian mirror (default $SLFAAS_DEBIAN_MIRROR or http://deb.debian.org/debian)")
+    bi.add_argument("--cache-dir", default=str(Path("~/.cache/slfaas/images").expanduser()),
+                    help="where the base rootfs tarball is kept (default %(default)s)")
+    bi.add_argument("--rebuild", action="store_true", help="debootstrap again even if a cached rootfs exists")
+    bi.add_argument("--check", action="store_true", help="only check that the image exists and is current (exit 1 if not)")
+    bi.add_argument("--dockerfile", help="build this Dockerfile instead (context: the repository root)")
+    bi.add_argument("--base-image", help="with --dockerfile: the BASE_IMAGE build argument")
+    bi.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE", help="with --dockerfile")
+    bi.add_argument("--build-network", help="with --dockerfile: network for RUN steps (e.g. host)")
+    nd.set_defaults(func=cmd_node)
 
     dm = sub.add_parser("demo", help="make a tiny model and two adapters, serve, deploy and invoke them",
                         description="End-to-end demo on the embedded default: builds a tiny base model and two "

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slfaas.errors import Conflict, NotFound
-from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, InvocationRow
+from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow
 
 LATEST = "$LATEST"
 
@@ -222,6 +222,27 @@ class Registry:
                                        error_message="the node stopped before the invocation finished"))
             s.commit()
             return result.rowcount
+
+
+    # backbone integrity checks (only failures and on-demand checks are worth keeping forever,
+    # but keeping every check is cheap and shows the schedule ran)
+    def record_integrity_event(self, event: Any) -> None:
+        with self._session() as s:
+            s.add(IntegrityEventRow(ts=event.ts, model_path=event.model_path, ok=event.ok,
+                                    elapsed_ms=event.elapsed_ms, bad_tensors_json=json.dumps(list(event.bad_tensors)),
+                                    stopped_instances_json=json.dumps(list(event.stopped_instances)),
+                                    reload_s=event.reload_s))
+            s.commit()
+
+    def list_integrity_events(self, failures_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+        with self._session() as s:
+            stmt = select(IntegrityEventRow).order_by(IntegrityEventRow.ts.desc())
+            if failures_only:
+                stmt = stmt.where(IntegrityEventRow.ok.is_(False))
+            return [{"ts": r.ts, "model_path": r.model_path, "ok": r.ok, "elapsed_ms": r.elapsed_ms,
+                     "bad_tensors": json.loads(r.bad_tensors_json),
+                     "stopped_instances": json.loads(r.stopped_instances_json), "reload_s": r.reload_s}
+                    for r in s.scalars(stmt.limit(limit))]
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

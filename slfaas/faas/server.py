@@ -1,7 +1,10 @@
 """The embedded default: control plane + one local node agent behind one HTTP server."""
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,21 +33,48 @@ class ServerConfig:
     device: str = "cpu"
     region: str = "us-east-1"
     threads: int = 32
+    verify_interval_s: float | None = None   # None: 60 s on CUDA, on demand only on CPU
+    instance_gpu_mb: int = 1536
+    docker_image: str | None = None          # --sandbox docker: the runtime image (default slfaas/runtime:local)
+    docker_warm_pool: int = 0                # --sandbox docker: generic containers kept pre-started
 
 
-def make_sandbox_factory(name: str) -> SandboxFactory:
+def make_sandbox_factory(name: str, data_dir: Path | None = None, docker_image: str | None = None,
+                         docker_warm_pool: int = 0) -> SandboxFactory:
     if name == "process":
         from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
         return ProcessSandboxFactory()
-    raise ValueError(f"unknown sandbox backend {name!r} (available: process)")
+    if name == "docker":
+        from slfaas.gpu_node.sandboxes.docker import (DEFAULT_IMAGE, DockerSandboxConfig, DockerSandboxFactory,
+                                                      DockerUnavailable)
+        try:
+            return DockerSandboxFactory(DockerSandboxConfig(image=docker_image or DEFAULT_IMAGE,
+                                                            owner=str(data_dir or ""), warm_pool=docker_warm_pool))
+        except DockerUnavailable as exc:
+            raise ValueError(str(exc)) from exc
+    raise ValueError(f"unknown sandbox backend {name!r} (available: process, docker)")
 
 
 def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda``/``cuda:N``, or ``auto`` (the first GPU if torch sees one, else CPU)."""
     if device == "cpu":
         return "cpu"
+    if device == "auto" and (os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not glob.glob("/dev/nvidia[0-9]*")):
+        return "cpu"  # no GPU device node: skip importing torch into the control plane
+    if device != "auto" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+        count = torch.cuda.device_count() if has_cuda else 0
+    except ImportError:
+        has_cuda, count = False, 0
     if device == "auto":
-        return "cpu"  # the CUDA node (shared GPU arena) is not built yet; CPU is the working path
-    raise ValueError(f"device {device!r} is not supported yet: only 'cpu' (and 'auto', which picks cpu)")
+        return "cuda:0" if has_cuda else "cpu"
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if not has_cuda or index >= count:
+        raise ValueError(f"--device {device}: no such CUDA device (torch sees {count})")
+    return f"cuda:{index}"
 
 
 class SlfaasServer:
@@ -53,10 +83,15 @@ class SlfaasServer:
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
+        device = resolve_device(config.device)
+        verify_s = config.verify_interval_s
+        if verify_s is None:
+            verify_s = 60.0 if device.startswith("cuda") else 0.0
         self.node = NodeAgent(
             NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
-                       init_timeout_s=config.init_timeout_s, device=resolve_device(config.device)),
-            make_sandbox_factory(config.sandbox))
+                       init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
+                       instance_gpu_mb=config.instance_gpu_mb),
+            make_sandbox_factory(config.sandbox, data_dir, config.docker_image, config.docker_warm_pool), on_integrity=self.registry.record_integrity_event)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
                                        public_url=lambda: self.url)
         self.app = create_app(self.service)

@@ -73,6 +73,10 @@ def _environment(params: dict) -> dict[str, str] | None:
     for k, v in variables.items():
         if not isinstance(v, str):
             raise InvalidParameter(f"Environment variable {k} must be a string")
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            # the OS refuses these at exec: the function could never start
+            raise InvalidParameter(f"Environment variable {k!r}: names must be non-empty without '=' "
+                                   f"and names and values must not contain NUL characters")
         if k.startswith("AWS_LAMBDA_") or k.startswith("SLFAAS_") and k != BASE_MODEL_ENV or k == "_HANDLER":
             raise InvalidParameter(
                 f"Lambda was unable to configure your environment variables because the environment variables "
@@ -110,7 +114,10 @@ class FunctionService:
     def add_base_model(self, name: str, path: str) -> dict:
         if not name or "/" in name and Path(name).is_dir():
             raise InvalidParameter("A model name must not be empty or an existing path")
-        p = Path(path).expanduser().resolve()
+        try:
+            p = Path(path).expanduser().resolve()
+        except (ValueError, OSError, RuntimeError) as exc:  # e.g. an embedded NUL, a symlink loop
+            raise InvalidParameter(f"{path!r} is not a valid path: {exc}")
         if not p.is_dir():
             raise InvalidParameter(f"{path} is not a directory")
         validate_base_model_dir(p)
@@ -174,6 +181,9 @@ class FunctionService:
             last_update_status_reason="The function is being created.",
             revision_id=str(uuid.uuid4()), last_modified=_now_lambda(), created_ts=time.time())
         self.registry.insert_function(rec)
+        # Make this the current revision on the node: a delete of an earlier function of the
+        # same name left retire(name, None) there, which marks every other revision stale.
+        self.node.retire(name, keep_revision=rec.revision_id)
         self._activate_async(rec)
         return rec
 
@@ -210,7 +220,7 @@ class FunctionService:
         after = None
         if marker:
             try:
-                after = base64.urlsafe_b64decode(marker.encode()).decode()
+                after = base64.b64decode(marker.encode(), altchars=b"-_", validate=True).decode()
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 raise InvalidParameter(f"Invalid Marker: {marker}")
         page = self.registry.list_functions(after, limit + 1)
@@ -300,7 +310,7 @@ class FunctionService:
         if payload.strip():
             try:
                 json.loads(payload)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # too deeply nested: RecursionError
                 raise InvalidRequestContent(f"Could not parse request body into json: {exc}")
         request_id = str(uuid.uuid4())
         if invocation_type == "DryRun":

@@ -62,3 +62,17 @@ class InvocationRow(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class IntegrityEventRow(Base):
+    __tablename__ = "integrity_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    node_id: Mapped[str] = mapped_column(String(32), default="")
+    model_path: Mapped[str] = mapped_column(String(4096))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    elapsed_ms: Mapped[float] = mapped_column(Float)
+    bad_tensors_json: Mapped[str] = mapped_column(Text, default="[]")
+    stopped_instances_json: Mapped[str] = mapped_column(Text, default="[]")
+    reload_s: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -67,10 +67,10 @@ def main() -> int:
     client = RuntimeClient(os.environ["SLFAAS_RUNTIME_SOCKET"])
     try:
         from slfaas.functions.context import LambdaContext
-        from slfaas.functions.engine import LoraEngine
+        from slfaas.functions.engine import BackboneSource, LoraEngine
 
         t0 = time.perf_counter()
-        engine = LoraEngine(int(os.environ["SLFAAS_BACKBONE_FD"]), Path(os.environ["SLFAAS_BASE_MODEL_DIR"]),
+        engine = LoraEngine(BackboneSource.from_env(), Path(os.environ["SLFAAS_BASE_MODEL_DIR"]),
                             Path(os.environ["SLFAAS_CODE_DIR"]))
         handler = _load_handler(Path(os.environ["SLFAAS_CODE_DIR"]), os.environ.get("_HANDLER", ""))
         t = engine.timings

@@ -41,7 +41,7 @@ class LambdaContext:
     def generate_event(self, event: Any) -> dict:
         req = parse_event(event)
         gen = self._engine.generate(req)
-        return {
+        result = {
             "text": gen.text,
             "finish_reason": gen.finish_reason,
             "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens},
@@ -50,5 +50,9 @@ class LambdaContext:
                 "queue_ms": round(self._invocation.queue_ms, 3),
                 "cold_start": self._invocation.cold_start,
                 "batch_size": 1,
+                "prefill_ms": round(gen.prefill_ms, 3),
             },
         }
+        if req.return_tokens:
+            result["tokens"] = list(gen.token_ids)
+        return result

@@ -3,10 +3,12 @@ adapter on top, unmerged (x·W + x·A·B·s), so the shared weights are never wr
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from slfaas.functions.events import GenerationRequest
 
@@ -19,7 +21,9 @@ class Generation:
     finish_reason: str          # "stop" (EOS or a stop string) or "length"
     prompt_tokens: int
     completion_tokens: int
-    ttft_ms: float              # prefill + first token, measured in the instance
+    ttft_ms: float              # tokenize + prefill + first token, measured in the instance
+    prefill_ms: float           # the prefill forward alone (device-synchronised)
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -29,35 +33,90 @@ class AttachTimings:
     adapter_load_s: float
 
 
-def build_borrowed_model(backbone_fd: int, base_model_dir: Path) -> tuple[Any, Any]:
-    """Skeleton on ``meta``, then every parameter assigned a view of the read-only mapping.
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where this instance borrows its backbone from, as the node told it (environment).
 
-    Returns (model, mapping); the mapping must stay alive as long as the model."""
+    CPU: a sealed memfd inherited as ``fd`` (process sandbox) or a ``path`` (a container:
+    see ``open_backbone_path``); CUDA: ``ipc_file``, holding one CUDA IPC handle of the
+    node's arena plus the tensor table."""
+
+    device: str = "cpu"
+    fd: int | None = None
+    path: str | None = None
+    ipc_file: str | None = None
+
+    @classmethod
+    def from_env(cls, env: "os._Environ[str] | dict[str, str]" = os.environ) -> "BackboneSource":
+        fd = env.get("SLFAAS_BACKBONE_FD")
+        return cls(device=env.get("SLFAAS_DEVICE", "cpu"), fd=int(fd) if fd else None,
+                   path=env.get("SLFAAS_BACKBONE_PATH") or None, ipc_file=env.get("SLFAAS_BACKBONE_IPC") or None)
+
+    def tensors(self) -> tuple[dict[str, Any], Any]:
+        """(name → tensor viewing the shared backbone, object that must outlive them)."""
+        if self.ipc_file:
+            from slfaas.gpu_node.cuda_arena import open_exported_arena
+            return open_exported_arena(Path(self.ipc_file))
+        from slfaas.gpu_node.shared_weights import iter_tensors, map_image
+        if self.fd is not None:
+            mapping = map_image(self.fd)
+        elif self.path:
+            fd = open_backbone_path(self.path)
+            try:
+                mapping = map_image(fd)
+            finally:
+                os.close(fd)  # the mapping keeps the pages
+        else:
+            raise RuntimeError("no backbone given: SLFAAS_BACKBONE_FD, _PATH or _IPC must be set")
+        return dict(iter_tensors(mapping)), mapping
+
+
+def open_backbone_path(path: str) -> int:
+    """A read-only descriptor of the backbone image named by ``path``.
+
+    A regular file is opened ``O_RDONLY``. A Unix socket is how a container reaches the
+    node's memfd (a memfd lives on no mounted filesystem, so it cannot be bind-mounted):
+    the node answers a connection with the descriptor itself (SCM_RIGHTS), so the pages
+    are the node's, never copied."""
+    import socket
+    import stat
+
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(60)
+        sock.connect(path)
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 4)
+    if not fds:
+        raise RuntimeError(f"the node sent no backbone descriptor on {path}")
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0]
+
+
+def build_borrowed_model(state: dict[str, Any], base_model_dir: Path) -> Any:
+    """Skeleton on ``meta``, then every parameter assigned a view of the shared backbone
+    (``assign=True``: the views become the parameters, nothing is copied)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from slfaas.gpu_node.shared_weights import iter_tensors, map_image
 
     config = AutoConfig.from_pretrained(str(base_model_dir))
     with init_empty_weights(include_buffers=False):  # buffers (rotary tables) stay real
         model = AutoModelForCausalLM.from_config(config)
-    mapping = map_image(backbone_fd)
-    state = dict(iter_tensors(mapping))
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if still_meta:
         raise RuntimeError(f"backbone image lacks parameters: {still_meta[:5]}")
     if unexpected:
         log.warning("backbone image has tensors the model does not use: %s", unexpected[:5])
-    del missing
     model.eval()
     model.requires_grad_(False)
-    return model, mapping
+    return model
 
 
 class LoraEngine:
-    def __init__(self, backbone_fd: int, base_model_dir: Path, adapter_dir: Path):
+    def __init__(self, backbone: BackboneSource, base_model_dir: Path, adapter_dir: Path):
         t0 = time.perf_counter()
         import torch
         from peft import PeftModel
@@ -65,11 +124,31 @@ class LoraEngine:
 
         t1 = time.perf_counter()
         self._torch = torch
-        self.model_base, self._mapping = build_borrowed_model(backbone_fd, base_model_dir)
+        self.device = torch.device(backbone.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        state, self._backbone_keepalive = backbone.tensors()
+        self.model_base = build_borrowed_model(state, base_model_dir)
+        del state
         t2 = time.perf_counter()
-        self.model = PeftModel.from_pretrained(self.model_base, str(adapter_dir), is_trainable=False)
+        # The adapter is this instance's own memory, created on the backbone's device.
+        self.model = PeftModel.from_pretrained(self.model_base, str(adapter_dir), is_trainable=False,
+                                               torch_device=str(self.device))
         self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+        eos = self.model_base.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self._eos_ids = set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+        self.last_prefill_ms = 0.0
+        self._activity = threading.Lock()  # held while generating: trimming waits for idle
+        self._busy = False
+        self._last_active = time.monotonic()
+        self._trim_idle_s = float(os.environ.get("SLFAAS_GPU_TRIM_IDLE_S", "1.0"))
+        if self.device.type == "cuda" and self._trim_idle_s >= 0:
+            threading.Thread(target=self._trim_when_idle, daemon=True, name="gpu-trim").start()
+        log.info("model ready on %s: attention=%s, backbone dtype=%s", self.device,
+                 getattr(self.model_base.config, "_attn_implementation", "?"), self.model_base.dtype)
         t3 = time.perf_counter()
         self.timings = AttachTimings(t1 - t0, t2 - t1, t3 - t2)
         self._warm_up()
@@ -77,69 +156,111 @@ class LoraEngine:
     def _warm_up(self) -> None:
         """One tiny forward so the first real request does not pay for lazy kernel setup."""
         with self._torch.inference_mode():
-            ids = self._torch.tensor([[self.tokenizer.eos_token_id or 0]])
+            ids = self._torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device)
             self.model(input_ids=ids)
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize()
+            self._torch.cuda.empty_cache()  # hand back warm-up scratch: GPU memory is per-instance cost
 
-    def generate(self, req: GenerationRequest) -> Generation:
+    def stream(self, req: GenerationRequest) -> Iterator[int]:
+        """Yield new token ids one by one: a prefill, then one decode step per token.
+
+        The same forward passes as ``generate()`` under greedy decoding (full prompt with an
+        empty DynamicCache and logits for the last position only, then one token at a time),
+        so greedy outputs equal PEFT's ``generate`` token for token; written out so TTFT is
+        the prefill itself and tokens can be streamed as they come."""
         torch = self._torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
+        from transformers import DynamicCache
 
         enc = self.tokenizer(req.prompt, return_tensors="pt")
-        prompt_len = int(enc["input_ids"].shape[1])
-        if prompt_len == 0:
+        ids = enc["input_ids"]
+        if ids.shape[1] == 0:
             bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
-            enc = {"input_ids": torch.tensor([[bos]]), "attention_mask": torch.tensor([[1]])}
-            prompt_len = 1
-        tokenizer = self.tokenizer
-
-        class _FirstToken(BaseStreamer):
-            """generate() calls put() once with the prompt, then once per new token."""
-
-            def __init__(self) -> None:
-                self.calls = 0
-                self.first_ts: float | None = None
-
-            def put(self, value: Any) -> None:
-                self.calls += 1
-                if self.calls == 2 and self.first_ts is None:
-                    self.first_ts = time.perf_counter()
-
-            def end(self) -> None:
-                pass
-
-        class _StopStrings(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                text = tokenizer.decode(input_ids[0, prompt_len:], skip_special_tokens=True)
-                hit = any(s in text for s in req.stop)
-                return torch.full((input_ids.shape[0],), hit, dtype=torch.bool)
-
-        streamer = _FirstToken()
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=req.max_tokens, streamer=streamer,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id,
-        )
-        if req.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=req.temperature, top_p=req.top_p, top_k=0)
-            if req.seed is not None:
-                torch.manual_seed(req.seed)
-        if req.stop:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings()])
-        t0 = time.perf_counter()
+            ids = torch.tensor([[bos]])
+        ids = ids.to(self.device)
+        self.last_prompt_tokens = int(ids.shape[1])
+        generator = None
+        if not req.greedy:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        cache = DynamicCache()
+        mask = torch.ones_like(ids)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        new_ids = out[0, prompt_len:].tolist()
-        eos = self.tokenizer.eos_token_id
+            t_prefill = time.perf_counter()
+            out = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                             logits_to_keep=1)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.last_prefill_ms = (time.perf_counter() - t_prefill) * 1000
+            for _ in range(req.max_tokens):
+                token = self._pick(out.logits[:, -1, :], req, generator)
+                token_id = int(token.item())  # synchronises the device: the token really exists
+                yield token_id
+                if token_id in self._eos_ids:
+                    return
+                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+                out = self.model(input_ids=token.view(1, 1), attention_mask=mask, past_key_values=cache,
+                                 use_cache=True, logits_to_keep=1)
+
+    def _pick(self, logits: Any, req: GenerationRequest, generator: Any) -> Any:
+        torch = self._torch
+        if req.greedy:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / req.temperature, dim=-1)
+        if req.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(dim=-1) - sorted_p < req.top_p  # always keeps the top token
+            sorted_p = sorted_p * keep
+            choice = torch.multinomial(sorted_p / sorted_p.sum(dim=-1, keepdim=True), 1, generator=generator)
+            return order.gather(-1, choice).view(-1)
+        return torch.multinomial(probs, 1, generator=generator).view(-1)
+
+    def generate(self, req: GenerationRequest) -> Generation:
+        with self._activity:
+            self._busy = True
+        try:
+            return self._generate(req)
+        finally:
+            with self._activity:
+                self._busy = False
+                self._last_active = time.monotonic()
+
+    def _generate(self, req: GenerationRequest) -> Generation:
+        t0 = time.perf_counter()
+        first_ts: float | None = None
+        new_ids: list[int] = []
         finish = "length"
-        if eos is not None and new_ids and new_ids[-1] == eos:
-            finish = "stop"
+        text = ""
+        for token_id in self.stream(req):
+            if first_ts is None:
+                first_ts = time.perf_counter()
+            new_ids.append(token_id)
+            if token_id in self._eos_ids:
+                finish = "stop"
+                break
+            if req.stop:
+                text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                if any(s in text for s in req.stop):
+                    finish = "stop"
+                    break
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         for s in req.stop:
             cut = text.find(s)
             if cut != -1:
                 text, finish = text[:cut], "stop"
-        ttft_ms = ((streamer.first_ts or time.perf_counter()) - t0) * 1000
-        return Generation(text, finish, prompt_len, len(new_ids), ttft_ms)
+        ttft_ms = ((first_ts or time.perf_counter()) - t0) * 1000
+        return Generation(text, finish, self.last_prompt_tokens, len(new_ids), ttft_ms, self.last_prefill_ms,
+                          tuple(new_ids))
+
+    def _trim_when_idle(self) -> None:
+        """Give freed KV cache and activations back to the device once the instance has been
+        idle for SLFAAS_GPU_TRIM_IDLE_S: idle instances' GPU memory decides how many functions
+        fit on a GPU, while a busy one keeps its scratch, since re-allocating it costs every
+        request milliseconds of driver calls (measured ~10 ms for a 512-token prefill)."""
+        torch = self._torch
+        while True:
+            time.sleep(self._trim_idle_s / 4)
+            with self._activity:
+                idle = not self._busy and time.monotonic() - self._last_active > self._trim_idle_s
+                if idle and torch.cuda.memory_reserved(self.device) > torch.cuda.memory_allocated(self.device):
+                    torch.cuda.empty_cache()

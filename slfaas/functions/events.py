@@ -1,6 +1,7 @@
 """The generation event (DESIGN.md "Interfaces"), validated into a frozen value."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    return_tokens: bool = False   # also return the generated token ids (exact comparisons)
 
     @property
     def greedy(self) -> bool:
@@ -31,7 +33,12 @@ def _number(event: dict, key: str, kind: type, default: Any) -> Any:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise InvalidEvent(f"'{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    return kind(value)
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads accepts NaN and Infinity
+        raise InvalidEvent(f"'{key}' must be a finite number, got {value!r}")
+    try:
+        return kind(value)
+    except OverflowError:  # an integer too large for a float
+        raise InvalidEvent(f"'{key}' is out of range")
 
 
 def parse_event(event: Any) -> GenerationRequest:
@@ -58,4 +65,7 @@ def parse_event(event: Any) -> GenerationRequest:
         stop = (stop,)
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
         raise InvalidEvent("'stop' must be a string or a list of non-empty strings")
-    return GenerationRequest(prompt, max_tokens, temperature, top_p, seed, tuple(stop))
+    return_tokens = event.get("return_tokens", False)
+    if not isinstance(return_tokens, bool):
+        raise InvalidEvent(f"'return_tokens' must be a boolean, got {return_tokens!r}")
+    return GenerationRequest(prompt, max_tokens, temperature, top_p, seed, tuple(stop), return_tokens)

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from slfaas.errors import TooManyRequests
 from slfaas.gpu_node.backbone import BackboneInfo, BackboneOwner
@@ -29,6 +30,9 @@ from slfaas.gpu_node.types import FunctionSpec, InstanceInfo, InvocationRequest,
 log = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# What a runtime inherits from the node's environment; everything else is the function's own.
+_PASS_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
+_PASS_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_", "PYTORCH_", "OMP_", "MKL_")
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,30 @@ class NodeConfig:
     init_timeout_s: float = 300.0
     device: str = "cpu"
     python: str = sys.executable
+    verify_interval_s: float = 0.0      # backbone integrity checks; 0 = only on demand
+    instance_gpu_mb: int = 1536         # GPU memory an instance may need (context, adapter, KV)
+
+
+@dataclass(frozen=True)
+class IntegrityEvent:
+    ts: float
+    model_path: str
+    ok: bool
+    elapsed_ms: float
+    bad_tensors: tuple[str, ...]
+    stopped_instances: tuple[str, ...]
+    reload_s: float | None
 
 
 class NodeAgent:
-    def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None):
+    def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None,
+                 on_integrity: Callable[[IntegrityEvent], None] | None = None):
         self.config = config
         self.node_id = uuid.uuid4().hex[:12]
         self.sandboxes = sandboxes
-        self.backbones = backbones or BackboneOwner()
+        self.backbones = backbones or BackboneOwner(config.device)
+        self.on_integrity = on_integrity
+        self._verify_lock = threading.Lock()
         self.logs = FunctionLogs(Path(config.data_dir) / "logs")
         # Unix socket paths are limited to 108 bytes, so they live in a short temp dir.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="slfaas-rt-"))
@@ -57,6 +77,8 @@ class NodeAgent:
         self._closed = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="keep-alive-reaper")
         self._reaper.start()
+        if config.verify_interval_s > 0:
+            threading.Thread(target=self._verify_loop, daemon=True, name="backbone-verify").start()
 
     # public API
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
@@ -64,6 +86,59 @@ class NodeAgent:
         self.backbones.acquire(function.base_model_path)
         return next(b for b in self.backbones.loaded()
                     if Path(b.model_path) == Path(function.base_model_path).resolve())
+
+    def verify_backbones(self) -> list[IntegrityEvent]:
+        """Check every backbone against its load-time digest. On a mismatch: stop the
+        instances that borrow it (their outputs can no longer be trusted), reload it from
+        its files, and report the event; the node itself keeps serving."""
+        events = []
+        with self._verify_lock:
+            for path, backbone in self.backbones.backbones().items():
+                report = backbone.verify()
+                stopped: list[str] = []
+                reload_s = None
+                if not report.ok:
+                    log.error("INTEGRITY: backbone %s changed (%s); stopping its instances and reloading",
+                              path, ", ".join(report.bad_tensors[:8]) or "unknown tensors")
+                    with self._lock:
+                        borrowers = [i for i in self._instances.values()
+                                     if Path(i.function.base_model_path).resolve() == path]
+                    for inst in borrowers:
+                        inst.begin_stop()  # deliberate: an in-flight call still gets its error
+                        if inst.sandbox is not None:
+                            inst.sandbox.kill()
+                        stopped.append(inst.instance_id)
+                        self.logs.append(inst.function.name, inst.instance_id,
+                                         f"stopped: backbone integrity check failed ({path.name})")
+                    for inst in borrowers:
+                        if inst.sandbox is not None:
+                            inst.sandbox.wait(10)
+                    reload_s = backbone.reload()
+                    log.warning("backbone %s reloaded in %.2f s after integrity failure", path, reload_s)
+                event = IntegrityEvent(time.time(), str(path), report.ok, report.elapsed_ms, report.bad_tensors,
+                                       tuple(stopped), reload_s)
+                events.append(event)
+                if self.on_integrity is not None:
+                    try:
+                        self.on_integrity(event)
+                    except Exception:
+                        log.exception("recording an integrity event failed")
+        return events
+
+    def _verify_loop(self) -> None:
+        while not self._closed.wait(self.config.verify_interval_s):
+            try:
+                self.verify_backbones()
+            except Exception:
+                log.exception("scheduled backbone verification failed")
+
+    def gpu_memory(self) -> dict | None:
+        if not self.config.device.startswith("cuda"):
+            return None
+        from slfaas.gpu_node.gpu_stats import gpu_memory_report
+        pids = {i.pid: i.instance_id for i in self.instances() if i.pid}
+        return gpu_memory_report(self.config.device, pids,
+                                 sum(b.size_bytes for b in self.backbones.backbones().values()))
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         submitted_ts = time.time()
@@ -140,6 +215,8 @@ class NodeAgent:
                     raise TooManyRequests(
                         f"Node is at its limit of {self.config.max_instances} instances, all busy",
                         reason="ConcurrentInvocationLimitExceeded")
+            if victim is None and self.config.device.startswith("cuda"):
+                victim = self._admit_gpu(live)
             inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function)
             self._instances[inst.instance_id] = inst
         if victim is not None:
@@ -154,18 +231,41 @@ class NodeAgent:
             self._forget(inst)
         return inst, True
 
+    def _admit_gpu(self, live: list[Instance]) -> Instance | None:
+        """Refuse a cold start that would not fit in GPU memory (instead of an OOM crash
+        inside it), evicting the least recently used idle instance if that makes room.
+        Caller holds ``_lock``."""
+        import torch
+
+        free_b, _total = torch.cuda.mem_get_info(torch.device(self.config.device))
+        need_b = self.config.instance_gpu_mb << 20
+        starting = sum(1 for i in live if i.state is InstanceState.STARTING)
+        if free_b - starting * need_b >= need_b:
+            return None
+        idle = sorted((i for i in live if i.state is InstanceState.IDLE), key=lambda i: i.last_used_ts)
+        victim = next((i for i in idle if i.try_reserve()), None)
+        if victim is None:
+            raise TooManyRequests(
+                f"Not enough GPU memory on {self.config.device} for another instance: "
+                f"{free_b / 2**30:.1f} GiB free, {starting} instance(s) starting, each may need "
+                f"{need_b / 2**30:.1f} GiB (--instance-gpu-mb); all {len(live)} instances are busy",
+                reason="InsufficientGpuMemory")
+        return victim
+
     def _start(self, inst: Instance) -> None:
         function = inst.function
-        image = self.backbones.acquire(function.base_model_path)
+        backbone = self.backbones.acquire(function.base_model_path)
+        attachment = backbone.attach(self._socket_dir, inst.instance_id)
         socket_path = self._socket_dir / f"{inst.instance_id}.sock"
         api = RuntimeApiServer(socket_path, inst).start()
         with self._lock:
             self._apis[inst.instance_id] = api
-        env = self._runtime_env(inst, socket_path, image.fd)
+        env = self._runtime_env(inst, socket_path)
+        env.update(attachment.env)
         spec = SandboxSpec(
             instance_id=inst.instance_id, function_name=function.name, version=function.version,
             argv=(self.config.python, "-m", "slfaas.functions"), env=env, code_dir=function.code_dir,
-            runtime_socket=socket_path, memory_mb=function.memory_mb, inherit_fds=(image.fd,),
+            runtime_socket=socket_path, memory_mb=function.memory_mb, inherit_fds=attachment.inherit_fds,
             labels={"slfaas.node": self.node_id, "slfaas.function": function.name,
                     "slfaas.version": function.version, "slfaas.instance": inst.instance_id},
         )
@@ -174,10 +274,10 @@ class NodeAgent:
         log.info("started instance %s of %s (pid %s)", inst.instance_id, function.name, inst.sandbox.pid)
         threading.Thread(target=self._watch, args=(inst,), daemon=True, name=f"watch-{inst.instance_id}").start()
 
-    def _runtime_env(self, inst: Instance, socket_path: Path, backbone_fd: int) -> dict[str, str]:
+    def _runtime_env(self, inst: Instance, socket_path: Path) -> dict[str, str]:
         f = inst.function
         env = {k: v for k, v in os.environ.items()
-               if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES")}
+               if k in _PASS_ENV or k.startswith(_PASS_ENV_PREFIXES)}
         env.update(f.environment)
         pythonpath = os.environ.get("PYTHONPATH")
         env.update({
@@ -192,7 +292,6 @@ class NodeAgent:
             "_HANDLER": f.handler,
             "SLFAAS_RUNTIME_SOCKET": str(socket_path),
             "SLFAAS_INSTANCE_ID": inst.instance_id,
-            "SLFAAS_BACKBONE_FD": str(backbone_fd),
             "SLFAAS_BASE_MODEL_DIR": str(f.base_model_path),
             "SLFAAS_CODE_DIR": str(f.code_dir),
             "SLFAAS_DEVICE": self.config.device,
@@ -224,6 +323,7 @@ class NodeAgent:
             api = self._apis.pop(inst.instance_id, None)
         if api is not None:
             api.close()
+        (self._socket_dir / f"{inst.instance_id}.ipc").unlink(missing_ok=True)
 
     def _reap_loop(self) -> None:
         interval_s = max(0.05, min(1.0, self.config.keep_alive_s / 4))

@@ -1,9 +1,16 @@
-"""BackboneOwner: loads each base model ONCE per node and is the only writer of its bytes."""
+"""BackboneOwner: loads each base model ONCE per node and is the only writer of its bytes.
+
+Two backends behind one small ABC: on CPU a sealed read-only memfd (the kernel forbids
+writes), on CUDA one GPU arena shared through one IPC handle (writes are possible, so the
+node checks a GPU digest and reloads on a mismatch).
+"""
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +23,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BackboneInfo:
     model_path: str
+    device: str
     size_bytes: int
     tensor_count: int
     load_s: float
@@ -23,22 +31,124 @@ class BackboneInfo:
     loaded_ts: float
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """What an instance needs to borrow a backbone: environment and inherited descriptors."""
+
+    env: dict[str, str]
+    inherit_fds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    ok: bool
+    checked_bytes: int
+    elapsed_ms: float
+    bad_tensors: tuple[str, ...] = ()
+
+
+class Backbone(ABC):
+    model_path: Path
+    device: str
+    size_bytes: int      # what the node holds (arena / image, with alignment)
+    data_bytes: int      # the checkpoint's tensor bytes
+    tensor_count: int
+    load_s: float
+
+    @abstractmethod
+    def checksum(self) -> str: ...
+
+    @abstractmethod
+    def attach(self, scratch_dir: Path, instance_id: str) -> Attachment: ...
+
+    @abstractmethod
+    def verify(self) -> IntegrityReport: ...
+
+    @abstractmethod
+    def reload(self) -> float: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class CpuBackbone(Backbone):
+    def __init__(self, model_path: Path):
+        t0 = time.perf_counter()
+        self.image: SharedImage = build_shared_image(model_path, name=model_path.name)
+        self.load_s = time.perf_counter() - t0
+        self.model_path = model_path
+        self.device = "cpu"
+        self.size_bytes = self.image.size_bytes
+        self.data_bytes = self.image.data_bytes
+        self.tensor_count = len(self.image.tensors)
+        self._reference = self.image.checksum()
+
+    def attach(self, scratch_dir: Path, instance_id: str) -> Attachment:
+        return Attachment({"SLFAAS_BACKBONE_FD": str(self.image.fd)}, (self.image.fd,))
+
+    def verify(self) -> IntegrityReport:
+        # The memfd is sealed against writes, so this cannot fail short of a kernel bug; it
+        # proves, cheaply for a CPU-sized model, that the bytes are those read at load.
+        t0 = time.perf_counter()
+        ok = self.image.checksum() == self._reference
+        return IntegrityReport(ok, self.size_bytes, (time.perf_counter() - t0) * 1000)
+
+    def checksum(self) -> str:
+        return self.image.checksum()
+
+    def reload(self) -> float:
+        raise NodeError("a sealed CPU backbone cannot change, so it is never reloaded")
+
+    def close(self) -> None:
+        self.image.close()
+
+
+class CudaBackbone(Backbone):
+    def __init__(self, model_path: Path, device: str):
+        from slfaas.gpu_node.cuda_arena import CudaArena
+
+        self.arena = CudaArena(model_path, device)
+        self.model_path = model_path
+        self.device = device
+        self.size_bytes = self.arena.size_bytes
+        self.data_bytes = self.arena.data_bytes
+        self.tensor_count = len(self.arena.table)
+        self.load_s = self.arena.load_s
+
+    def attach(self, scratch_dir: Path, instance_id: str) -> Attachment:
+        path = self.arena.export(scratch_dir / f"{instance_id}.ipc")
+        return Attachment({"SLFAAS_BACKBONE_IPC": str(path)})
+
+    def verify(self) -> IntegrityReport:
+        return self.arena.verify()
+
+    def checksum(self) -> str:
+        return hashlib.sha256(self.arena.digest().cpu().numpy().tobytes()).hexdigest()
+
+    def reload(self) -> float:
+        return self.arena.reload()
+
+    def close(self) -> None:
+        self.arena.close()
+
+
 @dataclass
 class _Slot:
     ready: threading.Event
-    image: SharedImage | None = None
+    backbone: Backbone | None = None
     info: BackboneInfo | None = None
     error: str | None = None
 
 
 class BackboneOwner:
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
         self._lock = threading.Lock()
         self._slots: dict[Path, _Slot] = {}
 
-    def acquire(self, model_dir: Path) -> SharedImage:
-        """The shared image of ``model_dir``, loading it if no one has; concurrent callers
-        wait for the one load. A failed load is not cached: the next call tries again."""
+    def acquire(self, model_dir: Path) -> Backbone:
+        """The backbone of ``model_dir``, loading it if no one has; concurrent callers wait
+        for the one load. A failed load is not cached: the next call tries again."""
         key = Path(model_dir).resolve()
         with self._lock:
             slot = self._slots.get(key)
@@ -49,43 +159,49 @@ class BackboneOwner:
         if loader:
             self._load(key, slot)
         slot.ready.wait()
-        if slot.image is None:
+        if slot.backbone is None:
             raise NodeError(f"backbone {key} failed to load: {slot.error}")
-        return slot.image
+        return slot.backbone
 
     def _load(self, key: Path, slot: _Slot) -> None:
-        t0 = time.perf_counter()
         try:
-            image = build_shared_image(key, name=key.name)
-        except (WeightsFormatError, OSError) as exc:
+            backbone: Backbone = CpuBackbone(key) if self.device == "cpu" else CudaBackbone(key, self.device)
+        except (WeightsFormatError, OSError, RuntimeError) as exc:
             log.error("loading backbone %s failed: %s", key, exc)
             slot.error = str(exc)
             with self._lock:
                 self._slots.pop(key, None)
             slot.ready.set()
             return
-        load_s = time.perf_counter() - t0
-        slot.image = image
-        slot.info = BackboneInfo(str(key), image.size_bytes, len(image.tensors), load_s,
-                                 image.data_bytes / max(load_s, 1e-9) / 1e9, time.time())
-        log.info("backbone %s loaded once into shared memory: %.1f MB in %.2f s (%.2f GB/s)",
-                 key, image.size_bytes / 1e6, load_s, slot.info.load_gb_per_s)
+        gbps = backbone.data_bytes / max(backbone.load_s, 1e-9) / 1e9
+        slot.backbone = backbone
+        slot.info = BackboneInfo(str(key), self.device, backbone.size_bytes, backbone.tensor_count,
+                                 backbone.load_s, gbps, time.time())
+        log.info("backbone %s loaded once on %s: %.1f MB in %.2f s (%.2f GB/s)",
+                 key, self.device, backbone.size_bytes / 1e6, backbone.load_s, gbps)
         slot.ready.set()
 
     def loaded(self) -> list[BackboneInfo]:
         with self._lock:
             return [s.info for s in self._slots.values() if s.info is not None]
 
-    def checksum(self, model_dir: Path) -> str:
+    def backbones(self) -> dict[Path, Backbone]:
+        with self._lock:
+            return {k: s.backbone for k, s in self._slots.items() if s.backbone is not None}
+
+    def get(self, model_dir: Path) -> Backbone:
         with self._lock:
             slot = self._slots.get(Path(model_dir).resolve())
-        if slot is None or slot.image is None:
+        if slot is None or slot.backbone is None:
             raise NodeError(f"backbone {model_dir} is not loaded")
-        return slot.image.checksum()
+        return slot.backbone
+
+    def checksum(self, model_dir: Path) -> str:
+        return self.get(model_dir).checksum()
 
     def close(self) -> None:
         with self._lock:
             slots, self._slots = list(self._slots.values()), {}
         for slot in slots:
-            if slot.image is not None:
-                slot.image.close()
+            if slot.backbone is not None:
+                slot.backbone.close()

@@ -39,6 +39,7 @@ class FakeSandbox(Sandbox):
         self._exited = threading.Event()
         self.exit_code: int | None = None
         self.stop_calls = 0
+        self.stopped_ts: float | None = None  # time.time() of the first stop()
         self.kill_calls = 0
         self.handled: list[str] = []      # request ids this "process" received
         self.deliveries: list = []        # the Invocation objects, as the runtime saw them
@@ -57,6 +58,8 @@ class FakeSandbox(Sandbox):
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.stop_calls += 1
+        if self.stopped_ts is None:
+            self.stopped_ts = time.time()
         self._exit(SIGTERM_CODE)
 
     def kill(self) -> None:

@@ -23,7 +23,7 @@ def _json_body() -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # too deeply nested: RecursionError
         raise InvalidRequestContent(f"Could not parse request body into json: {exc}")
     if not isinstance(body, dict):
         raise InvalidRequestContent("Request body must be a JSON object")

@@ -92,7 +92,21 @@ def node_status() -> Response:
         "Sandbox": svc.node.sandboxes.name,
         "Backbones": backbones,
         "Instances": [asdict(i) for i in svc.node.instances()],
+        "Gpu": svc.node.gpu_memory(),
     })
+
+
+@bp.post("/node/verify")
+def node_verify() -> Response:
+    """Check every backbone now; a mismatch stops its instances and reloads it."""
+    events = _service().node.verify_backbones()
+    return _json({"Checks": [asdict(e) for e in events]})
+
+
+@bp.get("/node/integrity")
+def node_integrity() -> Response:
+    failures_only = request.args.get("failures") in ("1", "true")
+    return _json({"Events": _service().registry.list_integrity_events(failures_only)})
 
 
 @bp.get("/code/<sha256_hex>.zip")

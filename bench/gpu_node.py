@@ -1,0 +1,444 @@
+"""GPU smoke-and-measure: one backbone in GPU memory, borrowed by N functions via CUDA IPC.
+
+One command on the GPU machine (random-weight Llama-2-7B shape, fp16; no downloads):
+
+    python bench/gpu_node.py [--out DIR] [--functions 16] [--scale-to 40] [--phases tests,ref,node,scale,integrity]
+
+Phases: ``tests`` runs the CUDA pytest suite; ``ref`` measures in-process PEFT prefill and
+greedy outputs in a separate process; ``node`` starts a real `slfaas server --device cuda`,
+deploys N adapters through boto3, cold-starts them concurrently, and measures backbone load
+GB/s, warm TTFT and GPU memory; ``scale`` adds functions up to --scale-to instances;
+``integrity`` tampers with the arena from a function and checks detection and recovery.
+Prints a table and writes results.json under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+T0 = time.time()
+PROMPT_TOKENS = 512
+GEN_TOKENS = 16
+
+
+def say(msg: str) -> None:
+    print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
+
+
+def make_checkpoint(root: Path) -> Path:
+    """Random Llama-2-7B-shaped fp16 weights, generated on the GPU, saved as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    from slfaas.tinymodels import make_tokenizer
+
+    out = root / "llama-7b-random"
+    if (out / "model.safetensors").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                      bos_token_id=0, eos_token_id=1, tie_word_embeddings=False, torch_dtype="float16")
+    cfg.save_pretrained(str(out))
+    make_tokenizer(out, vocab_size=512)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h, i, v = 4096, 11008, 32000
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    for layer in range(32):
+        p = f"model.layers.{layer}."
+        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (h, h),
+                       p + "self_attn.v_proj.weight": (h, h), p + "self_attn.o_proj.weight": (h, h),
+                       p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    tensors = {}
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            tensors[name] = torch.ones(shape, dtype=torch.float16)
+        else:
+            std = 1.0 / (shape[1] ** 0.5)
+            tensors[name] = (torch.randn(shape, generator=g, device="cuda", dtype=torch.float16) * std).cpu()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def make_adapters(root: Path, base: Path, n: int) -> list[Path]:
+    from slfaas.tinymodels import make_random_adapter_for_config
+    return [make_random_adapter_for_config(base, root / f"adapter-{k}", seed=1000 + k, rank=16,
+                                           target_modules=("q_proj", "v_proj"), scale=0.05,
+                                           base_model_name=str(base))
+            for k in range(n)]
+
+
+def make_prompt(base: Path) -> str:
+    from transformers import AutoTokenizer
+
+    from slfaas.tinymodels import _CORPUS
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    ids = tok(_CORPUS * 40)["input_ids"][:PROMPT_TOKENS]
+    return tok.decode(ids)
+
+
+REF_SCRIPT = r'''
+# In-process reference, kept alive beside the server so prefill is timed side by side with
+# the functions: reads "measure K N" lines, answers with N prefill times (ms) of adapter K.
+import json, sys, time, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base, prompt_file = sys.argv[1], sys.argv[2]
+adapters = sys.argv[3:]
+prompt = open(prompt_file).read()
+t0 = time.perf_counter()
+model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float16, device_map="cuda")
+torch.cuda.synchronize(); load_s = time.perf_counter() - t0
+tok = AutoTokenizer.from_pretrained(base)
+enc = tok(prompt, return_tensors="pt").to("cuda")
+res = {"load_s": load_s, "prompt_tokens": int(enc["input_ids"].shape[1]), "adapters": {},
+       "attention": model.config._attn_implementation}
+peft = PeftModel.from_pretrained(model, adapters[0], adapter_name="a0").eval()
+for k, a in enumerate(adapters[1:], 1):
+    peft.load_adapter(a, adapter_name=f"a{k}")
+with torch.inference_mode():
+    for k, a in enumerate(adapters):
+        peft.set_adapter(f"a{k}")
+        out = peft.generate(**enc, max_new_tokens=%d, do_sample=False)
+        ids = out[0, enc["input_ids"].shape[1]:].tolist()
+        res["adapters"][a] = {"tokens": ids, "text": tok.decode(ids, skip_special_tokens=True)}
+print(json.dumps(res), flush=True)
+for line in sys.stdin:
+    mode, k, n = line.split()
+    peft.set_adapter(f"a{k}")
+    times = []
+    with torch.inference_mode():
+        for _ in range(int(n)):
+            if mode == "measure":   # backbone+adapter prefill alone (CUDA events)
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record(); peft(**enc, logits_to_keep=1); e.record(); torch.cuda.synchronize()
+                times.append(s.elapsed_time(e))
+            else:                   # like-for-like TTFT: tokenize, prefill, first token on the host
+                t = time.perf_counter()
+                x = tok(prompt, return_tensors="pt").to("cuda")
+                int(peft(**x, logits_to_keep=1).logits[:, -1].argmax(-1).item())
+                times.append((time.perf_counter() - t) * 1000)
+    print(json.dumps(times), flush=True)
+''' % GEN_TOKENS
+
+
+LOAD_PROBE = r'''
+import os, sys, time, threading, torch
+from pathlib import Path
+path = sys.argv[1]; threads = int(sys.argv[2]); chunk = 32 << 20
+size = os.path.getsize(path)
+def read_only():
+    bufs = {}
+    pos = [0]; lock = threading.Lock()
+    def w():
+        b = torch.empty(chunk, dtype=torch.uint8, pin_memory=True); mv = memoryview(b.numpy())
+        fd = os.open(path, os.O_RDONLY)
+        while True:
+            with lock:
+                p = pos[0]; pos[0] += chunk
+            if p >= size: break
+            os.preadv(fd, [mv[:min(chunk, size - p)]], p)
+        os.close(fd)
+    ts = [threading.Thread(target=w) for _ in range(threads)]
+    t0 = time.perf_counter(); [t.start() for t in ts]; [t.join() for t in ts]
+    return size / (time.perf_counter() - t0) / 1e9
+def copy_only():
+    src = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True); dst = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst.copy_(src); torch.cuda.synchronize(); t0 = time.perf_counter()
+    for _ in range(5): dst.copy_(src, non_blocking=True)
+    torch.cuda.synchronize(); return 5 * (1 << 30) / (time.perf_counter() - t0) / 1e9
+print(f"{read_only():.1f} {copy_only():.1f}")
+'''
+
+
+class Server:
+    def __init__(self, data_dir: Path, *extra: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(data_dir),
+             "--device", "cuda", "--keep-alive-s", "3600", "--max-instances", "64", "--init-timeout-s", "480",
+             "--verify-interval-s", "0", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        self.lines: list[str] = []
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        else:
+            raise RuntimeError("server failed:\n" + "".join(self.lines))
+        threading.Thread(target=lambda: [self.lines.append(x) for x in self.proc.stdout], daemon=True).start()
+
+    def close(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(120)
+
+
+def gpu_used_mib() -> int:
+    import torch
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) >> 20
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
+    ap.add_argument("--work", default="/tmp/slfaas-gpu-bench")
+    ap.add_argument("--functions", type=int, default=16)
+    ap.add_argument("--scale-to", type=int, default=40)
+    ap.add_argument("--phases", default="tests,probe,ref,node,scale,integrity")
+    args = ap.parse_args()
+    phases = set(args.phases.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
+    results: dict = {"phases": sorted(phases)}
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+    import torch
+    results["gpu"] = torch.cuda.get_device_name(0)
+    results["torch"] = torch.__version__
+    baseline = gpu_used_mib()  # before the reference process and the server exist
+    say(f"GPU {results['gpu']}, torch {torch.__version__}, baseline used {baseline} MiB")
+
+    if "tests" in phases:
+        say("running the CUDA test suite (tests/gpu_node/test_cuda_node.py) ...")
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            "tests/gpu_node/test_cuda_node.py"], cwd=ROOT, capture_output=True, text=True)
+        (out / "cuda_tests.log").write_text(r.stdout + r.stderr)
+        results["cuda_tests"] = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-500:]
+        say(f"CUDA tests: {results['cuda_tests']}")
+        save()
+        if r.returncode != 0:
+            print(r.stdout[-6000:], r.stderr[-3000:])
+            return 1
+    if not phases & {"ref", "node", "scale", "integrity"}:
+        return 0
+
+    say("making a random Llama-2-7B-shape fp16 checkpoint ...")
+    base = make_checkpoint(work)
+    n_adapters = max(args.functions, args.scale_to if "scale" in phases else 0)
+    adapters = make_adapters(work, base, n_adapters)
+    prompt = make_prompt(base)
+    (work / "prompt.txt").write_text(prompt)
+    size_gb = (base / "model.safetensors").stat().st_size / 1e9
+    results["backbone_gb"] = size_gb
+    say(f"checkpoint {size_gb:.2f} GB, {n_adapters} adapters")
+
+    if "probe" in phases:
+        for threads in (8, 16):
+            r = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(base / "model.safetensors"), str(threads)],
+                               capture_output=True, text=True)
+            rd, cp = (float(x) for x in r.stdout.split()) if r.returncode == 0 else (0.0, 0.0)
+            results.setdefault("load_probe", {})[threads] = {"read_to_pinned_gb_s": rd, "pinned_h2d_gb_s": cp}
+            say(f"load probe, {threads} threads: page cache -> pinned {rd:.1f} GB/s; pinned -> GPU {cp:.1f} GB/s")
+
+    ref_proc = None
+    if "ref" in phases:
+        say("in-process reference (PEFT generate; prefill timed later, side by side) in a separate process ...")
+        ref_proc = subprocess.Popen([sys.executable, "-c", REF_SCRIPT, str(base), str(work / "prompt.txt"),
+                                     str(adapters[0]), str(adapters[1])],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = ref_proc.stdout.readline()
+        if not line:
+            print("reference process failed")
+            return 1
+        results["ref"] = json.loads(line)
+        say(f"reference: load {results['ref']['load_s']:.1f} s ({size_gb / results['ref']['load_s']:.1f} GB/s "
+            f"via transformers), attention {results['ref']['attention']}")
+        save()
+
+    def ref_prefill(k: int, n: int, mode: str = "measure") -> list[float]:
+        ref_proc.stdin.write(f"{mode} {k} {n}\n")
+        ref_proc.stdin.flush()
+        return json.loads(ref_proc.stdout.readline())
+
+    if not phases & {"node", "scale", "integrity"}:
+        return 0
+    from slfaas.cli.client import api, lambda_client, zip_adapter
+
+    data = Path(tempfile.mkdtemp(prefix="slfaas-gpu-"))
+    server = Server(data)
+    try:
+        client = lambda_client(server.url)
+        event_gen = json.dumps({"prompt": prompt, "max_tokens": GEN_TOKENS, "temperature": 0,
+                                "return_tokens": True}).encode()
+
+        def create(k: int) -> str:
+            name = f"fn-{k}"
+            client.create_function(FunctionName=name, Runtime="slfaas-lora", Role="arn:aws:iam::0:role/x",
+                                   Code={"ZipFile": zip_adapter(adapters[k])}, Timeout=600)
+            return name
+
+        def wait_active(name: str) -> None:
+            client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 600})
+
+        def invoke(name: str, payload: bytes) -> tuple[dict, float]:
+            t0 = time.perf_counter()
+            r = client.invoke(FunctionName=name, Payload=payload)
+            body = json.loads(r["Payload"].read())
+            if r.get("FunctionError"):
+                raise RuntimeError(f"{name}: {body}")
+            return body, (time.perf_counter() - t0) * 1000
+
+        say(f"deploying {args.functions} functions (the first loads the backbone) ...")
+        names = [create(k) for k in range(args.functions)]
+        for n in names:
+            wait_active(n)
+        node = api(server.url, "GET", "/slfaas/v1/node")
+        bb = node["Backbones"][0]
+        results["backbone_load"] = {"s": bb["load_s"], "gb_per_s": bb["load_gb_per_s"], "size_bytes": bb["size_bytes"]}
+        say(f"backbone loaded once: {bb['size_bytes'] / 1e9:.2f} GB in {bb['load_s']:.2f} s = {bb['load_gb_per_s']:.1f} GB/s")
+        save()
+
+        say(f"cold-starting {len(names)} instances concurrently ...")
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(len(names)) as pool:
+            cold = list(pool.map(lambda n: invoke(n, event_gen), names))
+        results["cold_start_wall_s"] = time.perf_counter() - t0
+        results["cold_client_ms_median"] = statistics.median(ms for _, ms in cold)
+        say(f"all {len(names)} warm after {results['cold_start_wall_s']:.1f} s "
+            f"(median cold invoke {results['cold_client_ms_median'] / 1000:.1f} s)")
+        texts = {names[k]: cold[k][0]["tokens"] for k in range(len(names))}
+        if "ref" in results:
+            ref_tokens = [v["tokens"] for v in results["ref"]["adapters"].values()]
+            results["greedy_equal"] = [texts[names[0]] == ref_tokens[0], texts[names[1]] == ref_tokens[1]]
+            results["adapters_differ"] = texts[names[0]] != texts[names[1]]
+            say(f"greedy equal to in-process PEFT: {results['greedy_equal']}, adapters differ: {results['adapters_differ']}")
+
+        # warm TTFT: the function's own prefill+first token, and the client's time for 1 token
+        event_1 = json.dumps({"prompt": prompt, "max_tokens": 1, "temperature": 0}).encode()
+        t_end = time.time() + 3
+        while time.time() < t_end:  # steady GPU clocks before timing anything
+            invoke(names[0], event_1)
+            if ref_proc:
+                ref_prefill(0, 2)
+        # side by side at sample granularity: the host's noise (launch-bound prefill, seen to
+        # swing 35-64 ms between bursts) then hits reference and function alike
+        samples: dict[str, dict[str, list[float]]] = {}
+        for _ in range(40):
+            for k, name in enumerate(names[:2]):
+                d = samples.setdefault(name, {"ref_prefill": [], "ref_ttft": [], "ttft": [], "prefill": [],
+                                              "client": []})
+                if ref_proc:
+                    d["ref_prefill"] += ref_prefill(k, 2)
+                    d["ref_ttft"] += ref_prefill(k, 1, "ttft")
+                for _ in range(2):
+                    body, ms = invoke(name, event_1)
+                    d["ttft"].append(body["metrics"]["ttft_ms"])
+                    d["prefill"].append(body["metrics"]["prefill_ms"])
+                    d["client"].append(ms)
+        results["ttft_samples"] = samples
+        med = statistics.median
+        for name, d in samples.items():
+            w = {"n": len(d["ttft"]), "ttft_ms_median": med(d["ttft"]), "prefill_ms_median": med(d["prefill"]),
+                 "client_ms_median": med(d["client"]), "prompt_tokens": 512}
+            if ref_proc:
+                w["ref_prefill_ms_median"] = med(d["ref_prefill"])
+                w["ref_ttft_ms_median"] = med(d["ref_ttft"])
+                w["ratio_vs_inprocess_prefill"] = w["ttft_ms_median"] / w["ref_prefill_ms_median"]
+                w["ratio_vs_inprocess_ttft"] = w["ttft_ms_median"] / w["ref_ttft_ms_median"]
+            results.setdefault("warm", {})[name] = w
+        say("warm TTFT: " + json.dumps(results["warm"]))
+        if ref_proc:
+            ref_proc.stdin.close()
+            ref_proc.wait(60)
+            ref_proc = None
+
+        # after idling, the first request re-allocates its scratch (instances trim when idle)
+        time.sleep(2.5)
+        after_idle = [invoke(names[k], event_1)[0]["metrics"] for k in (2, 3)]
+        results["after_idle_prefill_ms"] = [m["prefill_ms"] for m in after_idle]
+        say(f"first request after 2.5 s idle: prefill {results['after_idle_prefill_ms']} ms")
+        time.sleep(2.5)
+        node = api(server.url, "GET", "/slfaas/v1/node")
+        used = gpu_used_mib() - baseline
+        results["mem_16"] = {"instances": len(node["Instances"]), "gpu_used_mib": used,
+                             "per_instance_mib_nvml": node["Gpu"]["instances"],
+                             "bound_mib": (bb["size_bytes"] >> 20) + len(names) * 1.2 * 1024}
+        say(f"GPU memory with {len(node['Instances'])} instances: {used} MiB used "
+            f"(bound backbone + {len(names)} x 1.2 GB = {results['mem_16']['bound_mib']:.0f} MiB); "
+            f"NVML per instance: {node['Gpu']['instances']}")
+        save()
+
+        if "scale" in phases and args.scale_to > len(names):
+            more = [create(k) for k in range(len(names), args.scale_to)]
+            for n in more:
+                wait_active(n)
+            say(f"cold-starting {len(more)} more instances ...")
+            with ThreadPoolExecutor(12) as pool:
+                list(pool.map(lambda n: invoke(n, event_1), more))
+            names += more
+            node = api(server.url, "GET", "/slfaas/v1/node")
+            used = gpu_used_mib() - baseline
+            per = [v for v in (node["Gpu"]["instances"] or {}).values()]
+            results["scale"] = {"instances": len(node["Instances"]), "gpu_used_mib": used,
+                                "gpu_total_mib": node["Gpu"]["total_mb"],
+                                "per_instance_mib_median": statistics.median(per) if per else None,
+                                "without_sharing_fit": int(node["Gpu"]["total_mb"] // ((bb["size_bytes"] >> 20)
+                                                          + (statistics.median(per) if per else 1100)))}
+            # every instance still answers
+            with ThreadPoolExecutor(12) as pool:
+                list(pool.map(lambda n: invoke(n, event_1), names))
+            say(f"scale: {results['scale']}")
+            save()
+
+        if "integrity" in phases:
+            import io
+            import zipfile
+            evil = ("import torch\ndef handler(event, context):\n"
+                    "    p = next(p for n, p in context.model.named_parameters() if 'lora_' not in n and p.dim() == 2)\n"
+                    "    p.data.view(-1)[:4096] += 1.0\n    torch.cuda.synchronize()\n    return {'tampered': True}\n")
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as zf, zipfile.ZipFile(io.BytesIO(zip_adapter(adapters[0]))) as src:
+                for info in src.infolist():
+                    zf.writestr(info, src.read(info))
+                zf.writestr("handler.py", evil)
+            client.create_function(FunctionName="evil", Runtime="slfaas-lora", Role="arn:aws:iam::0:role/x",
+                                   Code={"ZipFile": buf.getvalue()}, Timeout=600)
+            wait_active("evil")
+            clean = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
+            invoke("evil", b'{"prompt": "x"}')
+            t0 = time.perf_counter()
+            check = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
+            after, _ = invoke(names[0], event_gen)
+            final = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
+            results["integrity"] = {"clean_check_ok": clean["ok"], "clean_check_ms": clean["elapsed_ms"],
+                                    "detected": not check["ok"], "detect_check_ms": check["elapsed_ms"],
+                                    "bad_tensors": check["bad_tensors"][:4], "stopped": len(check["stopped_instances"]),
+                                    "reload_s": check["reload_s"], "recovery_wall_s": time.perf_counter() - t0,
+                                    "output_after_recovery_correct": after["tokens"] == texts[names[0]],
+                                    "final_check_ok": final["ok"]}
+            say(f"integrity: {results['integrity']}")
+            save()
+    finally:
+        rc = server.close()
+        results["server_exit"] = rc
+        (out / "server.log").write_text("".join(server.lines[-400:]))
+        save()
+    print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

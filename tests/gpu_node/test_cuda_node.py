@@ -1,0 +1,85 @@
+"""The CUDA node: one GPU arena borrowed through CUDA IPC. Skipped without a GPU; run on the
+GPU machine by `python bench/gpu_node.py --phases tests` (see docs/BENCHMARKS.md)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import deploy
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")]
+
+EVIL = '''
+import torch
+def handler(event, context):
+    base = next(p for n, p in context.model.named_parameters() if "lora_" not in n and p.dim() == 2)
+    base.data.view(-1)[:1024] += 1.0   # CUDA IPC memory is writable: only the node's check can catch this
+    torch.cuda.synchronize()
+    return {"tampered": True}
+'''
+
+
+def _reference(base, adapter, prompt: str, n: int) -> str:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)).to("cuda"), str(adapter)).eval()
+    enc = tok(prompt, return_tensors="pt").to("cuda")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _invoke(client, name: str, payload: dict) -> dict:
+    r = client.invoke(FunctionName=name, Payload=json.dumps(payload))
+    body = json.loads(r["Payload"].read())
+    assert "FunctionError" not in r, body
+    return body
+
+
+def test_cuda_functions_match_peft_and_recover_from_tampering(tiny_assets, live_server_factory) -> None:
+    server = live_server_factory("--device", "cuda", "--verify-interval-s", "0")
+    c = server.client()
+    deploy(c, "ga", tiny_assets.zip(tiny_assets.adapter_a))
+    deploy(c, "gb", tiny_assets.zip(tiny_assets.adapter_b))
+    event = {"prompt": "the quick brown fox", "max_tokens": 16, "temperature": 0}
+    a, b = _invoke(c, "ga", event)["text"], _invoke(c, "gb", event)["text"]
+    assert a == _reference(tiny_assets.base, tiny_assets.adapter_a, event["prompt"], 16)
+    assert b == _reference(tiny_assets.base, tiny_assets.adapter_b, event["prompt"], 16)
+    assert a != b
+
+    node = server.api("GET", "/slfaas/v1/node")
+    assert node["Device"].startswith("cuda") and len(node["Backbones"]) == 1
+    assert node["Gpu"]["backbones_mb"] >= 0
+
+    assert all(ch["ok"] for ch in server.api("POST", "/slfaas/v1/node/verify")["Checks"])
+    deploy(c, "evil", tiny_assets.zip(tiny_assets.adapter_a, {"handler.py": EVIL}))
+    assert _invoke(c, "evil", {"prompt": "x"}) == {"tampered": True}
+    checks = server.api("POST", "/slfaas/v1/node/verify")["Checks"]
+    assert len(checks) == 1 and not checks[0]["ok"]
+    assert checks[0]["bad_tensors"] and len(checks[0]["stopped_instances"]) == 3  # ga, gb and evil
+    assert checks[0]["reload_s"] is not None
+    assert server.alive()
+
+    # recovered without a restart: fresh instances, correct outputs, clean check
+    again = _invoke(c, "ga", event)
+    assert again["metrics"]["cold_start"] is True and again["text"] == a
+    assert all(ch["ok"] for ch in server.api("POST", "/slfaas/v1/node/verify")["Checks"])
+    events = server.api("GET", "/slfaas/v1/node/integrity?failures=1")["Events"]
+    assert len(events) == 1 and events[0]["bad_tensors"]
+    logs = server.api("GET", "/slfaas/v1/functions/ga/logs")
+    assert "integrity check failed" in logs
+
+
+def test_cuda_refuses_instances_that_do_not_fit(tiny_assets, live_server_factory) -> None:
+    free_mb = torch.cuda.mem_get_info()[0] >> 20
+    server = live_server_factory("--device", "cuda", "--instance-gpu-mb", str(free_mb * 4))
+    c = server.client()
+    deploy(c, "big", tiny_assets.zip(tiny_assets.adapter_a))
+    with pytest.raises(c.exceptions.TooManyRequestsException, match="Not enough GPU memory"):
+        c.invoke(FunctionName="big", Payload=json.dumps({"prompt": "x", "max_tokens": 2}))
+    assert server.alive()
