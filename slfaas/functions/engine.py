@@ -192,12 +192,12 @@ class LoraEngine:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.last_prefill_ms = (time.perf_counter() - t_prefill) * 1000
-            for _ in range(req.max_tokens):
+            for step in range(req.max_tokens):
                 token = self._pick(out.logits[:, -1, :], req, generator)
                 token_id = int(token.item())  # synchronises the device: the token really exists
                 yield token_id
-                if token_id in self._eos_ids:
-                    return
+                if token_id in self._eos_ids or step == req.max_tokens - 1:
+                    return  # no forward pass for a token nobody will read
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
                 out = self.model(input_ids=token.view(1, 1), attention_mask=mask, past_key_values=cache,
                                  use_cache=True, logits_to_keep=1)
