@@ -74,8 +74,13 @@ def main() -> int:
                             Path(os.environ["SLFAAS_CODE_DIR"]))
         handler = _load_handler(Path(os.environ["SLFAAS_CODE_DIR"]), os.environ.get("_HANDLER", ""))
         t = engine.timings
+        init_s = time.perf_counter() - t0
         log.info("init done in %.2f s (imports %.2f s, backbone attach %.3f s, adapter load %.3f s)",
-                 time.perf_counter() - t0, t.imports_s, t.backbone_attach_s, t.adapter_load_s)
+                 init_s, t.imports_s, t.backbone_attach_s, t.adapter_load_s)
+        client.init_report({"init_s": round(init_s, 4), "imports_s": round(t.imports_s, 4),
+                            "backbone_attach_s": round(t.backbone_attach_s, 4),
+                            "adapter_load_s": round(t.adapter_load_s, 4),
+                            "adapter_bytes": engine.adapter_bytes, "device": str(engine.device)})
     except NodeGone:
         return 1
     except Exception as exc:  # report, then exit: the node fails the cold-start invocation

@@ -151,6 +151,8 @@ class LoraEngine:
                  getattr(self.model_base.config, "_attn_implementation", "?"), self.model_base.dtype)
         t3 = time.perf_counter()
         self.timings = AttachTimings(t1 - t0, t2 - t1, t3 - t2)
+        self.adapter_bytes = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters()
+                                 if "lora_" in n)
         self._warm_up()
 
     def _warm_up(self) -> None:

@@ -74,6 +74,10 @@ class RuntimeClient:
                       {"Content-Type": "application/json",
                        "Lambda-Runtime-Function-Error-Type": str(error.get("errorType", "Runtime.Unknown"))})
 
+    def init_report(self, report: dict) -> None:
+        self._request("POST", "/slfaas/init-report", json.dumps(report).encode(),
+                      {"Content-Type": "application/json"})
+
     def init_error(self, error: dict) -> None:
         self._request("POST", "/init/error", json.dumps(error).encode(),
                       {"Content-Type": "application/json",

@@ -136,9 +136,11 @@ class NodeAgent:
         if not self.config.device.startswith("cuda"):
             return None
         from slfaas.gpu_node.gpu_stats import gpu_memory_report
-        pids = {i.pid: i.instance_id for i in self.instances() if i.pid}
+        infos = self.instances()
+        pids = {i.pid: i.instance_id for i in infos if i.pid}
         return gpu_memory_report(self.config.device, pids,
-                                 sum(b.size_bytes for b in self.backbones.backbones().values()))
+                                 sum(b.size_bytes for b in self.backbones.backbones().values()),
+                                 sum(i.adapter_bytes or 0 for i in infos))
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         submitted_ts = time.time()
@@ -168,7 +170,8 @@ class NodeAgent:
             items = list(self._instances.values())
         return [InstanceInfo(i.instance_id, i.function.name, i.function.version, i.function.revision_id,
                              i.state.value, i.sandbox.pid if i.sandbox else None, i.started_ts,
-                             i.last_used_ts, i.invocations) for i in items]
+                             i.last_used_ts, i.invocations, i.init_facts.get("adapter_bytes"),
+                             dict(i.init_facts)) for i in items]
 
     def retire(self, function_name: str, keep_revision: str | None = None) -> int:
         """Stop idle instances of ``function_name`` (except those of ``keep_revision``);

@@ -6,7 +6,9 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def gpu_memory_report(device: str, instance_pids: dict[int, str], backbone_bytes: int) -> dict:
+def gpu_memory_report(device: str, instance_pids: dict[int, str], backbone_bytes: int, adapter_bytes: int) -> dict:
+    """Device totals; what the node's backbones hold; what the instances' adapters hold (as
+    each runtime reported at init); per-instance use from NVML (context, adapter, KV cache)."""
     import torch
 
     dev = torch.device(device)
@@ -18,6 +20,7 @@ def gpu_memory_report(device: str, instance_pids: dict[int, str], backbone_bytes
         "used_mb": (total_b - free_b) >> 20,
         "free_mb": free_b >> 20,
         "backbones_mb": backbone_bytes >> 20,
+        "adapters_mb": round(adapter_bytes / 2**20, 1),
         "instances": None,
     }
     try:

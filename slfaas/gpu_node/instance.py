@@ -96,6 +96,7 @@ class Instance:
         self.invocations = 0
         self.init_duration_ms: float | None = None
         self.init_error: Outcome | None = None
+        self.init_facts: dict = {}      # the runtime's own account of its init (phases, bytes)
         self.sandbox: Sandbox | None = None
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -231,6 +232,10 @@ class Instance:
         if call is None or call.request.request_id != request_id:
             return False
         return self._finish(call, Outcome(body, error_type))
+
+    def init_report(self, report: dict) -> None:
+        with self._lock:
+            self.init_facts = {k: v for k, v in report.items() if isinstance(v, (int, float, str))}
 
     def init_failed(self, body: bytes, error_type: str) -> None:
         with self._lock:

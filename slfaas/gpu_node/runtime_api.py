@@ -3,7 +3,8 @@
 One socket per instance means an instance can only ever receive its own invocations, and
 a container can reach its node with no network at all (the socket is mounted).
 Paths follow AWS: ``GET /2018-06-01/runtime/invocation/next``, ``POST …/{id}/response``,
-``POST …/{id}/error``, ``POST /2018-06-01/runtime/init/error``.
+``POST …/{id}/error``, ``POST /2018-06-01/runtime/init/error``; plus one slfaas extension,
+``POST /2018-06-01/runtime/slfaas/init-report`` (init phase timings, adapter bytes).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class RuntimeEndpoint(Protocol):
     def next_delivery(self) -> Delivery | None: ...
     def complete(self, request_id: str, body: bytes, error_type: str | None) -> bool: ...
     def init_failed(self, body: bytes, error_type: str) -> None: ...
+    def init_report(self, report: dict) -> None: ...
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -112,6 +114,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self._body()
         if body is None:
+            return
+        if self.path == f"{API_PREFIX}/slfaas/init-report":
+            # slfaas extension: what init cost and what the instance holds (adapter bytes)
+            try:
+                report = json.loads(body)
+            except ValueError:
+                self._error(400, "InvalidReport", "init report must be JSON")
+                return
+            if not isinstance(report, dict):
+                self._error(400, "InvalidReport", "init report must be a JSON object")
+                return
+            self.endpoint.init_report(report)
+            self._reply(202, b'{"status":"OK"}')
             return
         if self.path == f"{API_PREFIX}/init/error":
             self.endpoint.init_failed(body, self.headers.get("Lambda-Runtime-Function-Error-Type")

@@ -63,3 +63,5 @@ class InstanceInfo:
     started_ts: float
     last_used_ts: float
     invocations: int
+    adapter_bytes: int | None = None   # the adapter's weights as loaded (device dtype)
+    init_report: dict = field(default_factory=dict)

@@ -193,3 +193,37 @@ def test_runtime_api_init_error_reaches_the_instance(served) -> None:  # type: i
     assert inst.state is S.FAILED
     assert inst.init_error is not None and inst.init_error.error_type == "Runtime.HandlerNotFound"
     assert json.loads(inst.init_error.payload)["errorMessage"] == "no handler"
+
+
+def test_runtime_init_report_reaches_the_instance(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The slfaas extension of the Runtime API: a runtime reports its init facts (adapter
+    bytes, phase timings); malformed reports are refused without touching the instance."""
+    import http.client
+    import socket
+
+    from slfaas.functions.runtime_client import RuntimeClient
+    from slfaas.gpu_node.instance import Instance
+    from slfaas.gpu_node.runtime_api import RuntimeApiServer
+    from slfaas.gpu_node.types import FunctionSpec
+
+    fs = FunctionSpec("f", "$LATEST", "r", "arn", tmp_path, tmp_path, "h", 60, 128, {})
+    inst = Instance("i-report", fs)
+    api = RuntimeApiServer(tmp_path / "r.sock", inst).start()
+    try:
+        RuntimeClient(str(tmp_path / "r.sock")).init_report(
+            {"adapter_bytes": 4096, "init_s": 1.5, "nested": {"dropped": True}})
+        assert inst.init_facts == {"adapter_bytes": 4096, "init_s": 1.5}
+
+        class _Conn(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(str(tmp_path / "r.sock"))
+
+        for body in (b"not json", b"[1, 2]"):
+            conn = _Conn("localhost")
+            conn.request("POST", "/2018-06-01/runtime/slfaas/init-report", body=body)
+            assert conn.getresponse().status == 400
+            conn.close()
+        assert inst.init_facts == {"adapter_bytes": 4096, "init_s": 1.5}
+    finally:
+        api.close()

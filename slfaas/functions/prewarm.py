@@ -1,0 +1,99 @@
+"""A generic runtime that waits to become one function's instance (the docker warm pool).
+
+Started before any function needs it, it pays the cold start's biggest share up front (the
+library imports: seconds), then blocks on its pool socket. Specialising it is one message
+from the node: the function's environment plus descriptors (SCM_RIGHTS) of the backbone
+(read-only), of the function's own code files and of the base model's config/tokenizer files.
+It links those descriptors into a private directory under /tmp and runs the ordinary runtime
+(``slfaas.functions.__main__``) in this same process. Nothing was mounted for the function,
+so the container still sees only that function's files.
+
+    python -m slfaas.functions.prewarm      (env SLFAAS_POOL_SOCKET: the node's pool socket)
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+SPEC_HEADER = struct.Struct("<I")
+MAX_FDS = 250  # SCM_MAX_FD is 253
+TASK_DIR = Path("/tmp/slfaas/task")
+MODEL_DIR = Path("/tmp/slfaas/model")
+
+
+def preimport() -> float:
+    """What every runtime imports before it can attach a backbone (the slow part)."""
+    t0 = time.perf_counter()
+    import accelerate  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    import slfaas.functions.context  # noqa: F401
+    import slfaas.functions.engine  # noqa: F401
+    return time.perf_counter() - t0
+
+
+def _recv_spec(sock: socket.socket) -> tuple[dict, list[int]]:
+    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS + 3)
+    if len(data) < SPEC_HEADER.size:
+        raise ConnectionError("the node closed the pool socket")
+    (length,) = SPEC_HEADER.unpack_from(data)
+    body = data[SPEC_HEADER.size:]
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            raise ConnectionError("short specialisation message")
+        body += chunk
+    return json.loads(body), fds
+
+
+def _link_files(directory: Path, names: list[str], fds: list[int]) -> None:
+    """``name`` → ``/proc/self/fd/N``: readable by this process only, nothing copied."""
+    for name, fd in zip(names, fds):
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(f"/proc/self/fd/{fd}", path)
+
+
+def specialise(spec: dict, fds: list[int]) -> None:
+    task, model = spec["task_files"], spec["model_files"]
+    backbone_fd, rest = fds[0], fds[1:]
+    TASK_DIR.mkdir(parents=True, exist_ok=True)
+    MODEL_DIR.mkdir(parents=True, exist_ok=True)
+    _link_files(TASK_DIR, task, rest[: len(task)])
+    _link_files(MODEL_DIR, model, rest[len(task):])
+    os.environ.clear()
+    os.environ.update(spec["env"])
+    os.environ.update({"SLFAAS_CODE_DIR": str(TASK_DIR), "LAMBDA_TASK_ROOT": str(TASK_DIR),
+                       "SLFAAS_BASE_MODEL_DIR": str(MODEL_DIR),
+                       "SLFAAS_BACKBONE_FD": str(backbone_fd)})
+    os.chdir(TASK_DIR)
+
+
+def main() -> int:
+    imports_s = preimport()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(os.environ["SLFAAS_POOL_SOCKET"])
+        sock.sendall(json.dumps({"ready": True, "imports_s": round(imports_s, 3)}).encode() + b"\n")
+        spec, fds = _recv_spec(sock)  # blocks until a function needs this instance (or the node goes)
+    except (OSError, ValueError):
+        return 0  # the node stopped or died: nothing to do
+    finally:
+        sock.close()
+    specialise(spec, fds)
+    print(f"warm-pool runtime specialised for {spec['env'].get('AWS_LAMBDA_FUNCTION_NAME')} "
+          f"(imports done {imports_s:.2f} s before)", flush=True)
+    from slfaas.functions.__main__ import main as runtime_main
+    return runtime_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
