@@ -8,10 +8,13 @@ Checks the issue's bound: sum(PSS of N instances) < 1.5 × backbone bytes + N ×
 one instance), where overhead = PSS(1 instance) − backbone bytes, and prints what N private
 copies would cost instead.
 
-    python bench/memory_pss.py [--instances 8] [--json out.json]
-"""
-from __future__ import annotations
+    python bench/memory_pss.py [--instances 8] [--sandbox process|docker] [--json out.json]
 
+With ``--sandbox docker`` every instance is a container (`slfaas node build-image` first); the
+PIDs are the runtimes' host PIDs, so the same /proc accounting applies.
+"""
+# No ``from __future__ import annotations``: tests load this file by path, without a
+# sys.modules entry, and dataclasses cannot resolve string annotations then.
 import argparse
 import json
 import os
@@ -67,13 +70,14 @@ class MemoryResult:
     private_copies_mb: float
     per_instance_pss_mb: list[float]
     holds: bool
+    sandbox: str = "process"
 
 
 class _Server:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, sandbox: str = "process"):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(data_dir),
-             "--keep-alive-s", "3600", "--log-level", "warning"],
+             "--keep-alive-s", "3600", "--log-level", "warning", "--sandbox", sandbox],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -94,7 +98,7 @@ def _instance_pids(url: str) -> dict[str, int]:
     return {i["function_name"]: i["pid"] for i in api(url, "GET", "/slfaas/v1/node")["Instances"]}
 
 
-def measure(assets: Path, n: int, log=print) -> MemoryResult:
+def measure(assets: Path, n: int, log=print, sandbox: str = "process") -> MemoryResult:
     from slfaas.cli.client import api, lambda_client, zip_adapter
     from slfaas.tinymodels import MEDIUM, make_adapter, make_base_model
 
@@ -111,7 +115,7 @@ def measure(assets: Path, n: int, log=print) -> MemoryResult:
     backbone_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
 
     with tempfile.TemporaryDirectory(prefix="slfaas-mem-") as tmp:
-        server = _Server(Path(tmp))
+        server = _Server(Path(tmp), sandbox)
         try:
             client = lambda_client(server.url)
             event = json.dumps({"prompt": "hello world", "max_tokens": 4, "temperature": 0}).encode()
@@ -152,17 +156,20 @@ def measure(assets: Path, n: int, log=print) -> MemoryResult:
         backbone_rss_sum_mb=sum(m["Rss"] for m in mappings) * 1024 / mb,
         # without sharing every instance would hold its own copy on top of what it holds now
         private_copies_mb=(pss_sum + (n - 1) * backbone_bytes) / mb, per_instance_pss_mb=[round(r["Pss"] * 1024 / mb, 1) for r in rollups],
-        holds=pss_sum < bound)
+        holds=pss_sum < bound, sandbox=sandbox)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", type=int, default=8)
     ap.add_argument("--assets", default=os.path.expanduser("~/.cache/slfaas/bench-assets"))
+    ap.add_argument("--sandbox", default="process", choices=["process", "docker"],
+                    help="instance isolation of the measured server (default %(default)s)")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args()
-    r = measure(Path(args.assets), args.instances)
+    r = measure(Path(args.assets), args.instances, sandbox=args.sandbox)
     print()
+    print(f"sandbox                              {r.sandbox:>9}")
     print(f"backbone (fp32 safetensors)          {r.backbone_mb:9.1f} MB")
     print(f"PSS of 1 instance                    {r.pss_one_mb:9.1f} MB  (overhead beyond backbone "
           f"{r.overhead_one_mb:.1f} MB)")

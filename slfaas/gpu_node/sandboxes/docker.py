@@ -18,7 +18,7 @@ only what it can see changes:
 
 Every container carries labels (node, function, version, instance, and the owning node
 process) so that leftovers of a crashed node are reaped at the next start, and everything
-of this node at stop.
+of this node at stop. A warm pool of pre-started generic containers is in ``docker_pool``.
 """
 from __future__ import annotations
 

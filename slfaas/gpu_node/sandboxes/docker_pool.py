@@ -76,6 +76,7 @@ class WarmPool:
         self._slots: list[_Slot] = []       # starting or ready, oldest first
         self._wake = threading.Event()
         self._closed = threading.Event()
+        self._failures = 0                   # in a row: back off instead of re-importing in a loop
         self._filler = threading.Thread(target=self._fill_loop, daemon=True, name="docker-warm-pool")
         self._filler.start()
 
@@ -86,12 +87,13 @@ class WarmPool:
                 missing = self.size - len(self._slots)
             if missing > 0:
                 try:
-                    self._launch()
-                    continue  # one at a time: each launch is seconds of CPU (imports)
+                    self._launch()  # one at a time: each launch is seconds of CPU (imports)
                 except Exception:
-                    log.exception("starting a warm-pool container failed; retrying in 5 s")
-                    self._closed.wait(5)
-                    continue
+                    log.exception("starting a warm-pool container failed")
+                    self._failures += 1
+                if self._failures:
+                    self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
+                continue
             self._wake.wait(1.0)
             self._wake.clear()
 
@@ -159,9 +161,11 @@ class WarmPool:
         except (OSError, ValueError) as exc:
             if not self._closed.is_set():
                 log.warning("warm-pool container %s never became ready (%s)", slot.sid, exc)
+                self._failures += 1
             self._discard(slot)
             return
         slot.conn = conn
+        self._failures = 0
         slot.ready.set()
         log.info("warm-pool container %s ready (imports %.2f s)", slot.sid, info.get("imports_s", 0.0))
 
