@@ -26,11 +26,15 @@ docker-setup: $(STAMP)
 test: $(STAMP) docker-setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
-# The boto3 integration tests again, every function instance a Docker container.
+# The vertical slice's boto3 integration tests again, every function instance a Docker
+# container (the API-parity suites exercise the control plane, not the sandbox: run once).
+SLICE_TESTS := tests/integration/test_lambda_api.py tests/integration/test_bad_input.py \
+	tests/integration/test_greedy.py tests/integration/test_isolation.py \
+	tests/integration/test_persistence.py tests/integration/test_keep_alive.py \
+	tests/integration/test_logs.py tests/integration/test_cli_live.py
 test-docker: $(STAMP)
 	PYTHON=$(PYTHON) bash docker/ensure-engine.sh
-	SLFAAS_TEST_SANDBOX=docker $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration \
-		--deselect tests/integration/test_memory_bench.py
+	SLFAAS_TEST_SANDBOX=docker $(PYTHON) -m pytest -q -p no:cacheprovider $(SLICE_TESTS)
 
 bench-memory: $(STAMP)
 	$(PYTHON) bench/memory_pss.py

@@ -22,6 +22,14 @@ class Conflict(SlfaasError):
     """The resource exists already, or is not in a state that allows the operation."""
 
 
+class PreconditionFailed(Conflict):
+    """A RevisionId given with the request no longer matches the resource (AWS answers 412)."""
+
+
+class ProvisionedConcurrencyConfigNotFound(NotFound):
+    """A function version or alias has no provisioned concurrency configuration."""
+
+
 class TooManyRequests(SlfaasError):
     """A concurrency or capacity limit refused the request."""
 

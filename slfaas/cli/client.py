@@ -34,10 +34,26 @@ def lambda_client(endpoint: str) -> Any:
                           config=Config(retries={"total_max_attempts": 1}, read_timeout=900, connect_timeout=5))
 
 
+def signed_headers(method: str, url: str, data: bytes | None, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus a SigV4 signature with the same credentials as ``lambda_client`` (a server
+    started with ``--auth sigv4`` checks it; one without ignores it)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method=method, url=url, data=data or b"", headers=headers)
+    SigV4Auth(Credentials(os.environ.get("AWS_ACCESS_KEY_ID", "slfaas"),
+                          os.environ.get("AWS_SECRET_ACCESS_KEY", "slfaas"),
+                          os.environ.get("AWS_SESSION_TOKEN") or None),
+              "lambda", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")).add_auth(request)
+    return dict(request.headers.items())
+
+
 def api(endpoint: str, method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(endpoint.rstrip("/") + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    url = endpoint.rstrip("/") + path
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers=signed_headers(method, url, data, {"Content-Type": "application/json"}))
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             raw = resp.read()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import signal
@@ -35,19 +36,19 @@ def _boto_call(endpoint: str, fn: Callable[[Any], Any]) -> Any:
 # commands
 def cmd_server(args: argparse.Namespace) -> int:
     from slfaas.faas.server import ServerConfig, SlfaasServer
+    from slfaas.faas.server import is_loopback as server_is_loopback
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        _progress(f"warning: binding {args.host} with no authentication: anyone who reaches this port can "
-                  f"deploy and run code. Bind 127.0.0.1 unless the network is trusted.")
     try:
         server = SlfaasServer(ServerConfig(
             data_dir=Path(args.data_dir), host=args.host, port=args.port, database_url=args.database_url,
             sandbox=args.sandbox, keep_alive_s=args.keep_alive_s, max_instances=args.max_instances,
             init_timeout_s=args.init_timeout_s, device=args.device, verify_interval_s=args.verify_interval_s,
             instance_gpu_mb=args.instance_gpu_mb, docker_image=args.docker_image,
-            docker_warm_pool=args.docker_warm_pool))
+            docker_warm_pool=args.docker_warm_pool, s3_endpoint_url=args.s3_endpoint_url, auth=args.auth,
+            credentials_file=Path(args.credentials) if args.credentials else None, insecure=args.insecure,
+            auth_max_skew_s=args.auth_max_skew_s))
     except OSError as exc:
         raise CliError(f"cannot start the server on {args.host}:{args.port}: {exc}")
     except ValueError as exc:
@@ -57,6 +58,15 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    if server.verifier is not None:
+        print(f"authentication: sigv4 ({len(server.verifier.secrets)} access key(s) from {args.credentials}; "
+              f"unsigned or badly signed requests are refused)", flush=True)
+    elif server_is_loopback(args.host):
+        print(f"authentication: none; bound to loopback ({args.host}) only, so only this machine can reach it "
+              f"(--auth sigv4 --credentials FILE to serve a network)", flush=True)
+    else:
+        print(f"WARNING: authentication: none on {args.host} (--insecure): anyone who reaches this port can "
+              f"deploy and run code", flush=True)
     print(f"slfaas server listening on {server.url} (data dir {Path(args.data_dir).resolve()}, "
           f"sandbox {args.sandbox}, device {server.node.config.device}); Ctrl-C stops it", flush=True)
     try:
@@ -130,6 +140,8 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         payload = json.dumps(event).encode()
     else:
         raise CliError("nothing to send: give --payload JSON or --prompt TEXT")
+    if args.stream:
+        return _invoke_stream(args, payload)
     resp = _boto_call(args.endpoint, lambda c: c.invoke(FunctionName=args.name, Payload=payload))
     body = resp["Payload"].read().decode("utf-8", "replace")
     if resp.get("FunctionError"):
@@ -142,6 +154,27 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         print(json.loads(body).get("text", ""))
     else:
         print(json.dumps(json.loads(body), indent=2) if body else "")
+    return 0
+
+
+def _invoke_stream(args: argparse.Namespace, payload: bytes) -> int:
+    """InvokeWithResponseStream: print the text as it arrives."""
+    def run(client: Any) -> dict:
+        resp = client.invoke_with_response_stream(FunctionName=args.name, Payload=payload)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        end: dict = {}
+        for event in resp["EventStream"]:
+            if "PayloadChunk" in event:
+                sys.stdout.write(decoder.decode(event["PayloadChunk"]["Payload"]))
+                sys.stdout.flush()
+            elif "InvokeComplete" in event:
+                end = event["InvokeComplete"]
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+        return end
+
+    end = _boto_call(args.endpoint, run)
+    if end.get("ErrorCode"):
+        raise CliError(f"function error ({end['ErrorCode']}): {end.get('ErrorDetails', '')}")
     return 0
 
 
@@ -286,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-alive-s", type=float, default=300.0, help="stop instances idle this long (default %(default)s)")
     s.add_argument("--max-instances", type=int, default=32, help="instances per node (default %(default)s)")
     s.add_argument("--init-timeout-s", type=float, default=300.0, help="cold-start limit (default %(default)s)")
+    s.add_argument("--s3-endpoint-url", default=None,
+                   help="S3 endpoint for function code given as S3Bucket/S3Key (default: boto3's own, which honours "
+                        "AWS_ENDPOINT_URL_S3)")
+    s.add_argument("--auth", default="none", choices=["none", "sigv4"],
+                   help="sigv4: verify every request's AWS Signature V4 against --credentials; none (default): "
+                        "no authentication, so only a loopback --host is allowed unless --insecure")
+    s.add_argument("--credentials", metavar="FILE",
+                   help="with --auth sigv4: accepted keys, AWS shared-credentials format "
+                        "([name] aws_access_key_id=... aws_secret_access_key=...)")
+    s.add_argument("--auth-max-skew-s", type=float, default=300.0,
+                   help="with --auth sigv4: how far a request's signing date may be from now (default %(default)s, "
+                        "AWS's 5 minutes); older requests, replays included, are refused as expired")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without authentication (trusted networks only)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_server)
 
@@ -307,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--max-tokens", type=int, default=32, help="with --prompt (default %(default)s)")
     i.add_argument("--temperature", type=float, default=0.0, help="with --prompt; 0 is greedy (default %(default)s)")
     i.add_argument("--text", action="store_true", help="print only the generated text")
+    i.add_argument("--stream", action="store_true",
+                   help="InvokeWithResponseStream: print the text as it is generated")
     i.set_defaults(func=cmd_invoke)
 
     ls = client_cmd("list", "list functions")

@@ -39,3 +39,35 @@ def parse_function_ref(value: str, qualifier: str | None = None) -> FunctionRef:
 def function_arn(region: str, name: str, qualifier: str | None = None) -> str:
     arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{name}"
     return f"{arn}:{qualifier}" if qualifier else arn
+
+
+@dataclass(frozen=True)
+class LambdaArn:
+    """A function, version or alias ARN: ``arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]``."""
+
+    partition: str
+    region: str
+    account: str
+    name: str
+    qualifier: str | None
+
+    def __str__(self) -> str:
+        base = f"arn:{self.partition}:lambda:{self.region}:{self.account}:function:{self.name}"
+        return f"{base}:{self.qualifier}" if self.qualifier else base
+
+
+_FULL_ARN_RE = re.compile(
+    r"^arn:(?P<partition>aws[a-zA-Z-]*):lambda:(?P<region>[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d):"
+    r"(?P<account>\d{12}):function:(?P<name>[a-zA-Z0-9-_]{1,64})(?::(?P<qualifier>\$LATEST|[a-zA-Z0-9-_]{1,128}))?$")
+
+
+def parse_lambda_arn(value: str) -> LambdaArn:
+    """A full function ARN, as TagResource's ``Resource`` takes it (a name alone is not one)."""
+    m = _FULL_ARN_RE.match(value or "")
+    if not m:
+        raise InvalidParameter(
+            f"1 validation error detected: Value '{value}' at 'resource' failed to satisfy constraint: Member must "
+            "satisfy regular expression pattern: arn:(aws[a-zA-Z-]*):lambda:[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-"
+            "\\d{1}:\\d{12}:function:[a-zA-Z0-9-_]+(:(\\$LATEST|[a-zA-Z0-9-_]+))?")
+    return LambdaArn(m.group("partition"), m.group("region"), m.group("account"), m.group("name"),
+                     m.group("qualifier"))

@@ -17,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slfaas.errors import Conflict, NotFound
+from slfaas.faas.registry_settings import SettingsMixin
+from slfaas.faas.registry_versions import VersionsMixin
 from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow
 
 LATEST = "$LATEST"
@@ -83,7 +85,7 @@ def _to_invocation(row: InvocationRow) -> InvocationRecord:
     return InvocationRecord(**{f.name: getattr(row, f.name) for f in fields(InvocationRecord)})
 
 
-class Registry:
+class Registry(VersionsMixin, SettingsMixin):
     def __init__(self, database_url: str):
         self.database_url = database_url
         self.engine: Engine = create_engine(database_url, **_engine_kwargs(database_url))
@@ -120,21 +122,22 @@ class Registry:
                 raise NotFound(name)
             return _to_function(row)
 
-    def update_function(self, name: str, expected_revision: str | None = None, **changes: Any) -> FunctionRecord:
+    def update_function(self, name: str, expected_revision: str | None = None, version: str = LATEST,
+                        **changes: Any) -> FunctionRecord:
         """Apply ``changes`` atomically; with ``expected_revision`` only if it still matches."""
         if "environment" in changes:
             changes["environment_json"] = json.dumps(changes.pop("environment"), sort_keys=True)
         with self._session() as s:
-            stmt = update(FunctionRow).where(FunctionRow.name == name, FunctionRow.version == LATEST)
+            stmt = update(FunctionRow).where(FunctionRow.name == name, FunctionRow.version == version)
             if expected_revision is not None:
                 stmt = stmt.where(FunctionRow.revision_id == expected_revision)
             result = s.execute(stmt.values(**changes))
             s.commit()
             if result.rowcount == 0:
-                if s.get(FunctionRow, (name, LATEST)) is None:
+                if s.get(FunctionRow, (name, version)) is None:
                     raise NotFound(name)
                 raise Conflict(f"Function {name} changed concurrently; retry")
-        return self.get_function(name)
+        return self.get_function(name, version)
 
     def list_functions(self, after: str | None, limit: int) -> list[FunctionRecord]:
         with self._session() as s:
@@ -150,6 +153,8 @@ class Registry:
                 raise NotFound(name)
             for r in rows:
                 s.delete(r)
+            self._delete_version_dependents(s, name)   # aliases, version numbers: gone with the function
+            self._delete_settings_dependents(s, name)  # tags, concurrency settings
             s.commit()
 
     def iter_functions(self) -> Iterator[FunctionRecord]:

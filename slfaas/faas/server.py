@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import ipaddress
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from waitress.server import create_server
 
+from slfaas.faas import auth
 from slfaas.faas.api import create_app
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
@@ -37,6 +39,11 @@ class ServerConfig:
     instance_gpu_mb: int = 1536
     docker_image: str | None = None          # --sandbox docker: the runtime image (default slfaas/runtime:local)
     docker_warm_pool: int = 0                # --sandbox docker: generic containers kept pre-started
+    s3_endpoint_url: str | None = None       # where Code.S3Bucket/S3Key are fetched (default: boto3's own)
+    auth: str = "none"                       # "none" (loopback only) or "sigv4" (needs credentials_file)
+    credentials_file: Path | None = None     # --auth sigv4: AWS shared-credentials file of accepted keys
+    insecure: bool = False                   # allow a non-loopback bind without authentication
+    auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
 
 
 def make_sandbox_factory(name: str, data_dir: Path | None = None, docker_image: str | None = None,
@@ -77,9 +84,35 @@ def resolve_device(device: str) -> str:
     return f"cuda:{index}"
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth_config(config: ServerConfig) -> auth.SigV4Verifier | None:
+    """The verifier for ``--auth sigv4``; without authentication, refuse anything but a loopback
+    bind unless ``insecure`` says the network is trusted."""
+    if config.auth == "sigv4":
+        if config.credentials_file is None:
+            raise ValueError("--auth sigv4 needs --credentials FILE (AWS shared-credentials format)")
+        return auth.SigV4Verifier(auth.load_credentials(Path(config.credentials_file)), config.auth_max_skew_s)
+    if config.auth != "none":
+        raise ValueError(f"unknown --auth {config.auth!r} (available: none, sigv4)")
+    if not is_loopback(config.host) and not config.insecure:
+        raise ValueError(f"refusing to bind {config.host} without authentication: anyone who reaches the port could "
+                         f"deploy and run code. Use --auth sigv4 --credentials FILE, bind 127.0.0.1, or pass "
+                         f"--insecure if the network is trusted")
+    return None
+
+
 class SlfaasServer:
     def __init__(self, config: ServerConfig):
         self.config = config
+        self.verifier = check_auth_config(config)
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
@@ -93,8 +126,10 @@ class SlfaasServer:
                        instance_gpu_mb=config.instance_gpu_mb),
             make_sandbox_factory(config.sandbox, data_dir, config.docker_image, config.docker_warm_pool), on_integrity=self.registry.record_integrity_event)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
-                                       public_url=lambda: self.url)
+                                       public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url)
         self.app = create_app(self.service)
+        if self.verifier is not None:
+            auth.install(self.app, self.verifier)
         self._http = create_server(self.app, host=config.host, port=config.port, threads=config.threads,
                                    channel_timeout=3600, ident="slfaas")
         self._thread: threading.Thread | None = None

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +22,12 @@ from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, No
 from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validate_base_model_dir
 from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
 from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
+from slfaas.faas.event_invoker import EventInvoker
+from slfaas.faas.limits import Limits
+from slfaas.faas.log_tail import invocation_log, log_result_header
+from slfaas.faas.tags import Tags, validate_tags
+from slfaas.faas.versions import Versions, precondition_failed
+from slfaas.faas.s3code import S3CodeFetcher, wants_s3
 from slfaas.gpu_node.agent import NodeAgent
 from slfaas.gpu_node.types import FunctionSpec, InvocationRequest, InvocationResult
 
@@ -32,6 +38,8 @@ DEFAULT_HANDLER = "slfaas.lora"
 DEFAULT_TIMEOUT_S = 60
 DEFAULT_MEMORY_MB = 2048
 MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
+MAX_ASYNC_PAYLOAD_BYTES = 1024 * 1024
+TAIL_SCAN_BYTES = 1 << 20   # how much of a function's log LogType=Tail searches for the invocation
 BASE_MODEL_ENV = "SLFAAS_BASE_MODEL"
 
 
@@ -87,15 +95,24 @@ def _environment(params: dict) -> dict[str, str] | None:
 
 class FunctionService:
     def __init__(self, registry: Registry, node: NodeAgent, code_root: Path, region: str = "us-east-1",
-                 public_url: Callable[[], str] = lambda: "http://127.0.0.1"):
+                 public_url: Callable[[], str] = lambda: "http://127.0.0.1", s3_endpoint_url: str | None = None):
         self.registry = registry
         self.node = node
         self.code = CodeStore(code_root)
+        self.s3_code = S3CodeFetcher(s3_endpoint_url, region)
         self.region = region
         self.public_url = public_url
+        self.versions = Versions(self)
+        self.tags = Tags(self)
+        # The account's concurrency limit is what the node can run at once: one invocation per instance.
+        self.limits = Limits(self, getattr(getattr(node, "config", None), "max_instances", 1000))
+        self.events = EventInvoker(self)
         n = registry.mark_interrupted_invocations()
         if n:
             log.warning("%d invocation(s) were cut off by the previous node stop; marked interrupted", n)
+        n = self.events.resume()
+        if n:
+            log.info("resuming %d queued asynchronous invocation(s)", n)
 
     # base models
     def resolve_base_model(self, ref: str) -> Path:
@@ -137,11 +154,16 @@ class FunctionService:
 
     def _store_code(self, code: Any) -> CodePackage:
         if not isinstance(code, dict):
-            raise InvalidParameter("Code must be an object with ZipFile")
+            raise InvalidParameter("Code must be an object with ZipFile or S3Bucket and S3Key")
+        if "ImageUri" in code:
+            raise InvalidParameter("Only Zip code is supported by this server (Code.ImageUri is not)")
         if "ZipFile" not in code:
-            if any(k in code for k in ("S3Bucket", "S3Key", "ImageUri")):
-                raise InvalidParameter("Only Code.ZipFile is supported by this server (S3 and image code are not)")
-            raise InvalidParameter("Code.ZipFile is required")
+            if wants_s3(code):
+                return self.code.put(self.s3_code.fetch(code))
+            raise InvalidParameter("Please provide a source for function code: Code.ZipFile or Code.S3Bucket "
+                                   "and Code.S3Key")
+        if wants_s3(code):
+            raise InvalidParameter("Please do not provide other FunctionCode parameters when providing a ZipFile.")
         try:
             raw = base64.b64decode(code["ZipFile"], validate=True)
         except (binascii.Error, TypeError, ValueError):
@@ -167,6 +189,7 @@ class FunctionService:
         except NotFound:
             pass
         env = _environment(params) or {}
+        tags = validate_tags(params["Tags"]) if params.get("Tags") is not None else {}
         timeout_s = _int_param(params, "Timeout", DEFAULT_TIMEOUT_S, 1, 900)
         memory_mb = _int_param(params, "MemorySize", DEFAULT_MEMORY_MB, 128, 10240)
         pkg = self._store_code(params.get("Code"))
@@ -181,10 +204,13 @@ class FunctionService:
             last_update_status_reason="The function is being created.",
             revision_id=str(uuid.uuid4()), last_modified=_now_lambda(), created_ts=time.time())
         self.registry.insert_function(rec)
-        # Make this the current revision on the node: a delete of an earlier function of the
-        # same name left retire(name, None) there, which marks every other revision stale.
-        self.node.retire(name, keep_revision=rec.revision_id)
+        if tags:
+            self.registry.put_tags(name, tags)
+        # Make this the current revision of $LATEST on the node.
+        self.node.retire(name, keep_revision=rec.revision_id, version=LATEST)
         self._activate_async(rec)
+        if params.get("Publish"):
+            return self.versions.snapshot(rec)
         return rec
 
     def _activate_async(self, rec: FunctionRecord) -> None:
@@ -200,18 +226,13 @@ class FunctionService:
             changes = dict(state="Failed", state_reason=str(exc), state_reason_code="InternalError",
                            last_update_status="Failed", last_update_status_reason=str(exc))
         try:
-            self.registry.update_function(rec.name, expected_revision=rec.revision_id, **changes)
+            self.registry.update_function(rec.name, expected_revision=rec.revision_id, version=rec.version, **changes)
         except (NotFound, Conflict):
             pass  # deleted or updated meanwhile: the newer change activates itself
 
     def get_function(self, ref: str, qualifier: str | None = None) -> FunctionRecord:
-        fn = parse_function_ref(ref, qualifier)
-        if fn.qualifier not in (None, LATEST):
-            raise NotFound(f"Function not found: {function_arn(self.region, fn.name, fn.qualifier)}")
-        try:
-            return self.registry.get_function(fn.name)
-        except NotFound:
-            raise NotFound(f"Function not found: {function_arn(self.region, fn.name)}")
+        """$LATEST, a published version, or the version an alias points at."""
+        return self.versions.resolve(ref, qualifier).record
 
     def list_functions(self, marker: str | None, max_items: int | None) -> tuple[list[FunctionRecord], str | None]:
         limit = 50 if max_items is None else max_items
@@ -231,17 +252,17 @@ class FunctionService:
         return page, next_marker
 
     def update_code(self, ref: str, params: dict) -> FunctionRecord:
-        rec = self.get_function(ref)
+        rec = self.versions.latest(ref)
         self._check_revision(rec, params)
-        if params.get("Publish"):
-            raise InvalidParameter("Publish is not supported yet: versions are not implemented")
-        pkg = self._store_code({k: v for k, v in params.items() if k in ("ZipFile", "S3Bucket", "S3Key", "ImageUri")})
+        pkg = self._store_code({k: v for k, v in params.items() if k in ("ZipFile", "S3Bucket", "S3Key",
+                                                                             "S3ObjectVersion", "ImageUri")})
         base = self._base_model_for(rec.environment, pkg)
-        return self._apply_update(rec, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
-                                  base_model_path=str(base))
+        updated = self._apply_update(rec, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
+                                     base_model_path=str(base))
+        return self.versions.snapshot(updated) if params.get("Publish") else updated
 
     def update_configuration(self, ref: str, params: dict) -> FunctionRecord:
-        rec = self.get_function(ref)
+        rec = self.versions.latest(ref)
         self._check_revision(rec, params)
         changes: dict[str, Any] = {}
         if "Runtime" in params and params["Runtime"] != RUNTIME:
@@ -266,8 +287,7 @@ class FunctionService:
     def _check_revision(self, rec: FunctionRecord, params: dict) -> None:
         expected = params.get("RevisionId")
         if expected and expected != rec.revision_id:
-            raise Conflict("The Revision Id provided does not match the latest Revision Id. "
-                           "Call the GetFunction/GetAlias API to retrieve the latest Revision Id")
+            raise precondition_failed()
 
     def _apply_update(self, rec: FunctionRecord, **changes: Any) -> FunctionRecord:
         if rec.last_update_status == "InProgress":
@@ -278,13 +298,18 @@ class FunctionService:
             rec.name, expected_revision=rec.revision_id, revision_id=new_revision,
             last_modified=_now_lambda(), last_update_status="InProgress",
             last_update_status_reason="The function is being updated.", **changes)
-        self.node.retire(rec.name, keep_revision=new_revision)
+        self.node.retire(rec.name, keep_revision=new_revision, version=LATEST)
         self._activate_async(updated)
         return updated
 
     def delete_function(self, ref: str, qualifier: str | None = None) -> None:
-        rec = self.get_function(ref, qualifier)
+        fn = parse_function_ref(ref, qualifier)
+        rec = self.versions.latest(fn.name)
+        if fn.qualifier is not None:  # one published version
+            self.versions.delete_version(rec.name, fn.qualifier)
+            return
         self.registry.delete_function(rec.name)
+        self.limits.forget(rec.name)
         self.node.retire(rec.name, keep_revision=None)
         self.node.logs.remove(rec.name)
 
@@ -292,21 +317,33 @@ class FunctionService:
     def spec(self, rec: FunctionRecord) -> FunctionSpec:
         return FunctionSpec(
             name=rec.name, version=rec.version, revision_id=rec.revision_id,
-            arn=function_arn(self.region, rec.name), code_dir=self.code.root / rec.code_sha256_hex,
+            arn=function_arn(self.region, rec.name, None if rec.version == LATEST else rec.version),
+            code_dir=self.code.root / rec.code_sha256_hex,
             base_model_path=Path(rec.base_model_path), handler=rec.handler, timeout_s=rec.timeout_s,
             memory_mb=rec.memory_mb, environment=rec.environment)
 
+    def select_version(self, ref: str, qualifier: str | None) -> tuple[FunctionRecord, str]:
+        """The version one invocation of ``ref``/``qualifier`` runs (an alias's routing draws
+        it), and the ARN it was invoked by (the handler's ``context.invoked_function_arn``)."""
+        target = self.versions.resolve(ref, qualifier)
+        rec = self.versions.choose(target)
+        return rec, function_arn(self.region, rec.name, target.qualifier)
+
     def invoke(self, ref: str, qualifier: str | None, payload: bytes, invocation_type: str = "RequestResponse",
-               client_context: str | None = None) -> InvokeOutcome:
+               client_context: str | None = None, log_type: str | None = None) -> InvokeOutcome:
         if invocation_type not in ("RequestResponse", "Event", "DryRun"):
             raise InvalidParameter(f"Unsupported InvocationType: {invocation_type}")
-        rec = self.get_function(ref, qualifier)
+        if log_type not in (None, "", "None", "Tail"):
+            raise InvalidParameter(f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
+                                   f"satisfy constraint: Member must satisfy enum value set: [Tail, None]")
+        rec, invoked_arn = self.select_version(ref, qualifier)
         if rec.state != "Active":
             raise Conflict(f"The operation cannot be performed at this time. The function is currently in the "
                            f"following state: {rec.state}")
-        if len(payload) > MAX_SYNC_PAYLOAD_BYTES:
-            raise RequestTooLarge(f"Request must be smaller than {MAX_SYNC_PAYLOAD_BYTES} bytes for the "
-                                  f"InvokeFunction operation")
+        limit = MAX_ASYNC_PAYLOAD_BYTES if invocation_type == "Event" else MAX_SYNC_PAYLOAD_BYTES
+        if len(payload) > limit:
+            raise RequestTooLarge(f"Request must be smaller than {limit} bytes for the "
+                                  f"{'InvokeAsync' if invocation_type == 'Event' else 'InvokeFunction'} operation")
         if payload.strip():
             try:
                 json.loads(payload)
@@ -315,20 +352,25 @@ class FunctionService:
         request_id = str(uuid.uuid4())
         if invocation_type == "DryRun":
             return InvokeOutcome(204, b"", None, rec.version, request_id)
-        request = InvocationRequest(request_id, self.spec(rec), payload or b"{}", client_context)
+        if invocation_type == "Event":
+            self.events.enqueue(request_id, rec, invoked_arn, payload or b"{}", client_context)
+            return InvokeOutcome(202, b"", None, rec.version, request_id)
+        request = InvocationRequest(request_id, replace(self.spec(rec), arn=invoked_arn), payload or b"{}",
+                                    client_context)
         record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
                                   status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
         self.registry.record_invocation(record)
-        if invocation_type == "Event":
-            threading.Thread(target=self._run, args=(request, record), daemon=True,
-                             name=f"event-{request_id[:8]}").start()
-            return InvokeOutcome(202, b"", None, rec.version, request_id)
         result = self._run(request, record)
-        return InvokeOutcome(200, result.payload, result.function_error, rec.version, request_id)
+        log_tail = None
+        if log_type == "Tail":
+            log_tail = log_result_header(invocation_log(self.node.logs.tail(rec.name, TAIL_SCAN_BYTES), request_id,
+                                                        result.instance_id))
+        return InvokeOutcome(200, result.payload, result.function_error, rec.version, request_id, log_tail)
 
     def _run(self, request: InvocationRequest, record: InvocationRecord) -> InvocationResult:
         try:
-            result = self.node.invoke(request)
+            with self.limits.tracker.lease(request.function.name):  # reserved concurrency, enforced
+                result = self.node.invoke(request)
         except BaseException as exc:
             self.registry.finish_invocation(record, status="throttled" if isinstance(exc, TooManyRequests)
                                             else "failed", end_ts=time.time(), error_type=exc.__class__.__name__,
@@ -372,11 +414,12 @@ def _opt_float(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def configuration(rec: FunctionRecord, region: str) -> dict:
-    """The FunctionConfiguration shape of botocore's Lambda model."""
+def configuration(rec: FunctionRecord, region: str, qualifier: str | None = None) -> dict:
+    """The FunctionConfiguration shape of botocore's Lambda model. A version's FunctionArn
+    carries its number; ``qualifier`` (a request's $LATEST or alias) overrides that."""
     out: dict[str, Any] = {
         "FunctionName": rec.name,
-        "FunctionArn": function_arn(region, rec.name),
+        "FunctionArn": function_arn(region, rec.name, qualifier or (None if rec.version == LATEST else rec.version)),
         "Runtime": rec.runtime,
         "Role": rec.role,
         "Handler": rec.handler,

@@ -1,7 +1,7 @@
 """SQLAlchemy 2 table definitions for the registry (SQLite by default, any SQLAlchemy URL)."""
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, Integer, String, Text
+from sqlalchemy import Boolean, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -76,3 +76,71 @@ class IntegrityEventRow(Base):
     bad_tensors_json: Mapped[str] = mapped_column(Text, default="[]")
     stopped_instances_json: Mapped[str] = mapped_column(Text, default="[]")
     reload_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# Versions, aliases, tags, concurrency and asynchronous invocations (issue 3). Published versions
+# are rows of ``functions`` with a numeric ``version``; their numbers are never reused, so the
+# last one handed out is kept apart from the rows (a deleted version leaves a gap, as on AWS).
+class VersionCounterRow(Base):
+    __tablename__ = "version_counters"
+
+    function_name: Mapped[str] = mapped_column(String(170), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AliasRow(Base):
+    __tablename__ = "aliases"
+
+    function_name: Mapped[str] = mapped_column(String(170), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    function_version: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    routing_json: Mapped[str] = mapped_column(Text, default="{}")   # {version: weight}
+    revision_id: Mapped[str] = mapped_column(String(36))
+    created_ts: Mapped[float] = mapped_column(Float)
+
+
+class TagRow(Base):
+    __tablename__ = "function_tags"
+
+    function_name: Mapped[str] = mapped_column(String(170), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), default="")
+
+
+class ReservedConcurrencyRow(Base):
+    __tablename__ = "reserved_concurrency"
+
+    function_name: Mapped[str] = mapped_column(String(170), primary_key=True)
+    reserved: Mapped[int] = mapped_column(Integer)
+
+
+class ProvisionedConcurrencyRow(Base):
+    __tablename__ = "provisioned_concurrency"
+
+    function_name: Mapped[str] = mapped_column(String(170), primary_key=True)
+    qualifier: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requested: Mapped[int] = mapped_column(Integer)
+    last_modified: Mapped[str] = mapped_column(String(40))
+
+
+class EventInvocationRow(Base):
+    """An ``InvocationType=Event`` request: its payload (so a restart can resume the queue),
+    attempts, and the result of the last attempt."""
+
+    __tablename__ = "event_invocations"
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    function_name: Mapped[str] = mapped_column(String(170), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    invoked_arn: Mapped[str] = mapped_column(String(300), default="")
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    client_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    throttles: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_ts: Mapped[float] = mapped_column(Float)
+    next_attempt_ts: Mapped[float] = mapped_column(Float)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    function_error: Mapped[str] = mapped_column(String(32), default="")
+    error_type: Mapped[str] = mapped_column(String(128), default="")

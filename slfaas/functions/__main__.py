@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,13 +97,18 @@ def main() -> int:
             inv = client.next()
         except NodeGone:
             return 0
+        context = LambdaContext(engine, inv)
         try:
             try:
                 event = json.loads(inv.payload) if inv.payload else {}
             except ValueError as exc:
                 raise ValueError(f"event is not JSON: {exc}") from exc
-            result = handler(event, LambdaContext(engine, inv))
-            body = json.dumps(result).encode()
+            result = handler(event, context)
+            if inv.response_stream:
+                pieces = _pieces(result)
+                first = next(pieces, b"")  # a failure before the first piece is a plain /error
+            else:
+                body = b"".join(_pieces(result)) if isinstance(result, Iterator) else json.dumps(result).encode()
         except Exception as exc:
             traceback.print_exc()
             try:
@@ -111,9 +117,44 @@ def main() -> int:
                 return 0
             continue
         try:
-            client.respond(inv.request_id, body)
+            if inv.response_stream:
+                _stream(client, inv.request_id, first, pieces, context)
+            else:
+                client.respond(inv.request_id, body)
         except NodeGone:
             return 0
+
+
+def _pieces(result: Any) -> Iterator[bytes]:
+    """A handler's result as response bytes: an iterator's items one by one (str as UTF-8,
+    bytes as they are, anything else as JSON), any other value as one JSON document."""
+    if not isinstance(result, Iterator):
+        yield json.dumps(result).encode()
+        return
+    for item in result:
+        if isinstance(item, (bytes, bytearray)):
+            yield bytes(item)
+        elif isinstance(item, str):
+            yield item.encode()
+        else:
+            yield json.dumps(item).encode()
+
+
+def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator[bytes], context: Any) -> None:
+    """Lambda's streaming response mode: each piece goes out as one HTTP chunk when the handler
+    produces it; a failure after streaming began travels in the error trailers."""
+    stream = client.respond_stream(request_id)
+    try:
+        stream.write(first)
+        for piece in rest:
+            stream.write(piece)
+    except NodeGone:
+        raise
+    except Exception as exc:
+        traceback.print_exc()
+        stream.close(error=_error_body(exc))
+        return
+    stream.close(metrics=getattr(context, "result_metrics", None))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
+from slfaas.functions.client_context import ClientContext
 from slfaas.functions.engine import LoraEngine
 from slfaas.functions.events import parse_event
 from slfaas.functions.runtime_client import Invocation
@@ -19,9 +20,13 @@ class LambdaContext:
         self.memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0") or 0)
         self.invoked_function_arn = invocation.function_arn
         self.aws_request_id = invocation.request_id
-        self.client_context = invocation.client_context
+        self.client_context = ClientContext.parse(invocation.client_context)
         self.log_group_name = f"/aws/lambda/{self.function_name}"
         self.log_stream_name = os.environ.get("SLFAAS_INSTANCE_ID", "")
+        # True when the caller reads a stream (InvokeWithResponseStream): a handler may then
+        # return an iterator of str/bytes pieces, each sent to the client as it is produced.
+        self.response_stream = invocation.response_stream
+        self.result_metrics: dict | None = None   # of the last generation (node's records)
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, self._invocation.deadline_ms - int(time.time() * 1000))
@@ -37,6 +42,22 @@ class LambdaContext:
 
     def generate(self, prompt: str, **options: Any) -> dict:
         return self.generate_event({"prompt": prompt, **options})
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        return self.stream_event({"prompt": prompt, **options})
+
+    def stream_event(self, event: Any) -> Iterator[str]:
+        """Generated text in pieces as tokens come (stop strings honoured across pieces).
+        The event is validated now, so a bad event fails before anything is streamed."""
+        req = parse_event(event)
+        return self._stream(req)
+
+    def _stream(self, req: Any) -> Iterator[str]:
+        from slfaas.functions.textstream import stream_text
+
+        gen = yield from stream_text(self._engine, req)
+        self.result_metrics = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                               "ttft_ms": round(gen.ttft_ms, 3), "finish_reason": gen.finish_reason}
 
     def generate_event(self, event: Any) -> dict:
         req = parse_event(event)

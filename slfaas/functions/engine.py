@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -174,7 +175,12 @@ class LoraEngine:
         torch = self._torch
         from transformers import DynamicCache
 
-        enc = self.tokenizer(req.prompt, return_tensors="pt")
+        if req.messages:
+            from slfaas.functions.chat import chat_prompt
+            prompt, templated = chat_prompt(self.tokenizer, req.messages)
+        else:
+            prompt, templated = req.prompt, False
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
         ids = enc["input_ids"]
         if ids.shape[1] == 0:
             bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
@@ -218,14 +224,24 @@ class LoraEngine:
         return torch.multinomial(probs, 1, generator=generator).view(-1)
 
     def generate(self, req: GenerationRequest) -> Generation:
+        with self.busy():
+            return self._generate(req)
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark a generation in progress (idle GPU trimming waits for its end)."""
         with self._activity:
             self._busy = True
         try:
-            return self._generate(req)
+            yield
         finally:
             with self._activity:
                 self._busy = False
                 self._last_active = time.monotonic()
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        return frozenset(self._eos_ids)
 
     def _generate(self, req: GenerationRequest) -> Generation:
         t0 = time.perf_counter()

@@ -21,6 +21,9 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     return_tokens: bool = False   # also return the generated token ids (exact comparisons)
+    # chat: ((role, content), ...) rendered with the base tokenizer's chat template instead of
+    # ``prompt`` (slfaas.functions.chat); the OpenAI-compatible endpoint sends these
+    messages: tuple[tuple[str, str], ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -44,8 +47,13 @@ def _number(event: dict, key: str, kind: type, default: Any) -> Any:
 def parse_event(event: Any) -> GenerationRequest:
     if not isinstance(event, dict):
         raise InvalidEvent(f"the event must be a JSON object with a 'prompt', got {type(event).__name__}")
+    messages = _messages(event.get("messages"))
     prompt = event.get("prompt")
-    if not isinstance(prompt, str):
+    if messages and prompt is not None:
+        raise InvalidEvent("give either 'prompt' or 'messages', not both")
+    if messages:
+        prompt = ""
+    elif not isinstance(prompt, str):
         raise InvalidEvent("the event needs 'prompt': a string" if prompt is None
                            else f"'prompt' must be a string, got {type(prompt).__name__}")
     max_tokens = _number(event, "max_tokens", int, 16)
@@ -68,4 +76,17 @@ def parse_event(event: Any) -> GenerationRequest:
     return_tokens = event.get("return_tokens", False)
     if not isinstance(return_tokens, bool):
         raise InvalidEvent(f"'return_tokens' must be a boolean, got {return_tokens!r}")
-    return GenerationRequest(prompt, max_tokens, temperature, top_p, seed, tuple(stop), return_tokens)
+    return GenerationRequest(prompt, max_tokens, temperature, top_p, seed, tuple(stop), return_tokens, messages)
+
+
+def _messages(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise InvalidEvent("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+    out = []
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise InvalidEvent("each message must be an object with string 'role' and 'content'")
+        out.append((m["role"], m["content"]))
+    return tuple(out)

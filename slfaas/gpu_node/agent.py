@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import shutil
 import sys
 import tempfile
@@ -17,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from slfaas.errors import TooManyRequests
 from slfaas.gpu_node.backbone import BackboneInfo, BackboneOwner
@@ -73,7 +74,10 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
         self._apis: dict[str, RuntimeApiServer] = {}
-        self._current_revision: dict[str, str | None] = {}  # set by retire(): older ones are stale
+        # Set by retire(): instances of a retired (name, revision) are stale, and so are those of a
+        # (name, version) whose current revision is another one (started after the retire).
+        self._retired: set[tuple[str, str]] = set()
+        self._current_revision: dict[tuple[str, str], str | None] = {}
         self._closed = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, daemon=True, name="keep-alive-reaper")
         self._reaper.start()
@@ -142,9 +146,28 @@ class NodeAgent:
                                  sum(b.size_bytes for b in self.backbones.backbones().values()),
                                  sum(i.adapter_bytes or 0 for i in infos))
 
-    def invoke(self, request: InvocationRequest) -> InvocationResult:
+    def invoke(self, request: InvocationRequest,
+               on_chunk: Callable[[bytes], None] | None = None) -> InvocationResult:
+        """Run one invocation to its end. ``on_chunk``: receives a streamed response's chunks
+        as they arrive (``request.response_stream``); it must not block."""
         submitted_ts = time.time()
         instance, cold = self._acquire(request.function)
+        return self._invoke_on(instance, cold, request, submitted_ts, on_chunk)
+
+    def invoke_stream(self, request: InvocationRequest) -> "ResponseStream":
+        """Start a streaming invocation: capacity errors (TooManyRequests) raise here, before a
+        response is started; then iterate the returned stream for the chunks as the runtime
+        sends them, and read its ``result`` at the end."""
+        submitted_ts = time.time()
+        instance, cold = self._acquire(request.function)
+        stream = ResponseStream()
+        threading.Thread(target=stream._run, daemon=True, name=f"stream-{request.request_id[:8]}",
+                         args=(lambda: self._invoke_on(instance, cold, request, submitted_ts, stream._chunks.put),)
+                         ).start()
+        return stream
+
+    def _invoke_on(self, instance: Instance, cold: bool, request: InvocationRequest, submitted_ts: float,
+                   on_chunk: Callable[[bytes], None] | None) -> InvocationResult:
         try:
             if cold and not instance.wait_ready(self.config.init_timeout_s):
                 outcome = instance.init_error or Outcome(
@@ -157,7 +180,7 @@ class NodeAgent:
             dispatch_ts = time.time()
             self.logs.append(request.function.name, instance.instance_id,
                              f"START RequestId: {request.request_id} Version: {request.function.version}")
-            outcome, _call = instance.run(request, cold, dispatch_ts)
+            outcome, _call = instance.run(request, cold, dispatch_ts, sink=on_chunk)
             self._report(request, instance, outcome, cold, submitted_ts, dispatch_ts)
             return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts)
         finally:
@@ -173,14 +196,21 @@ class NodeAgent:
                              i.last_used_ts, i.invocations, i.init_facts.get("adapter_bytes"),
                              dict(i.init_facts)) for i in items]
 
-    def retire(self, function_name: str, keep_revision: str | None = None) -> int:
-        """Stop idle instances of ``function_name`` (except those of ``keep_revision``);
-        busy ones finish their invocation and are reaped as stale afterwards."""
+    def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
+        """Stop idle instances of ``function_name`` (of its ``version`` only, when given) except
+        those of ``keep_revision``; busy ones finish their invocation and are reaped as stale
+        afterwards. Published versions are immutable: an update of $LATEST retires $LATEST's
+        instances alone, and each version keeps its own."""
         with self._lock:
             victims = [i for i in self._instances.values() if i.function.name == function_name
+                       and (version is None or i.function.version == version)
                        and i.function.revision_id != keep_revision]
-        with self._lock:
-            self._current_revision[function_name] = keep_revision
+            self._retired.update(i.function.pool_key for i in victims)
+            if version is None:
+                for key in [k for k in self._current_revision if k[0] == function_name]:
+                    del self._current_revision[key]
+            else:
+                self._current_revision[(function_name, version)] = keep_revision
         stopped = 0
         for inst in victims:
             if inst.try_reserve():
@@ -189,9 +219,12 @@ class NodeAgent:
         return stopped
 
     def _stale(self, inst: Instance) -> bool:
+        f = inst.function
         with self._lock:
-            name = inst.function.name
-            return name in self._current_revision and self._current_revision[name] != inst.function.revision_id
+            if f.pool_key in self._retired:
+                return True
+            key = (f.name, f.version)
+            return key in self._current_revision and self._current_revision[key] != f.revision_id
 
     def shutdown(self) -> None:
         self._closed.set()
@@ -351,7 +384,7 @@ class NodeAgent:
             error_type=outcome.error_type or "", instance_id=inst.instance_id, cold_start=cold,
             start_ts=submitted_ts, end_ts=end_ts,
             init_duration_ms=inst.init_duration_ms if cold else None,
-            queue_ms=queue_ms, duration_ms=(end_ts - dispatch_ts) * 1000)
+            queue_ms=queue_ms, duration_ms=(end_ts - dispatch_ts) * 1000, metrics=outcome.metrics)
 
     def _report(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
                 submitted_ts: float, dispatch_ts: float) -> None:
@@ -370,6 +403,33 @@ class NodeAgent:
                          f"REPORT RequestId: {request.request_id}\tDuration: {duration_ms:.2f} ms\t"
                          f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {request.function.memory_mb} MB\t"
                          f"Max Memory Used: {_max_rss_mb(inst)} MB{init}")
+
+
+class ResponseStream:
+    """The chunks of one streaming invocation, in order, as the runtime posts them; iterating
+    ends when the invocation does, and ``result`` (or ``error``) tells how it ended."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._chunks: queue.Queue = queue.Queue()
+        self.result: InvocationResult | None = None
+        self.error: BaseException | None = None
+
+    def _run(self, invoke: Callable[[], InvocationResult]) -> None:
+        try:
+            self.result = invoke()
+        except BaseException as exc:  # handed to the reader, who re-raises it
+            self.error = exc
+        finally:
+            self._chunks.put(self._END)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._chunks.get()
+            if item is self._END:
+                return
+            yield item
 
 
 def _max_rss_mb(inst: Instance) -> int:

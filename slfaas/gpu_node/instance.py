@@ -17,8 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Callable
 
-from slfaas.gpu_node.runtime_api import Delivery
+from slfaas.gpu_node.runtime_api import MAX_RESPONSE_BYTES, Delivery
 from slfaas.gpu_node.sandboxes.base import Sandbox
 from slfaas.gpu_node.types import FunctionSpec, InvocationRequest
 
@@ -55,6 +56,7 @@ class Outcome:
     payload: bytes
     error_type: str | None  # None: success
     delivered_ts: float | None = None
+    metrics: dict | None = None   # what a streamed response reported in its trailer (usage, ttft)
 
 
 @dataclass
@@ -66,6 +68,11 @@ class _Call:
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome | None = None
     delivered_ts: float | None = None
+    # A streamed response: each chunk goes to ``sink`` as it arrives (InvokeWithResponseStream),
+    # or is kept in ``chunks`` and becomes the payload (a buffered invoke).
+    sink: Callable[[bytes], None] | None = None
+    chunks: list[bytes] = field(default_factory=list)
+    buffered_bytes: int = 0
 
 
 def error_payload(error_type: str, message: str) -> bytes:
@@ -135,10 +142,12 @@ class Instance:
         self._ready.wait(timeout_s)
         return self._ready.is_set() and self.init_error is None and self.alive
 
-    def run(self, request: InvocationRequest, cold_start: bool, submitted_ts: float) -> tuple[Outcome, _Call]:
-        """Hand one invocation to the runtime and wait for its end (response, error, exit, timeout)."""
+    def run(self, request: InvocationRequest, cold_start: bool, submitted_ts: float,
+            sink: Callable[[bytes], None] | None = None) -> tuple[Outcome, _Call]:
+        """Hand one invocation to the runtime and wait for its end (response, error, exit, timeout).
+        ``sink`` receives the chunks of a streamed response as they arrive."""
         now = time.time()
-        call = _Call(request, cold_start, submitted_ts, now + request.function.timeout_s)
+        call = _Call(request, cold_start, submitted_ts, now + request.function.timeout_s, sink=sink)
         with self._lock:
             if not self.alive:
                 return Outcome(error_payload("Runtime.ExitError", "instance is not running"), "Runtime.ExitError"), call
@@ -224,14 +233,37 @@ class Instance:
                 client_context=call.request.client_context,
                 cold_start=call.cold_start,
                 queue_ms=(call.delivered_ts - call.submitted_ts) * 1000,
+                response_stream=call.request.response_stream,
             )
 
-    def complete(self, request_id: str, body: bytes, error_type: str | None) -> bool:
+    def complete(self, request_id: str, body: bytes, error_type: str | None, *, streamed: bool = False,
+                 metrics: dict | None = None) -> bool:
         with self._lock:
             call = self._inflight
         if call is None or call.request.request_id != request_id:
             return False
-        return self._finish(call, Outcome(body, error_type))
+        if streamed and error_type is None:
+            body = b"".join(call.chunks)  # empty when a sink took the chunks
+        return self._finish(call, Outcome(body, error_type, metrics=metrics))
+
+    def stream_chunk(self, request_id: str, data: bytes) -> bool:
+        """One chunk of a streamed response, handed on at once; False once the call is over."""
+        with self._lock:
+            call = self._inflight
+            if call is None or call.request.request_id != request_id or call.done.is_set():
+                return False
+            if call.sink is not None:
+                call.sink(data)   # must not block: the sink is a queue's put
+                return True
+            call.chunks.append(data)
+            call.buffered_bytes += len(data)
+            if call.buffered_bytes <= MAX_RESPONSE_BYTES:
+                return True
+        # a buffered invoke has Lambda's 6 MB response limit, streamed or not
+        self._finish(call, Outcome(error_payload(
+            "Function.ResponseSizeTooLarge", f"Response payload size exceeded maximum allowed payload size "
+            f"({MAX_RESPONSE_BYTES} bytes)."), "Function.ResponseSizeTooLarge"))
+        return False
 
     def init_report(self, report: dict) -> None:
         with self._lock:

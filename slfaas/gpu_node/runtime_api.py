@@ -5,9 +5,17 @@ a container can reach its node with no network at all (the socket is mounted).
 Paths follow AWS: ``GET /2018-06-01/runtime/invocation/next``, ``POST …/{id}/response``,
 ``POST …/{id}/error``, ``POST /2018-06-01/runtime/init/error``; plus one slfaas extension,
 ``POST /2018-06-01/runtime/slfaas/init-report`` (init phase timings, adapter bytes).
+
+Streaming responses follow Lambda's contract: ``POST …/{id}/response`` with
+``Lambda-Runtime-Function-Response-Mode: streaming`` and a chunked body; each chunk is handed
+on (to the HTTP client reading the invocation) as it arrives, and a failure after the stream
+began comes in the trailers ``Lambda-Runtime-Function-Error-Type`` / ``…-Error-Body`` (base64).
+The node asks for a stream on ``/next`` with ``Slfaas-Response-Mode: streaming``.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -17,13 +25,15 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/2018-06-01/runtime"
 _INVOCATION_PATH = re.compile(rf"^{API_PREFIX}/invocation/([^/]+)/(response|error)$")
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 1024
+MAX_STREAMED_RESPONSE_BYTES = 200 * 1024 * 1024   # Lambda's limit for streamed responses
+_MAX_LINE = 65536
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,16 @@ class Delivery:
     client_context: str | None
     cold_start: bool
     queue_ms: float
+    response_stream: bool = False
 
 
 class RuntimeEndpoint(Protocol):
     """The instance side of the API (implemented by ``Instance``)."""
 
     def next_delivery(self) -> Delivery | None: ...
-    def complete(self, request_id: str, body: bytes, error_type: str | None) -> bool: ...
+    def complete(self, request_id: str, body: bytes, error_type: str | None, *, streamed: bool = False,
+                 metrics: dict | None = None) -> bool: ...
+    def stream_chunk(self, request_id: str, data: bytes) -> bool: ...
     def init_failed(self, body: bytes, error_type: str) -> None: ...
     def init_report(self, report: dict) -> None: ...
 
@@ -83,7 +96,47 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps({"errorMessage": message, "errorType": error_type}).encode()
         self._reply(status, body, {"Content-Type": "application/json"})
 
+    def _read_chunks(self) -> Iterator[bytes]:
+        """The chunks of a ``Transfer-Encoding: chunked`` body, each as soon as it is complete."""
+        while True:
+            line = self.rfile.readline(_MAX_LINE)
+            if not line.endswith(b"\n"):
+                raise ConnectionError("chunked body cut short")
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                return
+            if size > MAX_STREAMED_RESPONSE_BYTES:
+                raise ValueError("chunk too large")
+            data = self.rfile.read(size)
+            if len(data) < size or self.rfile.read(2) != b"\r\n":
+                raise ConnectionError("chunked body cut short")
+            yield data
+
+    def _read_trailers(self) -> dict[str, str]:
+        trailers: dict[str, str] = {}
+        while True:
+            line = self.rfile.readline(_MAX_LINE)
+            if not line:
+                raise ConnectionError("chunked body cut short")
+            if line in (b"\r\n", b"\n"):
+                return trailers
+            name, _, value = line.decode("latin-1").partition(":")
+            trailers[name.strip().lower()] = value.strip()
+
+    def _chunked(self) -> bool:
+        return "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+
     def _body(self) -> bytes | None:
+        if self._chunked():
+            body = bytearray()
+            for data in self._read_chunks():
+                body += data
+                if len(body) > MAX_RESPONSE_BYTES:
+                    self.close_connection = True
+                    self._error(413, "RequestEntityTooLarge", "response payload too large")
+                    return None
+            self._read_trailers()
+            return bytes(body)
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_RESPONSE_BYTES:
             self._error(413, "RequestEntityTooLarge", "response payload too large")
@@ -109,10 +162,21 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if delivery.client_context:
             headers["Lambda-Runtime-Client-Context"] = delivery.client_context
+        if delivery.response_stream:
+            headers["Slfaas-Response-Mode"] = "streaming"
         self._reply(200, delivery.payload, headers)
 
     def do_POST(self) -> None:
-        body = self._body()
+        m = _INVOCATION_PATH.match(self.path)
+        if m and m.group(2) == "response" and \
+                self.headers.get("Lambda-Runtime-Function-Response-Mode", "").lower() == "streaming":
+            self._streamed_response(m.group(1))
+            return
+        try:
+            body = self._body()
+        except (ConnectionError, ValueError):
+            self.close_connection = True
+            return
         if body is None:
             return
         if self.path == f"{API_PREFIX}/slfaas/init-report":
@@ -142,6 +206,61 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "error":
             error_type = self.headers.get("Lambda-Runtime-Function-Error-Type") or "Runtime.Unknown"
         if self.endpoint.complete(request_id, body, error_type):
+            self._reply(202, b'{"status":"OK"}')
+        else:
+            self._error(400, "InvalidRequestID", f"unknown or finished request {request_id}")
+
+
+    def _streamed_response(self, request_id: str) -> None:
+        try:
+            if self._chunked():
+                total = 0
+                for data in self._read_chunks():
+                    total += len(data)
+                    if total > MAX_STREAMED_RESPONSE_BYTES:
+                        self.close_connection = True  # stop reading this body
+                        self.endpoint.complete(request_id, json.dumps({
+                            "errorMessage": f"Response payload size exceeded maximum allowed payload size "
+                                            f"({MAX_STREAMED_RESPONSE_BYTES} bytes).",
+                            "errorType": "Function.ResponseSizeTooLarge"}).encode(),
+                            "Function.ResponseSizeTooLarge", streamed=True)
+                        self._error(413, "RequestEntityTooLarge", "streamed response too large")
+                        return
+                    if not self.endpoint.stream_chunk(request_id, data):
+                        self.close_connection = True  # unknown or finished (timed out) request
+                        self._error(400, "InvalidRequestID", f"unknown or finished request {request_id}")
+                        return
+                trailers = self._read_trailers()
+            else:
+                body = self._body()
+                if body is None:
+                    return
+                if body and not self.endpoint.stream_chunk(request_id, body):
+                    self._error(400, "InvalidRequestID", f"unknown or finished request {request_id}")
+                    return
+                trailers = {}
+        except (ConnectionError, ValueError):
+            # the runtime died or wrote garbage mid-stream: its exit fails the invocation
+            log.debug("streamed response of %s cut short", request_id, exc_info=True)
+            self.close_connection = True
+            return
+        error_type = trailers.get("lambda-runtime-function-error-type") or None
+        error_body = b""
+        if error_type:
+            try:
+                error_body = base64.b64decode(trailers.get("lambda-runtime-function-error-body", ""), validate=True)
+            except (binascii.Error, ValueError):
+                error_body = b""
+            if not error_body:
+                error_body = json.dumps({"errorMessage": "the function failed while streaming its response",
+                                         "errorType": error_type}).encode()
+        metrics = None
+        try:
+            parsed = json.loads(trailers.get("slfaas-result-metrics") or "null")
+            metrics = parsed if isinstance(parsed, dict) else None
+        except ValueError:
+            pass
+        if self.endpoint.complete(request_id, error_body, error_type, streamed=True, metrics=metrics):
             self._reply(202, b'{"status":"OK"}')
         else:
             self._error(400, "InvalidRequestID", f"unknown or finished request {request_id}")

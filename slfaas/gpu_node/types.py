@@ -33,6 +33,7 @@ class InvocationRequest:
     function: FunctionSpec
     payload: bytes
     client_context: str | None = None
+    response_stream: bool = False   # InvokeWithResponseStream: the runtime streams its response
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class InvocationResult:
     init_duration_ms: float | None
     queue_ms: float
     duration_ms: float
+    metrics: dict | None = None   # a streamed response's trailer: usage and ttft (no JSON body to read)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class FakeNode:
         return InvocationResult(request.request_id, body.encode(), None, "", "inst-1", True, now, now + 0.01,
                                 12.0, 0.1, 10.0)
 
-    def retire(self, function_name: str, keep_revision: str | None = None) -> int:
+    def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         self.retired.append((function_name, keep_revision))
         return 0
 
@@ -275,8 +275,6 @@ def test_function_error_is_recorded(svc, node, zips) -> None:  # type: ignore[no
 def test_update_code(svc, node, zips, tiny_assets) -> None:  # type: ignore[no-untyped-def]
     _active(svc, zips)
     old = svc.get_function("fn")
-    with pytest.raises(InvalidParameter, match="Publish"):
-        svc.update_code("fn", {"ZipFile": zips["b"], "Publish": True})
     with pytest.raises(InvalidParameter, match="does not fit"):
         svc.update_code("fn", {"ZipFile": zips["misfit"]})
     assert svc.get_function("fn") == old  # refused updates change nothing

@@ -5,7 +5,8 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from slfaas.errors import SlfaasError
-from slfaas.faas.api import errors, lambda_api, slfaas_api
+from slfaas.faas.api import errors, lambda_api, openai_api, slfaas_api, streaming
+from slfaas.faas.api import settings_api, versions_api
 from slfaas.faas.service import FunctionService
 
 MAX_REQUEST_BYTES = 512 * 1024 * 1024
@@ -16,7 +17,11 @@ def create_app(service: FunctionService) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.extensions["slfaas.service"] = service
     app.register_blueprint(lambda_api.bp)
+    app.register_blueprint(versions_api.bp)
+    app.register_blueprint(settings_api.bp)
     app.register_blueprint(slfaas_api.bp)
+    app.register_blueprint(streaming.bp)
+    app.register_blueprint(openai_api.bp)
     app.register_error_handler(SlfaasError, errors.from_domain)
     app.register_error_handler(HTTPException, errors.from_http)
     app.register_error_handler(Exception, errors.from_unexpected)

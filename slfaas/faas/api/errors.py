@@ -7,13 +7,15 @@ import logging
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
-                           SlfaasError, TooManyRequests)
+from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, PreconditionFailed,
+                           ProvisionedConcurrencyConfigNotFound, RequestTooLarge, SlfaasError, TooManyRequests)
 
 log = logging.getLogger(__name__)
 
-_MAPPING: list[tuple[type[SlfaasError], int, str]] = [
+_MAPPING: list[tuple[type[SlfaasError], int, str]] = [  # subclasses before their bases
+    (ProvisionedConcurrencyConfigNotFound, 404, "ProvisionedConcurrencyConfigNotFoundException"),
     (NotFound, 404, "ResourceNotFoundException"),
+    (PreconditionFailed, 412, "PreconditionFailedException"),
     (InvalidParameter, 400, "InvalidParameterValueException"),
     (InvalidRequestContent, 400, "InvalidRequestContentException"),
     (Conflict, 409, "ResourceConflictException"),

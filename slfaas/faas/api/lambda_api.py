@@ -55,6 +55,12 @@ def list_functions() -> Response:
     except ValueError:
         raise InvalidParameter(f"MaxItems must be an integer, got {max_items!r}")
     page, marker = svc.list_functions(request.args.get("Marker"), limit)
+    function_version = request.args.get("FunctionVersion")
+    if function_version not in (None, "ALL"):
+        raise InvalidParameter(f"1 validation error detected: Value '{function_version}' at 'functionVersion' failed "
+                               f"to satisfy constraint: Member must satisfy enum value set: [ALL]")
+    if function_version == "ALL":  # each function's published versions after its $LATEST
+        page = [v for r in page for v in svc.registry.list_versions(r.name)]
     body: dict[str, Any] = {"Functions": [configuration(r, svc.region) for r in page]}
     if marker:
         body["NextMarker"] = marker
@@ -64,17 +70,26 @@ def list_functions() -> Response:
 @bp.get("/functions/<name>")
 def get_function(name: str) -> Response:
     svc = _service()
-    rec = svc.get_function(name, _qualifier())
-    return _json({
-        "Configuration": configuration(rec, svc.region),
+    target = svc.versions.resolve(name, _qualifier())
+    rec = target.record
+    body: dict[str, Any] = {
+        "Configuration": configuration(rec, svc.region, target.qualifier),
         "Code": {"RepositoryType": "S3", "Location": svc.code_location(rec)},
-    })
+    }
+    tags = svc.registry.get_tags(rec.name)
+    if tags:
+        body["Tags"] = tags
+    reserved = svc.registry.get_reserved_concurrency(rec.name)
+    if reserved is not None:
+        body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
+    return _json(body)
 
 
 @bp.get("/functions/<name>/configuration")
 def get_function_configuration(name: str) -> Response:
     svc = _service()
-    return _json(configuration(svc.get_function(name, _qualifier()), svc.region))
+    target = svc.versions.resolve(name, _qualifier())
+    return _json(configuration(target.record, svc.region, target.qualifier))
 
 
 @bp.put("/functions/<name>/configuration")
@@ -102,13 +117,18 @@ def invoke(name: str) -> Response:
     if client_context:
         try:
             client_context = base64.b64decode(client_context, validate=True).decode()
-        except (ValueError, UnicodeDecodeError):
+            if not isinstance(json.loads(client_context), dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidParameter("Client context must be a valid Base64-encoded JSON object.")
     outcome = svc.invoke(name, _qualifier(), request.get_data(cache=False),
-                         request.headers.get("X-Amz-Invocation-Type", "RequestResponse"), client_context)
+                         request.headers.get("X-Amz-Invocation-Type", "RequestResponse"), client_context,
+                         log_type=request.headers.get("X-Amz-Log-Type"))
     resp = Response(outcome.payload, status=outcome.status_code, mimetype="application/json")
     resp.headers["X-Amz-Executed-Version"] = outcome.executed_version
     resp.headers["x-amzn-RequestId"] = outcome.request_id
     if outcome.function_error:
         resp.headers["X-Amz-Function-Error"] = outcome.function_error
+    if outcome.log_tail is not None:
+        resp.headers["X-Amz-Log-Result"] = outcome.log_tail
     return resp

@@ -73,7 +73,12 @@ def list_invocations() -> Response:
 
 @bp.get("/invocations/<request_id>")
 def get_invocation(request_id: str) -> Response:
-    return _json(asdict(_service().registry.get_invocation(request_id)))
+    svc = _service()
+    body = asdict(svc.registry.get_invocation(request_id))
+    event = svc.events.details(request_id)
+    if event is not None:
+        body["event"] = event  # InvocationType=Event: attempts and the last attempt's result
+    return _json(body)
 
 
 @bp.get("/node")
