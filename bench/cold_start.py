@@ -14,18 +14,16 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from slfaas.serverproc import ServerProcess  # noqa: E402
 
 EVENT = json.dumps({"prompt": "hello world", "max_tokens": 4, "temperature": 0}).encode()
 BACKENDS = {"process": ["--sandbox", "process"], "docker": ["--sandbox", "docker"],
@@ -41,37 +39,6 @@ class ColdStartResult:
     cold_max_ms: float
     init_median_ms: float
     warm_ms: float
-
-
-class _Server:
-    def __init__(self, data_dir: Path, extra: list[str]):
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(data_dir),
-             "--keep-alive-s", "3600", "--log-level", "info", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                self.url = m.group(1)
-                break
-        else:
-            raise RuntimeError("server did not start:\n" + "".join(self.lines))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def count(self, pattern: str) -> int:
-        return sum(1 for line in list(self.lines) if re.search(pattern, line))
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
 
 
 def _init_ms(data_dir: Path, name: str) -> float | None:
@@ -97,7 +64,7 @@ def measure(backend: str, n: int, assets: Path, log=print) -> ColdStartResult:
         adapters.append(out)
     with tempfile.TemporaryDirectory(prefix="slfaas-cold-") as tmp:
         data_dir = Path(tmp)
-        server = _Server(data_dir, BACKENDS[backend])
+        server = ServerProcess(data_dir, "--keep-alive-s", "3600", "--log-level", "info", *BACKENDS[backend])
         try:
             client = lambda_client(server.url)
             for k, adapter in enumerate(adapters):

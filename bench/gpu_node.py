@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from decimal import Decimal
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from slfaas.serverproc import ServerProcess  # noqa: E402
 T0 = time.time()
 PROMPT_TOKENS = 512
 GEN_TOKENS = 16
@@ -168,30 +167,6 @@ print(f"{read_only():.1f} {copy_only():.1f}")
 '''
 
 
-class Server:
-    def __init__(self, data_dir: Path, *extra: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(data_dir),
-             "--device", "cuda", "--keep-alive-s", "3600", "--max-instances", "64", "--init-timeout-s", "480",
-             "--verify-interval-s", "0", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        self.lines: list[str] = []
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                self.url = m.group(1)
-                break
-        else:
-            raise RuntimeError("server failed:\n" + "".join(self.lines))
-        threading.Thread(target=lambda: [self.lines.append(x) for x in self.proc.stdout], daemon=True).start()
-
-    def close(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(120)
-
-
 def gpu_used_mib() -> int:
     import torch
     free, total = torch.cuda.mem_get_info()
@@ -278,7 +253,8 @@ def main() -> int:
     from slfaas.cli.client import api, lambda_client, zip_adapter
 
     data = Path(tempfile.mkdtemp(prefix="slfaas-gpu-"))
-    server = Server(data)
+    server = ServerProcess(data, "--device", "cuda", "--keep-alive-s", "3600", "--max-instances", "64",
+                           "--init-timeout-s", "480", "--verify-interval-s", "0")
     try:
         client = lambda_client(server.url)
         event_gen = json.dumps({"prompt": prompt, "max_tokens": GEN_TOKENS, "temperature": 0,
@@ -367,7 +343,7 @@ def main() -> int:
 
         # after idling, the first request re-allocates its scratch (instances trim when idle)
         time.sleep(2.5)
-        after_idle = [invoke(names[k], event_1)[0]["metrics"] for k in (2, 3)]
+        after_idle = [invoke(names[k % len(names)], event_1)[0]["metrics"] for k in (2, 3)]
         results["after_idle_prefill_ms"] = [m["prefill_ms"] for m in after_idle]
         say(f"first request after 2.5 s idle: prefill {results['after_idle_prefill_ms']} ms")
         time.sleep(2.5)
@@ -379,6 +355,24 @@ def main() -> int:
         say(f"GPU memory with {len(node['Instances'])} instances: {used} MiB used "
             f"(bound backbone + {len(names)} x 1.2 GB = {results['mem_16']['bound_mib']:.0f} MiB); "
             f"NVML per instance: {node['Gpu']['instances']}")
+        save()
+
+        # billing on the GPU: device time from CUDA events, the H100 price, conservation
+        usage = api(server.url, "GET", "/slfaas/v1/cost/usage")["Usage"]
+        report = api(server.url, "GET", "/slfaas/v1/cost/report?format=json")
+        warm_u = [u for u in usage if not u["cold_start"]]
+        cold_u = [u for u in usage if u["cold_start"]]
+        results["billing"] = {
+            "device_type": usage[0]["device_type"], "invocations": len(usage), "cold": len(cold_u),
+            "warm_device_s_median": med(u["batch_device_s"] for u in warm_u),
+            "warm_billed_s_median": med(u["compute_device_s"] for u in warm_u),
+            "warm_runtime_overhead_s_median": med(u["runtime_overhead_s"] for u in warm_u),
+            "warm_cost_usd_median": str(med(Decimal(u["cost_usd"]) for u in warm_u)),
+            "cold_init_s_median": med(u["init_device_s"] for u in cold_u),
+            "cold_phases_s_median": {k: med(u["init_phases_s"].get(k, 0.0) for u in cold_u)
+                                     for k in cold_u[0]["init_phases_s"]},
+            "total_cost_usd": report["total"]["cost_usd"], "report": report}
+        say("billing: " + json.dumps({k: v for k, v in results["billing"].items() if k != "report"}))
         save()
 
         if "scale" in phases and args.scale_to > len(names):

@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from slfaas.serverproc import ServerProcess  # noqa: E402
 
 
 def pss_kb(pid: int) -> dict[str, int]:
@@ -73,26 +72,6 @@ class MemoryResult:
     sandbox: str = "process"
 
 
-class _Server:
-    def __init__(self, data_dir: Path, sandbox: str = "process"):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(data_dir),
-             "--keep-alive-s", "3600", "--log-level", "warning", "--sandbox", sandbox],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                self.url = m.group(1)
-                break
-        else:
-            raise RuntimeError("server did not start")
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-
-
 def _instance_pids(url: str) -> dict[str, int]:
     from slfaas.cli.client import api
     return {i["function_name"]: i["pid"] for i in api(url, "GET", "/slfaas/v1/node")["Instances"]}
@@ -115,7 +94,7 @@ def measure(assets: Path, n: int, log=print, sandbox: str = "process") -> Memory
     backbone_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
 
     with tempfile.TemporaryDirectory(prefix="slfaas-mem-") as tmp:
-        server = _Server(Path(tmp), sandbox)
+        server = ServerProcess(Path(tmp), "--keep-alive-s", "3600", "--log-level", "warning", "--sandbox", sandbox)
         try:
             client = lambda_client(server.url)
             event = json.dumps({"prompt": "hello world", "max_tokens": 4, "temperature": 0}).encode()

@@ -12,41 +12,15 @@ The acceptance bound is median(TTFT) / median(buffered) < 0.40.
 """
 import argparse
 import json
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-class _Server:
-    def __init__(self, data_dir: Path):
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(data_dir),
-             "--keep-alive-s", "3600", "--device", "cpu"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                self.url = m.group(1)
-                break
-        else:
-            raise RuntimeError("server did not start:\n" + "".join(self.lines))
-        threading.Thread(target=lambda: [self.lines.append(x) for x in self.proc.stdout], daemon=True).start()
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
+from slfaas.serverproc import ServerProcess  # noqa: E402
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -75,7 +49,7 @@ def main() -> int:
         print(f"[1/4] making a {args.shape} base model and a LoRA adapter ...", flush=True)
         base = make_base_model(root / "base", shape=shape)
         adapter = make_adapter(base, root / "adapter", seed=1, base_model_name=str(base))
-        server = _Server(root / "data")
+        server = ServerProcess(root / "data", "--keep-alive-s", "3600", "--device", "cpu")
         try:
             lam = boto3.client("lambda", endpoint_url=server.url, region_name="us-east-1",
                                aws_access_key_id="bench", aws_secret_access_key="bench",

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from slfaas.cli.client import zip_adapter
+from slfaas.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 # The sandbox backend of every LiveServer that does not choose one: `SLFAAS_TEST_SANDBOX=docker
@@ -65,7 +63,7 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
 
 
 class LiveServer:
-    """``slfaas server`` as a real subprocess on a free port."""
+    """``slfaas server`` as a real subprocess on a free port (with the suite's sandbox backend)."""
 
     def __init__(self, data_dir: Path, *extra: str):
         self.data_dir = data_dir
@@ -75,33 +73,12 @@ class LiveServer:
         self.output: list[str] = []
 
     def start(self, timeout_s: float = 60) -> "LiveServer":
-        cmd = [sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir", str(self.data_dir),
-               *self.extra]
-        if TEST_SANDBOX != "process" and "--sandbox" not in self.extra:
-            cmd += ["--sandbox", TEST_SANDBOX]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.time() + timeout_s
-        assert self.proc.stdout is not None
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited during start:\n" + "".join(self.output))
-            self.output.append(line)
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                self.url = m.group(1)
-                break
-        else:
-            raise RuntimeError("server did not start in time")
-        import threading
-        threading.Thread(target=self._drain, daemon=True).start()
+        extra = list(self.extra)
+        if TEST_SANDBOX != "process" and "--sandbox" not in extra:
+            extra += ["--sandbox", TEST_SANDBOX]
+        server = ServerProcess(self.data_dir, *extra, timeout_s=timeout_s)
+        self.proc, self.url, self.output = server.proc, server.url, server.lines
         return self
-
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

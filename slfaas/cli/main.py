@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.cli.client import CliError, api, endpoint_default, lambda_client, unreachable, zip_adapter
+from slfaas.errors import SlfaasError
 
 DEFAULT_DATA_DIR = Path("~/.slfaas").expanduser()
 ROLE = "arn:aws:iam::000000000000:role/slfaas"
@@ -48,10 +49,10 @@ def cmd_server(args: argparse.Namespace) -> int:
             instance_gpu_mb=args.instance_gpu_mb, docker_image=args.docker_image,
             docker_warm_pool=args.docker_warm_pool, s3_endpoint_url=args.s3_endpoint_url, auth=args.auth,
             credentials_file=Path(args.credentials) if args.credentials else None, insecure=args.insecure,
-            auth_max_skew_s=args.auth_max_skew_s))
+            auth_max_skew_s=args.auth_max_skew_s, prices_file=Path(args.prices) if args.prices else None))
     except OSError as exc:
         raise CliError(f"cannot start the server on {args.host}:{args.port}: {exc}")
-    except ValueError as exc:
+    except (ValueError, SlfaasError) as exc:
         raise CliError(str(exc))
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -333,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "AWS's 5 minutes); older requests, replays included, are refused as expired")
     s.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback --host without authentication (trusted networks only)")
+    s.add_argument("--prices", metavar="FILE",
+                   help="price sheet (TOML or YAML) over the built-in defaults; see docs/prices.example.toml")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_server)
 
@@ -406,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE", help="with --dockerfile")
     bi.add_argument("--build-network", help="with --dockerfile: network for RUN steps (e.g. host)")
     nd.set_defaults(func=cmd_node)
+
+    from slfaas.cli.cost import add_parser as add_cost_parser
+    add_cost_parser(sub)
 
     dm = sub.add_parser("demo", help="make a tiny model and two adapters, serve, deploy and invoke them",
                         description="End-to-end demo on the embedded default: builds a tiny base model and two "

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from slfaas.errors import Conflict, NotFound
+from slfaas.faas.registry_billing import BillingMixin
 from slfaas.faas.registry_settings import SettingsMixin
 from slfaas.faas.registry_versions import VersionsMixin
 from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow
@@ -85,7 +86,7 @@ def _to_invocation(row: InvocationRow) -> InvocationRecord:
     return InvocationRecord(**{f.name: getattr(row, f.name) for f in fields(InvocationRecord)})
 
 
-class Registry(VersionsMixin, SettingsMixin):
+class Registry(VersionsMixin, SettingsMixin, BillingMixin):
     def __init__(self, database_url: str):
         self.database_url = database_url
         self.engine: Engine = create_engine(database_url, **_engine_kwargs(database_url))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from waitress.server import create_server
 
+from slfaas.billing.prices import default_prices, load_prices
 from slfaas.faas import auth
 from slfaas.faas.api import create_app
 from slfaas.faas.registry import Registry
@@ -44,6 +45,7 @@ class ServerConfig:
     credentials_file: Path | None = None     # --auth sigv4: AWS shared-credentials file of accepted keys
     insecure: bool = False                   # allow a non-loopback bind without authentication
     auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
+    prices_file: Path | None = None          # --prices: a TOML/YAML price sheet over the built-in defaults
 
 
 def make_sandbox_factory(name: str, data_dir: Path | None = None, docker_image: str | None = None,
@@ -117,6 +119,7 @@ class SlfaasServer:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
         device = resolve_device(config.device)
+        prices = load_prices(Path(config.prices_file)) if config.prices_file else default_prices()
         verify_s = config.verify_interval_s
         if verify_s is None:
             verify_s = 60.0 if device.startswith("cuda") else 0.0
@@ -124,7 +127,9 @@ class SlfaasServer:
             NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
                        instance_gpu_mb=config.instance_gpu_mb),
-            make_sandbox_factory(config.sandbox, data_dir, config.docker_image, config.docker_warm_pool), on_integrity=self.registry.record_integrity_event)
+            make_sandbox_factory(config.sandbox, data_dir, config.docker_image, config.docker_warm_pool),
+            on_integrity=self.registry.record_integrity_event, prices=prices,
+            on_usage=lambda rec: self.service.cost.record(rec), on_node_usage=self.registry.put_node_usage)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
                                        public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url)
         self.app = create_app(self.service)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
                            TooManyRequests)
+from slfaas.billing.service import CostService
 from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validate_base_model_dir
 from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
 from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
@@ -106,6 +107,9 @@ class FunctionService:
         self.tags = Tags(self)
         # The account's concurrency limit is what the node can run at once: one invocation per instance.
         self.limits = Limits(self, getattr(getattr(node, "config", None), "max_instances", 1000))
+        meter = getattr(node, "meter", None)
+        self.cost = CostService(registry, meter.sheet if meter else None, meter.snapshot if meter else None,
+                                on_budget_warning=self._budget_warning)
         self.events = EventInvoker(self)
         n = registry.mark_interrupted_invocations()
         if n:
@@ -367,8 +371,16 @@ class FunctionService:
                                                         result.instance_id))
         return InvokeOutcome(200, result.payload, result.function_error, rec.version, request_id, log_tail)
 
+    def _budget_warning(self, function_name: str | None, message: str) -> None:
+        if function_name:
+            try:
+                self.node.logs.append(function_name, "billing", message)
+            except Exception:  # a log line must never fail an invocation
+                log.exception("writing a budget warning to %s's log failed", function_name)
+
     def _run(self, request: InvocationRequest, record: InvocationRecord) -> InvocationResult:
         try:
+            self.cost.admit(request.function.name, request.request_id)   # hard budgets, enforced
             with self.limits.tracker.lease(request.function.name):  # reserved concurrency, enforced
                 result = self.node.invoke(request)
         except BaseException as exc:
@@ -376,6 +388,8 @@ class FunctionService:
                                             else "failed", end_ts=time.time(), error_type=exc.__class__.__name__,
                                             error_message=str(exc))
             raise
+        finally:
+            self.cost.release(request.request_id)   # no-op once its usage record settled it
         usage: dict = {}
         metrics: dict = {}
         if result.function_error is None:

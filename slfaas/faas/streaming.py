@@ -143,6 +143,8 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
     service.registry.record_invocation(record)
     lease = ExitStack()
     try:
+        service.cost.admit(rec.name, request_id)                      # hard budgets, enforced
+        lease.callback(service.cost.release, request_id)              # no-op once billed
         lease.enter_context(service.limits.tracker.lease(rec.name))   # reserved concurrency, enforced
         node_stream = service.node.invoke_stream(request)
     except BaseException as exc:

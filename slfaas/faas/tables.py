@@ -144,3 +144,59 @@ class EventInvocationRow(Base):
     result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     function_error: Mapped[str] = mapped_column(String(32), default="")
     error_type: Mapped[str] = mapped_column(String(128), default="")
+
+
+# Billing (issue 5): per-invocation usage records, each node session's metered usage, budgets.
+# Money is stored as decimal strings (exact); SQLite has no exact decimal type.
+class UsageRow(Base):
+    __tablename__ = "usage_records"
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    function_name: Mapped[str] = mapped_column(String(170), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    node_id: Mapped[str] = mapped_column(String(32), index=True)
+    device: Mapped[str] = mapped_column(String(32))
+    device_type: Mapped[str] = mapped_column(String(64))
+    start_ts: Mapped[float] = mapped_column(Float)
+    end_ts: Mapped[float] = mapped_column(Float, index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    cold_start: Mapped[bool] = mapped_column(Boolean)
+    preload_tier: Mapped[str] = mapped_column(String(16))
+    batch_size: Mapped[int] = mapped_column(Integer)
+    batch_device_s: Mapped[float] = mapped_column(Float)
+    compute_device_s: Mapped[float] = mapped_column(Float)
+    init_device_s: Mapped[float] = mapped_column(Float)
+    runtime_overhead_s: Mapped[float] = mapped_column(Float)
+    queue_s: Mapped[float] = mapped_column(Float)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[str] = mapped_column(String(40))
+    init_phases_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class NodeUsageRow(Base):
+    __tablename__ = "node_usage"
+
+    node_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device: Mapped[str] = mapped_column(String(32))
+    device_type: Mapped[str] = mapped_column(String(64))
+    start_ts: Mapped[float] = mapped_column(Float, index=True)
+    end_ts: Mapped[float] = mapped_column(Float)
+    elapsed_s: Mapped[float] = mapped_column(Float)
+    billed_device_s: Mapped[float] = mapped_column(Float)
+    overhead_json: Mapped[str] = mapped_column(Text)
+    keep_alive_json: Mapped[str] = mapped_column(Text)
+    backbone_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    backbone_load_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class BudgetRow(Base):
+    __tablename__ = "budgets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    limit_usd: Mapped[str] = mapped_column(String(40))
+    period: Mapped[str] = mapped_column(String(8))
+    hard: Mapped[bool] = mapped_column(Boolean)
+    function_name: Mapped[str | None] = mapped_column(String(170), nullable=True)
+    created_ts: Mapped[float] = mapped_column(Float)

@@ -81,6 +81,7 @@ def main() -> int:
         client.init_report({"init_s": round(init_s, 4), "imports_s": round(t.imports_s, 4),
                             "backbone_attach_s": round(t.backbone_attach_s, 4),
                             "adapter_load_s": round(t.adapter_load_s, 4),
+                            "device_init_s": round(t.device_init_s, 4),
                             "adapter_bytes": engine.adapter_bytes, "device": str(engine.device)})
     except NodeGone:
         return 1

@@ -57,7 +57,8 @@ class LambdaContext:
 
         gen = yield from stream_text(self._engine, req)
         self.result_metrics = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                               "ttft_ms": round(gen.ttft_ms, 3), "finish_reason": gen.finish_reason}
+                               "ttft_ms": round(gen.ttft_ms, 3), "finish_reason": gen.finish_reason,
+                               "device_ms": round(gen.device_ms, 3)}
 
     def generate_event(self, event: Any) -> dict:
         req = parse_event(event)
@@ -72,6 +73,7 @@ class LambdaContext:
                 "cold_start": self._invocation.cold_start,
                 "batch_size": 1,
                 "prefill_ms": round(gen.prefill_ms, 3),
+                "device_ms": round(gen.device_ms, 3),
             },
         }
         if req.return_tokens:

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,6 +25,7 @@ class Generation:
     ttft_ms: float              # tokenize + prefill + first token, measured in the instance
     prefill_ms: float           # the prefill forward alone (device-synchronised)
     token_ids: tuple[int, ...] = ()
+    device_ms: float = 0.0      # device time of the generation (CUDA events; wall on CPU): billed
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class AttachTimings:
     imports_s: float
     backbone_attach_s: float
     adapter_load_s: float
+    device_init_s: float = 0.0   # CUDA context creation (0 on CPU)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class LoraEngine:
         self.device = torch.device(backbone.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            torch.zeros(1, device=self.device)  # creates the CUDA context now: timed as device init
+        t_dev = time.perf_counter()
         state, self._backbone_keepalive = backbone.tensors()
         self.model_base = build_borrowed_model(state, base_model_dir)
         del state
@@ -142,6 +146,7 @@ class LoraEngine:
             eos = self.tokenizer.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
         self.last_prefill_ms = 0.0
+        self.last_device_ms = 0.0
         self._activity = threading.Lock()  # held while generating: trimming waits for idle
         self._busy = False
         self._last_active = time.monotonic()
@@ -151,7 +156,7 @@ class LoraEngine:
         log.info("model ready on %s: attention=%s, backbone dtype=%s", self.device,
                  getattr(self.model_base.config, "_attn_implementation", "?"), self.model_base.dtype)
         t3 = time.perf_counter()
-        self.timings = AttachTimings(t1 - t0, t2 - t1, t3 - t2)
+        self.timings = AttachTimings(t1 - t0, t2 - t_dev, t3 - t2, t_dev - t1)
         self.adapter_bytes = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters()
                                  if "lora_" in n)
         self._warm_up()
@@ -193,6 +198,26 @@ class LoraEngine:
             generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
         cache = DynamicCache()
         mask = torch.ones_like(ids)
+        # Billing meters device time: CUDA events on the device's own clock (first kernel to
+        # last), wall time on CPU. Recorded in ``finally``: a consumer may stop early.
+        cuda = self.device.type == "cuda"
+        t_dev = time.perf_counter()
+        ev_start = ev_end = None
+        if cuda:
+            ev_start, ev_end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            ev_start.record()
+        try:
+            yield from self._decode(ids, mask, cache, req, generator)
+        finally:
+            if ev_start is not None and ev_end is not None:
+                ev_end.record()
+                ev_end.synchronize()
+                self.last_device_ms = float(ev_start.elapsed_time(ev_end))
+            else:
+                self.last_device_ms = (time.perf_counter() - t_dev) * 1000
+
+    def _decode(self, ids: Any, mask: Any, cache: Any, req: GenerationRequest, generator: Any) -> Iterator[int]:
+        torch = self._torch
         with torch.inference_mode():
             t_prefill = time.perf_counter()
             out = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
@@ -249,18 +274,19 @@ class LoraEngine:
         new_ids: list[int] = []
         finish = "length"
         text = ""
-        for token_id in self.stream(req):
-            if first_ts is None:
-                first_ts = time.perf_counter()
-            new_ids.append(token_id)
-            if token_id in self._eos_ids:
-                finish = "stop"
-                break
-            if req.stop:
-                text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-                if any(s in text for s in req.stop):
+        with closing(self.stream(req)) as tokens:  # closed on break: ends the device-time meter
+            for token_id in tokens:
+                if first_ts is None:
+                    first_ts = time.perf_counter()
+                new_ids.append(token_id)
+                if token_id in self._eos_ids:
                     finish = "stop"
                     break
+                if req.stop:
+                    text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                    if any(s in text for s in req.stop):
+                        finish = "stop"
+                        break
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         for s in req.stop:
             cut = text.find(s)
@@ -268,7 +294,7 @@ class LoraEngine:
                 text, finish = text[:cut], "stop"
         ttft_ms = ((first_ts or time.perf_counter()) - t0) * 1000
         return Generation(text, finish, self.last_prompt_tokens, len(new_ids), ttft_ms, self.last_prefill_ms,
-                          tuple(new_ids))
+                          tuple(new_ids), self.last_device_ms)
 
     def _trim_when_idle(self) -> None:
         """Give freed KV cache and activations back to the device once the instance has been

@@ -10,6 +10,7 @@ string is held back until it cannot.
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from typing import Any, Generator
 
 from slfaas.functions.engine import Generation
@@ -72,22 +73,24 @@ def stream_text(engine: Any, req: GenerationRequest) -> Generator[str, None, Gen
         sent = 0         # how much of ``text`` has been yielded
         finish = "length"
         stopped_by_string = False
-        for token_id in engine.stream(req):
-            if first_ts is None:
-                first_ts = time.perf_counter()
-            if token_id in eos:
-                detok.ids.append(token_id)
-                finish = "stop"
-                break
-            text += detok.add(token_id)
-            cut = _cut_at_stop(req, text)
-            if cut is not None:
-                text, finish, stopped_by_string = cut, "stop", True
-                break
-            ready = len(text) - (_held_back(text, req.stop) if req.stop else 0)
-            if ready > sent:
-                yield text[sent:ready]
-                sent = ready
+        # closed on break: the engine's device-time meter ends there
+        with closing(engine.stream(req)) as tokens:
+            for token_id in tokens:
+                if first_ts is None:
+                    first_ts = time.perf_counter()
+                if token_id in eos:
+                    detok.ids.append(token_id)
+                    finish = "stop"
+                    break
+                text += detok.add(token_id)
+                cut = _cut_at_stop(req, text)
+                if cut is not None:
+                    text, finish, stopped_by_string = cut, "stop", True
+                    break
+                ready = len(text) - (_held_back(text, req.stop) if req.stop else 0)
+                if ready > sent:
+                    yield text[sent:ready]
+                    sent = ready
         if not stopped_by_string:
             text += detok.flush()
             cut = _cut_at_stop(req, text)
@@ -97,4 +100,4 @@ def stream_text(engine: Any, req: GenerationRequest) -> Generator[str, None, Gen
             yield text[sent:]
         ttft_ms = ((first_ts or time.perf_counter()) - t0) * 1000
         return Generation(text, finish, engine.last_prompt_tokens, len(detok.ids), ttft_ms,
-                          engine.last_prefill_ms, tuple(detok.ids))
+                          engine.last_prefill_ms, tuple(detok.ids), getattr(engine, "last_device_ms", 0.0))

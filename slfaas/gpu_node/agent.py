@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from slfaas.billing.meter import InvocationFacts, Meter
+from slfaas.billing.prices import PriceSheet
+from slfaas.billing.records import NodeUsage, UsageRecord
 from slfaas.errors import TooManyRequests
 from slfaas.gpu_node.backbone import BackboneInfo, BackboneOwner
 from slfaas.gpu_node.instance import Instance, InstanceState, Outcome, error_payload
@@ -61,12 +64,17 @@ class IntegrityEvent:
 
 class NodeAgent:
     def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None,
-                 on_integrity: Callable[[IntegrityEvent], None] | None = None):
+                 on_integrity: Callable[[IntegrityEvent], None] | None = None, prices: PriceSheet | None = None,
+                 on_usage: Callable[[UsageRecord], None] | None = None,
+                 on_node_usage: Callable[[NodeUsage], None] | None = None):
         self.config = config
         self.node_id = uuid.uuid4().hex[:12]
         self.sandboxes = sandboxes
         self.backbones = backbones or BackboneOwner(config.device)
         self.on_integrity = on_integrity
+        self.meter = Meter(self.node_id, config.device, prices, gpu_name=_gpu_name(config.device),
+                           on_usage=on_usage, on_node_usage=on_node_usage)
+        self.meter.start_flushing(probe=lambda: (len(self.backbones.loaded()), self.sandboxes.warm_count()))
         self._verify_lock = threading.Lock()
         self.logs = FunctionLogs(Path(config.data_dir) / "logs")
         # Unix socket paths are limited to 108 bytes, so they live in a short temp dir.
@@ -88,8 +96,15 @@ class NodeAgent:
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
         """Make sure the function's backbone is resident (the Pending → Active step)."""
         self.backbones.acquire(function.base_model_path)
+        self._meter_backbones()
         return next(b for b in self.backbones.loaded()
                     if Path(b.model_path) == Path(function.base_model_path).resolve())
+
+    def _meter_backbones(self) -> None:
+        loaded = self.backbones.loaded()
+        largest = max(loaded, key=lambda b: b.size_bytes, default=None)
+        self.meter.backbone_resident(len(loaded), largest.size_bytes if largest else 0,
+                                     largest.load_s if largest else 0.0)
 
     def verify_backbones(self) -> list[IntegrityEvent]:
         """Check every backbone against its load-time digest. On a mismatch: stop the
@@ -169,24 +184,44 @@ class NodeAgent:
     def _invoke_on(self, instance: Instance, cold: bool, request: InvocationRequest, submitted_ts: float,
                    on_chunk: Callable[[bytes], None] | None) -> InvocationResult:
         try:
-            if cold and not instance.wait_ready(self.config.init_timeout_s):
-                outcome = instance.init_error or Outcome(
-                    error_payload("Runtime.InitTimeout",
-                                  f"Init did not finish within {self.config.init_timeout_s:.0f} s"),
-                    "Runtime.InitTimeout")
-                instance.fail_and_kill()
-                self._report(request, instance, outcome, cold, submitted_ts, submitted_ts)
-                return self._result(request, instance, outcome, cold, submitted_ts, submitted_ts)
+            if cold:
+                ready = instance.wait_ready(self.config.init_timeout_s)
+                now = time.time()
+                self.meter.instance_ready(instance.instance_id, now, (now - instance.started_ts))
+                if not ready:
+                    outcome = instance.init_error or Outcome(
+                        error_payload("Runtime.InitTimeout",
+                                      f"Init did not finish within {self.config.init_timeout_s:.0f} s"),
+                        "Runtime.InitTimeout")
+                    instance.fail_and_kill()
+                    usage = self._meter(request, instance, outcome, cold, submitted_ts, now)
+                    self._report(request, instance, outcome, cold, now, usage)
+                    return self._result(request, instance, outcome, cold, submitted_ts, now, usage)
             dispatch_ts = time.time()
             self.logs.append(request.function.name, instance.instance_id,
                              f"START RequestId: {request.request_id} Version: {request.function.version}")
+            self.meter.invocation_started(request.request_id, instance.instance_id, dispatch_ts)
             outcome, _call = instance.run(request, cold, dispatch_ts, sink=on_chunk)
-            self._report(request, instance, outcome, cold, submitted_ts, dispatch_ts)
-            return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts)
+            usage = self._meter(request, instance, outcome, cold, submitted_ts, dispatch_ts)
+            self._report(request, instance, outcome, cold, dispatch_ts, usage)
+            return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts, usage)
         finally:
             instance.release()
+            if instance.state is InstanceState.IDLE:
+                self.meter.instance_idle(instance.instance_id, instance.function.name, time.time())
             if self._stale(instance) and instance.try_reserve():
                 self._stop(instance)
+
+    def _meter(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
+               submitted_ts: float, dispatch_ts: float) -> UsageRecord:
+        f = request.function
+        facts = InvocationFacts(
+            request_id=request.request_id, function_name=f.name, version=f.version, memory_mb=f.memory_mb,
+            instance_id=inst.instance_id, cold_start=cold,
+            preloaded=bool(inst.sandbox is not None and inst.sandbox.preloaded), submitted_ts=submitted_ts,
+            dispatch_ts=dispatch_ts, end_ts=time.time(), error_type=outcome.error_type, payload=outcome.payload,
+            metrics=outcome.metrics)
+        return self.meter.invocation_finished(facts, inst.init_facts)
 
     def instances(self) -> list[InstanceInfo]:
         with self._lock:
@@ -232,6 +267,7 @@ class NodeAgent:
             items = list(self._instances.values())
         for inst in items:
             self._stop(inst)
+        self.meter.close()
         self.sandboxes.close()
         self.backbones.close()
         shutil.rmtree(self._socket_dir, ignore_errors=True)
@@ -255,6 +291,7 @@ class NodeAgent:
                 victim = self._admit_gpu(live)
             inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function)
             self._instances[inst.instance_id] = inst
+        self.meter.instance_starting(inst.instance_id, inst.started_ts)
         if victim is not None:
             log.info("evicting idle instance %s to make room", victim.instance_id)
             self._stop(victim)
@@ -291,6 +328,7 @@ class NodeAgent:
     def _start(self, inst: Instance) -> None:
         function = inst.function
         backbone = self.backbones.acquire(function.base_model_path)
+        self._meter_backbones()
         attachment = backbone.attach(self._socket_dir, inst.instance_id)
         socket_path = self._socket_dir / f"{inst.instance_id}.sock"
         api = RuntimeApiServer(socket_path, inst).start()
@@ -354,6 +392,7 @@ class NodeAgent:
 
     def _forget(self, inst: Instance) -> None:
         inst.mark_stopped()
+        self.meter.instance_gone(inst.instance_id, time.time())
         with self._lock:
             self._instances.pop(inst.instance_id, None)
             api = self._apis.pop(inst.instance_id, None)
@@ -375,7 +414,7 @@ class NodeAgent:
 
     # results
     def _result(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
-                submitted_ts: float, dispatch_ts: float) -> InvocationResult:
+                submitted_ts: float, dispatch_ts: float, usage: UsageRecord | None = None) -> InvocationResult:
         end_ts = time.time()
         queue_ms = ((outcome.delivered_ts or dispatch_ts) - dispatch_ts) * 1000
         return InvocationResult(
@@ -384,10 +423,10 @@ class NodeAgent:
             error_type=outcome.error_type or "", instance_id=inst.instance_id, cold_start=cold,
             start_ts=submitted_ts, end_ts=end_ts,
             init_duration_ms=inst.init_duration_ms if cold else None,
-            queue_ms=queue_ms, duration_ms=(end_ts - dispatch_ts) * 1000, metrics=outcome.metrics)
+            queue_ms=queue_ms, duration_ms=(end_ts - dispatch_ts) * 1000, metrics=outcome.metrics, usage=usage)
 
     def _report(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
-                submitted_ts: float, dispatch_ts: float) -> None:
+                dispatch_ts: float, usage: UsageRecord | None = None) -> None:
         name = request.function.name
         duration_ms = (time.time() - dispatch_ts) * 1000
         if outcome.error_type is not None:
@@ -402,7 +441,7 @@ class NodeAgent:
         self.logs.append(name, inst.instance_id,
                          f"REPORT RequestId: {request.request_id}\tDuration: {duration_ms:.2f} ms\t"
                          f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {request.function.memory_mb} MB\t"
-                         f"Max Memory Used: {_max_rss_mb(inst)} MB{init}")
+                         f"Max Memory Used: {_max_rss_mb(inst)} MB{init}{_billing_fields(usage)}")
 
 
 class ResponseStream:
@@ -430,6 +469,25 @@ class ResponseStream:
             if item is self._END:
                 return
             yield item
+
+
+def _billing_fields(usage: UsageRecord | None) -> str:
+    """slfaas's additions to Lambda's REPORT line: what billing charged this invocation."""
+    if usage is None:
+        return ""
+    unit = "GPU" if usage.device.startswith("cuda") else "Device"
+    return (f"\tBilled {unit} Seconds: {usage.billed_device_s:.6f}\tBatch Size: {usage.batch_size}\t"
+            f"Preload Tier: {usage.preload_tier}\tCost: ${usage.cost_usd:.10f}")
+
+
+def _gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    except Exception:  # the price sheet's lookup then says which type it does not know
+        return None
 
 
 def _max_rss_mb(inst: Instance) -> int:

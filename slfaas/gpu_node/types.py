@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class InvocationResult:
     queue_ms: float
     duration_ms: float
     metrics: dict | None = None   # a streamed response's trailer: usage and ttft (no JSON body to read)
+    usage: Any = None             # slfaas.billing.records.UsageRecord: what billing charged
 
 
 @dataclass(frozen=True)

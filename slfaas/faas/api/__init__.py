@@ -5,7 +5,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from slfaas.errors import SlfaasError
-from slfaas.faas.api import errors, lambda_api, openai_api, slfaas_api, streaming
+from slfaas.faas.api import cost_api, errors, lambda_api, openai_api, slfaas_api, streaming
 from slfaas.faas.api import settings_api, versions_api
 from slfaas.faas.service import FunctionService
 
@@ -22,6 +22,7 @@ def create_app(service: FunctionService) -> Flask:
     app.register_blueprint(slfaas_api.bp)
     app.register_blueprint(streaming.bp)
     app.register_blueprint(openai_api.bp)
+    app.register_blueprint(cost_api.bp)
     app.register_error_handler(SlfaasError, errors.from_domain)
     app.register_error_handler(HTTPException, errors.from_http)
     app.register_error_handler(Exception, errors.from_unexpected)

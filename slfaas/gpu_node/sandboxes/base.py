@@ -30,6 +30,8 @@ class SandboxSpec:
 class Sandbox(ABC):
     """One running instance. ``wait`` returns the exit status (negative: killed by signal)."""
 
+    preloaded: bool = False   # taken from a warm pool of pre-started generic runtimes (billing: tier)
+
     @property
     @abstractmethod
     def pid(self) -> int | None: ...
@@ -56,3 +58,7 @@ class SandboxFactory(ABC):
 
     def close(self) -> None:
         """Release backend resources (and reap anything left over)."""
+
+    def warm_count(self) -> int:
+        """Pre-started generic runtimes held now (a warm pool): pre-loading overhead."""
+        return 0

@@ -397,6 +397,9 @@ class DockerSandboxFactory(SandboxFactory):
         shutil.rmtree(self._dir, ignore_errors=True)
         self.client.close()
 
+    def warm_count(self) -> int:
+        return self._pool.held() if self._pool is not None else 0
+
     # starting
     def start(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
         if self._pool is not None:

@@ -203,6 +203,11 @@ class WarmPool:
             return None
         return slot
 
+    def held(self) -> int:
+        """Containers starting or ready in the pool now."""
+        with self._lock:
+            return len(self._slots)
+
     def take(self, spec: SandboxSpec, log_sink: LogSink) -> "DockerSandbox | None":
         """A ready pool container specialised into ``spec``'s instance, or None (cold path)."""
         if spec.env.get("SLFAAS_DEVICE", "cpu") != "cpu" or not spec.env.get("SLFAAS_BACKBONE_FD"):
@@ -223,6 +228,7 @@ class WarmPool:
             return None
         assert slot.sandbox is not None
         slot.sandbox.memory_mb = spec.memory_mb
+        slot.sandbox.preloaded = True
         slot.sandbox.set_sink(log_sink)
         log.info("instance %s from warm-pool container %s", spec.instance_id, slot.sid)
         return slot.sandbox

@@ -1,0 +1,213 @@
+"""The node's meter: turns the agent's instance and invocation events into a device timeline,
+per-invocation usage records and the node's own usage (flushed every few seconds).
+
+The agent calls it at each event with the event's time; records and node usage go to sinks
+(the registry, in the server) so that they survive restarts. Prices are applied here, when an
+invocation ends, so each record carries the cost it was billed at.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from slfaas.billing.ledger import init_phases, split_batch
+from slfaas.billing.prices import (PriceSheet, default_prices, device_second_usd, device_type_for,
+                                  invocation_cost_usd)
+from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.timeline import DeviceTimeline
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 2.0
+MAX_METRICS_PARSE_BYTES = 1 << 20   # a response body larger than this is not searched for metrics
+
+
+@dataclass(frozen=True)
+class InvocationFacts:
+    """What the agent knows when an invocation ends."""
+
+    request_id: str
+    function_name: str
+    version: str
+    memory_mb: int
+    instance_id: str
+    cold_start: bool
+    preloaded: bool             # the instance came from a warm pool of generic runtimes
+    submitted_ts: float
+    dispatch_ts: float
+    end_ts: float
+    error_type: str | None
+    payload: bytes
+    metrics: Mapping[str, object] | None   # a streamed response's trailer
+
+
+def _metrics(payload: bytes, trailer: Mapping[str, object] | None) -> tuple[dict, dict]:
+    """(usage, metrics) from a LoRA handler's JSON body or a stream's trailer."""
+    if trailer:
+        t = dict(trailer)
+        return {"prompt_tokens": t.get("prompt_tokens"), "completion_tokens": t.get("completion_tokens")}, t
+    if not payload or len(payload) > MAX_METRICS_PARSE_BYTES or not payload.lstrip().startswith(b"{"):
+        return {}, {}
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return {}, {}
+    if not isinstance(body, dict):
+        return {}, {}
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    metrics = body.get("metrics") if isinstance(body.get("metrics"), dict) else {}
+    return usage, metrics
+
+
+def _num(v: object, default: float = 0.0) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else default
+
+
+class Meter:
+    def __init__(self, node_id: str, device: str, sheet: PriceSheet | None = None, gpu_name: str | None = None,
+                 on_usage: Callable[[UsageRecord], None] | None = None,
+                 on_node_usage: Callable[[NodeUsage], None] | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.node_id = node_id
+        self.device = device
+        self.device_type = device_type_for(device, gpu_name)
+        self.sheet = sheet or default_prices()
+        # an unpriced device fails the node's start with the key to add, not an invocation later
+        device_second_usd(self.sheet, self.device_type, 2048)
+        self.on_usage = on_usage
+        self.on_node_usage = on_node_usage
+        self._clock = clock
+        self.start_ts = clock()
+        self.timeline = DeviceTimeline(self.start_ts)
+        self._lock = threading.Lock()
+        self._init_accrued: dict[str, float] = {}   # instance → init share not billed yet
+        self._init_wall: dict[str, float] = {}
+        self._billed_s = 0.0
+        self._runtime_overhead_s = 0.0
+        self._backbone_bytes = 0
+        self._backbone_load_s = 0.0
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    # lifecycle
+    def start_flushing(self, interval_s: float = FLUSH_INTERVAL_S,
+                       probe: Callable[[], tuple[int, int]] | None = None) -> None:
+        """Flush node usage every ``interval_s``; ``probe`` returns (resident backbones,
+        warm-pool runtimes) so idle time is put in the right overhead category."""
+        def loop() -> None:
+            while not self._closed.wait(interval_s):
+                try:
+                    if probe is not None:
+                        backbones, pool = probe()
+                        now = self._clock()
+                        self.timeline.set_backbones(backbones, now)
+                        self.timeline.set_pool_size(pool, now)
+                    self.flush()
+                except Exception:
+                    log.exception("metering flush failed")
+        self._flusher = threading.Thread(target=loop, daemon=True, name="billing-meter")
+        self._flusher.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+
+    def backbone_resident(self, count: int, size_bytes: int, load_s: float) -> None:
+        self.timeline.set_backbones(count, self._clock())
+        with self._lock:
+            if size_bytes > self._backbone_bytes:
+                self._backbone_bytes, self._backbone_load_s = size_bytes, load_s
+
+    # instances
+    def instance_starting(self, instance_id: str, ts: float) -> None:
+        self.timeline.start_activity(f"init:{instance_id}", "init", ts)
+
+    def instance_ready(self, instance_id: str, ts: float, init_wall_s: float | None = None) -> None:
+        """Init ended (ready, failed or abandoned): its share waits for the invocation it serves."""
+        key = f"init:{instance_id}"
+        if not self.timeline.is_active(key):
+            return
+        accrued = self.timeline.end_activity(key, ts)
+        with self._lock:
+            self._init_accrued[instance_id] = self._init_accrued.get(instance_id, 0.0) + accrued
+            if init_wall_s is not None:
+                self._init_wall[instance_id] = init_wall_s
+
+    def instance_idle(self, instance_id: str, function_name: str, ts: float) -> None:
+        self.timeline.instance_idle(instance_id, function_name, ts)
+
+    def instance_gone(self, instance_id: str, ts: float) -> None:
+        # An init's share stays pending: the invocation that caused the cold start is billed it
+        # when it ends, even when the instance died (every cold start serves one invocation).
+        self.instance_ready(instance_id, ts)
+        self.timeline.instance_busy(instance_id, ts)
+
+    # invocations
+    def invocation_started(self, request_id: str, instance_id: str, ts: float) -> None:
+        self.timeline.instance_busy(instance_id, ts)
+        self.timeline.start_activity(f"run:{request_id}", "compute", ts)
+
+    def invocation_finished(self, facts: InvocationFacts, init_facts: Mapping[str, object]) -> UsageRecord:
+        key = f"run:{facts.request_id}"
+        accrued = self.timeline.end_activity(key, facts.end_ts) if self.timeline.is_active(key) else 0.0
+        usage, metrics = _metrics(facts.payload, facts.metrics)
+        wall_s = max(0.0, facts.end_ts - facts.dispatch_ts)
+        # Device time as the runtime measured it (CUDA events; wall on CPU); a handler that
+        # reports none is billed its wall time, as Lambda bills duration.
+        device_ms = _num(metrics.get("device_ms"), -1.0)
+        batch_device_s = device_ms / 1000 if device_ms >= 0 and facts.error_type is None else wall_s
+        batch_size = max(1, int(_num(metrics.get("batch_size"), 1.0)))
+        share = split_batch(accrued, wall_s, batch_device_s, batch_size)
+        with self._lock:
+            init_s = self._init_accrued.pop(facts.instance_id, 0.0) if facts.cold_start else 0.0
+            init_wall = self._init_wall.pop(facts.instance_id, init_s) if facts.cold_start else 0.0
+        tier = "warm" if not facts.cold_start else ("pool" if facts.preloaded else "cold")
+        billed = share.compute_device_s + init_s
+        cost = invocation_cost_usd(self.sheet, self.device_type, facts.memory_mb, billed)
+        rec = UsageRecord(
+            request_id=facts.request_id, function_name=facts.function_name, version=facts.version,
+            node_id=self.node_id, device=self.device, device_type=self.device_type, start_ts=facts.submitted_ts,
+            end_ts=facts.end_ts, status="success" if facts.error_type is None else "function_error",
+            cold_start=facts.cold_start, preload_tier=tier, batch_size=batch_size, batch_device_s=batch_device_s,
+            compute_device_s=share.compute_device_s, init_device_s=init_s,
+            runtime_overhead_s=share.runtime_overhead_s, queue_s=max(0.0, facts.dispatch_ts - facts.submitted_ts),
+            tokens_in=int(_num(usage.get("prompt_tokens"))), tokens_out=int(_num(usage.get("completion_tokens"))),
+            memory_mb=facts.memory_mb, cost_usd=cost,
+            init_phases_s=init_phases(init_wall, init_facts) if facts.cold_start else {})
+        with self._lock:
+            self._billed_s += billed
+            self._runtime_overhead_s += share.runtime_overhead_s
+        if self.on_usage is not None:
+            try:
+                self.on_usage(rec)
+            except Exception:  # the invocation's own record is kept by the caller; never fail it here
+                log.exception("storing usage record %s failed", rec.request_id)
+        return rec
+
+    # node usage
+    def snapshot(self, ts: float | None = None) -> NodeUsage:
+        totals = self.timeline.totals(self._clock() if ts is None else ts)
+        with self._lock:
+            billed, runtime = self._billed_s, self._runtime_overhead_s
+            bb_bytes, bb_load = self._backbone_bytes, self._backbone_load_s
+        accrued = sum(totals.accrued_s.values())
+        overhead = dict(totals.overhead_s)
+        overhead["runtime"] = runtime
+        # shares of work still running, or an init whose invocation has not ended: billed later
+        overhead["in_flight"] = max(0.0, accrued - billed - runtime)
+        return NodeUsage(self.node_id, self.device, self.device_type, totals.start_ts, totals.now_ts,
+                         totals.elapsed_s, billed, overhead, dict(totals.keep_alive_by_function_s),
+                         bb_bytes, bb_load)
+
+    def flush(self) -> NodeUsage:
+        snap = self.snapshot()
+        if self.on_node_usage is not None:
+            try:
+                self.on_node_usage(snap)
+            except Exception:
+                log.exception("storing node usage failed")
+        return snap

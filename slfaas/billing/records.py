@@ -1,0 +1,80 @@
+"""Values of the billing module: what one invocation used, and what one node spent.
+
+Device time is accounted by processor sharing (``timeline.DeviceTimeline``): each moment of a
+node's device time goes either to the activities running then (split evenly among them) or to
+one overhead category, so that billed + overhead = the node's elapsed device time by
+construction, and a report can check it against the node's own clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Mapping
+
+# Cold-start phases, in order (seconds each; a runtime reports the ones it can see).
+INIT_PHASES = ("sandbox_start", "imports", "device_init", "backbone_attach", "adapter_load", "handler_init")
+# Where a cold start's adapter / runtime came from: a warm instance (no init), a pre-started
+# generic runtime from the warm pool (only the adapter to load), or nothing pre-loaded.
+PRELOAD_TIERS = ("warm", "pool", "cold")
+# Overhead categories of a node's device time (not billed to anyone: the platform's cost).
+OVERHEAD_KINDS = ("runtime", "keep_alive", "preload", "idle_backbone", "node_idle")
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One invocation's usage and its price (billed when it ended, kept in the registry).
+
+    ``compute_device_s`` is this request's share of its batch's device seconds (CUDA events on
+    GPU, wall time on CPU), ``init_device_s`` the cold start it caused (0 when warm): together
+    the billed device seconds. ``runtime_overhead_s`` is the rest of its wall share that was
+    not device work (HTTP, tokenizer, scheduling): platform overhead, not billed."""
+
+    request_id: str
+    function_name: str
+    version: str
+    node_id: str
+    device: str                 # "cpu", "cuda:0"
+    device_type: str            # the price sheet's key: "cpu", "H100", "H200", "A100", ...
+    start_ts: float
+    end_ts: float
+    status: str                 # success | function_error | failed
+    cold_start: bool
+    preload_tier: str           # one of PRELOAD_TIERS
+    batch_size: int
+    batch_device_s: float       # the whole batch's device seconds
+    compute_device_s: float     # this request's share of them (billed)
+    init_device_s: float        # billed init of the cold start this invocation caused
+    runtime_overhead_s: float
+    queue_s: float
+    tokens_in: int
+    tokens_out: int
+    memory_mb: int
+    cost_usd: Decimal           # request fee + billed device seconds at the sheet's rate
+    init_phases_s: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def billed_device_s(self) -> float:
+        return self.compute_device_s + self.init_device_s
+
+
+@dataclass(frozen=True)
+class NodeUsage:
+    """What one node (session: from its start to its last flush) spent, by category. The
+    sums satisfy ``billed_device_s + sum(overhead_s.values()) == elapsed_s`` up to float
+    rounding; ``keep_alive_by_function_s`` splits ``overhead_s["keep_alive"]``."""
+
+    node_id: str
+    device: str
+    device_type: str
+    start_ts: float
+    end_ts: float
+    elapsed_s: float
+    billed_device_s: float
+    overhead_s: Mapping[str, float]                 # OVERHEAD_KINDS → seconds
+    keep_alive_by_function_s: Mapping[str, float]
+    backbone_bytes: int = 0     # resident backbones (largest seen), for counterfactuals
+    backbone_load_s: float = 0.0  # measured load time of those bytes
+
+    @property
+    def overhead_total_s(self) -> float:
+        return sum(self.overhead_s.values())

@@ -1,0 +1,537 @@
+"""Cost reports (IO-free): the same usage records seen as what users are billed and what the
+nodes spent, with the gap between them as platform overhead, next to counterfactual policies.
+
+Money stays ``Decimal`` from the stored per-invocation costs to the report total, so the total
+is the exact sum of the rows and of the records ("to the cent", and to the stored $1e-10).
+Seconds are floats summed with ``math.fsum``. Records count in the window by their end time,
+as they were billed when they ended.
+
+Two views of one window:
+- user view: Σ billed device seconds and stored costs of the (filtered) invocations;
+- node view: the ``NodeUsage`` sessions as given (the caller picks the ones of the window),
+  priced at each node's device rate; what the nodes spent beyond billed work (keep-alive,
+  pre-loading, idle backbone, runtime overhead) is the platform overhead. Conservation checks
+  billed (all records of the window on those nodes) + overhead against the nodes' elapsed time.
+
+Renderers: ``render_table`` / ``render_csv`` / ``render_json`` here, ``render_html`` in
+``report_html`` (inline SVG, no scripts, viewable offline).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from slfaas.billing import counterfactuals as cf
+from slfaas.billing.budgets import Budget, BudgetStatus
+from slfaas.billing.counterfactuals import Counterfactual
+from slfaas.billing.prices import COST_QUANTUM, PriceSheet, device_second_usd
+from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.errors import InvalidParameter
+
+GROUP_BYS = ("function", "version", "hour", "day")
+DEFAULT_MEMORY_MB = 2048            # prices a node's time when no record says otherwise
+MINUTE_SERIES_BELOW_S = 3 * 3600    # windows shorter than this are plotted per minute
+MAX_SERIES_BUCKETS = 1000
+_CTX = Context(prec=50, rounding=ROUND_HALF_EVEN)
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    key: str                    # function, "fn:version", "2026-11-23T14:00Z", "2026-11-23", "TOTAL"
+    invocations: int
+    cold_starts: int
+    errors: int
+    tokens_in: int
+    tokens_out: int
+    compute_device_s: float
+    init_device_s: float
+    billed_device_s: float
+    keep_alive_s: float         # node-side keep-alive of the function (group-by function only)
+    cost_usd: Decimal           # Σ stored record costs, exact
+    compute_cost_usd: Decimal   # request fees + compute's share of device cost
+    init_cost_usd: Decimal      # init's share; compute + init == cost exactly
+
+
+@dataclass(frozen=True)
+class FunctionSplit:
+    """One function's cost as init / compute / idle for the split chart. Idle is not billed to
+    anyone: the function's keep-alive plus its share (by billed device seconds on each node) of
+    the node's other overhead, priced at the node's rate."""
+    function_name: str
+    compute_cost_usd: Decimal
+    init_cost_usd: Decimal
+    idle_s: float
+    idle_cost_usd: Decimal
+
+
+@dataclass(frozen=True)
+class Report:
+    since_ts: float
+    until_ts: float
+    group_by: str
+    function_name: str | None
+    currency: str
+    rows: tuple[ReportRow, ...]
+    total: ReportRow
+    # node view (all functions on the nodes given)
+    node_ids: tuple[str, ...]
+    node_elapsed_s: float
+    node_billed_device_s: float         # what the nodes' meters billed
+    records_billed_device_s: float      # Σ billed of the window's records on those nodes
+    overhead_by_kind_s: Mapping[str, float]
+    node_cost_usd: Decimal
+    platform_overhead_s: float
+    platform_overhead_usd: Decimal
+    conservation_error: float           # |records billed + overhead − elapsed| / elapsed
+    # what the same invocations would have cost
+    counterfactuals: tuple[Counterfactual, ...]       # actual, no_sharing, serverful
+    savings: Mapping[str, tuple[Decimal, float]]       # name → ($ saved, fraction saved)
+    batching_saved_device_s: float
+    preload_saved_s: float
+    budgets: tuple[BudgetStatus, ...]
+    function_splits: tuple[FunctionSplit, ...]
+    # cost per function per time bucket (end time), for the plot
+    series_step_s: int
+    series_buckets: tuple[str, ...]
+    series: Mapping[str, tuple[Decimal, ...]]
+
+    # user view: what the invocations were billed
+    @property
+    def billed_device_s(self) -> float:
+        return self.total.billed_device_s
+
+    @property
+    def billed_cost_usd(self) -> Decimal:
+        return self.total.cost_usd
+
+    @property
+    def node_gap_usd(self) -> Decimal:
+        """What the nodes cost beyond what users were billed."""
+        return self.node_cost_usd - self.billed_cost_usd
+
+    @property
+    def billed_mismatch(self) -> float:
+        """Relative disagreement of the records' billed seconds and the nodes' meters."""
+        ref = max(abs(self.node_billed_device_s), abs(self.records_billed_device_s))
+        return 0.0 if ref == 0 else abs(self.records_billed_device_s - self.node_billed_device_s) / ref
+
+
+# ---- building ----------------------------------------------------------------------------------
+
+def _iso(ts: float, step_s: int) -> str:
+    d = datetime.fromtimestamp(ts, tz=timezone.utc)
+    if step_s >= 86400:
+        return d.strftime("%Y-%m-%d")
+    if step_s >= 3600:
+        return d.strftime("%Y-%m-%dT%H:00Z")
+    return d.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _bucket_start(ts: float, step_s: int) -> float:
+    return math.floor(ts / step_s) * step_s
+
+
+def _group_key(rec: UsageRecord, group_by: str) -> str:
+    if group_by == "function":
+        return rec.function_name
+    if group_by == "version":
+        return f"{rec.function_name}:{rec.version}"
+    return _iso(rec.end_ts, 3600 if group_by == "hour" else 86400)
+
+
+def split_cost(rec: UsageRecord, request_usd: Decimal) -> tuple[Decimal, Decimal]:
+    """(compute, init) parts of a record's stored cost: the device part shared in proportion to
+    device seconds, the request fee with compute; init is quantized and compute takes the rest,
+    so the parts add up to the stored cost exactly."""
+    cost = rec.cost_usd
+    billed_s = rec.billed_device_s
+    if billed_s <= 0 or rec.init_device_s <= 0 or cost <= 0:
+        return cost, _ZERO
+    with localcontext(_CTX):
+        device_part = cost - min(request_usd, cost)
+        init = (device_part * Decimal(repr(float(rec.init_device_s))) / Decimal(repr(float(billed_s))))
+        init = min(max(init.quantize(COST_QUANTUM), _ZERO), device_part)
+        return cost - init, init
+
+
+def _row(key: str, recs: Sequence[UsageRecord], request_usd: Decimal, keep_alive_s: float = 0.0) -> ReportRow:
+    compute_usd = init_usd = _ZERO
+    for r in recs:
+        c, i = split_cost(r, request_usd)
+        compute_usd += c
+        init_usd += i
+    return ReportRow(
+        key=key, invocations=len(recs), cold_starts=sum(1 for r in recs if r.cold_start),
+        errors=sum(1 for r in recs if r.status != "success"),
+        tokens_in=sum(r.tokens_in for r in recs), tokens_out=sum(r.tokens_out for r in recs),
+        compute_device_s=math.fsum(r.compute_device_s for r in recs),
+        init_device_s=math.fsum(r.init_device_s for r in recs),
+        billed_device_s=math.fsum(r.billed_device_s for r in recs),
+        keep_alive_s=keep_alive_s, cost_usd=sum((r.cost_usd for r in recs), _ZERO),
+        compute_cost_usd=compute_usd, init_cost_usd=init_usd)
+
+
+def _total(rows: Sequence[ReportRow], recs: Sequence[UsageRecord], request_usd: Decimal) -> ReportRow:
+    # Per-record splits make the rows additive: the TOTAL split is the rows' split.
+    return _row("TOTAL", recs, request_usd, math.fsum(r.keep_alive_s for r in rows))
+
+
+def _median_memory_mb(recs: Iterable[UsageRecord]) -> int:
+    mems = [r.memory_mb for r in recs if r.memory_mb > 0]
+    return int(statistics.median_low(mems)) if mems else DEFAULT_MEMORY_MB
+
+
+def _price_s(seconds: float, rate: Decimal) -> Decimal:
+    with localcontext(_CTX):
+        return (Decimal(repr(float(seconds))) * rate).quantize(COST_QUANTUM)
+
+
+def _series(recs: Sequence[UsageRecord], since_ts: float, until_ts: float
+            ) -> tuple[int, tuple[str, ...], dict[str, tuple[Decimal, ...]]]:
+    """Cost per function per bucket of end time: per minute for windows under 3 h, else per
+    hour. A window of more than MAX_SERIES_BUCKETS hours (``--since`` the epoch) is first
+    narrowed to the records' span, which is plotted per day (or coarser) if still that long."""
+    def step_for(span_s: float) -> int:
+        step = 60 if span_s < MINUTE_SERIES_BELOW_S else 3600
+        if span_s / step > MAX_SERIES_BUCKETS:
+            step = 86400 * max(1, math.ceil(span_s / 86400 / MAX_SERIES_BUCKETS))
+        return step
+
+    lo, hi = since_ts, until_ts
+    if not math.isfinite(hi - lo) or step_for(hi - lo) >= 86400:
+        if not recs:
+            return 3600, (), {}
+        ends = [r.end_ts for r in recs]
+        lo, hi = min(ends), max(ends) + 1e-6
+    step = step_for(hi - lo)
+    first = _bucket_start(lo, step)
+    n = max(1, math.ceil((hi - first) / step))
+    buckets = tuple(_iso(first + i * step, step) for i in range(n))
+    sums: dict[str, list[Decimal]] = {}
+    for r in recs:
+        i = min(n - 1, max(0, int((r.end_ts - first) // step)))
+        sums.setdefault(r.function_name, [_ZERO] * n)[i] += r.cost_usd
+    return step, buckets, {fn: tuple(v) for fn, v in sorted(sums.items())}
+
+
+def build_report(records: Sequence[UsageRecord], nodes: Sequence[NodeUsage], sheet: PriceSheet, *,
+                 since_ts: float, until_ts: float, group_by: str = "function",
+                 function_name: str | None = None, budgets: Sequence[BudgetStatus] = ()) -> Report:
+    """The report of the records ending in [since_ts, until_ts) (of ``function_name`` when
+    given). ``nodes`` are used as given (their whole sessions): the node view, overhead and
+    conservation cover every function on them, whatever ``function_name`` says."""
+    if group_by not in GROUP_BYS:
+        raise InvalidParameter(f"group by must be one of {', '.join(GROUP_BYS)}, got {group_by!r}")
+    if not until_ts >= since_ts:
+        raise InvalidParameter(f"window end {until_ts} is before its start {since_ts}")
+    window = sorted((r for r in records if since_ts <= r.end_ts < until_ts),
+                    key=lambda r: (r.end_ts, r.request_id))
+    recs = [r for r in window if function_name is None or r.function_name == function_name]
+    fee = sheet.request_usd
+
+    keep_alive_fn: dict[str, float] = {}
+    for n in nodes:
+        for fn, s in n.keep_alive_by_function_s.items():
+            keep_alive_fn[fn] = keep_alive_fn.get(fn, 0.0) + s
+    groups: dict[str, list[UsageRecord]] = {}
+    for r in recs:
+        groups.setdefault(_group_key(r, group_by), []).append(r)
+    if group_by == "function":  # functions that only held instances cost the platform too
+        for fn, s in keep_alive_fn.items():
+            if s > 0 and (function_name is None or fn == function_name):
+                groups.setdefault(fn, [])
+    rows = tuple(_row(k, groups[k], fee, keep_alive_fn.get(k, 0.0) if group_by == "function" else 0.0)
+                 for k in sorted(groups))
+    total = _total(rows, recs, fee)
+
+    # node view
+    node_ids = {n.node_id for n in nodes}
+    on_nodes = [r for r in window if r.node_id in node_ids]
+    rates = {}
+    for n in nodes:  # a node's time is priced at its records' median memory (matters on CPU)
+        mine = [r for r in on_nodes if r.node_id == n.node_id]
+        rates[n.node_id] = device_second_usd(sheet, n.device_type, _median_memory_mb(mine or window))
+    elapsed_s = math.fsum(n.elapsed_s for n in nodes)
+    overhead: dict[str, float] = {}
+    for n in nodes:
+        for kind, s in n.overhead_s.items():
+            overhead[kind] = overhead.get(kind, 0.0) + s
+    overhead_s = math.fsum(overhead.values())
+    overhead_usd = sum((_price_s(n.overhead_total_s, rates[n.node_id]) for n in nodes), _ZERO)
+    node_cost = sum((_price_s(n.elapsed_s, rates[n.node_id]) for n in nodes), _ZERO) + fee * len(on_nodes)
+    records_billed = math.fsum(r.billed_device_s for r in on_nodes)
+    conservation = 0.0 if elapsed_s == 0 else abs(records_billed + overhead_s - elapsed_s) / elapsed_s
+
+    # counterfactuals over the (filtered) invocations
+    actual = cf.actual(recs)
+    others = (cf.no_sharing(recs, nodes, sheet), cf.serverful(recs, since_ts, until_ts, sheet))
+    savings = {o.name: cf.savings(actual, o) for o in others}
+
+    splits = _function_splits(recs, on_nodes, nodes, rates, fee, function_name)
+    step, buckets, series = _series(recs, since_ts, until_ts)
+    return Report(
+        since_ts=since_ts, until_ts=until_ts, group_by=group_by, function_name=function_name,
+        currency=sheet.currency, rows=rows, total=total, node_ids=tuple(sorted(node_ids)),
+        node_elapsed_s=elapsed_s, node_billed_device_s=math.fsum(n.billed_device_s for n in nodes),
+        records_billed_device_s=records_billed, overhead_by_kind_s=dict(sorted(overhead.items())),
+        node_cost_usd=node_cost, platform_overhead_s=overhead_s, platform_overhead_usd=overhead_usd,
+        conservation_error=conservation, counterfactuals=(actual, *others), savings=savings,
+        batching_saved_device_s=cf.batching_saved_device_s(recs), preload_saved_s=cf.preload_saved_s(recs),
+        budgets=tuple(budgets), function_splits=splits,
+        series_step_s=step, series_buckets=buckets, series=series)
+
+
+def _function_splits(recs: Sequence[UsageRecord], on_nodes: Sequence[UsageRecord], nodes: Sequence[NodeUsage],
+                     rates: Mapping[str, Decimal], fee: Decimal, function_name: str | None
+                     ) -> tuple[FunctionSplit, ...]:
+    idle_s: dict[str, float] = {}
+    idle_usd: dict[str, Decimal] = {}
+    for n in nodes:
+        billed: dict[str, float] = {}
+        for r in on_nodes:
+            if r.node_id == n.node_id:
+                billed[r.function_name] = billed.get(r.function_name, 0.0) + r.billed_device_s
+        total_billed = math.fsum(billed.values())
+        other_s = max(0.0, n.overhead_total_s - math.fsum(n.keep_alive_by_function_s.values()))
+        for fn in set(billed) | set(n.keep_alive_by_function_s):
+            s = n.keep_alive_by_function_s.get(fn, 0.0)
+            if total_billed > 0:
+                s += other_s * billed.get(fn, 0.0) / total_billed
+            idle_s[fn] = idle_s.get(fn, 0.0) + s
+            idle_usd[fn] = idle_usd.get(fn, _ZERO) + _price_s(s, rates[n.node_id])
+    by_fn: dict[str, list[UsageRecord]] = {}
+    for r in recs:
+        by_fn.setdefault(r.function_name, []).append(r)
+    out = []
+    for fn in sorted(set(by_fn) | {f for f, s in idle_s.items() if s > 0}):
+        if function_name is not None and fn != function_name:
+            continue
+        row = _row(fn, by_fn.get(fn, []), fee)
+        out.append(FunctionSplit(fn, row.compute_cost_usd, row.init_cost_usd,
+                                 idle_s.get(fn, 0.0), idle_usd.get(fn, _ZERO)))
+    return tuple(out)
+
+
+# ---- dict / JSON -------------------------------------------------------------------------------
+
+def _usd_str(d: Decimal) -> str:
+    return format(d, "f")
+
+
+def _row_to_dict(row: Any) -> dict:
+    return {f.name: _usd_str(v) if isinstance(v := getattr(row, f.name), Decimal) else v for f in fields(row)}
+
+
+def _row_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
+    return cls(**{f.name: Decimal(d[f.name]) if f.name.endswith("_usd") else d[f.name] for f in fields(cls)})
+
+
+def _budget_to_dict(s: BudgetStatus) -> dict:
+    d = _row_to_dict(s)
+    d["budget"] = _row_to_dict(s.budget)
+    return d
+
+
+def _budget_from_dict(d: Mapping[str, Any]) -> BudgetStatus:
+    return BudgetStatus(**{**{f.name: d[f.name] for f in fields(BudgetStatus)},
+                           "budget": _row_from_dict(Budget, d["budget"]),
+                           "spent_usd": Decimal(d["spent_usd"]), "projected_usd": Decimal(d["projected_usd"])})
+
+
+def report_to_dict(report: Report) -> dict:
+    """Everything in the report, JSON-ready: every ``*_usd`` value a Decimal string, seconds
+    and fractions floats (json writes their repr, so they parse back exactly)."""
+    return {
+        "since_ts": report.since_ts, "until_ts": report.until_ts,
+        "since": datetime.fromtimestamp(report.since_ts, tz=timezone.utc).isoformat()
+        if math.isfinite(report.since_ts) else None,
+        "until": datetime.fromtimestamp(report.until_ts, tz=timezone.utc).isoformat()
+        if math.isfinite(report.until_ts) else None,
+        "group_by": report.group_by, "function_name": report.function_name, "currency": report.currency,
+        "rows": [_row_to_dict(r) for r in report.rows],
+        "total": _row_to_dict(report.total),
+        "user_view": {"invocations": report.total.invocations, "billed_device_s": report.billed_device_s,
+                      "billed_cost_usd": _usd_str(report.billed_cost_usd)},
+        "node_view": {"node_ids": list(report.node_ids), "node_elapsed_s": report.node_elapsed_s,
+                      "node_billed_device_s": report.node_billed_device_s,
+                      "records_billed_device_s": report.records_billed_device_s,
+                      "billed_mismatch": report.billed_mismatch,
+                      "overhead_by_kind_s": dict(report.overhead_by_kind_s),
+                      "node_cost_usd": _usd_str(report.node_cost_usd),
+                      "gap_usd": _usd_str(report.node_gap_usd)},
+        "platform_overhead_s": report.platform_overhead_s,
+        "platform_overhead_usd": _usd_str(report.platform_overhead_usd),
+        "conservation_error": report.conservation_error,
+        "counterfactuals": [_row_to_dict(c) for c in report.counterfactuals],
+        "savings": {k: {"saved_usd": _usd_str(usd), "fraction": frac} for k, (usd, frac) in report.savings.items()},
+        "batching_saved_device_s": report.batching_saved_device_s,
+        "preload_saved_s": report.preload_saved_s,
+        "budgets": [_budget_to_dict(b) for b in report.budgets],
+        "function_splits": [_row_to_dict(s) for s in report.function_splits],
+        "series": {"step_s": report.series_step_s, "buckets": list(report.series_buckets),
+                   "cost_usd": {fn: [_usd_str(v) for v in vs] for fn, vs in report.series.items()}},
+    }
+
+
+def report_from_dict(d: Mapping[str, Any]) -> Report:
+    node = d["node_view"]
+    return Report(
+        since_ts=d["since_ts"], until_ts=d["until_ts"], group_by=d["group_by"],
+        function_name=d["function_name"], currency=d["currency"],
+        rows=tuple(_row_from_dict(ReportRow, r) for r in d["rows"]),
+        total=_row_from_dict(ReportRow, d["total"]), node_ids=tuple(node["node_ids"]),
+        node_elapsed_s=node["node_elapsed_s"], node_billed_device_s=node["node_billed_device_s"],
+        records_billed_device_s=node["records_billed_device_s"],
+        overhead_by_kind_s=dict(node["overhead_by_kind_s"]), node_cost_usd=Decimal(node["node_cost_usd"]),
+        platform_overhead_s=d["platform_overhead_s"], platform_overhead_usd=Decimal(d["platform_overhead_usd"]),
+        conservation_error=d["conservation_error"],
+        counterfactuals=tuple(_row_from_dict(Counterfactual, c) for c in d["counterfactuals"]),
+        savings={k: (Decimal(v["saved_usd"]), v["fraction"]) for k, v in d["savings"].items()},
+        batching_saved_device_s=d["batching_saved_device_s"], preload_saved_s=d["preload_saved_s"],
+        budgets=tuple(_budget_from_dict(b) for b in d["budgets"]),
+        function_splits=tuple(_row_from_dict(FunctionSplit, s) for s in d["function_splits"]),
+        series_step_s=d["series"]["step_s"], series_buckets=tuple(d["series"]["buckets"]),
+        series={fn: tuple(Decimal(v) for v in vs) for fn, vs in d["series"]["cost_usd"].items()})
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report_to_dict(report), indent=2) + "\n"
+
+
+# ---- CSV / table ------------------------------------------------------------------------------
+
+ROW_FIELDS = tuple(f.name for f in fields(ReportRow))
+
+
+def render_csv(report: Report) -> str:
+    """Header, one line per row, TOTAL. Costs as plain Decimal strings, seconds as float repr:
+    ``Decimal(cell)`` / ``float(cell)`` give back the report's numbers exactly."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(ROW_FIELDS)
+    for row in (*report.rows, report.total):
+        w.writerow([_usd_str(v) if isinstance(v, Decimal) else repr(v) if isinstance(v, float) else v
+                    for v in (getattr(row, f) for f in ROW_FIELDS)])
+    return buf.getvalue()
+
+
+def usd(value: Decimal, places: int = 6) -> str:
+    with localcontext(_CTX):
+        return f"${value.quantize(Decimal(1).scaleb(-places)):,.{places}f}"
+
+
+def pct(fraction: float) -> str:
+    return f"{fraction * 100:.1f}%"
+
+
+TABLE_COLUMNS: tuple[tuple[str, str, Callable[[ReportRow], str]], ...] = (
+    ("invocations", "invoc", lambda r: str(r.invocations)),
+    ("cold_starts", "cold", lambda r: str(r.cold_starts)),
+    ("errors", "err", lambda r: str(r.errors)),
+    ("tokens_in", "tok_in", lambda r: str(r.tokens_in)),
+    ("tokens_out", "tok_out", lambda r: str(r.tokens_out)),
+    ("compute_device_s", "compute_s", lambda r: f"{r.compute_device_s:.3f}"),
+    ("init_device_s", "init_s", lambda r: f"{r.init_device_s:.3f}"),
+    ("keep_alive_s", "keepalive_s", lambda r: f"{r.keep_alive_s:.3f}"),
+    ("compute_cost_usd", "compute", lambda r: usd(r.compute_cost_usd)),
+    ("init_cost_usd", "init", lambda r: usd(r.init_cost_usd)),
+    ("cost_usd", "cost", lambda r: usd(r.cost_usd)),
+)
+
+
+def summary_lines(report: Report) -> list[tuple[str, str]]:
+    """(label, text) lines shared by the table and the HTML summary."""
+    t = report.total
+    overhead = ", ".join(f"{k} {v:.3f} s" for k, v in report.overhead_by_kind_s.items() if v) or "none"
+    share = report.platform_overhead_s / report.node_elapsed_s if report.node_elapsed_s else 0.0
+    scope = f" (all functions on {len(report.node_ids)} node(s))" if report.function_name else ""
+    lines = [
+        ("User view", f"{t.invocations} invocations billed {t.billed_device_s:.3f} device-s, "
+                      f"{usd(report.billed_cost_usd)} "
+                      f"(init {usd(t.init_cost_usd)}, compute {usd(t.compute_cost_usd)})"),
+        ("Node view", f"{len(report.node_ids)} node(s) metered {report.node_elapsed_s:.3f} device-s, "
+                      f"{usd(report.node_cost_usd)}{scope}"),
+        ("Platform overhead", f"{report.platform_overhead_s:.3f} device-s ({pct(share)} of node time), "
+                              f"{usd(report.platform_overhead_usd)}: {overhead}"),
+        ("Conservation", f"billed {report.records_billed_device_s:.3f} s + overhead "
+                         f"{report.platform_overhead_s:.3f} s vs node {report.node_elapsed_s:.3f} s: "
+                         f"error {report.conservation_error * 100:.3f}%"
+                         + (f" (records vs node meters differ by {pct(report.billed_mismatch)})"
+                            if report.billed_mismatch > 0.001 else "")),
+        ("Counterfactuals", " | ".join(f"{c.name} {usd(c.cost_usd)}" for c in report.counterfactuals)),
+        ("Savings", "; ".join([*(f"vs {k} {usd(v)} ({pct(f)})" for k, (v, f) in report.savings.items()),
+                               f"batching saved {report.batching_saved_device_s:.3f} device-s",
+                               f"pre-loading saved {report.preload_saved_s:.3f} s of init"])),
+    ]
+    if report.budgets:
+        lines += [("Budgets", f"[{b.level.upper()}] {b.message}") for b in report.budgets]
+    else:
+        lines.append(("Budgets", "none set"))
+    return lines
+
+
+def _fmt_ts(ts: float) -> str:
+    if not math.isfinite(ts):
+        return str(ts)
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def render_table(report: Report) -> str:
+    """Aligned plain text for a terminal. Costs with 6 decimals; TOTAL is the exact sum, so
+    its cents are exact (rounded half-even from the exact total)."""
+    head = [report.group_by, *(c[1] for c in TABLE_COLUMNS)]
+    body = [[r.key, *(c[2](r) for c in TABLE_COLUMNS)] for r in report.rows]
+    total = [report.total.key, *(c[2](report.total) for c in TABLE_COLUMNS)]
+    widths = [max(len(x[i]) for x in (head, *body, total)) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    scope = f", function {report.function_name}" if report.function_name else ""
+    out = [f"Cost report {_fmt_ts(report.since_ts)} .. {_fmt_ts(report.until_ts)} "
+           f"(group by {report.group_by}{scope}; {report.currency})", "", line(head),
+           line(["-" * w for w in widths])]
+    out += [line(b) for b in body] or ["(no invocations in this window)"]
+    out += [line(["-" * w for w in widths]), line(total), ""]
+    pad = max(len(k) for k, _ in summary_lines(report))
+    out += [f"{k.ljust(pad)}  {v}" for k, v in summary_lines(report)]
+    return "\n".join(out) + "\n"
+
+
+def render_html(report: Report) -> str:
+    from slfaas.billing.report_html import render_html as _render
+    return _render(report)
+
+
+# ---- demo (the screenshot script) ----------------------------------------------------------------
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m slfaas.billing.reports",
+                                description="Write a cost report of synthetic usage (a demo of the renderers).")
+    p.add_argument("--demo", metavar="OUT", required=True, help="file to write")
+    p.add_argument("--format", choices=("table", "csv", "json", "html"), default=None,
+                   help="default: from OUT's suffix, else html")
+    args = p.parse_args(argv)
+    from slfaas.billing.report_demo import demo_report
+    report = demo_report()
+    out = Path(args.demo)
+    fmt = args.format or {".csv": "csv", ".json": "json", ".txt": "table"}.get(out.suffix, "html")
+    render = {"table": render_table, "csv": render_csv, "json": render_json, "html": render_html}[fmt]
+    out.write_text(render(report), encoding="utf-8")
+    print(f"wrote {out} ({fmt})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,159 @@
+"""CostService: usage records into the registry, budgets enforced on invocations, reports.
+
+Used by the server (records arrive from the node's meter, reports include the node's live
+usage) and by ``slfaas cost report --data-dir`` when no server runs (registry only).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from decimal import Decimal
+from typing import Callable
+
+from slfaas.billing.budgets import Budget, BudgetGuard, BudgetStatus, period_window
+from slfaas.billing.prices import PriceSheet, default_prices
+from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.reports import Report, build_report
+
+log = logging.getLogger(__name__)
+
+ESTIMATE_WINDOW = 20   # recent costs per function; a hard budget reserves their maximum per request
+
+
+class CostService:
+    def __init__(self, registry: object, sheet: PriceSheet | None = None,
+                 live_node: Callable[[], NodeUsage] | None = None,
+                 on_budget_warning: Callable[[str | None, str], None] | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.registry = registry
+        self.sheet = sheet or default_prices()
+        self.live_node = live_node
+        self.on_budget_warning = on_budget_warning
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.guard = BudgetGuard()
+        self._tickets: dict[str, object] = {}
+        self._recent: dict[str, deque[Decimal]] = {}
+        self._levels: dict[str, str] = {}
+        self._load_budgets()
+
+    # budgets
+    def _load_budgets(self) -> None:
+        budgets = self.registry.list_budgets()
+        self.guard.set_budgets(budgets)
+        now = self._clock()
+        for b in budgets:
+            start, end = period_window(b.period, now)
+            self.guard.seed(b.name, self.registry.spent_usd(start, end, b.function_name), now)
+
+    def set_budget(self, budget: Budget) -> BudgetStatus:
+        self.registry.put_budget(budget, self._clock())
+        self._load_budgets()
+        with self._lock:
+            self._levels.pop(budget.name, None)
+        return next(s for s in self.budget_statuses() if s.budget.name == budget.name)
+
+    def delete_budget(self, name: str) -> None:
+        self.registry.delete_budget(name)
+        self._load_budgets()
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        return self.guard.statuses(self._clock())
+
+    # invocations
+    def admit(self, function_name: str, request_id: str) -> None:
+        """Before an invocation runs: raises ``BudgetExceeded`` (429) when a hard budget in
+        scope has no room; otherwise reserves the function's recent maximum cost until the
+        invocation's usage record settles it, so a concurrent burst stops at the limit."""
+        with self._lock:
+            recent = self._recent.get(function_name) or max(self._recent.values(), key=len, default=None)
+            estimate = max(recent) if recent else Decimal(0)
+        ticket = self.guard.admit(function_name, estimate, self._clock())
+        with self._lock:
+            self._tickets[request_id] = ticket
+
+    def release(self, request_id: str) -> None:
+        """The invocation ended without a usage record (refused before the node ran it)."""
+        with self._lock:
+            ticket = self._tickets.pop(request_id, None)
+        if ticket is not None:
+            ticket.cancel()
+
+    def record(self, rec: UsageRecord) -> None:
+        """The node's meter hands over each invocation's usage: store it, settle its budget."""
+        self.registry.record_usage(rec)
+        with self._lock:
+            ticket = self._tickets.pop(rec.request_id, None)
+            self._recent.setdefault(rec.function_name, deque(maxlen=ESTIMATE_WINDOW)).append(rec.cost_usd)
+        # Every invocation reaches the node through FunctionService, which admitted it; a record
+        # without a ticket (none in scope when admitted) has nothing to settle.
+        if ticket is not None:
+            ticket.settle(rec.cost_usd, rec.end_ts)
+        self._warn(rec.function_name)
+
+    def _warn(self, function_name: str) -> None:
+        """Log each budget's crossing of 80 % / 100 % (spent or projected) once per level."""
+        for status in self.budget_statuses():
+            if not status.budget.applies_to(function_name) or status.level == "ok":
+                continue
+            with self._lock:
+                if self._levels.get(status.budget.name) == status.level:
+                    continue
+                self._levels[status.budget.name] = status.level
+            log.warning("BUDGET %s: %s", status.level.upper(), status.message)
+            if self.on_budget_warning is not None:
+                self.on_budget_warning(status.budget.function_name or function_name,
+                                       f"BUDGET {status.level.upper()}: {status.message}")
+
+    # reports
+    def nodes(self, since_ts: float | None, until_ts: float | None) -> list[NodeUsage]:
+        nodes = {n.node_id: n for n in self.registry.list_node_usage(since_ts, until_ts)}
+        if self.live_node is not None:
+            live = self.live_node()
+            nodes[live.node_id] = live
+        return sorted(nodes.values(), key=lambda n: n.start_ts)
+
+    def report(self, since_ts: float | None = None, until_ts: float | None = None, group_by: str = "function",
+               function_name: str | None = None) -> Report:
+        now = self._clock()
+        until = now if until_ts is None else until_ts
+        # all of the window's records: the node view and conservation need them; the report filters
+        records = self.registry.list_usage(since_ts, until)
+        nodes = self.nodes(since_ts, until)
+        since = since_ts if since_ts is not None else min(
+            [r.start_ts for r in records] + [n.start_ts for n in nodes] + [until])
+        return build_report(records, nodes, self.sheet, since_ts=since, until_ts=until, group_by=group_by,
+                            function_name=function_name, budgets=self.budget_statuses())
+
+
+_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, now_ts: float) -> float:
+    """A report bound: epoch seconds, an ISO 8601 date/time (UTC unless it says otherwise), or
+    a duration ago such as ``30m``, ``6h``, ``7d``."""
+    from datetime import datetime, timezone
+    import re
+
+    from slfaas.errors import InvalidParameter
+
+    t = text.strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", t)
+    if m:
+        return now_ts - float(m.group(1)) * _UNITS_S[m.group(2)]
+    try:
+        value = float(t)
+        if value == value and abs(value) != float("inf"):
+            return value
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith("Z") else t)
+    except ValueError:
+        raise InvalidParameter(f"cannot read time {text!r}: use an ISO date/time (2026-11-23, "
+                               f"2026-11-23T14:00Z), epoch seconds, or a duration ago (30m, 6h, 7d)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
