@@ -1,14 +1,15 @@
-"""Cold-start latency by sandbox backend: process, docker, docker with a warm pool.
+"""Cold-start latency by sandbox backend: process and docker, each without and with a warm pool.
 
 For each backend: start a real `slfaas server`, deploy N functions (different random LoRA
 adapters of one tiny Llama) through boto3 and invoke each once: every first invocation is a
 cold start (a new instance; the backbone is already resident, as Active functions guarantee).
 Reported per backend: median and max client-observed latency of those first invocations, the
 node's Init Duration (from the REPORT log lines), and a warm invocation for reference. With a
-warm pool the bench waits, between cold starts, until the pool holds a ready container again:
+warm pool the bench waits, between cold starts, until the pool holds a ready runtime again:
 that is the steady state a pool is for (its refill time is not on any request's path).
 
-    python bench/cold_start.py [--functions 5] [--backends process,docker,docker-pool] [--json out.json]
+    python bench/cold_start.py [--functions 5] [--backends process,process-pool,docker,docker-pool]
+                               [--json out.json]
 """
 import argparse
 import json
@@ -26,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 from slfaas.serverproc import ServerProcess  # noqa: E402
 
 EVENT = json.dumps({"prompt": "hello world", "max_tokens": 4, "temperature": 0}).encode()
-BACKENDS = {"process": ["--sandbox", "process"], "docker": ["--sandbox", "docker"],
-            "docker-pool": ["--sandbox", "docker", "--docker-warm-pool", "1"]}
+BACKENDS = {"process": ["--sandbox", "process"], "process-pool": ["--sandbox", "process", "--warm-pool", "1"],
+            "docker": ["--sandbox", "docker"], "docker-pool": ["--sandbox", "docker", "--warm-pool", "1"]}
+READY = r"warm-pool (container|process) \w+ ready"
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,9 @@ def measure(backend: str, n: int, assets: Path, log=print) -> ColdStartResult:
                                                              WaiterConfig={"Delay": 0.2, "MaxAttempts": 600})
             cold_ms, init_ms = [], []
             for k in range(n):
-                if backend == "docker-pool":  # steady state: a ready container waits in the pool
+                if backend.endswith("-pool"):  # steady state: a ready runtime waits in the pool
                     deadline = time.time() + 300
-                    while server.count(r"warm-pool container \w+ ready") <= k and time.time() < deadline:
+                    while server.count(READY) <= k and time.time() < deadline:
                         time.sleep(0.1)
                     time.sleep(0.5)
                 t0 = time.perf_counter()
@@ -87,9 +89,9 @@ def measure(backend: str, n: int, assets: Path, log=print) -> ColdStartResult:
                     raise RuntimeError(f"cold-{k}: {body}")
                 init_ms.append(_init_ms(data_dir, f"cold-{k}") or float("nan"))
                 log(f"{backend:12} cold start {k + 1}/{n}: {cold_ms[-1]:7.0f} ms (Init Duration {init_ms[-1]:.0f} ms)")
-            if backend == "docker-pool":  # let the refill's imports finish: they compete for the CPU
+            if backend.endswith("-pool"):  # let the refill's imports finish: they compete for the CPU
                 deadline = time.time() + 300
-                while server.count(r"warm-pool container \w+ ready") <= n and time.time() < deadline:
+                while server.count(READY) <= n and time.time() < deadline:
                     time.sleep(0.1)
             client.invoke(FunctionName="cold-0", Payload=EVENT)["Payload"].read()
             t0 = time.perf_counter()
@@ -104,7 +106,7 @@ def measure(backend: str, n: int, assets: Path, log=print) -> ColdStartResult:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--functions", type=int, default=5, help="cold starts per backend (default %(default)s)")
-    ap.add_argument("--backends", default="process,docker,docker-pool")
+    ap.add_argument("--backends", default="process,process-pool,docker,docker-pool")
     ap.add_argument("--assets", default=os.path.expanduser("~/.cache/slfaas/bench-assets"))
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()

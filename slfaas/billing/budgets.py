@@ -311,6 +311,13 @@ class BudgetGuard:
                 w.reserved_usd += estimate_usd
         return Ticket(self, function_name, estimate_usd, windows)
 
+    def spend(self, function_name: str, actual_usd: Decimal, now_ts: float) -> None:
+        """Spend that was not admitted through a ticket (none was open for it): counted all the same."""
+        with self._lock:
+            for b in self._budgets.values():
+                if b.applies_to(function_name):
+                    self._window(b, now_ts).spent_usd += actual_usd
+
     # -- under the lock --
 
     def _window(self, budget: Budget, now_ts: float) -> _Window:

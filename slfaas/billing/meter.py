@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -42,29 +43,30 @@ class InvocationFacts:
     end_ts: float
     error_type: str | None
     payload: bytes
-    metrics: Mapping[str, object] | None   # a streamed response's trailer
+    metrics: Mapping[str, object] | None   # from the runtime beside the body: device_ms (+ a stream's usage)
+    batch_size: int = 1         # set by the node (one request per batch until batching exists)
 
 
-def _metrics(payload: bytes, trailer: Mapping[str, object] | None) -> tuple[dict, dict]:
-    """(usage, metrics) from a LoRA handler's JSON body or a stream's trailer."""
-    if trailer:
-        t = dict(trailer)
-        return {"prompt_tokens": t.get("prompt_tokens"), "completion_tokens": t.get("completion_tokens")}, t
+def _usage(payload: bytes, trailer: Mapping[str, object] | None) -> Mapping[str, object]:
+    """Token counts, from a stream's trailer or a LoRA handler's JSON body ("usage"). They are
+    the function's own account, shown in reports but never priced."""
+    if trailer and ("prompt_tokens" in trailer or "completion_tokens" in trailer):
+        return trailer
     if not payload or len(payload) > MAX_METRICS_PARSE_BYTES or not payload.lstrip().startswith(b"{"):
-        return {}, {}
+        return {}
     try:
         body = json.loads(payload)
     except (ValueError, RecursionError):
-        return {}, {}
-    if not isinstance(body, dict):
-        return {}, {}
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    metrics = body.get("metrics") if isinstance(body.get("metrics"), dict) else {}
-    return usage, metrics
+        return {}
+    usage = body.get("usage") if isinstance(body, dict) else None
+    return usage if isinstance(usage, dict) else {}
 
 
-def _num(v: object, default: float = 0.0) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else default
+def _num(v: object, default: float = 0.0, high: float = 1e15) -> float:
+    """A non-negative finite number no larger than ``high`` (JSON allows 1e999), else ``default``."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
+        return float(min(v, high))
+    return default
 
 
 class Meter:
@@ -128,10 +130,9 @@ class Meter:
 
     def instance_ready(self, instance_id: str, ts: float, init_wall_s: float | None = None) -> None:
         """Init ended (ready, failed or abandoned): its share waits for the invocation it serves."""
-        key = f"init:{instance_id}"
-        if not self.timeline.is_active(key):
+        accrued = self.timeline.end_activity_if_active(f"init:{instance_id}", ts)
+        if accrued is None:
             return
-        accrued = self.timeline.end_activity(key, ts)
         with self._lock:
             self._init_accrued[instance_id] = self._init_accrued.get(instance_id, 0.0) + accrued
             if init_wall_s is not None:
@@ -151,17 +152,24 @@ class Meter:
         self.timeline.instance_busy(instance_id, ts)
         self.timeline.start_activity(f"run:{request_id}", "compute", ts)
 
+    def invocation_aborted(self, request_id: str, ts: float) -> None:
+        """The invocation ended without ``invocation_finished`` (an exception in the node): its
+        share so far is platform overhead, and the device is not shared with it any more."""
+        accrued = self.timeline.end_activity_if_active(f"run:{request_id}", ts)
+        if accrued:
+            with self._lock:
+                self._runtime_overhead_s += accrued
+
     def invocation_finished(self, facts: InvocationFacts, init_facts: Mapping[str, object]) -> UsageRecord:
-        key = f"run:{facts.request_id}"
-        accrued = self.timeline.end_activity(key, facts.end_ts) if self.timeline.is_active(key) else 0.0
-        usage, metrics = _metrics(facts.payload, facts.metrics)
+        accrued = self.timeline.end_activity_if_active(f"run:{facts.request_id}", facts.end_ts) or 0.0
+        usage = _usage(facts.payload, facts.metrics)
         wall_s = max(0.0, facts.end_ts - facts.dispatch_ts)
-        # Device time as the runtime measured it (CUDA events; wall on CPU); a handler that
-        # reports none is billed its wall time, as Lambda bills duration.
-        device_ms = _num(metrics.get("device_ms"), -1.0)
-        batch_device_s = device_ms / 1000 if device_ms >= 0 and facts.error_type is None else wall_s
-        batch_size = max(1, int(_num(metrics.get("batch_size"), 1.0)))
-        share = split_batch(accrued, wall_s, batch_device_s, batch_size)
+        # Device time as the runtime measured it beside the response (CUDA events; wall on CPU),
+        # never more than the wall time; none reported (an error, a handler that bypassed the
+        # engine's runtime) bills the wall time, as Lambda bills duration.
+        device_ms = _num((facts.metrics or {}).get("device_ms"), -1.0)
+        batch_device_s = min(device_ms / 1000, wall_s) if device_ms >= 0 and facts.error_type is None else wall_s
+        share = split_batch(accrued, wall_s, batch_device_s, max(1, facts.batch_size))
         with self._lock:
             init_s = self._init_accrued.pop(facts.instance_id, 0.0) if facts.cold_start else 0.0
             init_wall = self._init_wall.pop(facts.instance_id, init_s) if facts.cold_start else 0.0
@@ -172,10 +180,12 @@ class Meter:
             request_id=facts.request_id, function_name=facts.function_name, version=facts.version,
             node_id=self.node_id, device=self.device, device_type=self.device_type, start_ts=facts.submitted_ts,
             end_ts=facts.end_ts, status="success" if facts.error_type is None else "function_error",
-            cold_start=facts.cold_start, preload_tier=tier, batch_size=batch_size, batch_device_s=batch_device_s,
+            cold_start=facts.cold_start, preload_tier=tier, batch_size=max(1, facts.batch_size),
+            batch_device_s=batch_device_s,
             compute_device_s=share.compute_device_s, init_device_s=init_s,
             runtime_overhead_s=share.runtime_overhead_s, queue_s=max(0.0, facts.dispatch_ts - facts.submitted_ts),
-            tokens_in=int(_num(usage.get("prompt_tokens"))), tokens_out=int(_num(usage.get("completion_tokens"))),
+            tokens_in=int(_num(usage.get("prompt_tokens"), high=2**31)),
+            tokens_out=int(_num(usage.get("completion_tokens"), high=2**31)),
             memory_mb=facts.memory_mb, cost_usd=cost,
             init_phases_s=init_phases(init_wall, init_facts) if facts.cold_start else {})
         with self._lock:

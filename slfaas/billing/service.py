@@ -35,8 +35,9 @@ class CostService:
         self._lock = threading.Lock()
         self.guard = BudgetGuard()
         self._tickets: dict[str, object] = {}
-        self._recent: dict[str, deque[Decimal]] = {}
-        self._levels: dict[str, str] = {}
+        self._recent: dict[str, deque[Decimal]] = {
+            fn: deque(costs, maxlen=ESTIMATE_WINDOW) for fn, costs in registry.recent_costs(ESTIMATE_WINDOW).items()}
+        self._warned: set[tuple[str, float, str]] = set()   # (budget, window start, level) logged
         self._load_budgets()
 
     # budgets
@@ -51,8 +52,6 @@ class CostService:
     def set_budget(self, budget: Budget) -> BudgetStatus:
         self.registry.put_budget(budget, self._clock())
         self._load_budgets()
-        with self._lock:
-            self._levels.pop(budget.name, None)
         return next(s for s in self.budget_statuses() if s.budget.name == budget.name)
 
     def delete_budget(self, name: str) -> None:
@@ -66,10 +65,15 @@ class CostService:
     def admit(self, function_name: str, request_id: str) -> None:
         """Before an invocation runs: raises ``BudgetExceeded`` (429) when a hard budget in
         scope has no room; otherwise reserves the function's recent maximum cost until the
-        invocation's usage record settles it, so a concurrent burst stops at the limit."""
+        invocation's usage record settles it, so a concurrent burst stops at the limit. A
+        function with no cost history yet reserves all the room a hard budget has left: one
+        invocation at a time until its first cost is known."""
         with self._lock:
-            recent = self._recent.get(function_name) or max(self._recent.values(), key=len, default=None)
-            estimate = max(recent) if recent else Decimal(0)
+            recent = self._recent.get(function_name)
+            estimate = max(recent) if recent else None
+        if estimate is None:
+            hard = [b.limit_usd for b in self.guard.budgets() if b.hard and b.applies_to(function_name)]
+            estimate = max(hard, default=Decimal(0))
         ticket = self.guard.admit(function_name, estimate, self._clock())
         with self._lock:
             self._tickets[request_id] = ticket
@@ -82,15 +86,20 @@ class CostService:
             ticket.cancel()
 
     def record(self, rec: UsageRecord) -> None:
-        """The node's meter hands over each invocation's usage: store it, settle its budget."""
-        self.registry.record_usage(rec)
+        """The node's meter hands over each invocation's usage: settle its budget (first: a
+        failed write must not make the invocation free), then store it."""
         with self._lock:
             ticket = self._tickets.pop(rec.request_id, None)
             self._recent.setdefault(rec.function_name, deque(maxlen=ESTIMATE_WINDOW)).append(rec.cost_usd)
         # Every invocation reaches the node through FunctionService, which admitted it; a record
-        # without a ticket (none in scope when admitted) has nothing to settle.
-        if ticket is not None:
-            ticket.settle(rec.cost_usd, rec.end_ts)
+        # without a ticket (e.g. a node driven directly) is spent all the same.
+        try:
+            if ticket is not None:
+                ticket.settle(rec.cost_usd, rec.end_ts)
+            else:
+                self.guard.spend(rec.function_name, rec.cost_usd, rec.end_ts)
+        finally:
+            self.registry.record_usage(rec)
         self._warn(rec.function_name)
 
     def _warn(self, function_name: str) -> None:
@@ -98,10 +107,11 @@ class CostService:
         for status in self.budget_statuses():
             if not status.budget.applies_to(function_name) or status.level == "ok":
                 continue
+            key = (status.budget.name, status.window_start_ts, status.level)   # once per level per period
             with self._lock:
-                if self._levels.get(status.budget.name) == status.level:
+                if key in self._warned:
                     continue
-                self._levels[status.budget.name] = status.level
+                self._warned.add(key)
             log.warning("BUDGET %s: %s", status.level.upper(), status.message)
             if self.on_budget_warning is not None:
                 self.on_budget_warning(status.budget.function_name or function_name,
@@ -112,8 +122,12 @@ class CostService:
         nodes = {n.node_id: n for n in self.registry.list_node_usage(since_ts, until_ts)}
         if self.live_node is not None:
             live = self.live_node()
-            nodes[live.node_id] = live
+            if until_ts is None or live.start_ts < until_ts:
+                nodes[live.node_id] = live
         return sorted(nodes.values(), key=lambda n: n.start_ts)
+
+    def _live_id(self) -> str | None:
+        return self.live_node().node_id if self.live_node is not None else None
 
     def report(self, since_ts: float | None = None, until_ts: float | None = None, group_by: str = "function",
                function_name: str | None = None) -> Report:
@@ -124,6 +138,9 @@ class CostService:
         nodes = self.nodes(since_ts, until)
         since = since_ts if since_ts is not None else min(
             [r.start_ts for r in records] + [n.start_ts for n in nodes] + [until])
+        # Node usage is kept per session, not per interval: the node view (and conservation)
+        # covers the sessions wholly inside the window; records of other sessions are still billed.
+        nodes = [n for n in nodes if n.start_ts >= since and (n.end_ts <= until or n.node_id == self._live_id())]
         return build_report(records, nodes, self.sheet, since_ts=since, until_ts=until, group_by=group_by,
                             function_name=function_name, budgets=self.budget_statuses())
 
@@ -142,18 +159,31 @@ def parse_when(text: str, now_ts: float) -> float:
     t = text.strip()
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", t)
     if m:
-        return now_ts - float(m.group(1)) * _UNITS_S[m.group(2)]
+        return _in_range(now_ts - float(m.group(1)) * _UNITS_S[m.group(2)], text)
     try:
         value = float(t)
-        if value == value and abs(value) != float("inf"):
-            return value
     except ValueError:
-        pass
+        value = None
+    if value is not None:
+        return _in_range(value, text)   # NaN fails the range test too
     try:
         dt = datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith("Z") else t)
-    except ValueError:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        dt.timestamp()
+    except (ValueError, OverflowError):
         raise InvalidParameter(f"cannot read time {text!r}: use an ISO date/time (2026-11-23, "
                                f"2026-11-23T14:00Z), epoch seconds, or a duration ago (30m, 6h, 7d)") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    return _in_range(dt.timestamp(), text)
+
+
+MAX_TS = 253402300799.0   # 9999-12-31T23:59:59Z
+
+
+def _in_range(ts: float, text: str) -> float:
+    from slfaas.errors import InvalidParameter
+    if not 0 <= ts <= MAX_TS:
+        raise InvalidParameter(f"time {text!r} is outside 1970-01-01 .. 9999-12-31")
+    return ts

@@ -88,6 +88,14 @@ class DeviceTimeline:
             _kind, acc = self._active.pop(key)
             return acc
 
+    def end_activity_if_active(self, key: str, ts: float) -> float | None:
+        """``end_activity`` for an activity that another thread may have ended already
+        (an instance's init: its invocation and its watcher both end it)."""
+        with self._lock:
+            self._advance(ts)
+            item = self._active.pop(key, None)
+            return None if item is None else item[1]
+
     def is_active(self, key: str) -> bool:
         with self._lock:
             return key in self._active

@@ -34,6 +34,14 @@ def _boto_call(endpoint: str, fn: Callable[[Any], Any]) -> Any:
         raise CliError(f"{err.get('Code')}: {err.get('Message')}")
 
 
+def _warm_pool(args: argparse.Namespace) -> int:
+    if args.docker_warm_pool is None:
+        return int(args.warm_pool)
+    print("warning: --docker-warm-pool is deprecated; use --warm-pool (it works for every --sandbox)",
+          file=sys.stderr, flush=True)
+    return max(int(args.warm_pool), int(args.docker_warm_pool))
+
+
 # commands
 def cmd_server(args: argparse.Namespace) -> int:
     from slfaas.faas.server import ServerConfig, SlfaasServer
@@ -47,7 +55,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             sandbox=args.sandbox, keep_alive_s=args.keep_alive_s, max_instances=args.max_instances,
             init_timeout_s=args.init_timeout_s, device=args.device, verify_interval_s=args.verify_interval_s,
             instance_gpu_mb=args.instance_gpu_mb, docker_image=args.docker_image,
-            docker_warm_pool=args.docker_warm_pool, s3_endpoint_url=args.s3_endpoint_url, auth=args.auth,
+            warm_pool=_warm_pool(args), s3_endpoint_url=args.s3_endpoint_url, auth=args.auth,
             credentials_file=Path(args.credentials) if args.credentials else None, insecure=args.insecure,
             auth_max_skew_s=args.auth_max_skew_s, prices_file=Path(args.prices) if args.prices else None))
     except OSError as exc:
@@ -308,9 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--docker-image", default=None,
                    help="with --sandbox docker: the runtime image (default slfaas/runtime:local, made by "
                         "`slfaas node build-image`)")
-    s.add_argument("--docker-warm-pool", type=int, default=0, metavar="N",
-                   help="with --sandbox docker: keep N generic containers pre-started (libraries imported), "
-                        "specialised into a function's instance on a cold start (default %(default)s)")
+    s.add_argument("--warm-pool", type=int, default=0, metavar="N",
+                   help="keep N generic runtimes pre-started (libraries imported; processes or containers, "
+                        "as --sandbox says), each specialised into a function's instance on a cold start "
+                        "(default %(default)s)")
+    s.add_argument("--docker-warm-pool", type=int, default=None, metavar="N",
+                   help="deprecated alias of --warm-pool")
     s.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N, or auto = first GPU if present (default %(default)s)")
     s.add_argument("--verify-interval-s", type=float, default=None,

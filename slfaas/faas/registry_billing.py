@@ -43,14 +43,26 @@ class BillingMixin:
 
     def record_usage(self, rec: UsageRecord) -> None:
         with self._session() as s:
-            s.merge(_usage_row(rec))
+            s.add(_usage_row(rec))
             s.commit()
+
+    def recent_costs(self, per_function: int) -> dict[str, list[Decimal]]:
+        """The last ``per_function`` invocation costs of each function (budget estimates)."""
+        out: dict[str, list[Decimal]] = {}
+        with self._session() as s:
+            rows = s.execute(select(UsageRow.function_name, UsageRow.cost_usd)
+                             .order_by(UsageRow.end_ts.desc()).limit(per_function * 200))
+            for name, cost in rows:
+                costs = out.setdefault(name, [])
+                if len(costs) < per_function:
+                    costs.append(Decimal(cost))
+        return out
 
     def list_usage(self, since_ts: float | None = None, until_ts: float | None = None,
                    function_name: str | None = None) -> list[UsageRecord]:
         """Records whose invocation ended in [since, until), oldest first."""
         with self._session() as s:
-            stmt = select(UsageRow).order_by(UsageRow.end_ts, UsageRow.request_id)
+            stmt = select(UsageRow).order_by(UsageRow.end_ts, UsageRow.id)
             if since_ts is not None:
                 stmt = stmt.where(UsageRow.end_ts >= since_ts)
             if until_ts is not None:

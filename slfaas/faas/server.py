@@ -39,7 +39,8 @@ class ServerConfig:
     verify_interval_s: float | None = None   # None: 60 s on CUDA, on demand only on CPU
     instance_gpu_mb: int = 1536
     docker_image: str | None = None          # --sandbox docker: the runtime image (default slfaas/runtime:local)
-    docker_warm_pool: int = 0                # --sandbox docker: generic containers kept pre-started
+    warm_pool: int = 0                       # generic runtimes kept pre-started (process or container)
+    docker_warm_pool: int = 0                # deprecated alias of warm_pool (the larger one counts)
     s3_endpoint_url: str | None = None       # where Code.S3Bucket/S3Key are fetched (default: boto3's own)
     auth: str = "none"                       # "none" (loopback only) or "sigv4" (needs credentials_file)
     credentials_file: Path | None = None     # --auth sigv4: AWS shared-credentials file of accepted keys
@@ -49,16 +50,18 @@ class ServerConfig:
 
 
 def make_sandbox_factory(name: str, data_dir: Path | None = None, docker_image: str | None = None,
-                         docker_warm_pool: int = 0) -> SandboxFactory:
+                         warm_pool: int = 0) -> SandboxFactory:
+    if warm_pool < 0:
+        raise ValueError(f"--warm-pool must be 0 or more, got {warm_pool}")
     if name == "process":
         from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
-        return ProcessSandboxFactory()
+        return ProcessSandboxFactory(warm_pool=warm_pool)
     if name == "docker":
         from slfaas.gpu_node.sandboxes.docker import (DEFAULT_IMAGE, DockerSandboxConfig, DockerSandboxFactory,
                                                       DockerUnavailable)
         try:
             return DockerSandboxFactory(DockerSandboxConfig(image=docker_image or DEFAULT_IMAGE,
-                                                            owner=str(data_dir or ""), warm_pool=docker_warm_pool))
+                                                            owner=str(data_dir or ""), warm_pool=warm_pool))
         except DockerUnavailable as exc:
             raise ValueError(str(exc)) from exc
     raise ValueError(f"unknown sandbox backend {name!r} (available: process, docker)")
@@ -127,7 +130,8 @@ class SlfaasServer:
             NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
                        instance_gpu_mb=config.instance_gpu_mb),
-            make_sandbox_factory(config.sandbox, data_dir, config.docker_image, config.docker_warm_pool),
+            make_sandbox_factory(config.sandbox, data_dir, config.docker_image,
+                                 max(config.warm_pool, config.docker_warm_pool)),
             on_integrity=self.registry.record_integrity_event, prices=prices,
             on_usage=lambda rec: self.service.cost.record(rec), on_node_usage=self.registry.put_node_usage)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,

@@ -149,9 +149,12 @@ class EventInvocationRow(Base):
 # Billing (issue 5): per-invocation usage records, each node session's metered usage, budgets.
 # Money is stored as decimal strings (exact); SQLite has no exact decimal type.
 class UsageRow(Base):
+    """One per attempt: an Event invocation's retries keep its request id, each is billed."""
+
     __tablename__ = "usage_records"
 
-    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(36), index=True)
     function_name: Mapped[str] = mapped_column(String(170), index=True)
     version: Mapped[str] = mapped_column(String(32))
     node_id: Mapped[str] = mapped_column(String(32), index=True)

@@ -99,6 +99,7 @@ def main() -> int:
         except NodeGone:
             return 0
         context = LambdaContext(engine, inv)
+        device_ms0 = engine.device_ms_total
         try:
             try:
                 event = json.loads(inv.payload) if inv.payload else {}
@@ -119,9 +120,9 @@ def main() -> int:
             continue
         try:
             if inv.response_stream:
-                _stream(client, inv.request_id, first, pieces, context)
+                _stream(client, inv.request_id, first, pieces, context, lambda: engine.device_ms_total - device_ms0)
             else:
-                client.respond(inv.request_id, body)
+                client.respond(inv.request_id, body, device_ms=engine.device_ms_total - device_ms0)
         except NodeGone:
             return 0
 
@@ -141,7 +142,8 @@ def _pieces(result: Any) -> Iterator[bytes]:
             yield json.dumps(item).encode()
 
 
-def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator[bytes], context: Any) -> None:
+def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator[bytes], context: Any,
+            device_ms: Callable[[], float]) -> None:
     """Lambda's streaming response mode: each piece goes out as one HTTP chunk when the handler
     produces it; a failure after streaming began travels in the error trailers."""
     stream = client.respond_stream(request_id)
@@ -155,7 +157,9 @@ def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator
         traceback.print_exc()
         stream.close(error=_error_body(exc))
         return
-    stream.close(metrics=getattr(context, "result_metrics", None))
+    metrics = dict(getattr(context, "result_metrics", None) or {})
+    metrics["device_ms"] = round(device_ms(), 3)   # the runtime's measure, whatever the handler set
+    stream.close(metrics=metrics)
 
 
 if __name__ == "__main__":

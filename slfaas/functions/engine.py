@@ -147,6 +147,7 @@ class LoraEngine:
         self._eos_ids = set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
         self.last_prefill_ms = 0.0
         self.last_device_ms = 0.0
+        self.device_ms_total = 0.0   # all generations so far: the runtime reports each invocation's delta
         self._activity = threading.Lock()  # held while generating: trimming waits for idle
         self._busy = False
         self._last_active = time.monotonic()
@@ -215,6 +216,7 @@ class LoraEngine:
                 self.last_device_ms = float(ev_start.elapsed_time(ev_end))
             else:
                 self.last_device_ms = (time.perf_counter() - t_dev) * 1000
+            self.device_ms_total += self.last_device_ms
 
     def _decode(self, ids: Any, mask: Any, cache: Any, req: GenerationRequest, generator: Any) -> Iterator[int]:
         torch = self._torch

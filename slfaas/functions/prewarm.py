@@ -1,12 +1,14 @@
-"""A generic runtime that waits to become one function's instance (the docker warm pool).
+"""A generic runtime that waits to become one function's instance (the warm pools).
 
 Started before any function needs it, it pays the cold start's biggest share up front (the
 library imports: seconds), then blocks on its pool socket. Specialising it is one message
-from the node: the function's environment plus descriptors (SCM_RIGHTS) of the backbone
-(read-only), of the function's own code files and of the base model's config/tokenizer files.
-It links those descriptors into a private directory under /tmp and runs the ordinary runtime
-(``slfaas.functions.__main__``) in this same process. Nothing was mounted for the function,
-so the container still sees only that function's files.
+from the node: the function's environment plus descriptors (SCM_RIGHTS): the backbone
+(read-only) and, for a container, the function's own code files and the base model's
+config/tokenizer files, which it links into a private directory under /tmp (nothing was
+mounted for the function, so the container still sees only that function's files). A
+process sandbox sees the node's filesystem: its message names no files and the environment's
+paths are used as they are. Either way it then runs the ordinary runtime
+(``slfaas.functions.__main__``) in this same process.
 
     python -m slfaas.functions.prewarm      (env SLFAAS_POOL_SOCKET: the node's pool socket)
 """
@@ -63,21 +65,25 @@ def _link_files(directory: Path, names: list[str], fds: list[int]) -> None:
 
 
 def specialise(spec: dict, fds: list[int]) -> None:
-    task, model = spec["task_files"], spec["model_files"]
     backbone_fd, rest = fds[0], fds[1:]
-    TASK_DIR.mkdir(parents=True, exist_ok=True)
-    MODEL_DIR.mkdir(parents=True, exist_ok=True)
-    _link_files(TASK_DIR, task, rest[: len(task)])
-    _link_files(MODEL_DIR, model, rest[len(task):])
     os.environ.clear()
     os.environ.update(spec["env"])
-    os.environ.update({"SLFAAS_CODE_DIR": str(TASK_DIR), "LAMBDA_TASK_ROOT": str(TASK_DIR),
-                       "SLFAAS_BASE_MODEL_DIR": str(MODEL_DIR),
-                       "SLFAAS_BACKBONE_FD": str(backbone_fd)})
-    os.chdir(TASK_DIR)
+    os.environ["SLFAAS_BACKBONE_FD"] = str(backbone_fd)
+    if "task_files" in spec:  # a container: the function's files came as descriptors
+        task, model = spec["task_files"], spec["model_files"]
+        TASK_DIR.mkdir(parents=True, exist_ok=True)
+        MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        _link_files(TASK_DIR, task, rest[: len(task)])
+        _link_files(MODEL_DIR, model, rest[len(task):])
+        os.environ.update({"SLFAAS_CODE_DIR": str(TASK_DIR), "LAMBDA_TASK_ROOT": str(TASK_DIR),
+                           "SLFAAS_BASE_MODEL_DIR": str(MODEL_DIR)})
+    os.chdir(os.environ["SLFAAS_CODE_DIR"])  # where a cold-started runtime starts
 
 
 def main() -> int:
+    from slfaas.functions.__main__ import _die_with_node
+
+    _die_with_node()  # a pool process dies with its node, like an instance (no-op in a container)
     imports_s = preimport()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

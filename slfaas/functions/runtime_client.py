@@ -15,6 +15,7 @@ ERROR_BODY_TRAILER = "Lambda-Runtime-Function-Error-Body"
 # a streamed response may end with a trailer of JSON metrics (usage, ttft) for the node's records.
 RESPONSE_MODE_HEADER = "Slfaas-Response-Mode"
 METRICS_TRAILER = "Slfaas-Result-Metrics"
+DEVICE_MS_HEADER = "Slfaas-Device-Ms"   # the runtime's device-time measure of one invocation
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -121,9 +122,13 @@ class RuntimeClient:
             response_stream=headers.get(RESPONSE_MODE_HEADER.lower()) == "streaming",
         )
 
-    def respond(self, request_id: str, body: bytes) -> None:
-        self._request("POST", f"/invocation/{request_id}/response", body,
-                      {"Content-Type": "application/json"})
+    def respond(self, request_id: str, body: bytes, device_ms: float | None = None) -> None:
+        """``device_ms``: the runtime's own measure of the invocation's device time (billing),
+        sent beside the body, which is the handler's to shape."""
+        headers = {"Content-Type": "application/json"}
+        if device_ms is not None:
+            headers[DEVICE_MS_HEADER] = f"{device_ms:.3f}"
+        self._request("POST", f"/invocation/{request_id}/response", body, headers)
 
     def respond_stream(self, request_id: str) -> ResponseStream:
         return ResponseStream(self._path, request_id)

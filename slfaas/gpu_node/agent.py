@@ -39,6 +39,20 @@ _PASS_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_P
 _PASS_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_", "PYTORCH_", "OMP_", "MKL_")
 
 
+def node_environ() -> dict[str, str]:
+    """What a runtime inherits from the node's environment (a warm-pool process starts with
+    just this and ``runtime_fixed_env``: no function is known yet)."""
+    return {k: v for k, v in os.environ.items() if k in _PASS_ENV or k.startswith(_PASS_ENV_PREFIXES)}
+
+
+def runtime_fixed_env() -> dict[str, str]:
+    """Set for every runtime, over the function's own environment."""
+    pythonpath = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": _PACKAGE_ROOT + (os.pathsep + pythonpath if pythonpath else ""),
+            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path
@@ -206,6 +220,7 @@ class NodeAgent:
             self._report(request, instance, outcome, cold, dispatch_ts, usage)
             return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts, usage)
         finally:
+            self.meter.invocation_aborted(request.request_id, time.time())   # no-op once metered
             instance.release()
             if instance.state is InstanceState.IDLE:
                 self.meter.instance_idle(instance.instance_id, instance.function.name, time.time())
@@ -213,7 +228,7 @@ class NodeAgent:
                 self._stop(instance)
 
     def _meter(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
-               submitted_ts: float, dispatch_ts: float) -> UsageRecord:
+               submitted_ts: float, dispatch_ts: float) -> UsageRecord | None:
         f = request.function
         facts = InvocationFacts(
             request_id=request.request_id, function_name=f.name, version=f.version, memory_mb=f.memory_mb,
@@ -221,7 +236,11 @@ class NodeAgent:
             preloaded=bool(inst.sandbox is not None and inst.sandbox.preloaded), submitted_ts=submitted_ts,
             dispatch_ts=dispatch_ts, end_ts=time.time(), error_type=outcome.error_type, payload=outcome.payload,
             metrics=outcome.metrics)
-        return self.meter.invocation_finished(facts, inst.init_facts)
+        try:
+            return self.meter.invocation_finished(facts, inst.init_facts)
+        except Exception:  # billing must never fail an invocation; the gap shows as overhead
+            log.exception("metering invocation %s failed", request.request_id)
+            return None
 
     def instances(self) -> list[InstanceInfo]:
         with self._lock:
@@ -350,16 +369,10 @@ class NodeAgent:
 
     def _runtime_env(self, inst: Instance, socket_path: Path) -> dict[str, str]:
         f = inst.function
-        env = {k: v for k, v in os.environ.items()
-               if k in _PASS_ENV or k.startswith(_PASS_ENV_PREFIXES)}
+        env = node_environ()
         env.update(f.environment)
-        pythonpath = os.environ.get("PYTHONPATH")
+        env.update(runtime_fixed_env())
         env.update({
-            "PYTHONPATH": _PACKAGE_ROOT + (os.pathsep + pythonpath if pythonpath else ""),
-            "PYTHONUNBUFFERED": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
             "AWS_LAMBDA_FUNCTION_NAME": f.name,
             "AWS_LAMBDA_FUNCTION_VERSION": f.version,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(f.memory_mb),

@@ -205,7 +205,13 @@ class _Handler(BaseHTTPRequestHandler):
         error_type = None
         if kind == "error":
             error_type = self.headers.get("Lambda-Runtime-Function-Error-Type") or "Runtime.Unknown"
-        if self.endpoint.complete(request_id, body, error_type):
+        metrics = None
+        if error_type is None:
+            try:  # the runtime's device-time measure, for billing (absent: the node bills wall time)
+                metrics = {"device_ms": float(self.headers.get("Slfaas-Device-Ms", ""))}
+            except ValueError:
+                metrics = None
+        if self.endpoint.complete(request_id, body, error_type, metrics=metrics):
             self._reply(202, b'{"status":"OK"}')
         else:
             self._error(400, "InvalidRequestID", f"unknown or finished request {request_id}")

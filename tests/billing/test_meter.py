@@ -20,12 +20,12 @@ class Clock:
 
 def facts(rid: str, iid: str, cold: bool, dispatch: float, end: float, device_ms: float | None = 400.0,
           error: str | None = None, **kw) -> InvocationFacts:
-    metrics = {} if device_ms is None else {"device_ms": device_ms, "batch_size": kw.pop("batch_size", 1)}
-    body = json.dumps({"text": "x", "usage": {"prompt_tokens": 7, "completion_tokens": 3}, "metrics": metrics})
+    metrics = None if device_ms is None else {"device_ms": device_ms}   # the runtime's, beside the body
+    body = kw.get("body") or json.dumps({"text": "x", "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
     return InvocationFacts(request_id=rid, function_name=kw.get("fn", "fa"), version="$LATEST", memory_mb=2048,
                            instance_id=iid, cold_start=cold, preloaded=kw.get("preloaded", False),
                            submitted_ts=kw.get("submitted", dispatch), dispatch_ts=dispatch, end_ts=end,
-                           error_type=error, payload=body.encode(), metrics=None)
+                           error_type=error, payload=body.encode(), metrics=metrics)
 
 
 def test_cold_then_warm_invocation_records_and_conservation() -> None:
@@ -99,3 +99,39 @@ def test_an_unpriced_device_fails_at_start_with_the_key_to_add() -> None:
     with pytest.raises(UnknownDeviceType, match="B300"):
         Meter("n1", "cuda:0", default_prices(), gpu_name="NVIDIA B300", clock=Clock())
     assert Meter("n1", "cuda:0", default_prices(), gpu_name="NVIDIA H100 80GB HBM3", clock=Clock()).device_type == "H100"
+
+
+def test_the_handler_cannot_set_its_own_bill_and_odd_numbers_never_fail() -> None:
+    m = Meter("n1", "cpu", default_prices(), clock=Clock())
+    m.invocation_started("r", "i", 1000.0)
+    forged = json.dumps({"metrics": {"device_ms": 0, "batch_size": 1000},
+                         "usage": {"prompt_tokens": 1e999, "completion_tokens": -5}})
+    rec = m.invocation_finished(facts("r", "i", False, 1000.0, 1010.0, device_ms=None, body=forged), {})
+    assert rec.compute_device_s == pytest.approx(10.0) and rec.batch_size == 1   # body metrics ignored
+    assert rec.tokens_in == 0 and rec.tokens_out == 0
+    # the runtime's own figure is capped at the wall time
+    m.invocation_started("r2", "i", 1011.0)
+    rec2 = m.invocation_finished(facts("r2", "i", False, 1011.0, 1012.0, device_ms=5e6), {})
+    assert rec2.compute_device_s == pytest.approx(1.0)
+
+
+def test_an_aborted_invocation_stops_sharing_the_device() -> None:
+    m = Meter("n1", "cpu", default_prices(), clock=Clock())
+    m.invocation_started("lost", "i1", 1000.0)
+    m.invocation_aborted("lost", 1001.0)
+    m.invocation_aborted("lost", 1001.5)          # twice: no-op
+    m.invocation_started("r", "i2", 1002.0)
+    rec = m.invocation_finished(facts("r", "i2", False, 1002.0, 1004.0, device_ms=2000.0), {})
+    assert rec.compute_device_s == pytest.approx(2.0)   # not halved by a zombie activity
+    snap = m.snapshot(1004.0)
+    assert snap.overhead_s["runtime"] == pytest.approx(1.0)
+    assert snap.billed_device_s + snap.overhead_total_s == pytest.approx(snap.elapsed_s)
+
+
+def test_init_ended_by_two_threads_is_accounted_once() -> None:
+    m = Meter("n1", "cpu", default_prices(), clock=Clock())
+    m.instance_starting("i", 1000.0)
+    m.instance_gone("i", 1002.0)                  # the watcher: the sandbox died in init
+    m.instance_ready("i", 1002.1, 2.1)            # the invoking thread, a moment later: no KeyError
+    rec = m.invocation_finished(facts("r", "i", True, 1002.1, 1002.1, error="Runtime.ExitError"), {})
+    assert rec.init_device_s == pytest.approx(2.0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal, InvalidOperation
 from dataclasses import asdict
 from typing import Any
 
@@ -14,6 +15,9 @@ from slfaas.billing.reports import render_csv, render_html, render_table, report
 from slfaas.billing.service import parse_when
 from slfaas.errors import InvalidParameter
 from slfaas.faas.api.lambda_api import _json_body
+from slfaas.faas.naming import NAME_RE
+
+MAX_LIMIT_USD = Decimal("1e12")
 
 bp = Blueprint("cost_api", __name__, url_prefix="/slfaas/v1/cost")
 
@@ -68,14 +72,21 @@ def put_budget(name: str) -> Response:
     if not isinstance(hard, bool):
         raise InvalidParameter("Hard must be true or false")
     fn = body.get("FunctionName")
-    if fn is not None and not isinstance(fn, str):
-        raise InvalidParameter("FunctionName must be a string")
+    if fn is not None and (not isinstance(fn, str) or not NAME_RE.match(fn)):
+        # a qualified name or an ARN would never match an invocation: the budget would not apply
+        raise InvalidParameter(f"FunctionName must be a plain function name ([a-zA-Z0-9-_]{{1,64}}, no "
+                               f"qualifier or ARN), got {fn!r}")
     period = body.get("Period", "month")
     if not isinstance(period, str):
         raise InvalidParameter("Period must be day or month")
     limit = body["LimitUsd"]
-    if not isinstance(limit, (str, int, float)) or isinstance(limit, bool):
+    if not isinstance(limit, (str, int, float)) or isinstance(limit, bool) or len(str(limit)) > 40:
         raise InvalidParameter("LimitUsd must be a decimal string or a number")
+    try:
+        if Decimal(str(limit)) > MAX_LIMIT_USD:
+            raise InvalidParameter(f"LimitUsd must be at most {MAX_LIMIT_USD}")
+    except InvalidOperation:
+        raise InvalidParameter(f"LimitUsd must be a decimal string or a number, got {limit!r}") from None
     status = _cost().set_budget(Budget.create(name, limit, period, hard, fn))
     return _json(budget_to_dict(status), 201)
 

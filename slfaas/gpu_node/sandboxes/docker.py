@@ -27,7 +27,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +36,8 @@ from typing import Any, Callable, Mapping
 
 from slfaas.errors import NodeError
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
+from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
+from slfaas.gpu_node.sandboxes.warm_pool import proc_start_ticks as _proc_start_ticks  # labels name the node process
 
 log = logging.getLogger(__name__)
 
@@ -91,30 +92,11 @@ def connect(timeout_s: float = 120) -> Any:
     return client
 
 
-def _proc_start_ticks(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
 def _pidns() -> str:
     try:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
-
-
-def _remove_stale_dirs() -> None:
-    """Work dirs of node processes that are gone (kill -9 leaves them behind)."""
-    for d in Path(tempfile.gettempdir()).glob("slfaas-dk-*"):
-        try:
-            pid, start = (d / "node").read_text().split()
-        except (OSError, ValueError):
-            continue
-        if _proc_start_ticks(int(pid)) != start:
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def host_python_paths() -> tuple[list[Path], Path]:
@@ -334,17 +316,15 @@ class DockerSandboxFactory(SandboxFactory):
                           LABEL_NODE_PID: str(os.getpid()), LABEL_NODE_START: _proc_start_ticks(os.getpid()),
                           LABEL_PIDNS: _pidns()}
         # Sockets handed to containers live here (short: Unix socket paths are limited to 108 bytes).
-        _remove_stale_dirs()
-        self._dir = Path(tempfile.mkdtemp(prefix="slfaas-dk-"))
-        (self._dir / "node").write_text(f"{os.getpid()} {_proc_start_ticks(os.getpid())}")
+        self._dir = make_work_dir("slfaas-dk-")
         self._lock = threading.Lock()
         self._live: dict[str, DockerSandbox] = {}
         self._closed = False
         reaped = self.reap_orphans()
         self._pool = None
         if self.config.warm_pool > 0:
-            from slfaas.gpu_node.sandboxes.docker_pool import WarmPool
-            self._pool = WarmPool(self, self.config.warm_pool)
+            from slfaas.gpu_node.sandboxes.docker_pool import docker_warm_pool
+            self._pool = docker_warm_pool(self, self.config.warm_pool)
         log.info("docker sandboxes: image %s (%s Python), session %s%s", self.config.image, self.python_mode,
                  self.session, f"; reaped {reaped} orphaned container(s)" if reaped else "")
 

@@ -1,0 +1,360 @@
+"""Warm pool of generic runtimes, whatever sandbox holds them (a container, a process).
+
+A cold start's largest share is the runtime's imports (seconds); a pool runtime has paid it
+before any function asked (``slfaas.functions.prewarm``). Specialising one costs what is
+function-specific: the backbone attach, the adapter load and one warm-up forward.
+
+This module is the backend-neutral half: slots (one per generic runtime, each with its own
+Unix "pool socket"), the fill loop with back-off, the wait for "ready", taking a ready slot
+and sending it the one specialisation message (the function's environment plus SCM_RIGHTS
+descriptors: the backbone, and, where the sandbox cannot see the function's files, those
+files), discarding a runtime that died, and closing. What differs per backend (how a generic
+runtime is started, what must happen to its sandbox around the message) is a ``PoolLauncher``.
+
+Limits (a plain cold start is used instead): CPU backbones only (the backbone travels as a
+memfd descriptor; a CUDA arena would need its IPC handle imported by a runtime that has not
+initialised CUDA yet, untested here), and whatever the launcher's ``plan`` refuses.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from slfaas.functions.prewarm import MAX_FDS, SPEC_HEADER
+from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
+_READY_TIMEOUT_S = 600.0
+
+
+class PoolSandbox(Protocol):
+    """What the pool needs of a backend's sandbox (``DockerSandbox``, ``ProcessSandbox``)."""
+
+    preloaded: bool
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def wait(self, timeout_s: float | None = None) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def stop(self, grace_s: float = 2.0) -> None: ...
+
+    def set_sink(self, log_sink: LogSink) -> None: ...
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Which of the function's files travel as descriptors. ``link_files`` False: the sandbox
+    sees the node's filesystem (a process), so the runtime keeps the paths of ``spec.env``."""
+
+    link_files: bool
+    code_dir: Path = Path()
+    task_files: tuple[str, ...] = ()
+    model_dir: Path = Path()
+    model_files: tuple[str, ...] = ()
+
+
+class PoolLauncher(ABC):
+    """The backend-specific half of a warm pool."""
+
+    kind: str  # "container" or "process": named in log lines ("warm-pool process 1a2b3c4d ready")
+
+    @property
+    @abstractmethod
+    def work_dir(self) -> Path:
+        """Node-private directory under which each slot gets its own directory."""
+
+    @abstractmethod
+    def launch(self, sid: str, slot_dir: Path, log_sink: LogSink,
+               closers: tuple[Callable[[], None], ...]) -> PoolSandbox:
+        """Start ``python -m slfaas.functions.prewarm`` that connects to ``slot_dir/pool.sock``;
+        ``closers`` are for a backend that cleans up when its sandbox ends."""
+
+    @abstractmethod
+    def plan(self, spec: SandboxSpec) -> Handover | None:
+        """How ``spec`` would be handed over, or None: this spec takes the cold path."""
+
+    @abstractmethod
+    def prepare(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> dict[str, str]:
+        """Ready the sandbox for ``spec`` (may raise: the slot is discarded, cold path);
+        returns the runtime's environment."""
+
+    def finish(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> None:
+        """After the message: the runtime is now this instance's (must not fail it)."""
+
+
+@dataclass
+class _Slot:
+    sid: str
+    dir: Path
+    listener: socket.socket
+    sandbox: PoolSandbox | None = None
+    conn: socket.socket | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    tail: list[str] = field(default_factory=list)  # its last output lines until specialised
+    claimed: bool = False    # a cold start is waiting for (or took) this slot
+    failed: bool = False
+
+    def close_sockets(self) -> None:
+        for s in (self.conn, self.listener):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()/recv()
+                except OSError:
+                    pass
+                s.close()
+        (self.dir / "pool.sock").unlink(missing_ok=True)
+
+
+class WarmPool:
+    def __init__(self, launcher: PoolLauncher, size: int):
+        self.launcher = launcher
+        self.size = size
+        self._kind = launcher.kind
+        self._lock = threading.Lock()
+        self._slots: list[_Slot] = []       # starting or ready, oldest first
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._failures = 0                   # in a row: back off instead of re-importing in a loop
+        self._filler = threading.Thread(target=self._fill_loop, daemon=True, name=f"warm-pool-{self._kind}")
+        self._filler.start()
+
+    # filling
+    def _fill_loop(self) -> None:
+        while not self._closed.is_set():
+            with self._lock:
+                missing = self.size - len(self._slots)
+            if missing > 0:
+                try:
+                    self._launch()  # one at a time: each launch is seconds of CPU (imports)
+                except Exception:
+                    if self._closed.is_set():
+                        return
+                    log.exception("starting a warm-pool %s failed", self._kind)
+                    self._failures += 1
+                if self._failures:
+                    self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
+                continue
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    def _launch(self) -> None:
+        sid = uuid.uuid4().hex[:8]
+        slot_dir = self.launcher.work_dir / f"pool-{sid}"
+        slot_dir.mkdir(mode=0o755)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(slot_dir / "pool.sock"))
+        os.chmod(slot_dir / "pool.sock", 0o666)  # a container's user connects; the directory keeps others out
+        listener.listen(1)
+        slot = _Slot(sid, slot_dir, listener)
+        try:
+            slot.sandbox = self.launcher.launch(sid, slot_dir, self._pool_log(slot.tail, sid),
+                                                (slot.close_sockets, lambda: _rmtree(slot_dir)))
+        except BaseException:
+            slot.close_sockets()
+            _rmtree(slot_dir)
+            raise
+        with self._lock:
+            closed = self._closed.is_set()  # close() took its snapshot already: this one is ours to end
+            if not closed:
+                self._slots.append(slot)
+        if closed:
+            self._discard(slot)
+            return
+        threading.Thread(target=self._watch, args=(slot,), daemon=True, name=f"pool-watch-{sid}").start()
+        self._await_ready(slot)
+
+    def _watch(self, slot: _Slot) -> None:
+        """A pool runtime that ends before it is taken (a crash at import) leaves the pool."""
+        assert slot.sandbox is not None
+        code = slot.sandbox.wait()
+        with self._lock:
+            waiting = slot in self._slots
+        if waiting:
+            log.warning("warm-pool %s %s exited before use (status %s)", self._kind, slot.sid, code)
+            self._discard(slot)
+
+    @staticmethod
+    def _pool_log(slot_tail: list[str], sid: str) -> LogSink:
+        def sink(line: str) -> None:
+            log.debug("pool %s: %s", sid, line)
+            slot_tail.append(line)
+            del slot_tail[:-20]
+        return sink
+
+    def _await_ready(self, slot: _Slot) -> None:
+        """Block (the filler thread) until the generic runtime has imported everything."""
+        slot.listener.settimeout(_READY_TIMEOUT_S)
+        try:
+            conn, _ = slot.listener.accept()
+            conn.settimeout(_READY_TIMEOUT_S)
+            line = conn.makefile("rb").readline()
+            conn.settimeout(None)
+            info = json.loads(line)
+        except (OSError, ValueError) as exc:
+            if not self._closed.is_set():
+                log.warning("warm-pool %s %s never became ready (%s)", self._kind, slot.sid, exc)
+                self._failures += 1
+            self._discard(slot)
+            return
+        slot.conn = conn
+        self._failures = 0
+        slot.ready.set()
+        log.info("warm-pool %s %s ready (imports %.2f s)", self._kind, slot.sid, info.get("imports_s", 0.0))
+
+    def _discard(self, slot: _Slot) -> None:
+        slot.failed = True
+        slot.ready.set()  # wakes a cold start waiting for this slot: it goes the cold path
+        with self._lock:
+            if slot in self._slots:
+                self._slots.remove(slot)
+        slot.close_sockets()
+        if slot.sandbox is not None:
+            slot.sandbox.kill()
+            slot.sandbox.wait(10)
+        _rmtree(slot.dir)
+        if slot.tail and not self._closed.is_set():
+            log.warning("warm-pool %s %s output:\n  %s", self._kind, slot.sid, "\n  ".join(slot.tail))
+        self._wake.set()
+
+    # taking
+    def _pop_ready(self) -> _Slot | None:
+        """A ready slot; else claim one still importing and wait for it (it is always
+        further along than a runtime started now); None when the pool is empty."""
+        with self._lock:
+            free = [s for s in self._slots if not s.claimed]
+            slot = next((s for s in free if s.ready.is_set()), free[0] if free else None)
+            if slot is None:
+                return None
+            slot.claimed = True
+        slot.ready.wait(_READY_TIMEOUT_S)
+        with self._lock:
+            if slot in self._slots:
+                self._slots.remove(slot)
+        self._wake.set()  # start its replacement
+        if slot.failed or slot.conn is None or select.select([slot.conn], [], [], 0)[0]:
+            self._discard(slot)  # never became ready, or EOF while waiting: it died
+            return None
+        return slot
+
+    def held(self) -> int:
+        """Runtimes starting or ready in the pool now."""
+        with self._lock:
+            return len(self._slots)
+
+    def take(self, spec: SandboxSpec, log_sink: LogSink) -> PoolSandbox | None:
+        """A ready pool runtime specialised into ``spec``'s instance, or None (cold path)."""
+        if spec.env.get("SLFAAS_DEVICE", "cpu") != "cpu" or not spec.env.get("SLFAAS_BACKBONE_FD"):
+            return None
+        handover = self.launcher.plan(spec)
+        if handover is None or len(handover.task_files) + len(handover.model_files) + 1 > MAX_FDS:
+            return None
+        slot = self._pop_ready()
+        if slot is None:
+            return None
+        assert slot.sandbox is not None
+        try:
+            env = self.launcher.prepare(slot.dir, slot.sandbox, spec)
+            self._send(slot, spec, env, handover)
+        except Exception:
+            log.exception("specialising warm-pool %s %s failed; cold-starting instead", self._kind, slot.sid)
+            self._discard(slot)
+            return None
+        slot.close_sockets()
+        self.launcher.finish(slot.dir, slot.sandbox, spec)
+        slot.sandbox.preloaded = True
+        slot.sandbox.set_sink(log_sink)
+        log.info("instance %s from warm-pool %s %s", spec.instance_id, self._kind, slot.sid)
+        return slot.sandbox
+
+    @staticmethod
+    def _send(slot: _Slot, spec: SandboxSpec, env: dict[str, str], handover: Handover) -> None:
+        """The one specialisation message (``slfaas.functions.prewarm`` reads it)."""
+        assert slot.conn is not None
+        body: dict = {"env": env}
+        if handover.link_files:
+            body.update(task_files=list(handover.task_files), model_files=list(handover.model_files))
+        raw = json.dumps(body).encode()
+        fds: list[int] = []
+        try:
+            fds.append(os.open(f"/proc/self/fd/{int(spec.env['SLFAAS_BACKBONE_FD'])}", os.O_RDONLY | os.O_CLOEXEC))
+            fds += [os.open(handover.code_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.task_files]
+            fds += [os.open(handover.model_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.model_files]
+            message = SPEC_HEADER.pack(len(raw)) + raw
+            sent = socket.send_fds(slot.conn, [message], fds)
+            if sent < len(message):
+                slot.conn.sendall(message[sent:])
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def close(self) -> list[PoolSandbox]:
+        """Stop filling and release every waiting runtime (it sees EOF and exits); returns their
+        sandboxes for a backend that must also end them itself."""
+        self._closed.set()
+        self._wake.set()
+        with self._lock:
+            slots, self._slots = list(self._slots), []
+        for slot in slots:
+            slot.failed = True
+            slot.ready.set()
+            slot.close_sockets()
+        return [s.sandbox for s in slots if s.sandbox is not None]
+
+
+def file_handover(spec: SandboxSpec) -> Handover:
+    """The function's code files and the base model's non-weight files (config, tokenizer), for
+    a sandbox that has none of them mounted; the weights come as the backbone descriptor."""
+    model_dir = Path(spec.env.get("SLFAAS_BASE_MODEL_DIR", ""))
+    model_files = [n for n in _files(model_dir, recursive=False) if not n.endswith(_WEIGHT_SUFFIXES)]
+    return Handover(True, spec.code_dir, tuple(_files(spec.code_dir)), model_dir, tuple(model_files))
+
+
+def proc_start_ticks(pid: int) -> str:
+    """A process's start time in clock ticks: with the pid, it names one process (pids are reused)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def make_work_dir(prefix: str) -> Path:
+    """A fresh node-private temp directory (mode 0700; short, for Unix socket paths), after
+    removing those of node processes that are gone (kill -9 leaves them behind)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        try:
+            pid, start = (d / "node").read_text().split()
+        except (OSError, ValueError):
+            continue
+        if proc_start_ticks(int(pid)) != start:
+            shutil.rmtree(d, ignore_errors=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    (work_dir / "node").write_text(f"{os.getpid()} {proc_start_ticks(os.getpid())}")
+    return work_dir
+
+
+def _files(root: Path, recursive: bool = True) -> list[str]:
+    if not root.is_dir():
+        return []
+    paths = root.rglob("*") if recursive else root.iterdir()
+    return sorted(str(p.relative_to(root)) for p in paths if p.is_file() and not p.is_symlink())
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""CostService with a real registry: budget admission, settlement and warnings."""
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from slfaas.billing.budgets import Budget, BudgetExceeded
+from slfaas.billing.records import UsageRecord
+from slfaas.billing.service import CostService
+from slfaas.faas.registry import Registry
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rec(rid: str, cost: str, end_ts: float, fn: str = "f") -> UsageRecord:
+    return UsageRecord(request_id=rid, function_name=fn, version="$LATEST", node_id="n", device="cpu",
+                       device_type="cpu", start_ts=end_ts - 1, end_ts=end_ts, status="success", cold_start=False,
+                       preload_tier="warm", batch_size=1, batch_device_s=0.5, compute_device_s=0.5,
+                       init_device_s=0.0, runtime_overhead_s=0.0, queue_s=0.0, tokens_in=1, tokens_out=1,
+                       memory_mb=2048, cost_usd=Decimal(cost))
+
+
+@pytest.fixture
+def registry(tmp_path: Path):  # type: ignore[no-untyped-def]
+    r = Registry.for_data_dir(tmp_path)
+    yield r
+    r.close()
+
+
+DAY0 = 1795392000.0 + 3600   # 2026-11-23T01:00Z
+
+
+def test_a_function_without_history_runs_one_at_a_time_under_a_hard_budget(registry) -> None:  # type: ignore[no-untyped-def]
+    svc = CostService(registry, clock=Clock(DAY0))
+    svc.set_budget(Budget.create("b", "1.00", "day", hard=True))
+    svc.admit("f", "r1")
+    with pytest.raises(BudgetExceeded):
+        svc.admit("f", "r2")                      # its cost is unknown: no second one in flight
+    svc.record(rec("r1", "0.10", DAY0))
+    svc.admit("f", "r3")                          # now estimated at $0.10 each
+    svc.admit("f", "r4")
+
+
+def test_history_survives_a_restart_so_a_burst_after_it_is_still_stopped(registry) -> None:  # type: ignore[no-untyped-def]
+    first = CostService(registry, clock=Clock(DAY0))
+    first.set_budget(Budget.create("b", "1.00", "day", hard=True, function_name="f"))
+    for i in range(8):
+        first.admit("f", f"r{i}")
+        first.record(rec(f"r{i}", "0.10", DAY0 + i))
+    second = CostService(registry, clock=Clock(DAY0 + 100))   # spent $0.80, estimate $0.10 from the registry
+    admitted = []
+    errors = []
+
+    def one(i: int) -> None:
+        try:
+            second.admit("f", f"s{i}")
+            admitted.append(i)
+        except BudgetExceeded as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 2 and len(errors) == 18
+    assert "raise it with `slfaas cost budget set b" in str(errors[0])
+
+
+def test_a_failed_registry_write_still_settles_the_budget(registry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    svc = CostService(registry, clock=Clock(DAY0))
+    svc.set_budget(Budget.create("b", "1.00", "day", hard=True))
+    svc.admit("f", "r1")
+
+    def broken(_rec: UsageRecord) -> None:
+        raise OSError("database is locked")
+    monkeypatch.setattr(registry, "record_usage", broken)
+    with pytest.raises(OSError):
+        svc.record(rec("r1", "0.70", DAY0))
+    assert svc.guard.spent_usd("b", DAY0) == Decimal("0.70")
+
+
+def test_warnings_fire_once_per_level_per_period(registry, caplog) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock(DAY0 + 20 * 3600)              # late in the day: projections stay near the spend
+    seen: list[str] = []
+    svc = CostService(registry, clock=clock, on_budget_warning=lambda fn, msg: seen.append(msg))
+    svc.set_budget(Budget.create("b", "1.00", "day"))
+    svc.record(rec("a", "0.85", clock.t))
+    svc.record(rec("b", "0.01", clock.t))        # still "warning": not again
+    assert len(seen) == 1 and "WARNING" in seen[0]
+    svc.record(rec("c", "0.20", clock.t))        # exceeded
+    assert len(seen) == 2 and "EXCEEDED" in seen[1]
+    clock.t += 86400                             # the next day starts from zero and warns again
+    svc.record(rec("d", "0.85", clock.t))
+    assert len(seen) == 3 and "WARNING" in seen[2]

@@ -1,0 +1,150 @@
+"""The process warm pool, with real processes: a pre-started generic runtime (libraries
+imported) becomes a function's instance and answers exactly as a cold-started process does;
+the pool refills, replaces a pool process that died, and leaves nothing behind at shutdown."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from slfaas.gpu_node.agent import NodeAgent, NodeConfig
+from slfaas.gpu_node.backbone import BackboneOwner
+from slfaas.gpu_node.sandboxes.base import SandboxSpec
+from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
+from slfaas.gpu_node.sandboxes.process_pool import ProcessPoolLauncher
+from tests.gpu_node.fakes import make_request, make_spec, wait_until
+
+EVENT = {"prompt": "dear sir", "max_tokens": 8, "temperature": 0}
+
+
+def pool_pids() -> set[int]:
+    """Live (not zombie) ``slfaas.functions.prewarm`` processes that are children of this test
+    process: generic runtimes not (yet) specialised, or specialised ones (same process)."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat[0] != "Z" and int(stat[1]) == os.getpid() and b"slfaas.functions.prewarm" in cmdline:
+            found.add(int(d.name))
+    return found
+
+
+def _ready(caplog: pytest.LogCaptureFixture, n: int, before: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+    """Wait for the ``n``-th "ready" of this test's pool and return the pid of the pool process
+    that is not in ``before``."""
+    def ready_pid() -> int | None:
+        ready = sum(1 for r in caplog.records if re.search(r"warm-pool process \w+ ready", r.getMessage()))
+        pids = pool_pids() - before
+        return next(iter(pids)) if ready >= n and len(pids) == 1 else None
+    assert wait_until(ready_pid, 120, 0.1), f"no warm-pool process became ready ({n})"
+    pid = ready_pid()
+    assert pid is not None
+    return pid
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
+    agents: list[NodeAgent] = []
+
+    caplog.set_level(logging.INFO, logger="slfaas.gpu_node.sandboxes.warm_pool")
+
+    def make(warm_pool: int) -> NodeAgent:
+        agent = NodeAgent(NodeConfig(data_dir=tmp_path / f"node{len(agents)}", keep_alive_s=600),
+                          ProcessSandboxFactory(warm_pool=warm_pool), BackboneOwner())
+        agents.append(agent)
+        return agent
+
+    yield make
+    for a in agents:
+        a.shutdown()
+
+
+def _sandbox(agent: NodeAgent, instance_id: str):  # type: ignore[no-untyped-def]
+    return agent._instances[instance_id].sandbox  # type: ignore[attr-defined]
+
+
+def test_pooled_process_answers_like_a_cold_started_one(make_agent, tiny_assets,  # type: ignore[no-untyped-def]
+                                                        caplog) -> None:
+    agent = make_agent(1)
+    pool_pid = _ready(caplog, 1)
+    assert agent.sandboxes.warm_count() == 1
+    spec = make_spec(tiny_assets.base, tiny_assets.adapter_a, name="pooled", timeout_s=120)
+    pooled = agent.invoke(make_request(spec, EVENT))
+    assert pooled.function_error is None, pooled.payload
+    assert pooled.cold_start is True
+    (info,) = [i for i in agent.instances() if i.function_name == "pooled"]
+    assert info.pid == pool_pid  # the pre-started process itself became the instance
+    sandbox = _sandbox(agent, pooled.instance_id)
+    assert sandbox.preloaded is True
+    assert pooled.usage is not None and pooled.usage.preload_tier == "pool"
+    # Its output goes to the function's log once specialised (the runtime's own init line too).
+    log_text = agent.logs.tail("pooled")
+    assert "warm-pool runtime specialised for pooled" in log_text and "init done" in log_text
+
+    # The pool refills: a new generic process, while the taken one serves its function.
+    refill_pid = _ready(caplog, 2, before={pool_pid})
+    assert refill_pid != pool_pid and agent.sandboxes.warm_count() == 1
+    warm = agent.invoke(make_request(spec, EVENT))
+    assert warm.cold_start is False and json.loads(warm.payload)["text"] == json.loads(pooled.payload)["text"]
+
+    # A plain cold-started process (no pool) gives the same greedy answer.
+    cold_agent = make_agent(0)
+    cold = cold_agent.invoke(make_request(spec, EVENT))
+    assert cold.function_error is None and cold.cold_start is True
+    assert _sandbox(cold_agent, cold.instance_id).preloaded is False
+    assert cold.usage.preload_tier == "cold"
+    assert json.loads(cold.payload)["text"] == json.loads(pooled.payload)["text"]
+    # ...and the pool skipped the imports that the cold start paid.
+    assert pooled.init_duration_ms is not None and cold.init_duration_ms is not None
+    assert pooled.init_duration_ms < cold.init_duration_ms / 2, (pooled.init_duration_ms, cold.init_duration_ms)
+
+
+def test_dead_pool_process_is_replaced_and_shutdown_ends_the_pool(make_agent, tiny_assets,  # type: ignore[no-untyped-def]
+                                                                  caplog) -> None:
+    agent = make_agent(1)
+    first = _ready(caplog, 1)
+    os.kill(first, signal.SIGKILL)  # dies before any function took it
+    second = _ready(caplog, 2, before={first})
+    assert second != first and first not in pool_pids()
+    assert agent.sandboxes.warm_count() == 1
+
+    spec = make_spec(tiny_assets.base, tiny_assets.adapter_b, name="after-death", timeout_s=120)
+    result = agent.invoke(make_request(spec, EVENT))
+    assert result.function_error is None, result.payload
+    assert _sandbox(agent, result.instance_id).preloaded is True
+    assert [i.pid for i in agent.instances()] == [second]
+
+    third = _ready(caplog, 3, before={first, second})
+    agent.shutdown()
+    assert wait_until(lambda: not pool_pids(), 10), pool_pids()  # the instance and the idle pool process
+    assert third not in pool_pids()
+
+
+def test_cold_path_when_the_pool_runtime_cannot_serve_the_spec(tmp_path: Path) -> None:
+    """No processes: which specs the process launcher refuses (they start cold instead)."""
+    launcher = ProcessPoolLauncher.__new__(ProcessPoolLauncher)
+    launcher.python = sys.executable
+    launcher._env_at_import = {"OMP_NUM_THREADS": "2", "PYTHONPATH": "/x"}
+
+    def spec(argv: tuple[str, ...], **env: str) -> SandboxSpec:
+        return SandboxSpec("i", "f", "$LATEST", argv, {"SLFAAS_BACKBONE_FD": "7", **env}, tmp_path,
+                           tmp_path / "s.sock", 128)
+
+    same = {"OMP_NUM_THREADS": "2", "PYTHONPATH": "/x", "MY_VAR": "anything"}
+    assert launcher.plan(spec((sys.executable, "-m", "slfaas.functions"), **same)) is not None
+    assert launcher.plan(spec(("/other/python", "-m", "slfaas.functions"), **same)) is None
+    assert launcher.plan(spec((sys.executable, "-m", "slfaas.functions"),
+                              **{**same, "OMP_NUM_THREADS": "1"})) is None  # torch imported with 2
+    assert launcher.plan(spec((sys.executable, "-m", "slfaas.functions"),
+                              **{**same, "TORCH_HOME": "/t"})) is None
