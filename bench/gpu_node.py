@@ -179,7 +179,9 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/slfaas-gpu-bench")
     ap.add_argument("--functions", type=int, default=16)
     ap.add_argument("--scale-to", type=int, default=40)
-    ap.add_argument("--phases", default="tests,probe,ref,node,scale,integrity")
+    ap.add_argument("--phases", default="tests,probe,ref,node,scale,integrity",
+                    help="comma list of tests,probe,ref,node,scale,integrity,pool")
+    ap.add_argument("--pool-size", type=int, default=4, help="pool phase: warm-pool runtimes and functions")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
     out = Path(args.out)
@@ -253,6 +255,7 @@ def main() -> int:
     from slfaas.cli.client import api, lambda_client, zip_adapter
 
     data = Path(tempfile.mkdtemp(prefix="slfaas-gpu-"))
+    texts: dict[str, list[int]] = {}   # greedy token ids per function (node phase)
     server = ServerProcess(data, "--device", "cuda", "--keep-alive-s", "3600", "--max-instances", "64",
                            "--init-timeout-s", "480", "--verify-interval-s", "0")
     try:
@@ -430,8 +433,71 @@ def main() -> int:
         results["server_exit"] = rc
         (out / "server.log").write_text("".join(server.lines[-400:]))
         save()
+    if "pool" in phases:
+        pool_phase(args, adapters, prompt, results, texts, say)
+        save()
     print(json.dumps(results, indent=1, default=str))
     return 0
+
+
+def pool_phase(args: argparse.Namespace, adapters: list[Path], prompt: str, results: dict,
+               texts: dict[str, list[int]], say) -> None:  # type: ignore[no-untyped-def]
+    """Sequential cold starts of N functions, on a server without a warm pool and on one with
+    ``--warm-pool N`` (generic runtimes: imports done, no CUDA context yet): client time to
+    the first response (16 tokens), billed init, init phases, greedy equality."""
+    results["pool"] = {}
+    for pool in (0, args.pool_size):
+        results["pool"][f"warm_pool_{pool}"] = _sequential_cold_starts(args.pool_size, pool, adapters, prompt,
+                                                                       texts, say)
+
+
+def _sequential_cold_starts(n: int, pool: int, adapters: list[Path], prompt: str, texts: dict[str, list[int]],
+                            say) -> dict:  # type: ignore[no-untyped-def]
+    from slfaas.cli.client import api, lambda_client, zip_adapter
+
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="slfaas-gpu-pool-")), "--device", "cuda",
+                           "--keep-alive-s", "3600", "--init-timeout-s", "480", "--verify-interval-s", "0",
+                           "--warm-pool", str(pool))
+    try:
+        client = lambda_client(server.url)
+        names = []
+        for k in range(n):
+            name = f"pool-{k}"
+            client.create_function(FunctionName=name, Runtime="slfaas-lora", Role="arn:aws:iam::0:role/x",
+                                   Code={"ZipFile": zip_adapter(adapters[k])}, Timeout=600)
+            names.append(name)
+        for name in names:
+            client.get_waiter("function_active_v2").wait(FunctionName=name,
+                                                         WaiterConfig={"Delay": 1, "MaxAttempts": 600})
+        ready_re = r"warm-pool process \S+ ready"
+        deadline = time.time() + 300
+        while server.count(ready_re) < pool and time.time() < deadline:
+            time.sleep(0.5)
+        event = json.dumps({"prompt": prompt, "max_tokens": GEN_TOKENS, "temperature": 0,
+                            "return_tokens": True}).encode()
+        client_ms = []
+        tokens = {}
+        for name in names:   # one at a time: each takes a ready runtime
+            t0 = time.perf_counter()
+            r = client.invoke(FunctionName=name, Payload=event)
+            body = json.loads(r["Payload"].read())
+            client_ms.append((time.perf_counter() - t0) * 1000)
+            if r.get("FunctionError"):
+                raise RuntimeError(f"{name}: {body}")
+            tokens[name] = body["tokens"]
+        usage = [u for u in api(server.url, "GET", "/slfaas/v1/cost/usage")["Usage"] if u["cold_start"]]
+        med = statistics.median
+        out = {"functions": n, "warm_pool": pool, "client_ms": client_ms, "client_ms_median": med(client_ms),
+               "tiers": [u["preload_tier"] for u in usage],
+               "init_device_s_median": med(u["init_device_s"] for u in usage),
+               "cold_cost_usd_median": str(med(Decimal(u["cost_usd"]) for u in usage)),
+               "init_phases_s_median": {k: med(u["init_phases_s"].get(k, 0.0) for u in usage)
+                                        for k in usage[0]["init_phases_s"]},
+               "greedy_equal_to_node_phase": [tokens[f"pool-{k}"] == texts.get(f"fn-{k}") for k in range(n)]}
+        say(f"sequential cold starts, warm pool {pool}: {json.dumps(out)}")
+        return out
+    finally:
+        server.close()
 
 
 if __name__ == "__main__":

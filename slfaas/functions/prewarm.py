@@ -65,10 +65,12 @@ def _link_files(directory: Path, names: list[str], fds: list[int]) -> None:
 
 
 def specialise(spec: dict, fds: list[int]) -> None:
-    backbone_fd, rest = fds[0], fds[1:]
     os.environ.clear()
     os.environ.update(spec["env"])
-    os.environ["SLFAAS_BACKBONE_FD"] = str(backbone_fd)
+    rest = fds
+    if "SLFAAS_BACKBONE_IPC" not in spec["env"]:   # CPU: the backbone image came first
+        backbone_fd, rest = fds[0], fds[1:]
+        os.environ["SLFAAS_BACKBONE_FD"] = str(backbone_fd)
     if "task_files" in spec:  # a container: the function's files came as descriptors
         task, model = spec["task_files"], spec["model_files"]
         TASK_DIR.mkdir(parents=True, exist_ok=True)

@@ -148,3 +148,35 @@ def test_cold_path_when_the_pool_runtime_cannot_serve_the_spec(tmp_path: Path) -
                               **{**same, "OMP_NUM_THREADS": "1"})) is None  # torch imported with 2
     assert launcher.plan(spec((sys.executable, "-m", "slfaas.functions"),
                               **{**same, "TORCH_HOME": "/t"})) is None
+
+
+def test_cuda_specs_reach_only_a_launcher_that_supports_them(tmp_path: Path) -> None:
+    """A CUDA backbone travels as an IPC file path: the process pool can take it, a container
+    pool (files handed over as descriptors) cannot, and a CPU spec needs its backbone fd."""
+    from slfaas.gpu_node.sandboxes.warm_pool import WarmPool
+
+    planned: list[str] = []
+
+    class Launcher:
+        supports_cuda = False
+
+        def plan(self, s: SandboxSpec):  # type: ignore[no-untyped-def]
+            planned.append(s.instance_id)
+            return None
+
+    pool = WarmPool.__new__(WarmPool)
+    pool.launcher = Launcher()  # type: ignore[assignment]
+
+    def spec(iid: str, **env: str) -> SandboxSpec:
+        return SandboxSpec(iid, "f", "$LATEST", (sys.executable, "-m", "slfaas.functions"), env, tmp_path,
+                           tmp_path / "s.sock", 128)
+
+    cuda = {"SLFAAS_DEVICE": "cuda:0", "SLFAAS_BACKBONE_IPC": "/tmp/x.ipc"}
+    assert pool.take(spec("cuda-unsupported", **cuda), print) is None
+    pool.launcher.supports_cuda = True
+    assert pool.take(spec("cuda-ok", **cuda), print) is None
+    assert pool.take(spec("cuda-no-ipc", SLFAAS_DEVICE="cuda:0"), print) is None
+    assert pool.take(spec("cpu-no-fd", SLFAAS_DEVICE="cpu"), print) is None
+    assert pool.take(spec("cpu-ok", SLFAAS_DEVICE="cpu", SLFAAS_BACKBONE_FD="7"), print) is None
+    assert planned == ["cuda-ok", "cpu-ok"]
+    assert ProcessPoolLauncher.supports_cuda is True

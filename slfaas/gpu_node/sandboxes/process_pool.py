@@ -39,6 +39,7 @@ _IMPORT_TIME_ENV = frozenset({"PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PY
 
 class ProcessPoolLauncher(PoolLauncher):
     kind = "process"
+    supports_cuda = True
 
     def __init__(self, factory: "ProcessSandboxFactory"):
         self.factory = factory

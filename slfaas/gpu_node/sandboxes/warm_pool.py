@@ -73,6 +73,9 @@ class PoolLauncher(ABC):
     """The backend-specific half of a warm pool."""
 
     kind: str  # "container" or "process": named in log lines ("warm-pool process 1a2b3c4d ready")
+    # A CUDA backbone is borrowed through its IPC file, read by path: a backend whose runtime
+    # sees the node's filesystem can take it (the pool runtime has not touched CUDA yet).
+    supports_cuda: bool = False
 
     @property
     @abstractmethod
@@ -259,7 +262,10 @@ class WarmPool:
 
     def take(self, spec: SandboxSpec, log_sink: LogSink) -> PoolSandbox | None:
         """A ready pool runtime specialised into ``spec``'s instance, or None (cold path)."""
-        if spec.env.get("SLFAAS_DEVICE", "cpu") != "cpu" or not spec.env.get("SLFAAS_BACKBONE_FD"):
+        if spec.env.get("SLFAAS_DEVICE", "cpu") != "cpu":
+            if not (self.launcher.supports_cuda and spec.env.get("SLFAAS_BACKBONE_IPC")):
+                return None
+        elif not spec.env.get("SLFAAS_BACKBONE_FD"):
             return None
         handover = self.launcher.plan(spec)
         if handover is None or len(handover.task_files) + len(handover.model_files) + 1 > MAX_FDS:
@@ -270,6 +276,8 @@ class WarmPool:
         assert slot.sandbox is not None
         try:
             env = self.launcher.prepare(slot.dir, slot.sandbox, spec)
+            # output from here on is the instance's: switch before the runtime can print
+            slot.sandbox.set_sink(log_sink)
             self._send(slot, spec, env, handover)
         except Exception:
             log.exception("specialising warm-pool %s %s failed; cold-starting instead", self._kind, slot.sid)
@@ -278,7 +286,6 @@ class WarmPool:
         slot.close_sockets()
         self.launcher.finish(slot.dir, slot.sandbox, spec)
         slot.sandbox.preloaded = True
-        slot.sandbox.set_sink(log_sink)
         log.info("instance %s from warm-pool %s %s", spec.instance_id, self._kind, slot.sid)
         return slot.sandbox
 
@@ -292,7 +299,9 @@ class WarmPool:
         raw = json.dumps(body).encode()
         fds: list[int] = []
         try:
-            fds.append(os.open(f"/proc/self/fd/{int(spec.env['SLFAAS_BACKBONE_FD'])}", os.O_RDONLY | os.O_CLOEXEC))
+            if spec.env.get("SLFAAS_BACKBONE_FD"):   # CPU: the sealed backbone image (CUDA: its IPC file's path)
+                fds.append(os.open(f"/proc/self/fd/{int(spec.env['SLFAAS_BACKBONE_FD'])}",
+                                   os.O_RDONLY | os.O_CLOEXEC))
             fds += [os.open(handover.code_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.task_files]
             fds += [os.open(handover.model_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.model_files]
             message = SPEC_HEADER.pack(len(raw)) + raw
