@@ -477,6 +477,7 @@ def _sequential_cold_starts(n: int, pool: int, adapters: list[Path], prompt: str
                             "return_tokens": True}).encode()
         client_ms = []
         tokens = {}
+        metrics: list[dict] = []
         for name in names:   # one at a time: each takes a ready runtime
             t0 = time.perf_counter()
             r = client.invoke(FunctionName=name, Payload=event)
@@ -485,7 +486,9 @@ def _sequential_cold_starts(n: int, pool: int, adapters: list[Path], prompt: str
             if r.get("FunctionError"):
                 raise RuntimeError(f"{name}: {body}")
             tokens[name] = body["tokens"]
+            metrics.append(body.get("metrics", {}))
         usage = [u for u in api(server.url, "GET", "/slfaas/v1/cost/usage")["Usage"] if u["cold_start"]]
+        logs = {name: api(server.url, "GET", f"/slfaas/v1/functions/{name}/logs") for name in names[:1]}
         med = statistics.median
         out = {"functions": n, "warm_pool": pool, "client_ms": client_ms, "client_ms_median": med(client_ms),
                "tiers": [u["preload_tier"] for u in usage],
@@ -493,7 +496,9 @@ def _sequential_cold_starts(n: int, pool: int, adapters: list[Path], prompt: str
                "cold_cost_usd_median": str(med(Decimal(u["cost_usd"]) for u in usage)),
                "init_phases_s_median": {k: med(u["init_phases_s"].get(k, 0.0) for u in usage)
                                         for k in usage[0]["init_phases_s"]},
-               "greedy_equal_to_node_phase": [tokens[f"pool-{k}"] == texts.get(f"fn-{k}") for k in range(n)]}
+               "greedy_equal_to_node_phase": [tokens[f"pool-{k}"] == texts.get(f"fn-{k}") for k in range(n)],
+               "metrics": metrics, "node_ms": [(u["end_ts"] - u["start_ts"]) * 1000 for u in usage],
+               "first_log": logs}
         say(f"sequential cold starts, warm pool {pool}: {json.dumps(out)}")
         return out
     finally:
