@@ -125,6 +125,18 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def s3_url():  # type: ignore[no-untyped-def]
+    """A real S3 (moto's HTTP server) on a free port, for code given as S3Bucket/S3Key."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 def deploy(client, name: str, zip_bytes: bytes, **params) -> dict:  # type: ignore[no-untyped-def]
     """create_function + wait for Active, the way a boto3 user would."""
     client.create_function(FunctionName=name, Runtime="slfaas-lora", Role="arn:aws:iam::000000000000:role/t",

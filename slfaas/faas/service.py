@@ -333,10 +333,10 @@ class FunctionService:
         rec = self.versions.choose(target)
         return rec, function_arn(self.region, rec.name, target.qualifier)
 
-    def invoke(self, ref: str, qualifier: str | None, payload: bytes, invocation_type: str = "RequestResponse",
-               client_context: str | None = None, log_type: str | None = None) -> InvokeOutcome:
-        if invocation_type not in ("RequestResponse", "Event", "DryRun"):
-            raise InvalidParameter(f"Unsupported InvocationType: {invocation_type}")
+    def invocation_target(self, ref: str, qualifier: str | None, payload: bytes, log_type: str | None,
+                          max_payload_bytes: int, operation: str) -> tuple[FunctionRecord, str]:
+        """The checks every invoke API makes, in AWS's order, and the version it runs with the
+        ARN it was invoked by (see ``select_version``)."""
         if log_type not in (None, "", "None", "Tail"):
             raise InvalidParameter(f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
                                    f"satisfy constraint: Member must satisfy enum value set: [Tail, None]")
@@ -344,15 +344,26 @@ class FunctionService:
         if rec.state != "Active":
             raise Conflict(f"The operation cannot be performed at this time. The function is currently in the "
                            f"following state: {rec.state}")
-        limit = MAX_ASYNC_PAYLOAD_BYTES if invocation_type == "Event" else MAX_SYNC_PAYLOAD_BYTES
-        if len(payload) > limit:
-            raise RequestTooLarge(f"Request must be smaller than {limit} bytes for the "
-                                  f"{'InvokeAsync' if invocation_type == 'Event' else 'InvokeFunction'} operation")
+        if len(payload) > max_payload_bytes:
+            raise RequestTooLarge(f"Request must be smaller than {max_payload_bytes} bytes for the {operation} "
+                                  f"operation")
         if payload.strip():
             try:
                 json.loads(payload)
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # too deeply nested: RecursionError
                 raise InvalidRequestContent(f"Could not parse request body into json: {exc}")
+        return rec, invoked_arn
+
+    def invoke(self, ref: str, qualifier: str | None, payload: bytes, invocation_type: str = "RequestResponse",
+               client_context: str | None = None, log_type: str | None = None) -> InvokeOutcome:
+        if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+            raise InvalidParameter(f"Unsupported InvocationType: {invocation_type}")
+        if invocation_type == "Event":
+            rec, invoked_arn = self.invocation_target(ref, qualifier, payload, log_type, MAX_ASYNC_PAYLOAD_BYTES,
+                                                      "InvokeAsync")
+        else:
+            rec, invoked_arn = self.invocation_target(ref, qualifier, payload, log_type, MAX_SYNC_PAYLOAD_BYTES,
+                                                      "InvokeFunction")
         request_id = str(uuid.uuid4())
         if invocation_type == "DryRun":
             return InvokeOutcome(204, b"", None, rec.version, request_id)
@@ -411,20 +422,20 @@ class FunctionService:
             instance_id=result.instance_id, end_ts=result.end_ts, duration_ms=result.duration_ms,
             init_duration_ms=result.init_duration_ms, queue_ms=result.queue_ms, cold_start=result.cold_start,
             error_type=result.error_type, error_message=message,
-            prompt_tokens=_opt_int(usage.get("prompt_tokens")),
-            completion_tokens=_opt_int(usage.get("completion_tokens")),
-            ttft_ms=_opt_float(metrics.get("ttft_ms")))
+            prompt_tokens=opt_int(usage.get("prompt_tokens")),
+            completion_tokens=opt_int(usage.get("completion_tokens")),
+            ttft_ms=opt_float(metrics.get("ttft_ms")))
         return result
 
     def code_location(self, rec: FunctionRecord) -> str:
         return f"{self.public_url()}/slfaas/v1/code/{rec.code_sha256_hex}.zip"
 
 
-def _opt_int(v: Any) -> int | None:
+def opt_int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-def _opt_float(v: Any) -> float | None:
+def opt_float(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 

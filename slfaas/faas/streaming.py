@@ -16,8 +16,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
-from slfaas.errors import Conflict, InvalidParameter, InvalidRequestContent, RequestTooLarge, TooManyRequests
+from slfaas.errors import InvalidParameter, TooManyRequests
 from slfaas.faas.registry import InvocationRecord
+from slfaas.faas.service import opt_float, opt_int
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
@@ -105,9 +106,9 @@ class StreamingInvocation:
             instance_id=result.instance_id, end_ts=result.end_ts, duration_ms=result.duration_ms,
             init_duration_ms=result.init_duration_ms, queue_ms=result.queue_ms, cold_start=result.cold_start,
             error_type=result.error_type, error_message=message[:2000],
-            prompt_tokens=_opt_int(metrics.get("prompt_tokens")),
-            completion_tokens=_opt_int(metrics.get("completion_tokens")),
-            ttft_ms=_opt_float(metrics.get("ttft_ms")))
+            prompt_tokens=opt_int(metrics.get("prompt_tokens")),
+            completion_tokens=opt_int(metrics.get("completion_tokens")),
+            ttft_ms=opt_float(metrics.get("ttft_ms")))
 
 
 def start_stream(service: "FunctionService", ref: str, qualifier: str | None, payload: bytes,
@@ -118,21 +119,9 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
     if invocation_type not in ("RequestResponse", "DryRun"):
         raise InvalidParameter(f"Unsupported InvocationType for InvokeWithResponseStream: {invocation_type}. "
                                f"Valid values are RequestResponse and DryRun.")
-    if log_type not in (None, "", "None", "Tail"):
-        raise InvalidParameter(f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
-                               f"satisfy constraint: Member must satisfy enum value set: [Tail, None]")
-    rec, invoked_arn = service.select_version(ref, qualifier)   # an alias's routing draws the version
-    if rec.state != "Active":
-        raise Conflict(f"The operation cannot be performed at this time. The function is currently in the "
-                       f"following state: {rec.state}")
-    if len(payload) > MAX_STREAM_PAYLOAD_BYTES:
-        raise RequestTooLarge(f"Request must be smaller than {MAX_STREAM_PAYLOAD_BYTES} bytes for the "
-                              f"InvokeWithResponseStream operation")
-    if payload.strip():
-        try:
-            json.loads(payload)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise InvalidRequestContent(f"Could not parse request body into json: {exc}")
+    # an alias's routing draws the version
+    rec, invoked_arn = service.invocation_target(ref, qualifier, payload, log_type, MAX_STREAM_PAYLOAD_BYTES,
+                                                 "InvokeWithResponseStream")
     if invocation_type == "DryRun":
         return None
     request_id = str(uuid.uuid4())
@@ -154,11 +143,3 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
             error_type=exc.__class__.__name__, error_message=str(exc))
         raise
     return StreamingInvocation(service, record, node_stream, rec.version, request_id, lease, log_type == "Tail")
-
-
-def _opt_int(v: object) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _opt_float(v: object) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -8,17 +8,6 @@ from slfaas.errors import InvalidParameter
 from slfaas.faas.s3code import S3CodeFetcher, wants_s3
 
 
-@pytest.fixture(scope="module")
-def s3_url():  # type: ignore[no-untyped-def]
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3(s3_url, monkeypatch):  # type: ignore[no-untyped-def]
     import boto3

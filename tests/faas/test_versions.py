@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,31 +12,7 @@ from slfaas.faas.aliases import AliasRouter
 from slfaas.faas.registry import Registry
 from slfaas.faas.retry_policy import EventRetryPolicy
 from slfaas.faas.service import FunctionService
-from tests.faas.test_service import FakeNode
 from tests.gpu_node.fakes import wait_until
-
-
-@pytest.fixture(scope="module")
-def zips(tiny_assets) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from slfaas.cli.client import zip_adapter
-
-    return {k: base64.b64encode(zip_adapter(p)).decode()
-            for k, p in (("a", tiny_assets.adapter_a), ("b", tiny_assets.adapter_b))}
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> FakeNode:
-    return FakeNode(tmp_path / "logs")
-
-
-@pytest.fixture
-def svc(tmp_path: Path, node: FakeNode):  # type: ignore[no-untyped-def]
-    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
-    service = FunctionService(registry, node, tmp_path / "code")  # type: ignore[arg-type]
-    yield service
-    service.events.queue.close()
-    node.gate.set()
-    registry.close()
 
 
 def _create(svc: FunctionService, zips: dict[str, str], **extra) -> None:  # type: ignore[no-untyped-def]

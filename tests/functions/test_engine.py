@@ -1,7 +1,6 @@
 """LoraEngine on a real tiny model with a borrowed (sealed memfd) backbone."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -108,3 +108,15 @@ def raw_http(url: str, method: str, path: str, body: bytes | None = None,
 def assert_healthy(server: Any) -> None:
     assert server.alive(), "server process died:\n" + "".join(server.output[-50:])
     assert server.api("GET", "/slfaas/v1/health") == {"status": "ok"}
+
+
+def aws_error(client: Any, exc_name: str, call: Callable[[], Any], status: int) -> dict:
+    """``call()`` must raise boto3's modelled ``exc_name`` with HTTP ``status``; its response."""
+    import pytest
+
+    with pytest.raises(getattr(client.exceptions, exc_name)) as exc_info:
+        call()
+    err = exc_info.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == status, err
+    assert err["Error"]["Code"] == exc_name, err
+    return err

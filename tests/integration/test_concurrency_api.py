@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 
 from tests.conftest import LiveServer, deploy
-from tests.integration._util import SLEEPER_HANDLER, instances_of, invocation_record, raw_http, request_id, wait_for
+from tests.integration._util import aws_error, SLEEPER_HANDLER, instances_of, invocation_record, raw_http, request_id, wait_for
 
 WAIT = {"Delay": 0.2, "MaxAttempts": 300}
 MAX_INSTANCES = 8
@@ -38,14 +38,6 @@ def fn(tiny_assets, client) -> str:  # type: ignore[no-untyped-def]
     return "conc"
 
 
-def _error(client, exc_name: str, call, status: int) -> dict:  # type: ignore[no-untyped-def]
-    with pytest.raises(getattr(client.exceptions, exc_name)) as exc_info:
-        call()
-    err = exc_info.value.response
-    assert err["ResponseMetadata"]["HTTPStatusCode"] == status, err
-    return err
-
-
 def test_reserved_concurrency_is_enforced(server, client, fn):  # type: ignore[no-untyped-def]
     assert "ReservedConcurrentExecutions" not in client.get_function_concurrency(FunctionName=fn)
     put = client.put_function_concurrency(FunctionName=fn, ReservedConcurrentExecutions=1)
@@ -65,7 +57,7 @@ def test_reserved_concurrency_is_enforced(server, client, fn):  # type: ignore[n
     t.start()
     started.wait()
     wait_for(lambda: any(i["state"] == "BUSY" for i in instances_of(server, fn)), 10, "the slow invocation to start")
-    err = _error(client, "TooManyRequestsException",
+    err = aws_error(client, "TooManyRequestsException",
                  lambda: client.invoke(FunctionName=fn, Payload=json.dumps({"sleep": 0})), 429)
     assert err["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
     assert err["ResponseMetadata"]["HTTPHeaders"].get("retry-after")
@@ -76,7 +68,7 @@ def test_reserved_concurrency_is_enforced(server, client, fn):  # type: ignore[n
     # 0 throttles every invocation, warm instance or not.
     client.put_function_concurrency(FunctionName=fn, ReservedConcurrentExecutions=0)
     for _ in range(3):
-        err = _error(client, "TooManyRequestsException",
+        err = aws_error(client, "TooManyRequestsException",
                      lambda: client.invoke(FunctionName=fn, Payload=json.dumps({"sleep": 0})), 429)
         assert err["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
     client.delete_function_concurrency(FunctionName=fn)
@@ -102,9 +94,9 @@ def test_reserved_concurrency_errors(server, client, fn):  # type: ignore[no-unt
     for call in (lambda: client.put_function_concurrency(FunctionName="nope", ReservedConcurrentExecutions=1),
                  lambda: client.get_function_concurrency(FunctionName="nope"),
                  lambda: client.delete_function_concurrency(FunctionName="nope")):
-        _error(client, "ResourceNotFoundException", call, 404)
+        aws_error(client, "ResourceNotFoundException", call, 404)
     # More than the account can spare (it must keep a tenth of its limit unreserved).
-    err = _error(client, "InvalidParameterValueException",
+    err = aws_error(client, "InvalidParameterValueException",
                  lambda: client.put_function_concurrency(FunctionName=fn, ReservedConcurrentExecutions=MAX_INSTANCES),
                  400)
     assert "UnreservedConcurrentExecution below its minimum value of [1]" in err["Error"]["Message"]
@@ -141,20 +133,20 @@ def test_provisioned_concurrency_configs(client, fn):  # type: ignore[no-untyped
     assert len(paged) == 2
 
     # Error paths.
-    _error(client, "InvalidParameterValueException", lambda: client.put_provisioned_concurrency_config(
+    aws_error(client, "InvalidParameterValueException", lambda: client.put_provisioned_concurrency_config(
         FunctionName=fn, Qualifier="$LATEST", ProvisionedConcurrentExecutions=1), 400)
-    _error(client, "ResourceNotFoundException", lambda: client.put_provisioned_concurrency_config(
+    aws_error(client, "ResourceNotFoundException", lambda: client.put_provisioned_concurrency_config(
         FunctionName=fn, Qualifier="99", ProvisionedConcurrentExecutions=1), 404)
-    _error(client, "ResourceNotFoundException", lambda: client.put_provisioned_concurrency_config(
+    aws_error(client, "ResourceNotFoundException", lambda: client.put_provisioned_concurrency_config(
         FunctionName="nope", Qualifier="1", ProvisionedConcurrentExecutions=1), 404)
     client.create_alias(FunctionName=fn, Name="bare", FunctionVersion=v1)
-    _error(client, "ProvisionedConcurrencyConfigNotFoundException",
+    aws_error(client, "ProvisionedConcurrencyConfigNotFoundException",
            lambda: client.get_provisioned_concurrency_config(FunctionName=fn, Qualifier="bare"), 404)
     # Reserved concurrency below the provisioned total is refused, and the other way round.
-    _error(client, "InvalidParameterValueException",
+    aws_error(client, "InvalidParameterValueException",
            lambda: client.put_function_concurrency(FunctionName=fn, ReservedConcurrentExecutions=2), 400)
     client.put_function_concurrency(FunctionName=fn, ReservedConcurrentExecutions=4)
-    _error(client, "InvalidParameterValueException", lambda: client.put_provisioned_concurrency_config(
+    aws_error(client, "InvalidParameterValueException", lambda: client.put_provisioned_concurrency_config(
         FunctionName=fn, Qualifier="bare", ProvisionedConcurrentExecutions=2), 400)
     client.delete_function_concurrency(FunctionName=fn)
     # A weighted alias cannot have provisioned concurrency.
@@ -163,14 +155,14 @@ def test_provisioned_concurrency_configs(client, fn):  # type: ignore[no-untyped
     v2 = client.publish_version(FunctionName=fn)["Version"]
     client.create_alias(FunctionName=fn, Name="split", FunctionVersion=v1,
                         RoutingConfig={"AdditionalVersionWeights": {v2: 0.5}})
-    _error(client, "InvalidParameterValueException", lambda: client.put_provisioned_concurrency_config(
+    aws_error(client, "InvalidParameterValueException", lambda: client.put_provisioned_concurrency_config(
         FunctionName=fn, Qualifier="split", ProvisionedConcurrentExecutions=1), 400)
 
     assert client.delete_provisioned_concurrency_config(FunctionName=fn, Qualifier=v1)[
         "ResponseMetadata"]["HTTPStatusCode"] == 204
-    _error(client, "ProvisionedConcurrencyConfigNotFoundException",
+    aws_error(client, "ProvisionedConcurrencyConfigNotFoundException",
            lambda: client.get_provisioned_concurrency_config(FunctionName=fn, Qualifier=v1), 404)
-    _error(client, "ProvisionedConcurrencyConfigNotFoundException",
+    aws_error(client, "ProvisionedConcurrencyConfigNotFoundException",
            lambda: client.delete_provisioned_concurrency_config(FunctionName=fn, Qualifier=v1), 404)
     # Deleting the alias takes its configuration with it.
     client.delete_alias(FunctionName=fn, Name="live")

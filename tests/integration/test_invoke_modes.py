@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 from tests.conftest import LiveServer, deploy
-from tests.integration._util import invocation_record, raw_http, request_id, wait_for
+from tests.integration._util import aws_error, invocation_record, raw_http, request_id, wait_for
 
 MODES_HANDLER = '''
 import time
@@ -64,14 +64,6 @@ def fn(tiny_assets, client) -> str:  # type: ignore[no-untyped-def]
     return "modes"
 
 
-def _error(client, exc_name: str, call, status: int) -> dict:  # type: ignore[no-untyped-def]
-    with pytest.raises(getattr(client.exceptions, exc_name)) as exc_info:
-        call()
-    err = exc_info.value.response
-    assert err["ResponseMetadata"]["HTTPStatusCode"] == status, err
-    return err
-
-
 def test_log_type_tail(client, fn):  # type: ignore[no-untyped-def]
     first = client.invoke(FunctionName=fn, LogType="Tail", Payload=json.dumps({"mode": "print", "marker": "m-1"}))
     assert "FunctionError" not in first
@@ -109,9 +101,9 @@ def test_log_type_tail(client, fn):  # type: ignore[no-untyped-def]
 def test_dry_run(client, fn):  # type: ignore[no-untyped-def]
     resp = client.invoke(FunctionName=fn, InvocationType="DryRun", Payload=b"{}")
     assert resp["StatusCode"] == 204 and resp["Payload"].read() == b""
-    _error(client, "ResourceNotFoundException",
+    aws_error(client, "ResourceNotFoundException",
            lambda: client.invoke(FunctionName="no-such-fn", InvocationType="DryRun"), 404)
-    _error(client, "InvalidRequestContentException",
+    aws_error(client, "InvalidRequestContentException",
            lambda: client.invoke(FunctionName=fn, InvocationType="DryRun", Payload=b"{nope"), 400)
 
 
@@ -125,7 +117,7 @@ def test_client_context_reaches_the_handler(client, fn):  # type: ignore[no-unty
     resp = client.invoke(FunctionName=fn, Payload=json.dumps({"mode": "ctx"}))
     assert json.loads(resp["Payload"].read()) == {"client_context": None}
     for bad in ("not base64 !!", base64.b64encode(b"[1, 2]").decode(), base64.b64encode(b"{oops").decode()):
-        err = _error(client, "InvalidParameterValueException",
+        err = aws_error(client, "InvalidParameterValueException",
                      lambda: client.invoke(FunctionName=fn, Payload=b"{}", ClientContext=bad), 400)
         assert "Client context" in err["Error"]["Message"]
 
@@ -136,10 +128,10 @@ def test_payload_limits(server, client, fn):  # type: ignore[no-untyped-def]
     resp = client.invoke(FunctionName=fn, Payload=json.dumps({"mode": "size", "blob": blob}))
     assert json.loads(resp["Payload"].read()) == {"chars": len(blob)}
     over_sync = json.dumps({"mode": "size", "blob": "y" * (6 * 1024 * 1024)})
-    err = _error(client, "RequestTooLargeException", lambda: client.invoke(FunctionName=fn, Payload=over_sync), 413)
+    err = aws_error(client, "RequestTooLargeException", lambda: client.invoke(FunctionName=fn, Payload=over_sync), 413)
     assert "6291456" in err["Error"]["Message"]
     over_async = json.dumps({"mode": "size", "blob": "y" * (1024 * 1024)})
-    err = _error(client, "RequestTooLargeException",
+    err = aws_error(client, "RequestTooLargeException",
                  lambda: client.invoke(FunctionName=fn, InvocationType="Event", Payload=over_async), 413)
     assert "1048576" in err["Error"]["Message"]
     ok_async = json.dumps({"mode": "size", "blob": "y" * (1024 * 1024 - 100)})
@@ -181,7 +173,7 @@ def test_event_success_keeps_the_result(server, client, fn):  # type: ignore[no-
     sync = json.loads(client.invoke(FunctionName=fn, Payload=json.dumps(
         {"prompt": "ahoy", "max_tokens": 3, "temperature": 0}))["Payload"].read())
     assert rec["event"]["Result"]["text"] == sync["text"]
-    _error(client, "ResourceNotFoundException",
+    aws_error(client, "ResourceNotFoundException",
            lambda: client.invoke(FunctionName="no-such-fn", InvocationType="Event", Payload=b"{}"), 404)
 
 

@@ -14,17 +14,6 @@ WAIT = {"Delay": 0.2, "MaxAttempts": 300}
 
 
 @pytest.fixture(scope="module")
-def s3_url():  # type: ignore[no-untyped-def]
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def bucket(s3_url, tiny_assets):  # type: ignore[no-untyped-def]
     """A versioned bucket holding adapter A's zip twice (v1, then v2 = adapter B)."""
     import boto3

@@ -6,7 +6,7 @@ import pytest
 from botocore.utils import ArnParser
 
 from tests.conftest import deploy
-from tests.integration._util import raw_http
+from tests.integration._util import aws_error, raw_http
 
 WAIT = {"Delay": 0.2, "MaxAttempts": 300}
 
@@ -14,14 +14,6 @@ WAIT = {"Delay": 0.2, "MaxAttempts": 300}
 @pytest.fixture(scope="module")
 def client(module_server):  # type: ignore[no-untyped-def]
     return module_server.client()
-
-
-def _error(client, exc_name: str, call, status: int) -> dict:  # type: ignore[no-untyped-def]
-    with pytest.raises(getattr(client.exceptions, exc_name)) as exc_info:
-        call()
-    err = exc_info.value.response
-    assert err["ResponseMetadata"]["HTTPStatusCode"] == status, err
-    return err
 
 
 def test_tags_lifecycle(tiny_assets, client):  # type: ignore[no-untyped-def]
@@ -40,7 +32,7 @@ def test_tags_lifecycle(tiny_assets, client):  # type: ignore[no-untyped-def]
 
     # Deleting the function deletes its tags: a new function of that name starts without them.
     client.delete_function(FunctionName="tagged")
-    _error(client, "ResourceNotFoundException", lambda: client.list_tags(Resource=arn), 404)
+    aws_error(client, "ResourceNotFoundException", lambda: client.list_tags(Resource=arn), 404)
     deploy(client, "tagged", zip_a)
     assert client.list_tags(Resource=arn)["Tags"] == {}
     assert "Tags" not in client.get_function(FunctionName="tagged")
@@ -54,28 +46,28 @@ def test_tag_errors(tiny_assets, module_server, client):  # type: ignore[no-unty
     client.get_waiter("published_version_active").wait(FunctionName="tagerr", Qualifier="1", WaiterConfig=WAIT)
     alias = client.create_alias(FunctionName="tagerr", Name="prod", FunctionVersion="1")
     for qualified in (version["FunctionArn"], alias["AliasArn"], arn + ":$LATEST"):
-        err = _error(client, "InvalidParameterValueException",
+        err = aws_error(client, "InvalidParameterValueException",
                      lambda: client.tag_resource(Resource=qualified, Tags={"a": "b"}), 400)
         assert "aliases and versions" in err["Error"]["Message"]
-        _error(client, "InvalidParameterValueException", lambda: client.list_tags(Resource=qualified), 400)
+        aws_error(client, "InvalidParameterValueException", lambda: client.list_tags(Resource=qualified), 400)
     missing = arn.replace(":tagerr", ":no-such-fn")
-    _error(client, "ResourceNotFoundException", lambda: client.tag_resource(Resource=missing, Tags={"a": "b"}), 404)
-    _error(client, "ResourceNotFoundException", lambda: client.untag_resource(Resource=missing, TagKeys=["a"]), 404)
-    _error(client, "ResourceNotFoundException", lambda: client.list_tags(Resource=missing), 404)
+    aws_error(client, "ResourceNotFoundException", lambda: client.tag_resource(Resource=missing, Tags={"a": "b"}), 404)
+    aws_error(client, "ResourceNotFoundException", lambda: client.untag_resource(Resource=missing, TagKeys=["a"]), 404)
+    aws_error(client, "ResourceNotFoundException", lambda: client.list_tags(Resource=missing), 404)
     for bad in ("tagerr", "arn:aws:s3:::bucket", "arn:aws:lambda:us-east-1:000000000000:layer:x"):
-        _error(client, "InvalidParameterValueException", lambda: client.list_tags(Resource=bad), 400)
-    _error(client, "InvalidParameterValueException",
+        aws_error(client, "InvalidParameterValueException", lambda: client.list_tags(Resource=bad), 400)
+    aws_error(client, "InvalidParameterValueException",
            lambda: client.tag_resource(Resource=arn, Tags={"aws:reserved": "x"}), 400)
-    _error(client, "InvalidParameterValueException",
+    aws_error(client, "InvalidParameterValueException",
            lambda: client.tag_resource(Resource=arn, Tags={"k" * 129: "x"}), 400)
     client.tag_resource(Resource=arn, Tags={f"k{i}": "v" for i in range(45)})
-    _error(client, "InvalidParameterValueException",
+    aws_error(client, "InvalidParameterValueException",
            lambda: client.tag_resource(Resource=arn, Tags={f"n{i}": "v" for i in range(6)}), 400)  # > 50 in all
     assert len(client.list_tags(Resource=arn)["Tags"]) == 45
-    _error(client, "InvalidParameterValueException", lambda: client.create_function(
+    aws_error(client, "InvalidParameterValueException", lambda: client.create_function(
         FunctionName="tagbad", Runtime="slfaas-lora", Role="arn:aws:iam::000000000000:role/t",
         Code={"ZipFile": tiny_assets.zip(tiny_assets.adapter_a)}, Tags={"aws:x": "y"}), 400)
-    _error(client, "ResourceNotFoundException", lambda: client.get_function(FunctionName="tagbad"), 404)
+    aws_error(client, "ResourceNotFoundException", lambda: client.get_function(FunctionName="tagbad"), 404)
     for body in (b'{"Tags": "x"}', b'{"Tags": {"a": 1}}', b"{}", b"{nope"):
         status, headers, out = raw_http(module_server.url, "POST", f"/2017-03-31/tags/{arn}", body)
         assert status == 400 and headers["x-amzn-errortype"].endswith("Exception"), out

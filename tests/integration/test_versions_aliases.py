@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration._util import ROLE, code_sha256, instances_of, pid_alive
+from tests.integration._util import ROLE, aws_error, code_sha256, instances_of, pid_alive
 
 WAIT = {"Delay": 0.2, "MaxAttempts": 300}
 
@@ -40,12 +40,7 @@ def _call(client, name: str, qualifier: str | None = None, **event) -> tuple[dic
 
 
 def _error(client, exc_name: str, call, status: int) -> str:  # type: ignore[no-untyped-def]
-    with pytest.raises(getattr(client.exceptions, exc_name)) as exc_info:
-        call()
-    err = exc_info.value.response
-    assert err["ResponseMetadata"]["HTTPStatusCode"] == status, err
-    assert err["Error"]["Code"] == exc_name
-    return err["Error"]["Message"]
+    return aws_error(client, exc_name, call, status)["Error"]["Message"]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Billing endpoints: cost reports and budgets (``slfaas cost ...`` talks to these)."""
 from __future__ import annotations
 
-import json
 import time
 from decimal import Decimal, InvalidOperation
 from dataclasses import asdict
@@ -14,7 +13,7 @@ from slfaas.billing.records import UsageRecord
 from slfaas.billing.reports import render_csv, render_html, render_table, report_to_dict
 from slfaas.billing.service import parse_when
 from slfaas.errors import InvalidParameter
-from slfaas.faas.api.lambda_api import _json_body
+from slfaas.faas.api.lambda_api import _json, _json_body
 from slfaas.faas.naming import NAME_RE
 
 MAX_LIMIT_USD = Decimal("1e12")
@@ -27,10 +26,6 @@ _FORMATS = {"json": "application/json", "table": "text/plain; charset=utf-8", "c
 
 def _cost() -> Any:
     return current_app.extensions["slfaas.service"].cost
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, mimetype="application/json")
 
 
 def budget_to_dict(status: BudgetStatus) -> dict:

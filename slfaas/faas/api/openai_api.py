@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from slfaas.errors import Conflict, InvalidParameter, InvalidRequestContent, NotFound, RequestTooLarge, SlfaasError, \
     TooManyRequests
+from slfaas.faas.api.lambda_api import _json
 from slfaas.faas.service import FunctionService
 from slfaas.faas.streaming import StreamingInvocation, start_stream
 from slfaas.functions.events import MAX_TOKENS_LIMIT
@@ -351,5 +352,3 @@ def get_model(model: str) -> Response:
     return _json(_model(model if ":" in model else rec.name, rec.created_ts))
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, mimetype="application/json")

@@ -1,14 +1,12 @@
 """slfaas's own endpoints (no Lambda equivalent): base models, logs, invocation records, node."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from typing import Any
 
 from flask import Blueprint, Response, current_app, request, send_file
 
 from slfaas.errors import InvalidParameter, NotFound
-from slfaas.faas.api.lambda_api import _json_body
+from slfaas.faas.api.lambda_api import _json, _json_body
 from slfaas.faas.service import FunctionService
 
 bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
@@ -16,10 +14,6 @@ bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
 
 def _service() -> FunctionService:
     return current_app.extensions["slfaas.service"]
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, mimetype="application/json")
 
 
 @bp.get("/health")

@@ -1,0 +1,80 @@
+"""Shared fixtures of the control-plane tests: FunctionService on a real registry and a fake node."""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from slfaas.faas.registry import Registry
+from slfaas.faas.service import FunctionService
+from slfaas.gpu_node.logs import FunctionLogs
+from slfaas.gpu_node.types import FunctionSpec, InvocationRequest, InvocationResult
+
+
+class FakeNode:
+    """prepare() blocks on ``gate``; invoke() echoes; retire() is recorded."""
+
+    def __init__(self, logs_root: Path):
+        self.logs = FunctionLogs(logs_root)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.prepare_error: BaseException | None = None
+        self.invoke_error: BaseException | None = None
+        self.function_error: tuple[str, bytes] | None = None  # (error type, payload) to answer with
+        self.prepared: list[FunctionSpec] = []
+        self.invoked: list[InvocationRequest] = []
+        self.retired: list[tuple[str, str | None]] = []
+
+    def prepare(self, function: FunctionSpec) -> None:
+        if not self.gate.wait(10):
+            raise AssertionError("test never released prepare()")
+        if self.prepare_error is not None:
+            raise self.prepare_error
+        self.prepared.append(function)
+
+    def invoke(self, request: InvocationRequest) -> InvocationResult:
+        self.invoked.append(request)
+        if self.invoke_error is not None:
+            raise self.invoke_error
+        now = time.time()
+        if self.function_error is not None:
+            etype, payload = self.function_error
+            return InvocationResult(request.request_id, payload, "Unhandled", etype, "inst-1", False, now, now,
+                                    None, 0.0, 1.0)
+        body = json.dumps({"text": "ok", "echo": json.loads(request.payload),
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 5}, "metrics": {"ttft_ms": 1.5}})
+        return InvocationResult(request.request_id, body.encode(), None, "", "inst-1", True, now, now + 0.01,
+                                12.0, 0.1, 10.0)
+
+    def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
+        self.retired.append((function_name, keep_revision))
+        return 0
+
+
+@pytest.fixture(scope="module")
+def zips(tiny_assets) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Base64 code zips, as create_function receives them."""
+    from slfaas.cli.client import zip_adapter
+
+    return {k: base64.b64encode(zip_adapter(p)).decode()
+            for k, p in (("a", tiny_assets.adapter_a), ("b", tiny_assets.adapter_b),
+                         ("misfit", tiny_assets.misfit_adapter))}
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> FakeNode:
+    return FakeNode(tmp_path / "logs")
+
+
+@pytest.fixture
+def svc(tmp_path: Path, node: FakeNode):  # type: ignore[no-untyped-def]
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    service = FunctionService(registry, node, tmp_path / "code")  # type: ignore[arg-type]
+    yield service
+    service.events.queue.close()
+    node.gate.set()
+    registry.close()
