@@ -30,6 +30,7 @@ class CostService:
         self.registry = registry
         self.sheet = sheet or default_prices()
         self.live_node = live_node
+        self._live_id = live_node().node_id if live_node is not None else None   # fixed for the node's life
         self.on_budget_warning = on_budget_warning
         self._clock = clock
         self._lock = threading.Lock()
@@ -126,9 +127,6 @@ class CostService:
                 nodes[live.node_id] = live
         return sorted(nodes.values(), key=lambda n: n.start_ts)
 
-    def _live_id(self) -> str | None:
-        return self.live_node().node_id if self.live_node is not None else None
-
     def report(self, since_ts: float | None = None, until_ts: float | None = None, group_by: str = "function",
                function_name: str | None = None) -> Report:
         now = self._clock()
@@ -140,7 +138,7 @@ class CostService:
             [r.start_ts for r in records] + [n.start_ts for n in nodes] + [until])
         # Node usage is kept per session, not per interval: the node view (and conservation)
         # covers the sessions wholly inside the window; records of other sessions are still billed.
-        nodes = [n for n in nodes if n.start_ts >= since and (n.end_ts <= until or n.node_id == self._live_id())]
+        nodes = [n for n in nodes if n.start_ts >= since and (n.end_ts <= until or n.node_id == self._live_id)]
         return build_report(records, nodes, self.sheet, since_ts=since, until_ts=until, group_by=group_by,
                             function_name=function_name, budgets=self.budget_statuses())
 
