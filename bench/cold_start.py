@@ -22,9 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from slfaas.serverproc import ServerProcess  # noqa: E402
+from slfaas.testing.serverproc import ServerProcess
 
 EVENT = json.dumps({"prompt": "hello world", "max_tokens": 4, "temperature": 0}).encode()
 BACKENDS = {"process": ["--sandbox", "process"], "process-pool": ["--sandbox", "process", "--warm-pool", "1"],
@@ -53,7 +51,7 @@ def _init_ms(data_dir: Path, name: str) -> float | None:
 
 def measure(backend: str, n: int, assets: Path, log=print) -> ColdStartResult:
     from slfaas.cli.client import lambda_client, zip_adapter
-    from slfaas.tinymodels import make_adapter, make_base_model
+    from slfaas.testing.tinymodels import make_adapter, make_base_model
 
     base = assets / "base-tiny"
     if not (base / "config.json").is_file():

@@ -25,9 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from slfaas.testing.serverproc import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from slfaas.serverproc import ServerProcess  # noqa: E402
 T0 = time.time()
 PROMPT_TOKENS = 512
 GEN_TOKENS = 16
@@ -43,7 +43,7 @@ def make_checkpoint(root: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    from slfaas.tinymodels import make_tokenizer
+    from slfaas.testing.tinymodels import make_tokenizer
 
     out = root / "llama-7b-random"
     if (out / "model.safetensors").is_file():
@@ -76,7 +76,7 @@ def make_checkpoint(root: Path) -> Path:
 
 
 def make_adapters(root: Path, base: Path, n: int) -> list[Path]:
-    from slfaas.tinymodels import make_random_adapter_for_config
+    from slfaas.testing.tinymodels import make_random_adapter_for_config
     return [make_random_adapter_for_config(base, root / f"adapter-{k}", seed=1000 + k, rank=16,
                                            target_modules=("q_proj", "v_proj"), scale=0.05,
                                            base_model_name=str(base))
@@ -86,7 +86,7 @@ def make_adapters(root: Path, base: Path, n: int) -> list[Path]:
 def make_prompt(base: Path) -> str:
     from transformers import AutoTokenizer
 
-    from slfaas.tinymodels import _CORPUS
+    from slfaas.testing.tinymodels import _CORPUS
 
     tok = AutoTokenizer.from_pretrained(str(base))
     ids = tok(_CORPUS * 40)["input_ids"][:PROMPT_TOKENS]

@@ -25,9 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from slfaas.serverproc import ServerProcess  # noqa: E402
+from slfaas.testing.serverproc import ServerProcess
 
 
 def pss_kb(pid: int) -> dict[str, int]:
@@ -79,7 +77,7 @@ def _instance_pids(url: str) -> dict[str, int]:
 
 def measure(assets: Path, n: int, log=print, sandbox: str = "process") -> MemoryResult:
     from slfaas.cli.client import api, lambda_client, zip_adapter
-    from slfaas.tinymodels import MEDIUM, make_adapter, make_base_model
+    from slfaas.testing.tinymodels import MEDIUM, make_adapter, make_base_model
 
     base = assets / "base-medium"
     if not (base / "config.json").is_file():

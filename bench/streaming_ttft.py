@@ -18,9 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from slfaas.serverproc import ServerProcess  # noqa: E402
+from slfaas.testing.serverproc import ServerProcess
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -41,7 +39,7 @@ def main() -> int:
     from botocore.config import Config
 
     from slfaas.cli.client import zip_adapter
-    from slfaas.tinymodels import MEDIUM, TINY, make_adapter, make_base_model
+    from slfaas.testing.tinymodels import MEDIUM, TINY, make_adapter, make_base_model
 
     shape = TINY if args.shape == "tiny" else MEDIUM
     with tempfile.TemporaryDirectory(prefix="slfaas-ttft-") as tmp:

@@ -38,7 +38,7 @@ else
 fi
 
 cd "$ROOT"
-"$PYTHON" -m slfaas.billing.reports --demo "$HTML" >&2
+"$PYTHON" -m slfaas.billing.report_demo --demo "$HTML" >&2
 rm -f "$OUT"
 # --no-sandbox: Chromium refuses to run as root with its sandbox (containers, CI).
 timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from slfaas.cli.client import zip_adapter
-from slfaas.serverproc import ServerProcess
+from slfaas.testing.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 # The sandbox backend of every LiveServer that does not choose one: `SLFAAS_TEST_SANDBOX=docker
@@ -46,7 +46,7 @@ class TinyAssets:
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
-    from slfaas.tinymodels import TINY, TinyShape, make_adapter, make_base_model
+    from slfaas.testing.tinymodels import TINY, TinyShape, make_adapter, make_base_model
 
     root = tmp_path_factory.mktemp("assets")
     base = make_base_model(root / "base")

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from slfaas.tinymodels import (
+from slfaas.testing.tinymodels import (
     DEMO_PROMPT,
     DEMO_TEXTS,
     TINY,

@@ -1,4 +1,4 @@
-"""Synthetic usage for a demo report (``python -m slfaas.billing.reports --demo OUT.html``, the
+"""Synthetic usage for a demo report (``python -m slfaas.billing.report_demo --demo OUT.html``, the
 screenshot script): six hours of five adapters on one H100 node, deterministic, with cold
 starts from the warm pool and from nothing, batches, keep-alive and a budget nearing its limit."""
 from __future__ import annotations
@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 import random
 from decimal import Decimal
+from typing import Sequence
 
 from slfaas.billing.budgets import Budget, evaluate
 from slfaas.billing.prices import default_prices, invocation_cost_usd
 from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.reports import build_report, render_csv, render_json, render_table
+from slfaas.billing.report_html import render_html
 
 DEMO_UNTIL_TS = 1795442400.0            # 2026-11-23T14:00Z
 DEMO_SINCE_TS = DEMO_UNTIL_TS - 6 * 3600
@@ -72,7 +75,6 @@ def demo_usage(seed: int = 7) -> tuple[list[UsageRecord], list[NodeUsage]]:
 
 
 def demo_report(seed: int = 7, group_by: str = "function"):
-    from slfaas.billing.reports import build_report
 
     records, nodes = demo_usage(seed)
     day_start = math.floor(DEMO_UNTIL_TS / 86400) * 86400
@@ -86,3 +88,26 @@ def demo_report(seed: int = 7, group_by: str = "function"):
                         DEMO_UNTIL_TS)]
     return build_report(records, nodes, default_prices(), since_ts=DEMO_SINCE_TS, until_ts=DEMO_UNTIL_TS,
                         group_by=group_by, budgets=budgets)
+
+
+def _main(argv: "Sequence[str] | None" = None) -> int:
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m slfaas.billing.report_demo",
+                                description="Write a cost report of synthetic usage (a demo of the renderers).")
+    p.add_argument("--demo", metavar="OUT", required=True, help="file to write")
+    p.add_argument("--format", choices=("table", "csv", "json", "html"), default=None,
+                   help="default: from OUT's suffix, else html")
+    args = p.parse_args(argv)
+    report = demo_report()
+    out = Path(args.demo)
+    fmt = args.format or {".csv": "csv", ".json": "json", ".txt": "table"}.get(out.suffix, "html")
+    render = {"table": render_table, "csv": render_csv, "json": render_json, "html": render_html}[fmt]
+    out.write_text(render(report), encoding="utf-8")
+    print(f"wrote {out} ({fmt})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -504,34 +504,3 @@ def render_table(report: Report) -> str:
     pad = max(len(k) for k, _ in summary_lines(report))
     out += [f"{k.ljust(pad)}  {v}" for k, v in summary_lines(report)]
     return "\n".join(out) + "\n"
-
-
-def render_html(report: Report) -> str:
-    from slfaas.billing.report_html import render_html as _render
-    return _render(report)
-
-
-# ---- demo (the screenshot script) ----------------------------------------------------------------
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    from pathlib import Path
-
-    p = argparse.ArgumentParser(prog="python -m slfaas.billing.reports",
-                                description="Write a cost report of synthetic usage (a demo of the renderers).")
-    p.add_argument("--demo", metavar="OUT", required=True, help="file to write")
-    p.add_argument("--format", choices=("table", "csv", "json", "html"), default=None,
-                   help="default: from OUT's suffix, else html")
-    args = p.parse_args(argv)
-    from slfaas.billing.report_demo import demo_report
-    report = demo_report()
-    out = Path(args.demo)
-    fmt = args.format or {".csv": "csv", ".json": "json", ".txt": "table"}.get(out.suffix, "html")
-    render = {"table": render_table, "csv": render_csv, "json": render_json, "html": render_html}[fmt]
-    out.write_text(render(report), encoding="utf-8")
-    print(f"wrote {out} ({fmt})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

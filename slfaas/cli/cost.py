@@ -91,7 +91,8 @@ def cmd_cost_report(args: argparse.Namespace) -> int:
 
 def _local_report(args: argparse.Namespace) -> str:
     from slfaas.billing.prices import default_prices, load_prices
-    from slfaas.billing.reports import render_csv, render_html, render_json, render_table
+    from slfaas.billing.report_html import render_html
+    from slfaas.billing.reports import render_csv, render_json, render_table
     from slfaas.billing.service import CostService, parse_when
     from slfaas.faas.registry import Registry
 

@@ -17,7 +17,7 @@ def _say(msg: str) -> None:
 
 def ensure_assets(assets: Path) -> tuple[Path, dict[str, Path]]:
     """A tiny random Llama and two adapters trained to say different things (built once)."""
-    from slfaas.tinymodels import DEMO_TEXTS, make_base_model, make_trained_adapter
+    from slfaas.testing.tinymodels import DEMO_TEXTS, make_base_model, make_trained_adapter
 
     base = assets / "base"
     if not (base / "config.json").is_file():
@@ -39,7 +39,7 @@ def run_demo(data_dir: Path, port: int = 0) -> int:
     import logging
 
     from slfaas.faas.server import ServerConfig, SlfaasServer
-    from slfaas.tinymodels import DEMO_PROMPT
+    from slfaas.testing.tinymodels import DEMO_PROMPT
 
     logging.basicConfig(level=logging.WARNING)
     data_dir = Path(data_dir).expanduser().resolve()

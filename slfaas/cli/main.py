@@ -77,7 +77,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"WARNING: authentication: none on {args.host} (--insecure): anyone who reaches this port can "
               f"deploy and run code", flush=True)
     print(f"slfaas server listening on {server.url} (data dir {Path(args.data_dir).resolve()}, "
-          f"sandbox {args.sandbox}, device {server.node.config.device}); Ctrl-C stops it", flush=True)
+          f"sandbox {args.sandbox}, device {server.device}); Ctrl-C stops it", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

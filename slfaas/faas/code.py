@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from slfaas.errors import InvalidParameter
-from slfaas.gpu_node.shared_weights import WeightsFormatError, checkpoint_tensors, read_safetensors_header
+from slfaas.weights.safetensors import WeightsFormatError, checkpoint_tensors, read_safetensors_header
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -143,11 +143,8 @@ class Limits:
             version = self.svc.versions.resolve(cfg.function_name, cfg.qualifier).record
         except NotFound:
             return 0
-        instances = getattr(self.svc.node, "instances", None)
-        if instances is None:
-            return 0
-        return sum(1 for i in instances() if i.function_name == cfg.function_name
-                   and i.revision_id == version.revision_id and i.state in ("STARTING", "IDLE", "BUSY"))
+        return sum(1 for i in self.svc.node.describe().instances if i.function_name == cfg.function_name
+                   and i.revision_id == version.revision_id and i.alive)
 
     # account
     def account_settings(self) -> dict:

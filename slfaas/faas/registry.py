@@ -87,6 +87,8 @@ def _to_invocation(row: InvocationRow) -> InvocationRecord:
 
 
 class Registry(VersionsMixin, SettingsMixin, BillingMixin):
+    _to_record = staticmethod(_to_function)   # what the mixins turn a FunctionRow into
+
     def __init__(self, database_url: str):
         self.database_url = database_url
         self.engine: Engine = create_engine(database_url, **_engine_kwargs(database_url))

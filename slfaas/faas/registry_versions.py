@@ -59,10 +59,9 @@ class VersionsMixin:
 
     def list_versions(self, function_name: str) -> list[Any]:
         """$LATEST first, then published versions in ascending order (ListVersionsByFunction's order)."""
-        from slfaas.faas.registry import _to_function
         with self._session() as s:
             rows = s.scalars(select(FunctionRow).where(FunctionRow.name == function_name)).all()
-            recs = [_to_function(r) for r in rows]
+            recs = [self._to_record(r) for r in rows]
         return sorted(recs, key=lambda r: -1 if r.version == LATEST else int(r.version))
 
     def delete_version(self, function_name: str, version: str) -> None:

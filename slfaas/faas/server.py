@@ -13,12 +13,13 @@ from pathlib import Path
 from waitress.server import create_server
 
 from slfaas.billing.prices import default_prices, load_prices
+from slfaas.billing.service import CostService
 from slfaas.faas import auth
 from slfaas.faas.api import create_app
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
-from slfaas.gpu_node.agent import NodeAgent, NodeConfig
-from slfaas.gpu_node.sandboxes.base import SandboxFactory
+from slfaas.gpu_node.builder import SandboxSettings, build_node
+from slfaas.gpu_node.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,6 @@ class ServerConfig:
     insecure: bool = False                   # allow a non-loopback bind without authentication
     auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
     prices_file: Path | None = None          # --prices: a TOML/YAML price sheet over the built-in defaults
-
-
-def make_sandbox_factory(name: str, data_dir: Path | None = None, docker_image: str | None = None,
-                         warm_pool: int = 0) -> SandboxFactory:
-    if warm_pool < 0:
-        raise ValueError(f"--warm-pool must be 0 or more, got {warm_pool}")
-    if name == "process":
-        from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
-        return ProcessSandboxFactory(warm_pool=warm_pool)
-    if name == "docker":
-        from slfaas.gpu_node.sandboxes.docker import (DEFAULT_IMAGE, DockerSandboxConfig, DockerSandboxFactory,
-                                                      DockerUnavailable)
-        try:
-            return DockerSandboxFactory(DockerSandboxConfig(image=docker_image or DEFAULT_IMAGE,
-                                                            owner=str(data_dir or ""), warm_pool=warm_pool))
-        except DockerUnavailable as exc:
-            raise ValueError(str(exc)) from exc
-    raise ValueError(f"unknown sandbox backend {name!r} (available: process, docker)")
 
 
 def resolve_device(device: str) -> str:
@@ -121,21 +104,22 @@ class SlfaasServer:
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
-        device = resolve_device(config.device)
+        self.device = device = resolve_device(config.device)
         prices = load_prices(Path(config.prices_file)) if config.prices_file else default_prices()
         verify_s = config.verify_interval_s
         if verify_s is None:
             verify_s = 60.0 if device.startswith("cuda") else 0.0
-        self.node = NodeAgent(
+        built = build_node(
             NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
                        instance_gpu_mb=config.instance_gpu_mb),
-            make_sandbox_factory(config.sandbox, data_dir, config.docker_image,
-                                 max(config.warm_pool, config.docker_warm_pool)),
-            on_integrity=self.registry.record_integrity_event, prices=prices,
-            on_usage=lambda rec: self.service.cost.record(rec), on_node_usage=self.registry.put_node_usage)
+            SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool)),
+            prices=prices, on_usage=lambda rec: self.service.cost.record(rec),
+            on_node_usage=self.registry.put_node_usage, on_integrity=self.registry.record_integrity_event)
+        self.node = built.node
+        cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
-                                       public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url)
+                                       public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost)
         self.app = create_app(self.service)
         if self.verifier is not None:
             auth.install(self.app, self.verifier)

@@ -29,7 +29,7 @@ from slfaas.faas.log_tail import invocation_log, log_result_header
 from slfaas.faas.tags import Tags, validate_tags
 from slfaas.faas.versions import Versions, precondition_failed
 from slfaas.faas.s3code import S3CodeFetcher, wants_s3
-from slfaas.gpu_node.agent import NodeAgent
+from slfaas.gpu_node.api import NodeApi
 from slfaas.gpu_node.types import FunctionSpec, InvocationRequest, InvocationResult
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,11 @@ def _environment(params: dict) -> dict[str, str] | None:
 
 
 class FunctionService:
-    def __init__(self, registry: Registry, node: NodeAgent, code_root: Path, region: str = "us-east-1",
-                 public_url: Callable[[], str] = lambda: "http://127.0.0.1", s3_endpoint_url: str | None = None):
+    def __init__(self, registry: Registry, node: NodeApi, code_root: Path, region: str = "us-east-1",
+                 public_url: Callable[[], str] = lambda: "http://127.0.0.1", s3_endpoint_url: str | None = None,
+                 cost: CostService | None = None):
+        """``cost``: the billing service fed by the node's meter (the server makes both); without
+        it, records are priced with the default sheet and no live node usage is reported."""
         self.registry = registry
         self.node = node
         self.code = CodeStore(code_root)
@@ -106,10 +109,9 @@ class FunctionService:
         self.versions = Versions(self)
         self.tags = Tags(self)
         # The account's concurrency limit is what the node can run at once: one invocation per instance.
-        self.limits = Limits(self, getattr(getattr(node, "config", None), "max_instances", 1000))
-        meter = getattr(node, "meter", None)
-        self.cost = CostService(registry, meter.sheet if meter else None, meter.snapshot if meter else None,
-                                on_budget_warning=self._budget_warning)
+        self.limits = Limits(self, node.describe().max_instances)
+        self.cost = cost or CostService(registry)
+        self.cost.on_budget_warning = self._budget_warning
         self.events = EventInvoker(self)
         n = registry.mark_interrupted_invocations()
         if n:
@@ -315,7 +317,7 @@ class FunctionService:
         self.registry.delete_function(rec.name)
         self.limits.forget(rec.name)
         self.node.retire(rec.name, keep_revision=None)
-        self.node.logs.remove(rec.name)
+        self.node.delete_logs(rec.name)
 
     # invocation
     def spec(self, rec: FunctionRecord) -> FunctionSpec:
@@ -378,14 +380,14 @@ class FunctionService:
         result = self._run(request, record)
         log_tail = None
         if log_type == "Tail":
-            log_tail = log_result_header(invocation_log(self.node.logs.tail(rec.name, TAIL_SCAN_BYTES), request_id,
+            log_tail = log_result_header(invocation_log(self.node.logs(rec.name, TAIL_SCAN_BYTES), request_id,
                                                         result.instance_id))
         return InvokeOutcome(200, result.payload, result.function_error, rec.version, request_id, log_tail)
 
     def _budget_warning(self, function_name: str | None, message: str) -> None:
         if function_name:
             try:
-                self.node.logs.append(function_name, "billing", message)
+                self.node.write_log(function_name, "billing", message)
             except Exception:  # a log line must never fail an invocation
                 log.exception("writing a budget warning to %s's log failed", function_name)
 

@@ -23,7 +23,7 @@ from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
     from slfaas.faas.service import FunctionService
-    from slfaas.gpu_node.agent import ResponseStream
+    from slfaas.gpu_node.api import NodeStream
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class StreamingInvocation:
     Iterate it once (the HTTP response does); closed early (client gone), the invocation is
     still recorded when it ends."""
 
-    def __init__(self, service: "FunctionService", record: InvocationRecord, node_stream: "ResponseStream",
+    def __init__(self, service: "FunctionService", record: InvocationRecord, node_stream: "NodeStream",
                  executed_version: str, request_id: str, lease: ExitStack | None = None, log_tail: bool = False):
         self._service = service
         self._record = record
@@ -98,7 +98,7 @@ class StreamingInvocation:
             self.end.error_details = message or result.payload.decode("utf-8", "replace")[:4096]
         if self._log_tail:
             from slfaas.faas.log_tail import invocation_log, log_result_header
-            text = self._service.node.logs.tail(self._record.function_name, LOG_SCAN_BYTES)
+            text = self._service.node.logs(self._record.function_name, LOG_SCAN_BYTES)
             self.end.log_result = log_result_header(invocation_log(text, self.request_id, result.instance_id))
         metrics = result.metrics or {}
         registry.finish_invocation(

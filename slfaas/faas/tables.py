@@ -78,7 +78,7 @@ class IntegrityEventRow(Base):
     reload_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-# Versions, aliases, tags, concurrency and asynchronous invocations (issue 3). Published versions
+# Versions, aliases, tags, concurrency and asynchronous invocations. Published versions
 # are rows of ``functions`` with a numeric ``version``; their numbers are never reused, so the
 # last one handed out is kept apart from the rows (a deleted version leaves a gap, as on AWS).
 class VersionCounterRow(Base):
@@ -146,7 +146,7 @@ class EventInvocationRow(Base):
     error_type: Mapped[str] = mapped_column(String(128), default="")
 
 
-# Billing (issue 5): per-invocation usage records, each node session's metered usage, budgets.
+# Billing: per-invocation usage records, each node session's metered usage, budgets.
 # Money is stored as decimal strings (exact); SQLite has no exact decimal type.
 class UsageRow(Base):
     """One per attempt: an Event invocation's retries keep its request id, each is billed."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient
+from slfaas.runtime_contract import ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID, ENV_RUNTIME_SOCKET
 
 log = logging.getLogger("slfaas.functions")
 
@@ -31,7 +32,7 @@ def _die_with_node() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-    node_pid = int(os.environ.get("SLFAAS_NODE_PID", "0") or 0)
+    node_pid = int(os.environ.get(ENV_NODE_PID, "0") or 0)
     if node_pid and os.getppid() != node_pid:
         sys.exit(0)  # the node died before the prctl took effect
 
@@ -65,15 +66,15 @@ def _load_handler(code_dir: Path, handler_name: str) -> Callable[[Any, Any], Any
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
     _die_with_node()
-    client = RuntimeClient(os.environ["SLFAAS_RUNTIME_SOCKET"])
+    client = RuntimeClient(os.environ[ENV_RUNTIME_SOCKET])
     try:
         from slfaas.functions.context import LambdaContext
         from slfaas.functions.engine import BackboneSource, LoraEngine
 
         t0 = time.perf_counter()
-        engine = LoraEngine(BackboneSource.from_env(), Path(os.environ["SLFAAS_BASE_MODEL_DIR"]),
-                            Path(os.environ["SLFAAS_CODE_DIR"]))
-        handler = _load_handler(Path(os.environ["SLFAAS_CODE_DIR"]), os.environ.get("_HANDLER", ""))
+        engine = LoraEngine(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]),
+                            Path(os.environ[ENV_CODE_DIR]))
+        handler = _load_handler(Path(os.environ[ENV_CODE_DIR]), os.environ.get(ENV_HANDLER, ""))
         t = engine.timings
         init_s = time.perf_counter() - t0
         log.info("init done in %.2f s (imports %.2f s, backbone attach %.3f s, adapter load %.3f s)",

@@ -9,20 +9,21 @@ from slfaas.functions.client_context import ClientContext
 from slfaas.functions.engine import LoraEngine
 from slfaas.functions.events import parse_event
 from slfaas.functions.runtime_client import Invocation
+from slfaas.runtime_contract import ENV_FUNCTION_MEMORY_MB, ENV_FUNCTION_NAME, ENV_FUNCTION_VERSION, ENV_INSTANCE_ID
 
 
 class LambdaContext:
     def __init__(self, engine: LoraEngine, invocation: Invocation):
         self._engine = engine
         self._invocation = invocation
-        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
-        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        self.memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0") or 0)
+        self.function_name = os.environ.get(ENV_FUNCTION_NAME, "")
+        self.function_version = os.environ.get(ENV_FUNCTION_VERSION, "$LATEST")
+        self.memory_limit_in_mb = int(os.environ.get(ENV_FUNCTION_MEMORY_MB, "0") or 0)
         self.invoked_function_arn = invocation.function_arn
         self.aws_request_id = invocation.request_id
         self.client_context = ClientContext.parse(invocation.client_context)
         self.log_group_name = f"/aws/lambda/{self.function_name}"
-        self.log_stream_name = os.environ.get("SLFAAS_INSTANCE_ID", "")
+        self.log_stream_name = os.environ.get(ENV_INSTANCE_ID, "")
         # True when the caller reads a stream (InvokeWithResponseStream): a handler may then
         # return an iterator of str/bytes pieces, each sent to the client as it is produced.
         self.response_stream = invocation.response_stream

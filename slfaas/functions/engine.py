@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from slfaas.functions.events import GenerationRequest
+from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_PATH, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S
 
 log = logging.getLogger(__name__)
 
@@ -51,50 +52,28 @@ class BackboneSource:
 
     @classmethod
     def from_env(cls, env: "os._Environ[str] | dict[str, str]" = os.environ) -> "BackboneSource":
-        fd = env.get("SLFAAS_BACKBONE_FD")
-        return cls(device=env.get("SLFAAS_DEVICE", "cpu"), fd=int(fd) if fd else None,
-                   path=env.get("SLFAAS_BACKBONE_PATH") or None, ipc_file=env.get("SLFAAS_BACKBONE_IPC") or None)
+        fd = env.get(ENV_BACKBONE_FD)
+        return cls(device=env.get(ENV_DEVICE, "cpu"), fd=int(fd) if fd else None,
+                   path=env.get(ENV_BACKBONE_PATH) or None, ipc_file=env.get(ENV_BACKBONE_IPC) or None)
 
     def tensors(self) -> tuple[dict[str, Any], Any]:
         """(name → tensor viewing the shared backbone, object that must outlive them)."""
         if self.ipc_file:
-            from slfaas.gpu_node.cuda_arena import open_exported_arena
+            from slfaas.weights.cuda_ipc import open_exported_arena
             return open_exported_arena(Path(self.ipc_file))
-        from slfaas.gpu_node.shared_weights import iter_tensors, map_image
+        from slfaas.weights.image import iter_tensors, map_image, open_image_path
         if self.fd is not None:
             mapping = map_image(self.fd)
         elif self.path:
-            fd = open_backbone_path(self.path)
+            fd = open_image_path(self.path)
             try:
                 mapping = map_image(fd)
             finally:
                 os.close(fd)  # the mapping keeps the pages
         else:
-            raise RuntimeError("no backbone given: SLFAAS_BACKBONE_FD, _PATH or _IPC must be set")
+            raise RuntimeError(f"no backbone given: {ENV_BACKBONE_FD}, {ENV_BACKBONE_PATH} or {ENV_BACKBONE_IPC} "
+                               f"must be set")
         return dict(iter_tensors(mapping)), mapping
-
-
-def open_backbone_path(path: str) -> int:
-    """A read-only descriptor of the backbone image named by ``path``.
-
-    A regular file is opened ``O_RDONLY``. A Unix socket is how a container reaches the
-    node's memfd (a memfd lives on no mounted filesystem, so it cannot be bind-mounted):
-    the node answers a connection with the descriptor itself (SCM_RIGHTS), so the pages
-    are the node's, never copied."""
-    import socket
-    import stat
-
-    if not stat.S_ISSOCK(os.stat(path).st_mode):
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(60)
-        sock.connect(path)
-        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 4)
-    if not fds:
-        raise RuntimeError(f"the node sent no backbone descriptor on {path}")
-    for extra in fds[1:]:
-        os.close(extra)
-    return fds[0]
 
 
 def build_borrowed_model(state: dict[str, Any], base_model_dir: Path) -> Any:
@@ -151,7 +130,7 @@ class LoraEngine:
         self._activity = threading.Lock()  # held while generating: trimming waits for idle
         self._busy = False
         self._last_active = time.monotonic()
-        self._trim_idle_s = float(os.environ.get("SLFAAS_GPU_TRIM_IDLE_S", "1.0"))
+        self._trim_idle_s = float(os.environ.get(ENV_GPU_TRIM_IDLE_S, "1.0"))
         if self.device.type == "cuda" and self._trim_idle_s >= 0:
             threading.Thread(target=self._trim_when_idle, daemon=True, name="gpu-trim").start()
         log.info("model ready on %s: attention=%s, backbone dtype=%s", self.device,

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
 
-SPEC_HEADER = struct.Struct("<I")
-MAX_FDS = 250  # SCM_MAX_FD is 253
+from slfaas.runtime_contract import (ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BASE_MODEL_DIR, ENV_CODE_DIR,
+                                     ENV_FUNCTION_NAME, ENV_POOL_SOCKET, ENV_TASK_ROOT, MAX_FDS, SPEC_HEADER)
+
 TASK_DIR = Path("/tmp/slfaas/task")
 MODEL_DIR = Path("/tmp/slfaas/model")
 
@@ -68,18 +68,18 @@ def specialise(spec: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(spec["env"])
     rest = fds
-    if "SLFAAS_BACKBONE_IPC" not in spec["env"]:   # CPU: the backbone image came first
+    if ENV_BACKBONE_IPC not in spec["env"]:   # CPU: the backbone image came first
         backbone_fd, rest = fds[0], fds[1:]
-        os.environ["SLFAAS_BACKBONE_FD"] = str(backbone_fd)
+        os.environ[ENV_BACKBONE_FD] = str(backbone_fd)
     if "task_files" in spec:  # a container: the function's files came as descriptors
         task, model = spec["task_files"], spec["model_files"]
         TASK_DIR.mkdir(parents=True, exist_ok=True)
         MODEL_DIR.mkdir(parents=True, exist_ok=True)
         _link_files(TASK_DIR, task, rest[: len(task)])
         _link_files(MODEL_DIR, model, rest[len(task):])
-        os.environ.update({"SLFAAS_CODE_DIR": str(TASK_DIR), "LAMBDA_TASK_ROOT": str(TASK_DIR),
-                           "SLFAAS_BASE_MODEL_DIR": str(MODEL_DIR)})
-    os.chdir(os.environ["SLFAAS_CODE_DIR"])  # where a cold-started runtime starts
+        os.environ.update({ENV_CODE_DIR: str(TASK_DIR), ENV_TASK_ROOT: str(TASK_DIR),
+                           ENV_BASE_MODEL_DIR: str(MODEL_DIR)})
+    os.chdir(os.environ[ENV_CODE_DIR])  # where a cold-started runtime starts
 
 
 def main() -> int:
@@ -89,7 +89,7 @@ def main() -> int:
     imports_s = preimport()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(os.environ["SLFAAS_POOL_SOCKET"])
+        sock.connect(os.environ[ENV_POOL_SOCKET])
         sock.sendall(json.dumps({"ready": True, "imports_s": round(imports_s, 3)}).encode() + b"\n")
         spec, fds = _recv_spec(sock)  # blocks until a function needs this instance (or the node goes)
     except (OSError, ValueError):
@@ -97,7 +97,7 @@ def main() -> int:
     finally:
         sock.close()
     specialise(spec, fds)
-    print(f"warm-pool runtime specialised for {spec['env'].get('AWS_LAMBDA_FUNCTION_NAME')} "
+    print(f"warm-pool runtime specialised for {spec['env'].get(ENV_FUNCTION_NAME)} "
           f"(imports done {imports_s:.2f} s before)", flush=True)
     from slfaas.functions.__main__ import main as runtime_main
     return runtime_main()

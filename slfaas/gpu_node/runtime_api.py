@@ -22,32 +22,18 @@ import os
 import re
 import socketserver
 import threading
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator, Protocol
 
+from slfaas.runtime_contract import (API_PREFIX, H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE, H_FUNCTION_RESPONSE_MODE,
+                                     H_RESULT_METRICS, MAX_RESPONSE_BYTES, MAX_STREAMED_RESPONSE_BYTES, PATH_INIT_ERROR,
+                                     PATH_INIT_REPORT, PATH_NEXT, STREAMING, Delivery)
+
 log = logging.getLogger(__name__)
 
-API_PREFIX = "/2018-06-01/runtime"
 _INVOCATION_PATH = re.compile(rf"^{API_PREFIX}/invocation/([^/]+)/(response|error)$")
-MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 1024
-MAX_STREAMED_RESPONSE_BYTES = 200 * 1024 * 1024   # Lambda's limit for streamed responses
 _MAX_LINE = 65536
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What ``/next`` hands the runtime."""
-
-    request_id: str
-    payload: bytes
-    deadline_ms: int
-    function_arn: str
-    client_context: str | None
-    cold_start: bool
-    queue_ms: float
-    response_stream: bool = False
 
 
 class RuntimeEndpoint(Protocol):
@@ -59,6 +45,7 @@ class RuntimeEndpoint(Protocol):
     def stream_chunk(self, request_id: str, data: bytes) -> bool: ...
     def init_failed(self, body: bytes, error_type: str) -> None: ...
     def init_report(self, report: dict) -> None: ...
+    def delivery_failed(self, request_id: str) -> None: ...
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -144,32 +131,25 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def do_GET(self) -> None:
-        if self.path != f"{API_PREFIX}/invocation/next":
+        if self.path != PATH_NEXT:
             self._error(404, "NotFound", self.path)
             return
         delivery = self.endpoint.next_delivery()
         if delivery is None:  # instance is being stopped
             self._error(410, "InstanceStopping", "this instance is shutting down")
             return
-        headers = {
-            "Content-Type": "application/json",
-            "Lambda-Runtime-Aws-Request-Id": delivery.request_id,
-            "Lambda-Runtime-Deadline-Ms": str(delivery.deadline_ms),
-            "Lambda-Runtime-Invoked-Function-Arn": delivery.function_arn,
-            "Lambda-Runtime-Trace-Id": f"Root=1-{delivery.request_id[:8]}",
-            "Slfaas-Cold-Start": "1" if delivery.cold_start else "0",
-            "Slfaas-Queue-Ms": f"{delivery.queue_ms:.3f}",
-        }
-        if delivery.client_context:
-            headers["Lambda-Runtime-Client-Context"] = delivery.client_context
-        if delivery.response_stream:
-            headers["Slfaas-Response-Mode"] = "streaming"
-        self._reply(200, delivery.payload, headers)
+        try:
+            self._reply(200, delivery.payload, delivery.headers())
+        except OSError:
+            # The runtime is gone (its /next connection closed: it died while waiting): nothing
+            # received the request, so the node may place it elsewhere once the exit is seen.
+            self.endpoint.delivery_failed(delivery.request_id)
+            self.close_connection = True
 
     def do_POST(self) -> None:
         m = _INVOCATION_PATH.match(self.path)
         if m and m.group(2) == "response" and \
-                self.headers.get("Lambda-Runtime-Function-Response-Mode", "").lower() == "streaming":
+                self.headers.get(H_FUNCTION_RESPONSE_MODE, "").lower() == STREAMING:
             self._streamed_response(m.group(1))
             return
         try:
@@ -179,7 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if body is None:
             return
-        if self.path == f"{API_PREFIX}/slfaas/init-report":
+        if self.path == PATH_INIT_REPORT:
             # slfaas extension: what init cost and what the instance holds (adapter bytes)
             try:
                 report = json.loads(body)
@@ -192,8 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.endpoint.init_report(report)
             self._reply(202, b'{"status":"OK"}')
             return
-        if self.path == f"{API_PREFIX}/init/error":
-            self.endpoint.init_failed(body, self.headers.get("Lambda-Runtime-Function-Error-Type")
+        if self.path == PATH_INIT_ERROR:
+            self.endpoint.init_failed(body, self.headers.get(H_ERROR_TYPE)
                                       or "Runtime.InitError")
             self._reply(202, b'{"status":"OK"}')
             return
@@ -204,11 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
         request_id, kind = m.groups()
         error_type = None
         if kind == "error":
-            error_type = self.headers.get("Lambda-Runtime-Function-Error-Type") or "Runtime.Unknown"
+            error_type = self.headers.get(H_ERROR_TYPE) or "Runtime.Unknown"
         metrics = None
         if error_type is None:
             try:  # the runtime's device-time measure, for billing (absent: the node bills wall time)
-                metrics = {"device_ms": float(self.headers.get("Slfaas-Device-Ms", ""))}
+                metrics = {"device_ms": float(self.headers.get(H_DEVICE_MS, ""))}
             except ValueError:
                 metrics = None
         if self.endpoint.complete(request_id, body, error_type, metrics=metrics):
@@ -250,11 +230,11 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("streamed response of %s cut short", request_id, exc_info=True)
             self.close_connection = True
             return
-        error_type = trailers.get("lambda-runtime-function-error-type") or None
+        error_type = trailers.get(H_ERROR_TYPE.lower()) or None
         error_body = b""
         if error_type:
             try:
-                error_body = base64.b64decode(trailers.get("lambda-runtime-function-error-body", ""), validate=True)
+                error_body = base64.b64decode(trailers.get(H_ERROR_BODY.lower(), ""), validate=True)
             except (binascii.Error, ValueError):
                 error_body = b""
             if not error_body:
@@ -262,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
                                          "errorType": error_type}).encode()
         metrics = None
         try:
-            parsed = json.loads(trailers.get("slfaas-result-metrics") or "null")
+            parsed = json.loads(trailers.get(H_RESULT_METRICS.lower()) or "null")
             metrics = parsed if isinstance(parsed, dict) else None
         except ValueError:
             pass

@@ -1,4 +1,4 @@
-"""Values that cross between the control plane and the node agent."""
+"""Values that cross between the control plane and a node (``NodeApi``): frozen, plain data."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -68,3 +68,61 @@ class InstanceInfo:
     invocations: int
     adapter_bytes: int | None = None   # the adapter's weights as loaded (device dtype)
     init_report: dict = field(default_factory=dict)
+    gpu_mb: float | None = None        # measured device memory of this instance (CUDA)
+
+    @property
+    def alive(self) -> bool:
+        """Starting or serving (not stopping, stopped or failed)."""
+        return self.state in ("STARTING", "IDLE", "BUSY")
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    model_path: str
+    device: str
+    size_bytes: int
+    tensor_count: int
+    load_s: float
+    load_gb_per_s: float
+    loaded_ts: float
+    sha256: str | None = None          # only when asked for (reading the whole image costs time)
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """Device totals, what the node's backbones and the instances' adapters hold, and per-instance
+    use measured by NVML (None where NVML is not available)."""
+
+    device: str
+    name: str
+    total_mb: int
+    used_mb: int
+    free_mb: int
+    backbones_mb: int
+    adapters_mb: float
+    instances: Mapping[str, int] | None = None
+    instance_estimate_mb: int = 0      # what admission expects the next instance to need
+
+
+@dataclass(frozen=True)
+class IntegrityEvent:
+    ts: float
+    model_path: str
+    ok: bool
+    elapsed_ms: float
+    bad_tensors: tuple[str, ...]
+    stopped_instances: tuple[str, ...]
+    reload_s: float | None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    device: str
+    sandbox: str
+    max_instances: int
+    warm_pool_target: int
+    warm_pool_held: int
+    backbones: tuple[BackboneInfo, ...]
+    instances: tuple[InstanceInfo, ...]
+    gpu: GpuMemory | None = None

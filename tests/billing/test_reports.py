@@ -12,8 +12,9 @@ import pytest
 from slfaas.billing.budgets import Budget, evaluate
 from slfaas.billing.prices import default_prices, invocation_cost_usd
 from slfaas.billing.records import NodeUsage, UsageRecord
-from slfaas.billing.reports import (ROW_FIELDS, build_report, render_csv, render_html,
-                                    render_json, render_table, report_from_dict, report_to_dict, split_cost)
+from slfaas.billing.report_html import render_html
+from slfaas.billing.reports import (ROW_FIELDS, build_report, render_csv, render_json, render_table,
+                                    report_from_dict, report_to_dict, split_cost)
 from slfaas.errors import InvalidParameter
 
 SHEET = default_prices()
@@ -387,7 +388,7 @@ def test_empty_report_renders_everywhere(nodes):
 
 
 def test_demo_report_writes(tmp_path):
-    from slfaas.billing.reports import _main
+    from slfaas.billing.report_demo import _main
     out = tmp_path / "demo.html"
     assert _main(["--demo", str(out)]) == 0
     html = out.read_text()

@@ -129,7 +129,7 @@ def test_backbone_is_handed_over_read_only(factory, tmp_path, runtime_socket):  
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
         code, lines, _ = _run(factory, _spec(tmp_path, runtime_socket, """
             import errno, mmap, os
-            from slfaas.functions.engine import open_backbone_path
+            from slfaas.weights.image import open_image_path as open_backbone_path
 
             print("fd env", "SLFAAS_BACKBONE_FD" in os.environ, flush=True)
             fd = open_backbone_path(os.environ["SLFAAS_BACKBONE_PATH"])

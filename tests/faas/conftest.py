@@ -11,15 +11,18 @@ import pytest
 
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
-from slfaas.gpu_node.logs import FunctionLogs
-from slfaas.gpu_node.types import FunctionSpec, InvocationRequest, InvocationResult
+from slfaas.gpu_node.streaming import ResponseStream
+from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
+                                   NodeInfo)
 
 
 class FakeNode:
-    """prepare() blocks on ``gate``; invoke() echoes; retire() is recorded."""
+    """A complete ``NodeApi`` for testing the control plane alone (mypy checks that it is one, in
+    tests/architecture):
+    prepare() blocks on ``gate``; invoke() echoes; retire() and cancel() are recorded; logs are
+    kept in memory."""
 
-    def __init__(self, logs_root: Path):
-        self.logs = FunctionLogs(logs_root)
+    def __init__(self, logs_root: Path | None = None):
         self.gate = threading.Event()
         self.gate.set()
         self.prepare_error: BaseException | None = None
@@ -28,13 +31,17 @@ class FakeNode:
         self.prepared: list[FunctionSpec] = []
         self.invoked: list[InvocationRequest] = []
         self.retired: list[tuple[str, str | None]] = []
+        self.cancelled: list[str] = []
+        self.log_lines: dict[str, list[str]] = {}
+        self.max_instances = 1000
 
-    def prepare(self, function: FunctionSpec) -> None:
+    def prepare(self, function: FunctionSpec) -> BackboneInfo:
         if not self.gate.wait(10):
             raise AssertionError("test never released prepare()")
         if self.prepare_error is not None:
             raise self.prepare_error
         self.prepared.append(function)
+        return BackboneInfo(str(function.base_model_path), "cpu", 1, 1, 0.0, 0.0, time.time())
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         self.invoked.append(request)
@@ -50,9 +57,36 @@ class FakeNode:
         return InvocationResult(request.request_id, body.encode(), None, "", "inst-1", True, now, now + 0.01,
                                 12.0, 0.1, 10.0)
 
+    def invoke_stream(self, request: InvocationRequest) -> ResponseStream:
+        stream = ResponseStream()
+        stream.run(lambda: self.invoke(request))
+        return stream
+
+    def cancel(self, request_id: str) -> bool:
+        self.cancelled.append(request_id)
+        return False
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         self.retired.append((function_name, keep_revision))
         return 0
+
+    def describe(self, checksums: bool = False) -> NodeInfo:
+        return NodeInfo("fake-node", "cpu", "fake", self.max_instances, 0, 0, (), ())
+
+    def logs(self, function_name: str, max_bytes: int = 64 * 1024) -> str:
+        return "".join(line + "\n" for line in self.log_lines.get(function_name, []))[-max_bytes:]
+
+    def write_log(self, function_name: str, source: str, line: str) -> None:
+        self.log_lines.setdefault(function_name, []).append(f"[{source}] {line}")
+
+    def delete_logs(self, function_name: str) -> None:
+        self.log_lines.pop(function_name, None)
+
+    def verify(self) -> tuple[IntegrityEvent, ...]:
+        return ()
+
+    def shutdown(self) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +100,8 @@ def zips(tiny_assets) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> FakeNode:
-    return FakeNode(tmp_path / "logs")
+def node() -> FakeNode:
+    return FakeNode()
 
 
 @pytest.fixture

@@ -238,10 +238,10 @@ def test_update_configuration_retires_old_revision(svc, node, zips) -> None:  # 
 
 def test_delete_retires_everything(svc, node, zips) -> None:  # type: ignore[no-untyped-def]
     _active(svc, zips)
-    node.logs.append("fn", "inst", "hello")
+    node.write_log("fn", "inst", "hello")
     svc.delete_function("fn")
     assert node.retired[-1] == ("fn", None)
-    assert not node.logs.path("fn").exists()
+    assert node.logs("fn") == ""
     with pytest.raises(NotFound):
         svc.get_function("fn")
 
@@ -250,11 +250,12 @@ def test_recreated_function_stays_warm(tmp_path, zips) -> None:  # type: ignore[
     """Delete then create the same name: the new function's instances are reused (regression:
     the delete's retire(name, None) used to mark every later revision stale, so each
     invocation cold-started and its instance was stopped right after)."""
-    from slfaas.gpu_node.agent import NodeAgent, NodeConfig
+    from slfaas.gpu_node.config import NodeConfig
+    from slfaas.gpu_node.node import Node
     from tests.gpu_node.fakes import FakeSandboxFactory
 
     factory = FakeSandboxFactory()
-    agent = NodeAgent(NodeConfig(data_dir=tmp_path / "node"), factory)
+    agent = Node(NodeConfig(data_dir=tmp_path / "node"), factory)
     registry = Registry(f"sqlite:///{tmp_path / 'r.db'}")
     try:
         svc = FunctionService(registry, agent, tmp_path / "code")
@@ -269,7 +270,7 @@ def test_recreated_function_stays_warm(tmp_path, zips) -> None:  # type: ignore[
         ia, ib = (registry.get_invocation(x.request_id) for x in (a, b))
         assert (ia.cold_start, ib.cold_start) == (True, False)
         assert ia.instance_id == ib.instance_id
-        assert len(agent.instances()) == 1
+        assert len(agent.describe().instances) == 1
     finally:
         agent.shutdown()
         registry.close()

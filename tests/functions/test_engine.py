@@ -6,12 +6,12 @@ import pytest
 
 from slfaas.functions.engine import BackboneSource, LoraEngine
 from slfaas.functions.events import parse_event
-from slfaas.gpu_node.shared_weights import build_shared_image
+from slfaas.gpu_node.resources.shared_weights import build_shared_image
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> LoraEngine:
-    from slfaas.tinymodels import make_adapter, make_base_model
+    from slfaas.testing.tinymodels import make_adapter, make_base_model
 
     root = tmp_path_factory.mktemp("engine")
     base = make_base_model(root / "base")

@@ -16,7 +16,7 @@ from slfaas.functions.textstream import _held_back, stream_text
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
-    from slfaas.tinymodels import make_tokenizer
+    from slfaas.testing.tinymodels import make_tokenizer
 
     out = tmp_path_factory.mktemp("tok")
     make_tokenizer(out)
@@ -121,8 +121,8 @@ def test_real_engine_stream_equals_generate(tmp_path: Path) -> None:
     """The real engine: streamed pieces of a greedy generation are its buffered text, with
     and without a chat prompt."""
     from slfaas.functions.engine import BackboneSource, LoraEngine
-    from slfaas.gpu_node.shared_weights import build_shared_image
-    from slfaas.tinymodels import make_adapter, make_base_model
+    from slfaas.gpu_node.resources.shared_weights import build_shared_image
+    from slfaas.testing.tinymodels import make_adapter, make_base_model
 
     base = make_base_model(tmp_path / "base")
     engine = LoraEngine(BackboneSource(fd=build_shared_image(base).fd), base, make_adapter(base, tmp_path / "a", seed=3))

@@ -7,6 +7,9 @@ process and the model are fake.
 Init behaviour comes from the function's environment (``FAKE_INIT``):
   ``ok`` (default) · ``error`` (POST /init/error, then exit 1) · ``exit:N`` (exit N before
   the first /next) · ``hang`` (never asks for work).
+``crash_silently()`` ends a "process" the way a real crash does while it waits for work: its
+pending ``/next`` connection closes, and (with the factory's ``hold_exit_reports``) the node's
+watcher hears of the exit only when the test says so (``release_exit_reports``).
 Each invocation's behaviour comes from its JSON payload (``{"do": ...}``):
   ``echo`` (default; optional ``sleep``) · ``error`` (POST …/error with ``type``/``message``)
   · ``hang`` (never answers) · ``exit`` (exit with ``code`` mid-invocation)
@@ -29,6 +32,37 @@ SIGKILL_CODE = -9
 _pids = itertools.count(4_000_000)  # above pid_max: /proc/<pid> never exists
 
 
+class _TrackingClient(RuntimeClient):
+    """The Runtime API client, keeping its open connection so a "crash" can close it."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.open: list = []
+
+    def waiting_for_work(self) -> bool:
+        from slfaas.runtime_contract import PATH_NEXT
+
+        return any(getattr(c, "slfaas_path", "") == PATH_NEXT for c in list(self.open))
+
+    def _request(self, method, path, body=b"", headers=None):  # type: ignore[no-untyped-def]
+        import http.client
+
+        from slfaas.functions import runtime_client as rcmod
+
+        conn = rcmod._UnixConnection(self._path)
+        self.open.append(conn)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            conn.slfaas_path = path   # type: ignore[attr-defined]  # sent: now waiting for the answer
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise NodeGone(str(exc)) from exc
+        finally:
+            conn.close()
+            self.open.remove(conn)
+
+
 class FakeSandbox(Sandbox):
     def __init__(self, spec: SandboxSpec, log_sink: LogSink, factory: "FakeSandboxFactory"):
         self.spec = spec
@@ -37,6 +71,8 @@ class FakeSandbox(Sandbox):
         self._pid = next(_pids)
         self._lock = threading.Lock()
         self._exited = threading.Event()
+        self._reported = threading.Event()   # what wait() sees: the exit, unless the factory holds it
+        self._client: _TrackingClient | None = None
         self.exit_code: int | None = None
         self.stop_calls = 0
         self.stopped_ts: float | None = None  # time.time() of the first stop()
@@ -52,9 +88,18 @@ class FakeSandbox(Sandbox):
         return self._pid
 
     def wait(self, timeout_s: float | None = None) -> int | None:
-        if not self._exited.wait(timeout_s):
+        if not self._reported.wait(timeout_s):
             return None
         return self.exit_code
+
+    def crash_silently(self, code: int = -9) -> None:
+        """Die while waiting for work: the pending /next connection closes at once."""
+        self._exit(code)
+        client = self._client
+        for conn in list(client.open if client else []):
+            if conn.sock is not None:
+                import socket
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.stop_calls += 1
@@ -77,10 +122,12 @@ class FakeSandbox(Sandbox):
                 return
             self.exit_code = code
             self._exited.set()
+            if not self._factory.hold_exit_reports:
+                self._reported.set()
 
     # the "process"
     def _main(self) -> None:
-        client = RuntimeClient(str(self.spec.runtime_socket))
+        client = self._client = _TrackingClient(str(self.spec.runtime_socket))
         init = self.spec.env.get("FAKE_INIT", "ok")
         self._log(f"fake runtime {self.spec.instance_id} starting")
         try:
@@ -144,6 +191,7 @@ class FakeSandboxFactory(SandboxFactory):
         self._cond = threading.Condition(self._lock)
         self._entered = 0
         self._gates: dict[str, threading.Event] = {}
+        self.hold_exit_reports = False
 
     def start(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
         if self.fail_start is not None:
@@ -157,6 +205,12 @@ class FakeSandboxFactory(SandboxFactory):
         self.closed = True
 
     # test helpers
+    def release_exit_reports(self) -> None:
+        self.hold_exit_reports = False
+        for sb in self.sandboxes:
+            if sb.exited:
+                sb._reported.set()
+
     def gate(self, name: str) -> threading.Event:
         with self._lock:
             return self._gates.setdefault(name, threading.Event())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient, _UnixConnection
-from slfaas.gpu_node.instance import (_ALLOWED, IllegalTransition, Instance, InstanceState, describe_exit,
+from slfaas.gpu_node.lifecycle.instance import (_ALLOWED, IllegalTransition, Instance, InstanceState, describe_exit,
                                       error_payload)
 from slfaas.gpu_node.runtime_api import RuntimeApiServer
 from tests.gpu_node.fakes import make_request, make_spec
@@ -19,7 +19,7 @@ S = InstanceState
 
 def _instance(reserved: bool = True, timeout_s: int = 5) -> Instance:
     return Instance("inst-1", make_spec(Path("/nonexistent"), Path("/nonexistent"), timeout_s=timeout_s),
-                    reserved=reserved)
+                    reserved_for="r0" if reserved else None)
 
 
 def _force(inst: Instance, *path: InstanceState) -> None:
@@ -60,22 +60,22 @@ def test_transition_table_is_closed_and_stopped_is_final() -> None:
 
 def test_public_lifecycle_follows_the_machine() -> None:
     inst = _instance(reserved=False)
-    assert inst.try_reserve() is False  # STARTING is not reservable
+    assert inst.reserve("r1") is False  # STARTING is not reservable
     assert inst.wait_ready(0.01) is False
     threading.Timer(0.05, lambda: inst._queue.put(None)).start()
     assert inst.next_delivery() is None  # first /next ends init
     assert inst.state is S.IDLE and inst.init_duration_ms is not None
     assert inst.wait_ready(0) is True
-    assert inst.try_reserve() is True and inst.state is S.BUSY
-    assert inst.try_reserve() is False  # never two callers in one instance
-    inst.release()
+    assert inst.reserve("r1") is True and inst.state is S.BUSY
+    assert inst.reserve("r2") is False  # never two callers in one instance
+    inst.release("r1")
     assert inst.state is S.IDLE
     assert inst.begin_stop() is True and inst.state is S.STOPPING
     assert inst.begin_stop() is False
-    assert inst.try_reserve() is False
+    assert inst.reserve("r3") is False
     inst.mark_stopped()
     assert inst.state is S.STOPPED and not inst.alive
-    inst.release()  # harmless once stopped
+    inst.release("r1")  # harmless once stopped
     inst.on_exit(0)
     assert inst.state is S.STOPPED
 
@@ -85,7 +85,7 @@ def test_reserved_instance_ends_init_busy() -> None:
     inst._queue.put(None)
     inst.next_delivery()
     assert inst.state is S.BUSY  # its cold-start caller owns it; nobody else can reserve it
-    assert inst.try_reserve() is False
+    assert inst.reserve("r1") is False
 
 
 def test_exit_during_init_sets_an_exit_init_error() -> None:
@@ -202,7 +202,7 @@ def test_runtime_init_report_reaches_the_instance(tmp_path) -> None:  # type: ig
     import socket
 
     from slfaas.functions.runtime_client import RuntimeClient
-    from slfaas.gpu_node.instance import Instance
+    from slfaas.gpu_node.lifecycle.instance import Instance
     from slfaas.gpu_node.runtime_api import RuntimeApiServer
     from slfaas.gpu_node.types import FunctionSpec
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from slfaas.gpu_node.agent import NodeAgent, NodeConfig
-from slfaas.gpu_node.backbone import BackboneOwner
+from slfaas.gpu_node.builder import SandboxSettings, build_node
+from slfaas.gpu_node.config import NodeConfig
+from slfaas.gpu_node.node import Node
 from slfaas.gpu_node.sandboxes.base import SandboxSpec
-from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
 from slfaas.gpu_node.sandboxes.process_pool import ProcessPoolLauncher
 from tests.gpu_node.fakes import make_request, make_spec, wait_until
 
@@ -55,13 +55,14 @@ def _ready(caplog: pytest.LogCaptureFixture, n: int, before: set[int] = frozense
 
 @pytest.fixture
 def make_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
-    agents: list[NodeAgent] = []
+    agents: list[Node] = []
 
     caplog.set_level(logging.INFO, logger="slfaas.gpu_node.sandboxes.warm_pool")
 
-    def make(warm_pool: int) -> NodeAgent:
-        agent = NodeAgent(NodeConfig(data_dir=tmp_path / f"node{len(agents)}", keep_alive_s=600),
-                          ProcessSandboxFactory(warm_pool=warm_pool), BackboneOwner())
+    def make(warm_pool: int) -> Node:
+        # built as the server builds it: the pool attached by the builder, the meter subscribed
+        agent = build_node(NodeConfig(data_dir=tmp_path / f"node{len(agents)}", keep_alive_s=600),
+                           SandboxSettings("process", warm_pool=warm_pool)).node
         agents.append(agent)
         return agent
 
@@ -70,8 +71,10 @@ def make_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture):  # type: ignor
         a.shutdown()
 
 
-def _sandbox(agent: NodeAgent, instance_id: str):  # type: ignore[no-untyped-def]
-    return agent._instances[instance_id].sandbox  # type: ignore[attr-defined]
+def _sandbox(agent: Node, instance_id: str):  # type: ignore[no-untyped-def]
+    inst = agent.table.get(instance_id)
+    assert inst is not None
+    return inst.sandbox
 
 
 def test_pooled_process_answers_like_a_cold_started_one(make_agent, tiny_assets,  # type: ignore[no-untyped-def]
@@ -83,13 +86,13 @@ def test_pooled_process_answers_like_a_cold_started_one(make_agent, tiny_assets,
     pooled = agent.invoke(make_request(spec, EVENT))
     assert pooled.function_error is None, pooled.payload
     assert pooled.cold_start is True
-    (info,) = [i for i in agent.instances() if i.function_name == "pooled"]
+    (info,) = [i for i in agent.describe().instances if i.function_name == "pooled"]
     assert info.pid == pool_pid  # the pre-started process itself became the instance
     sandbox = _sandbox(agent, pooled.instance_id)
     assert sandbox.preloaded is True
     assert pooled.usage is not None and pooled.usage.preload_tier == "pool"
     # Its output goes to the function's log once specialised (the runtime's own init line too).
-    log_text = agent.logs.tail("pooled")
+    log_text = agent.logs("pooled")
     assert "warm-pool runtime specialised for pooled" in log_text and "init done" in log_text
 
     # The pool refills: a new generic process, while the taken one serves its function.
@@ -123,7 +126,7 @@ def test_dead_pool_process_is_replaced_and_shutdown_ends_the_pool(make_agent, ti
     result = agent.invoke(make_request(spec, EVENT))
     assert result.function_error is None, result.payload
     assert _sandbox(agent, result.instance_id).preloaded is True
-    assert [i.pid for i in agent.instances()] == [second]
+    assert [i.pid for i in agent.describe().instances] == [second]
 
     third = _ready(caplog, 3, before={first, second})
     agent.shutdown()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from slfaas.functions.runtime_client import RuntimeClient
-from slfaas.gpu_node.agent import ResponseStream
-from slfaas.gpu_node.instance import Instance
+from slfaas.gpu_node.lifecycle.instance import Instance
+from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.runtime_api import RuntimeApiServer
 from tests.gpu_node.fakes import make_request, make_spec
 
@@ -150,7 +150,7 @@ def test_malformed_error_trailer_still_fails_with_its_type(served) -> None:  # t
 
 def test_response_stream_iterates_until_the_invocation_ends() -> None:
     stream = ResponseStream()
-    threading.Thread(target=stream._run, args=(lambda: (stream._chunks.put(b"a"), stream._chunks.put(b"b"),
+    threading.Thread(target=stream.run, args=(lambda: (stream.put(b"a"), stream.put(b"b"),
                                                         "result")[-1],)).start()
     assert list(stream) == [b"a", b"b"]
     assert stream.result == "result" and stream.error is None
@@ -160,7 +160,7 @@ def test_response_stream_iterates_until_the_invocation_ends() -> None:
     def boom():  # type: ignore[no-untyped-def]
         raise RuntimeError("node broke")
 
-    failing._run(boom)
+    failing.run(boom)
     assert list(failing) == [] and isinstance(failing.error, RuntimeError)
 
 

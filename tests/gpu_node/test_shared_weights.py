@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from slfaas.gpu_node.shared_weights import (MAGIC, WeightsFormatError, build_shared_image, iter_tensors, map_image,
-                                            read_image_table, read_safetensors_header)
+from slfaas.gpu_node.resources.shared_weights import build_shared_image
+from slfaas.weights.image import MAGIC, iter_tensors, map_image, read_image_table
+from slfaas.weights.safetensors import WeightsFormatError, read_safetensors_header
 
 
 @pytest.fixture(scope="module")

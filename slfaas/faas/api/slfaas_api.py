@@ -52,7 +52,7 @@ def function_logs(name: str) -> Response:
         max_bytes = int(request.args.get("max_bytes", 256 * 1024))
     except ValueError:
         raise InvalidParameter("max_bytes must be an integer")
-    return Response(svc.node.logs.tail(name, max(1, min(max_bytes, 16 << 20))), mimetype="text/plain")
+    return Response(svc.node.logs(name, max(1, min(max_bytes, 16 << 20))), mimetype="text/plain")
 
 
 @bp.get("/invocations")
@@ -77,28 +77,23 @@ def get_invocation(request_id: str) -> Response:
 
 @bp.get("/node")
 def node_status() -> Response:
-    svc = _service()
-    with_checksums = request.args.get("checksums") in ("1", "true")
-    backbones = []
-    for b in svc.node.backbones.loaded():
-        item = asdict(b)
-        if with_checksums:
-            item["sha256"] = svc.node.backbones.checksum(b.model_path)
-        backbones.append(item)
+    info = _service().node.describe(checksums=request.args.get("checksums") in ("1", "true"))
     return _json({
-        "NodeId": svc.node.node_id,
-        "Device": svc.node.config.device,
-        "Sandbox": svc.node.sandboxes.name,
-        "Backbones": backbones,
-        "Instances": [asdict(i) for i in svc.node.instances()],
-        "Gpu": svc.node.gpu_memory(),
+        "NodeId": info.node_id,
+        "Device": info.device,
+        "Sandbox": info.sandbox,
+        "MaxInstances": info.max_instances,
+        "WarmPool": {"Target": info.warm_pool_target, "Held": info.warm_pool_held},
+        "Backbones": [{k: v for k, v in asdict(b).items() if k != "sha256" or v is not None} for b in info.backbones],
+        "Instances": [asdict(i) for i in info.instances],
+        "Gpu": asdict(info.gpu) if info.gpu is not None else None,
     })
 
 
 @bp.post("/node/verify")
 def node_verify() -> Response:
     """Check every backbone now; a mismatch stops its instances and reloads it."""
-    events = _service().node.verify_backbones()
+    events = _service().node.verify()
     return _json({"Checks": [asdict(e) for e in events]})
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol, Sequence
 
 LogSink = Callable[[str], None]
 
@@ -49,16 +49,38 @@ class Sandbox(ABC):
         """Kill at once (timeouts, crashes)."""
 
 
+class PoolSource(Protocol):
+    """A warm pool of pre-started generic runtimes (``sandboxes.warm_pool.WarmPool``)."""
+
+    size: int
+
+    def take(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox | None: ...
+
+    def held(self) -> int: ...
+
+    def resize(self, size: int) -> None: ...
+
+    def close(self) -> Sequence[object]: ...
+
+
 class SandboxFactory(ABC):
     name: str
+    pool: PoolSource | None = None
 
     @abstractmethod
     def start(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
         """Start the runtime described by ``spec``; its output lines go to ``log_sink``."""
+
+    def attach_pool(self, pool: PoolSource) -> None:
+        """Serve cold starts from ``pool`` when it has a runtime ready (the builder makes it)."""
+        self.pool = pool
+
+    def take_pooled(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox | None:
+        return self.pool.take(spec, log_sink) if self.pool is not None else None
 
     def close(self) -> None:
         """Release backend resources (and reap anything left over)."""
 
     def warm_count(self) -> int:
         """Pre-started generic runtimes held now (a warm pool): pre-loading overhead."""
-        return 0
+        return self.pool.held() if self.pool is not None else 0

@@ -18,24 +18,25 @@ only what it can see changes:
 
 Every container carries labels (node, function, version, instance, and the owning node
 process) so that leftovers of a crashed node are reaped at the next start, and everything
-of this node at stop. A warm pool of pre-started generic containers is in ``docker_pool``.
+of this node at stop. A warm pool of pre-started generic containers (``docker_pool``) is
+attached by the node's builder.
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import socket
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
+from slfaas import runtime_contract as rc
 from slfaas.errors import NodeError
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
+from slfaas.gpu_node.sandboxes.docker_sandbox import BackboneHandout, DockerSandbox, runtime_pid
 from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
 from slfaas.gpu_node.sandboxes.warm_pool import proc_start_ticks as _proc_start_ticks  # labels name the node process
 
@@ -56,7 +57,7 @@ TASK_DIR = "/var/task"
 MODEL_DIR = "/opt/slfaas/model"
 RUN_DIR = "/run/slfaas"
 
-_DROP_ENV = ("SLFAAS_BACKBONE_FD", "SLFAAS_NODE_PID", "TMPDIR", "HOME", "PYTHONPATH", "VIRTUAL_ENV",
+_DROP_ENV = (rc.ENV_BACKBONE_FD, rc.ENV_NODE_PID, "TMPDIR", "HOME", "PYTHONPATH", "VIRTUAL_ENV",
              "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES")
 
 
@@ -71,7 +72,6 @@ class DockerSandboxConfig:
     network: str = "none"
     tmp_mb: int = 512            # per-instance /tmp (tmpfs, counted in the memory limit)
     pids_limit: int = 4096       # threads count: torch starts one pool per core
-    warm_pool: int = 0           # generic containers kept pre-started (imports done), specialised on demand
     pool_memory_mb: int = 2048   # their limit until specialised (then: the function's MemorySize)
 
 
@@ -114,189 +114,6 @@ def host_python_paths() -> tuple[list[Path], Path]:
     return roots, package.parent
 
 
-class _BackboneHandout:
-    """Hands a read-only descriptor of the node's backbone memfd to whoever connects on a
-    socket that only one container has mounted; closed after the first hand-over (the
-    runtime maps the image once at init)."""
-
-    def __init__(self, path: Path, node_fd: int):
-        self.path = path
-        self._fd = os.open(f"/proc/self/fd/{node_fd}", os.O_RDONLY | os.O_CLOEXEC)  # a read-only reopen
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._sock.bind(str(path))
-            os.chmod(path, 0o666)  # the container user connects; the directory keeps host users out
-            self._sock.listen(4)
-        except BaseException:
-            self.close()
-            raise
-        self._closed = False
-        threading.Thread(target=self._serve, daemon=True, name=f"backbone-handout-{path.stem}").start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    socket.send_fds(conn, [b"B"], [self._fd])
-                except OSError:
-                    continue
-            self.close()
-            return
-
-    def close(self) -> None:
-        if getattr(self, "_closed", False):
-            return
-        self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
-        except OSError:
-            pass
-        self._sock.close()
-        self.path.unlink(missing_ok=True)
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
-
-
-class DockerSandbox(Sandbox):
-    def __init__(self, container: Any, pid: int | None, log_sink: LogSink, memory_mb: int,
-                 on_end: Callable[["DockerSandbox"], None], closers: tuple[Callable[[], None], ...] = ()):
-        self.container = container
-        self._pid = pid
-        self._sink = log_sink
-        self.memory_mb = memory_mb
-        self._on_end = on_end
-        self._closers = closers
-        self._lock = threading.Lock()
-        self._code: int | None = None
-        self._pump = threading.Thread(target=self._pump_logs, daemon=True, name=f"sandbox-log-{container.name}")
-        self._pump.start()
-
-    def _pump_logs(self) -> None:
-        pending = b""
-        try:
-            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    self._emit(raw)
-        except Exception:  # the container was removed under us: nothing more to read
-            log.debug("log stream of %s ended", self.container.name, exc_info=True)
-        if pending:
-            self._emit(pending)
-
-    def set_sink(self, log_sink: LogSink) -> None:
-        """Where output goes from now on (a warm-pool container gets its function's log)."""
-        self._sink = log_sink
-
-    def _emit(self, raw: bytes) -> None:
-        try:
-            self._sink(raw.decode("utf-8", "replace").rstrip("\r"))
-        except Exception:  # a log write must never kill the pump
-            log.exception("log sink failed")
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    def wait(self, timeout_s: float | None = None) -> int | None:
-        if self._code is not None:
-            return self._code
-        import docker.errors
-        import requests.exceptions
-
-        lost_s = 0.0
-        while True:
-            try:
-                status = self.container.wait(timeout=timeout_s)
-                code: int | None = int(status.get("StatusCode", -1))
-                break
-            except requests.exceptions.ReadTimeout:
-                return None  # still running
-            except requests.exceptions.ConnectionError:
-                if timeout_s is not None:
-                    return None
-                if lost_s > 60:  # the engine is gone: the container (if any) is beyond our reach
-                    log.error("lost the Docker engine while waiting for %s", self.container.name)
-                    code = None
-                    break
-                time.sleep(2)  # the engine restarting: wait for it to answer again
-                lost_s += 2
-            except docker.errors.NotFound:
-                code = None  # removed by someone else (e.g. `docker rm -f`): treat as killed
-                break
-        return self._finish(code)
-
-    def _finish(self, code: int | None) -> int:
-        """Turn the container's end into a process-style status (negative: signal), once."""
-        import docker.errors
-
-        with self._lock:
-            if self._code is not None:
-                return self._code
-            oom = False
-            try:
-                self.container.reload()
-                oom = bool(self.container.attrs["State"].get("OOMKilled"))
-            except docker.errors.APIError:
-                pass
-            self._pump.join(timeout=2)  # the last lines (e.g. a traceback) before the verdict
-            if oom:
-                self._emit(f"container exceeded its memory limit of {self.memory_mb} MB and was "
-                           f"OOM-killed".encode())
-                code = -9
-            elif code is None:
-                code = -9
-            elif 128 < code < 128 + 65:  # docker-init (PID 1) reports a signal death as 128 + signo
-                code = -(code - 128)
-            self._code = code
-        self._cleanup()
-        return code
-
-    def _cleanup(self) -> None:
-        import docker.errors
-
-        for close in self._closers:
-            try:
-                close()
-            except Exception:
-                log.exception("sandbox cleanup failed")
-        try:
-            self.container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:  # "removal already in progress"
-            log.debug("removing %s: %s", self.container.name, exc)
-        self._on_end(self)
-
-    def kill(self) -> None:
-        import docker.errors
-
-        if self._code is not None:
-            return
-        try:
-            self.container.kill()
-        except docker.errors.APIError:  # not running any more, or gone
-            pass
-
-    def stop(self, grace_s: float = 2.0) -> None:
-        import docker.errors
-
-        if self._code is None:
-            try:
-                self.container.stop(timeout=max(1, int(round(grace_s))))
-            except docker.errors.APIError:
-                pass
-        if self.wait(grace_s + 10) is None:
-            self.kill()
-            self.wait(10)
-
-
 class DockerSandboxFactory(SandboxFactory):
     name = "docker"
 
@@ -321,10 +138,6 @@ class DockerSandboxFactory(SandboxFactory):
         self._live: dict[str, DockerSandbox] = {}
         self._closed = False
         reaped = self.reap_orphans()
-        self._pool = None
-        if self.config.warm_pool > 0:
-            from slfaas.gpu_node.sandboxes.docker_pool import docker_warm_pool
-            self._pool = docker_warm_pool(self, self.config.warm_pool)
         log.info("docker sandboxes: image %s (%s Python), session %s%s", self.config.image, self.python_mode,
                  self.session, f"; reaped {reaped} orphaned container(s)" if reaped else "")
 
@@ -363,8 +176,9 @@ class DockerSandboxFactory(SandboxFactory):
         if self._closed:
             return
         self._closed = True
-        if self._pool is not None:
-            self._pool.close()
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         with self._lock:
             live = list(self._live.values())
         for sandbox in live:
@@ -377,35 +191,31 @@ class DockerSandboxFactory(SandboxFactory):
         shutil.rmtree(self._dir, ignore_errors=True)
         self.client.close()
 
-    def warm_count(self) -> int:
-        return self._pool.held() if self._pool is not None else 0
-
     # starting
     def start(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
-        if self._pool is not None:
-            pooled = self._pool.take(spec, log_sink)
-            if pooled is not None:
-                return pooled
+        pooled = self.take_pooled(spec, log_sink)
+        if pooled is not None:
+            return pooled
         from docker.types import Mount
 
         env = self.runtime_env(spec)
-        env.update({"SLFAAS_CODE_DIR": TASK_DIR, "SLFAAS_RUNTIME_SOCKET": f"{RUN_DIR}/runtime.sock"})
+        env.update({rc.ENV_CODE_DIR: TASK_DIR, rc.ENV_RUNTIME_SOCKET: f"{RUN_DIR}/runtime.sock"})
         mounts = [Mount(TASK_DIR, str(spec.code_dir), type="bind", read_only=True),
                   Mount(f"{RUN_DIR}/runtime.sock", str(spec.runtime_socket), type="bind", read_only=True)]
-        if spec.env.get("SLFAAS_BASE_MODEL_DIR"):
-            mounts.append(Mount(MODEL_DIR, spec.env["SLFAAS_BASE_MODEL_DIR"], type="bind", read_only=True))
-            env["SLFAAS_BASE_MODEL_DIR"] = MODEL_DIR
+        if spec.env.get(rc.ENV_BASE_MODEL_DIR):
+            mounts.append(Mount(MODEL_DIR, spec.env[rc.ENV_BASE_MODEL_DIR], type="bind", read_only=True))
+            env[rc.ENV_BASE_MODEL_DIR] = MODEL_DIR
         argv = self.python_argv(spec.argv[1:], env, mounts)
         os.chmod(spec.runtime_socket, 0o666)  # for the container user; its directory is private to the node
         extra: dict[str, Any] = {}
-        device = spec.env.get("SLFAAS_DEVICE", "cpu")
+        device = spec.env.get(rc.ENV_DEVICE, "cpu")
         if device.startswith("cuda"):
             extra = self._cuda_options(device, spec, mounts, env)
         handout = None
-        if spec.env.get("SLFAAS_BACKBONE_FD"):
-            handout = _BackboneHandout(self._dir / f"{spec.instance_id}.bb", int(spec.env["SLFAAS_BACKBONE_FD"]))
+        if spec.env.get(rc.ENV_BACKBONE_FD):
+            handout = BackboneHandout(self._dir / f"{spec.instance_id}.bb", int(spec.env[rc.ENV_BACKBONE_FD]))
             mounts.append(Mount(f"{RUN_DIR}/backbone.sock", str(handout.path), type="bind", read_only=True))
-            env["SLFAAS_BACKBONE_PATH"] = f"{RUN_DIR}/backbone.sock"
+            env[rc.ENV_BACKBONE_PATH] = f"{RUN_DIR}/backbone.sock"
         try:
             container, pid = self.run_container(f"slfaas-{spec.instance_id}", argv, env, mounts, spec.labels,
                                                 spec.memory_mb, **extra)
@@ -453,7 +263,7 @@ class DockerSandboxFactory(SandboxFactory):
                 pids_limit=self.config.pids_limit, cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 init=True, stdin_open=False, tty=False, detach=True, **extra)
             container.start()
-            return container, _runtime_pid(container)
+            return container, runtime_pid(container)
         except BaseException:
             if container is not None:
                 self._remove([container])
@@ -485,29 +295,10 @@ class DockerSandboxFactory(SandboxFactory):
         from docker.types import DeviceRequest, Mount
 
         index = device.split(":")[1] if ":" in device else "0"
-        if spec.env.get("SLFAAS_BACKBONE_IPC"):
-            mounts.append(Mount(f"{RUN_DIR}/backbone.ipc", spec.env["SLFAAS_BACKBONE_IPC"], type="bind",
+        if spec.env.get(rc.ENV_BACKBONE_IPC):
+            mounts.append(Mount(f"{RUN_DIR}/backbone.ipc", spec.env[rc.ENV_BACKBONE_IPC], type="bind",
                                 read_only=True))
-            env["SLFAAS_BACKBONE_IPC"] = f"{RUN_DIR}/backbone.ipc"
-        env["SLFAAS_DEVICE"] = "cuda:0"
+            env[rc.ENV_BACKBONE_IPC] = f"{RUN_DIR}/backbone.ipc"
+        env[rc.ENV_DEVICE] = "cuda:0"
         return {"device_requests": [DeviceRequest(device_ids=[index], capabilities=[["gpu"]])],
                 "pid_mode": "host", "ipc_mode": "host"}
-
-
-def _runtime_pid(container: Any, timeout_s: float = 5.0) -> int | None:
-    """The host pid of the runtime: the child of the container's init (docker-init)."""
-    container.reload()
-    init_pid = int(container.attrs["State"].get("Pid") or 0)
-    if not init_pid:
-        return None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{init_pid}/task/{init_pid}/children") as fh:
-                children = fh.read().split()
-        except OSError:
-            return init_pid  # init already gone (the runtime died at once): the exit tells the rest
-        if children:
-            return int(children[0])
-        time.sleep(0.005)
-    return init_pid

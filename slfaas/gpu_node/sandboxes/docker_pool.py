@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
 from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool, file_handover
+from slfaas.runtime_contract import ENV_POOL_SOCKET, ENV_RUNTIME_SOCKET
 
 if TYPE_CHECKING:
-    from slfaas.gpu_node.sandboxes.docker import DockerSandbox, DockerSandboxFactory
+    from slfaas.gpu_node.sandboxes.docker import DockerSandboxFactory
+    from slfaas.gpu_node.sandboxes.docker_sandbox import DockerSandbox
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,13 @@ class DockerPoolLauncher(PoolLauncher):
                closers: tuple[Callable[[], None], ...]) -> "DockerSandbox":
         from docker.types import Mount
 
-        from slfaas.gpu_node.sandboxes.docker import RUN_DIR, DockerSandbox
+        from slfaas.gpu_node.sandboxes.docker import RUN_DIR
+        from slfaas.gpu_node.sandboxes.docker_sandbox import DockerSandbox
 
         env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_ENV_PREFIXES)}
         env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "USER": "slfaas", "PYTHONUNBUFFERED": "1",
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                    "SLFAAS_POOL_SOCKET": f"{RUN_DIR}/pool.sock"})
+                    ENV_POOL_SOCKET: f"{RUN_DIR}/pool.sock"})
         mounts = [Mount(RUN_DIR, str(slot_dir), type="bind", read_only=True)]
         argv = self.factory.python_argv(["-m", "slfaas.functions.prewarm"], env, mounts)
         container, pid = self.factory.run_container(
@@ -68,21 +71,22 @@ class DockerPoolLauncher(PoolLauncher):
         return file_handover(spec)
 
     def prepare(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> dict[str, str]:
-        from slfaas.gpu_node.sandboxes.docker import RUN_DIR, DockerSandbox
+        from slfaas.gpu_node.sandboxes.docker import RUN_DIR
+        from slfaas.gpu_node.sandboxes.docker_sandbox import DockerSandbox
 
         assert isinstance(sandbox, DockerSandbox)
         os.chmod(spec.runtime_socket, 0o666)
         os.link(spec.runtime_socket, slot_dir / "runtime.sock")  # EXDEV: different filesystems → cold path
         sandbox.container.update(mem_limit=f"{spec.memory_mb}m", memswap_limit=f"{spec.memory_mb}m")
         env = self.factory.runtime_env(spec)
-        env["SLFAAS_RUNTIME_SOCKET"] = f"{RUN_DIR}/runtime.sock"
+        env[ENV_RUNTIME_SOCKET] = f"{RUN_DIR}/runtime.sock"
         self.factory.python_argv([], env, [])  # the same PYTHONPATH/PATH as a cold-started container
         return env
 
     def finish(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> None:
         import docker.errors
 
-        from slfaas.gpu_node.sandboxes.docker import DockerSandbox
+        from slfaas.gpu_node.sandboxes.docker_sandbox import DockerSandbox
 
         assert isinstance(sandbox, DockerSandbox)
         sandbox.memory_mb = spec.memory_mb

@@ -2,7 +2,7 @@
 
 The backbone descriptor is inherited (``pass_fds``); the runtime maps it read-only, so the
 kernel, not convention, keeps a function from writing into the shared weights. A warm pool of
-pre-started generic runtime processes (``warm_pool`` > 0) is in ``process_pool``.
+pre-started generic runtime processes (``process_pool``) is attached by the node's builder.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
+from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +79,17 @@ class ProcessSandbox(Sandbox):
 class ProcessSandboxFactory(SandboxFactory):
     name = "process"
 
-    def __init__(self, warm_pool: int = 0) -> None:
+    def __init__(self) -> None:
         # Runtimes ask for PR_SET_PDEATHSIG, which fires when the *thread* that forked them
         # exits. Forking from one long-lived thread ties them to the node's life, not to the
         # life of whichever request thread happened to cause the cold start (or to the pool's).
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
-        self._pool = None
         self._work_dir: Path | None = None
-        if warm_pool > 0:
-            from slfaas.gpu_node.sandboxes.process_pool import process_warm_pool
-            from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
-
-            self._work_dir = make_work_dir("slfaas-pp-")
-            self._pool = process_warm_pool(self, warm_pool)
 
     def start(self, spec: SandboxSpec, log_sink: LogSink) -> Sandbox:
-        if self._pool is not None:
-            pooled = self._pool.take(spec, log_sink)
-            if pooled is not None:
-                assert isinstance(pooled, ProcessSandbox)
-                return pooled
+        pooled = self.take_pooled(spec, log_sink)
+        if pooled is not None:
+            return pooled
         return self.spawn(spec.argv, spec.env, spec.code_dir, spec.inherit_fds, log_sink)
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, inherit_fds: tuple[int, ...],
@@ -105,21 +97,20 @@ class ProcessSandboxFactory(SandboxFactory):
         """Start one runtime process (an instance, or a generic one for the warm pool)."""
         return self._spawner.submit(self._spawn, argv, env, cwd, inherit_fds, log_sink).result()
 
-    def warm_count(self) -> int:
-        return self._pool.held() if self._pool is not None else 0
-
     @property
     def work_dir(self) -> Path:
-        """Node-private directory (mode 0700) for the warm pool's sockets."""
-        assert self._work_dir is not None
+        """Node-private directory (mode 0700) for the warm pool's sockets, made on first use."""
+        if self._work_dir is None:
+            self._work_dir = make_work_dir("slfaas-pp-")
         return self._work_dir
 
     def close(self) -> None:
-        if self._pool is not None:
-            for sandbox in self._pool.close():  # they exit at EOF on their pool socket; make sure
+        if self.pool is not None:
+            for sandbox in self.pool.close():  # they exit at EOF on their pool socket; make sure
+                assert isinstance(sandbox, Sandbox)
                 sandbox.stop(grace_s=1.0)
                 sandbox.wait(5)
-            self._pool = None
+            self.pool = None
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
         self._spawner.shutdown(wait=False)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
+from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_NODE_PID, ENV_POOL_SOCKET
 from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool
 
 if TYPE_CHECKING:
@@ -41,8 +42,11 @@ class ProcessPoolLauncher(PoolLauncher):
     kind = "process"
     supports_cuda = True
 
-    def __init__(self, factory: "ProcessSandboxFactory"):
+    def __init__(self, factory: "ProcessSandboxFactory", base_env: Callable[[], dict[str, str]]):
+        """``base_env``: what every runtime starts with before its function is known (the node's
+        filtered environment and the fixed runtime variables)."""
         self.factory = factory
+        self.base_env = base_env
         self.python = sys.executable
         self._env_at_import: dict[str, str] = {}
 
@@ -51,11 +55,8 @@ class ProcessPoolLauncher(PoolLauncher):
         return self.factory.work_dir
 
     def pool_env(self, slot_dir: Path) -> dict[str, str]:
-        from slfaas.gpu_node.agent import node_environ, runtime_fixed_env
-
-        env = node_environ()
-        env.update(runtime_fixed_env())
-        env.update({"SLFAAS_NODE_PID": str(os.getpid()), "SLFAAS_POOL_SOCKET": str(slot_dir / "pool.sock")})
+        env = self.base_env()
+        env.update({ENV_NODE_PID: str(os.getpid()), ENV_POOL_SOCKET: str(slot_dir / "pool.sock")})
         return env
 
     def launch(self, sid: str, slot_dir: Path, log_sink: LogSink,
@@ -75,7 +76,7 @@ class ProcessPoolLauncher(PoolLauncher):
 
     def prepare(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> dict[str, str]:
         env = dict(spec.env)
-        env.pop("SLFAAS_BACKBONE_FD", None)  # the runtime's own number for the descriptor it receives
+        env.pop(ENV_BACKBONE_FD, None)  # the runtime's own number for the descriptor it receives
         return env
 
     def finish(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> None:
@@ -86,5 +87,6 @@ def _import_time(name: str) -> bool:
     return name in _IMPORT_TIME_ENV or name.startswith(_IMPORT_TIME_ENV_PREFIXES)
 
 
-def process_warm_pool(factory: "ProcessSandboxFactory", size: int) -> WarmPool:
-    return WarmPool(ProcessPoolLauncher(factory), size)
+def process_warm_pool(factory: "ProcessSandboxFactory", size: int,
+                      base_env: Callable[[], dict[str, str]]) -> WarmPool:
+    return WarmPool(ProcessPoolLauncher(factory, base_env), size)

@@ -11,9 +11,11 @@ descriptors: the backbone, and, where the sandbox cannot see the function's file
 files), discarding a runtime that died, and closing. What differs per backend (how a generic
 runtime is started, what must happen to its sandbox around the message) is a ``PoolLauncher``.
 
-Limits (a plain cold start is used instead): CPU backbones only (the backbone travels as a
-memfd descriptor; a CUDA arena would need its IPC handle imported by a runtime that has not
-initialised CUDA yet, untested here), and whatever the launcher's ``plan`` refuses.
+The backbone travels as the memfd's descriptor (CPU) or, for a backend whose runtime sees the
+node's filesystem (``supports_cuda``: processes), as the path of the CUDA arena's IPC file in
+the environment; the pool runtime has not initialised CUDA before it is specialised. A plain
+cold start is used when the launcher's ``plan`` refuses a spec. The pool's size can change
+while it runs (``resize``): the node's builder makes it, and the preloader sizes it.
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from slfaas.functions.prewarm import MAX_FDS, SPEC_HEADER
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
+from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BASE_MODEL_DIR, ENV_DEVICE, MAX_FDS, SPEC_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +262,28 @@ class WarmPool:
         with self._lock:
             return len(self._slots)
 
+    def resize(self, size: int) -> None:
+        """Keep ``size`` runtimes from now on: more are started one by one; beyond it, ready
+        runtimes nobody claimed are released (newest first: the oldest are surely ready)."""
+        if size < 0:
+            raise ValueError(f"a warm pool's size must be 0 or more, got {size}")
+        with self._lock:
+            self.size = size
+            spare = [s for s in self._slots if not s.claimed]
+            drop = min(len(spare), max(0, len(self._slots) - size))
+            extra = spare[len(spare) - drop:] if drop else []
+            for slot in extra:
+                slot.claimed = True
+        for slot in reversed(extra):
+            self._discard(slot)
+        self._wake.set()
+
     def take(self, spec: SandboxSpec, log_sink: LogSink) -> PoolSandbox | None:
         """A ready pool runtime specialised into ``spec``'s instance, or None (cold path)."""
-        if spec.env.get("SLFAAS_DEVICE", "cpu") != "cpu":
-            if not (self.launcher.supports_cuda and spec.env.get("SLFAAS_BACKBONE_IPC")):
+        if spec.env.get(ENV_DEVICE, "cpu") != "cpu":
+            if not (self.launcher.supports_cuda and spec.env.get(ENV_BACKBONE_IPC)):
                 return None
-        elif not spec.env.get("SLFAAS_BACKBONE_FD"):
+        elif not spec.env.get(ENV_BACKBONE_FD):
             return None
         handover = self.launcher.plan(spec)
         if handover is None or len(handover.task_files) + len(handover.model_files) + 1 > MAX_FDS:
@@ -299,8 +317,8 @@ class WarmPool:
         raw = json.dumps(body).encode()
         fds: list[int] = []
         try:
-            if spec.env.get("SLFAAS_BACKBONE_FD"):   # CPU: the sealed backbone image (CUDA: its IPC file's path)
-                fds.append(os.open(f"/proc/self/fd/{int(spec.env['SLFAAS_BACKBONE_FD'])}",
+            if spec.env.get(ENV_BACKBONE_FD):   # CPU: the sealed backbone image (CUDA: its IPC file's path)
+                fds.append(os.open(f"/proc/self/fd/{int(spec.env[ENV_BACKBONE_FD])}",
                                    os.O_RDONLY | os.O_CLOEXEC))
             fds += [os.open(handover.code_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.task_files]
             fds += [os.open(handover.model_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.model_files]
@@ -329,7 +347,7 @@ class WarmPool:
 def file_handover(spec: SandboxSpec) -> Handover:
     """The function's code files and the base model's non-weight files (config, tokenizer), for
     a sandbox that has none of them mounted; the weights come as the backbone descriptor."""
-    model_dir = Path(spec.env.get("SLFAAS_BASE_MODEL_DIR", ""))
+    model_dir = Path(spec.env.get(ENV_BASE_MODEL_DIR, ""))
     model_files = [n for n in _files(model_dir, recursive=False) if not n.endswith(_WEIGHT_SUFFIXES)]
     return Handover(True, spec.code_dir, tuple(_files(spec.code_dir)), model_dir, tuple(model_files))
 

@@ -13,22 +13,16 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from slfaas.errors import NodeError
-from slfaas.gpu_node.shared_weights import SharedImage, WeightsFormatError, build_shared_image
+from slfaas.gpu_node.resources.integrity import IntegrityReport
+from slfaas.gpu_node.resources.shared_weights import SharedImage, build_shared_image
+from slfaas.gpu_node.types import BackboneInfo
+from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC
+from slfaas.weights.safetensors import WeightsFormatError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackboneInfo:
-    model_path: str
-    device: str
-    size_bytes: int
-    tensor_count: int
-    load_s: float
-    load_gb_per_s: float
-    loaded_ts: float
 
 
 @dataclass(frozen=True)
@@ -37,14 +31,6 @@ class Attachment:
 
     env: dict[str, str]
     inherit_fds: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class IntegrityReport:
-    ok: bool
-    checked_bytes: int
-    elapsed_ms: float
-    bad_tensors: tuple[str, ...] = ()
 
 
 class Backbone(ABC):
@@ -84,7 +70,7 @@ class CpuBackbone(Backbone):
         self._reference = self.image.checksum()
 
     def attach(self, scratch_dir: Path, instance_id: str) -> Attachment:
-        return Attachment({"SLFAAS_BACKBONE_FD": str(self.image.fd)}, (self.image.fd,))
+        return Attachment({ENV_BACKBONE_FD: str(self.image.fd)}, (self.image.fd,))
 
     def verify(self) -> IntegrityReport:
         # The memfd is sealed against writes, so this cannot fail short of a kernel bug; it
@@ -105,7 +91,7 @@ class CpuBackbone(Backbone):
 
 class CudaBackbone(Backbone):
     def __init__(self, model_path: Path, device: str):
-        from slfaas.gpu_node.cuda_arena import CudaArena
+        from slfaas.gpu_node.resources.cuda_arena import CudaArena
 
         self.arena = CudaArena(model_path, device)
         self.model_path = model_path
@@ -117,7 +103,7 @@ class CudaBackbone(Backbone):
 
     def attach(self, scratch_dir: Path, instance_id: str) -> Attachment:
         path = self.arena.export(scratch_dir / f"{instance_id}.ipc")
-        return Attachment({"SLFAAS_BACKBONE_IPC": str(path)})
+        return Attachment({ENV_BACKBONE_IPC: str(path)})
 
     def verify(self) -> IntegrityReport:
         return self.arena.verify()
@@ -141,8 +127,11 @@ class _Slot:
 
 
 class BackboneOwner:
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", on_change: Callable[[list[BackboneInfo]], None] | None = None) -> None:
+        """``on_change``: called with what is resident after each load (billing's idle-backbone
+        overhead, the preloader's plans)."""
         self.device = device
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._slots: dict[Path, _Slot] = {}
 
@@ -180,6 +169,8 @@ class BackboneOwner:
         log.info("backbone %s loaded once on %s: %.1f MB in %.2f s (%.2f GB/s)",
                  key, self.device, backbone.size_bytes / 1e6, backbone.load_s, gbps)
         slot.ready.set()
+        if self.on_change is not None:
+            self.on_change(self.loaded())
 
     def loaded(self) -> list[BackboneInfo]:
         with self._lock:
@@ -198,6 +189,14 @@ class BackboneOwner:
 
     def checksum(self, model_dir: Path) -> str:
         return self.get(model_dir).checksum()
+
+    def info(self, model_dir: Path) -> BackboneInfo:
+        key = Path(model_dir).resolve()
+        with self._lock:
+            slot = self._slots.get(key)
+        if slot is None or slot.info is None:
+            raise NodeError(f"backbone {model_dir} is not loaded")
+        return slot.info
 
     def close(self) -> None:
         with self._lock:

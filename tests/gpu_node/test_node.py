@@ -1,4 +1,4 @@
-"""NodeAgent + Instance + Runtime API, with fake sandboxes whose runtimes speak the real API."""
+"""Node + Instance + Runtime API, with fake sandboxes whose runtimes speak the real API."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from slfaas.errors import TooManyRequests
-from slfaas.gpu_node.agent import NodeAgent, NodeConfig
-from slfaas.gpu_node.backbone import BackboneOwner
-from slfaas.gpu_node.shared_weights import checkpoint_tensors
+from slfaas.gpu_node.config import NodeConfig
+from slfaas.gpu_node.node import Node
+from slfaas.gpu_node.resources.backbone import BackboneOwner
+from slfaas.weights.safetensors import checkpoint_tensors
 from tests.gpu_node.fakes import (SIGKILL_CODE, SIGTERM_CODE, FakeSandboxFactory, make_request, make_spec,
                                   wait_until)
 
@@ -25,11 +26,11 @@ def code_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_agent(tmp_path: Path):  # type: ignore[no-untyped-def]
-    agents: list[NodeAgent] = []
+    agents: list[Node] = []
 
-    def make(**config) -> tuple[NodeAgent, FakeSandboxFactory]:  # type: ignore[no-untyped-def]
+    def make(**config) -> tuple[Node, FakeSandboxFactory]:  # type: ignore[no-untyped-def]
         factory = FakeSandboxFactory()
-        agent = NodeAgent(NodeConfig(data_dir=tmp_path / f"node{len(agents)}", **config), factory, BackboneOwner())
+        agent = Node(NodeConfig(data_dir=tmp_path / f"node{len(agents)}", **config), factory, BackboneOwner())
         agents.append(agent)
         return agent, factory
 
@@ -47,8 +48,8 @@ def _body(result) -> dict:  # type: ignore[no-untyped-def]
     return json.loads(result.payload)
 
 
-def _ids(agent: NodeAgent) -> set[str]:
-    return {i.instance_id for i in agent.instances()}
+def _ids(agent: Node) -> set[str]:
+    return {i.instance_id for i in list(agent.describe().instances)}
 
 
 # warm reuse, revisions, runtime API round trip
@@ -81,11 +82,11 @@ def test_cold_then_warm_reuses_the_instance(make_agent, base, code_dir) -> None:
     assert b1["arn"] == spec.arn
     assert b1["client_context"] == "ctx-1" and b2["client_context"] is None
     assert abs(b1["deadline_ms"] / 1000 - (first.start_ts + spec.timeout_s)) < 2
-    [info] = agent.instances()
+    [info] = list(agent.describe().instances)
     assert (info.state, info.invocations, info.revision_id) == ("IDLE", 2, "r1")
     assert info.pid == factory.sandboxes[0].pid
     # the runtime's own output and the node's START/END/REPORT lines reach the function log
-    log = agent.logs.tail(spec.name)
+    log = agent.logs(spec.name)
     assert "fake runtime" in log
     for rid in (first.request_id, second.request_id):
         assert f"START RequestId: {rid}" in log and f"END RequestId: {rid}" in log
@@ -103,7 +104,7 @@ def test_runtime_error_is_a_function_error_and_instance_stays_warm(make_agent, b
     good = agent.invoke(make_request(spec))
     assert good.function_error is None and good.cold_start is False
     assert good.instance_id == bad.instance_id
-    assert f"ERROR RequestId: {bad.request_id} KeyError: no such key" in agent.logs.tail(spec.name)
+    assert f"ERROR RequestId: {bad.request_id} KeyError: no such key" in agent.logs(spec.name)
     assert factory.sandboxes[0].exited is False
 
 
@@ -114,7 +115,7 @@ def test_new_revision_gets_a_new_instance(make_agent, base, code_dir) -> None:  
     assert r2.cold_start is True
     assert r2.instance_id != r1.instance_id
     assert len(factory.sandboxes) == 2
-    assert {i.revision_id for i in agent.instances()} == {"r1", "r2"}
+    assert {i.revision_id for i in list(agent.describe().instances)} == {"r1", "r2"}
     # and each revision keeps reusing its own instance
     again = agent.invoke(make_request(make_spec(base, code_dir, revision="r1")))
     assert (again.instance_id, again.cold_start) == (r1.instance_id, False)
@@ -149,7 +150,7 @@ def test_retire_of_busy_instance_stops_it_after_its_invocation(make_agent, base,
     [result] = results
     assert result.function_error is None  # the invocation finished normally
     assert factory.sandboxes[0].exit_code == SIGTERM_CODE  # then it was stopped as stale
-    assert agent.instances() == []
+    assert list(agent.describe().instances) == []
 
 
 def test_retire_everything_stops_all_revisions(make_agent, base, code_dir) -> None:  # type: ignore[no-untyped-def]
@@ -157,7 +158,7 @@ def test_retire_everything_stops_all_revisions(make_agent, base, code_dir) -> No
     agent.invoke(make_request(make_spec(base, code_dir, revision="r1")))
     agent.invoke(make_request(make_spec(base, code_dir, revision="r2")))
     assert agent.retire("fn", keep_revision=None) == 2
-    assert agent.instances() == []
+    assert list(agent.describe().instances) == []
     assert all(s.exit_code == SIGTERM_CODE for s in factory.sandboxes)
 
 
@@ -168,7 +169,7 @@ def test_keep_alive_reaper_stops_idle_instance(make_agent, base, code_dir) -> No
     slow = agent.invoke(make_request(spec, {"do": "echo", "sleep": 0.5}))
     assert slow.function_error is None
     assert slow.duration_ms >= 500
-    assert wait_until(lambda: agent.instances() == [], timeout_s=5)
+    assert wait_until(lambda: list(agent.describe().instances) == [], timeout_s=5)
     sb = factory.sandboxes[0]
     assert sb.exit_code == SIGTERM_CODE and sb.kill_calls == 0
     assert sb.stopped_ts is not None
@@ -182,11 +183,11 @@ def test_shutdown_stops_every_sandbox(make_agent, base, code_dir) -> None:  # ty
     agent, factory = make_agent()
     for name, rev in (("a", "r1"), ("a", "r2"), ("b", "r1")):
         agent.invoke(make_request(make_spec(base, code_dir, name=name, revision=rev)))
-    socket_dir = agent._socket_dir
-    assert len(agent.instances()) == 3
+    socket_dir = agent.launcher.socket_dir
+    assert len(list(agent.describe().instances)) == 3
     assert len(list(socket_dir.glob("*.sock"))) == 3
     agent.shutdown()
-    assert agent.instances() == []
+    assert list(agent.describe().instances) == []
     assert len(factory.sandboxes) == 3
     assert all(s.exit_code == SIGTERM_CODE for s in factory.sandboxes)
     assert factory.closed
@@ -207,7 +208,7 @@ def test_timeout_kills_the_instance(make_agent, base, code_dir) -> None:  # type
     assert _body(result)["errorMessage"] == "Task timed out after 1.00 seconds"
     sb = factory.sandboxes[0]
     assert sb.kill_calls >= 1 and sb.exit_code == SIGKILL_CODE
-    assert wait_until(lambda: agent.instances() == [])
+    assert wait_until(lambda: list(agent.describe().instances) == [])
     nxt = agent.invoke(make_request(spec))
     assert nxt.function_error is None and nxt.cold_start is True and nxt.instance_id != result.instance_id
 
@@ -224,8 +225,8 @@ def test_exit_mid_invocation_is_runtime_exit_error(make_agent, base, code_dir, c
     assert result.error_type == "Runtime.ExitError"
     assert _body(result)["errorMessage"] == described
     assert factory.sandboxes[0].exit_code == code
-    assert wait_until(lambda: agent.instances() == [])
-    assert "instance exited unexpectedly" in agent.logs.tail(spec.name)
+    assert wait_until(lambda: list(agent.describe().instances) == [])
+    assert "instance exited unexpectedly" in agent.logs(spec.name)
     nxt = agent.invoke(make_request(spec))
     assert nxt.function_error is None and nxt.cold_start is True
 
@@ -239,7 +240,7 @@ def test_init_error_is_a_function_error_with_its_type(make_agent, base, code_dir
     assert _body(result)["errorMessage"] == "Unable to import module 'handler'"
     assert result.cold_start is True
     assert factory.sandboxes[0].handled == []  # the request never reached the runtime
-    assert wait_until(lambda: agent.instances() == [])
+    assert wait_until(lambda: list(agent.describe().instances) == [])
 
 
 def test_exit_during_init_is_runtime_exit_error(make_agent, base, code_dir) -> None:  # type: ignore[no-untyped-def]
@@ -247,7 +248,7 @@ def test_exit_during_init_is_runtime_exit_error(make_agent, base, code_dir) -> N
     result = agent.invoke(make_request(make_spec(base, code_dir, env={"FAKE_INIT": "exit:2"})))
     assert result.error_type == "Runtime.ExitError"
     assert _body(result)["errorMessage"] == "Runtime exited with error: exit status 2"
-    assert wait_until(lambda: agent.instances() == [])
+    assert wait_until(lambda: list(agent.describe().instances) == [])
 
 
 def test_init_timeout_kills_the_instance(make_agent, base, code_dir) -> None:  # type: ignore[no-untyped-def]
@@ -255,7 +256,7 @@ def test_init_timeout_kills_the_instance(make_agent, base, code_dir) -> None:  #
     result = agent.invoke(make_request(make_spec(base, code_dir, env={"FAKE_INIT": "hang"})))
     assert result.error_type == "Runtime.InitTimeout"
     assert factory.sandboxes[0].exit_code == SIGKILL_CODE
-    assert wait_until(lambda: agent.instances() == [])
+    assert wait_until(lambda: list(agent.describe().instances) == [])
 
 
 def test_sandbox_start_failure_is_start_error(make_agent, base, code_dir) -> None:  # type: ignore[no-untyped-def]
@@ -264,10 +265,36 @@ def test_sandbox_start_failure_is_start_error(make_agent, base, code_dir) -> Non
     result = agent.invoke(make_request(make_spec(base, code_dir)))
     assert result.error_type == "Runtime.StartError"
     assert "no container runtime" in _body(result)["errorMessage"]
-    assert agent.instances() == []
-    assert list(agent._socket_dir.glob("*.sock")) == []  # its Runtime API was closed
+    assert list(agent.describe().instances) == []
+    assert list(agent.launcher.socket_dir.glob("*.sock")) == []  # its Runtime API was closed
     factory.fail_start = None
     assert agent.invoke(make_request(make_spec(base, code_dir))).function_error is None
+
+
+def test_invoke_right_after_an_idle_instance_died_starts_a_fresh_one(make_agent, base, code_dir) -> None:  # type: ignore[no-untyped-def]
+    """The window between a runtime's death and the node noticing it: the request was handed to
+    a dead /next connection, so nothing ran, and it is placed again on a fresh instance."""
+    agent, factory = make_agent()
+    spec = make_spec(base, code_dir)
+    first = agent.invoke(make_request(spec))
+    sb = factory.for_instance(first.instance_id)
+    assert wait_until(lambda: sb._client is not None and sb._client.waiting_for_work())   # back in /next
+    factory.hold_exit_reports = True
+    sb.crash_silently()
+    [info] = agent.describe().instances
+    assert info.state == "IDLE"                     # the node has not noticed the death yet
+    results: list = []
+    t = threading.Thread(target=lambda: results.append(agent.invoke(make_request(spec, {"do": "echo", "n": 2}))))
+    t.start()
+    inst = agent.table.get(first.instance_id)
+    assert inst is not None and wait_until(lambda: inst.failed_deliveries == 1)
+    factory.release_exit_reports()                  # now the watcher sees the exit
+    t.join(10)
+    [result] = results
+    assert result.function_error is None, result.payload
+    assert result.cold_start is True and result.instance_id != first.instance_id
+    assert _body(result)["echo"] == {"do": "echo", "n": 2}
+    assert len(factory.sandboxes) == 2
 
 
 # capacity and concurrency
@@ -319,7 +346,7 @@ def test_concurrent_invokes_each_get_their_own_instance(make_agent, base, code_d
     for t in threads:
         t.start()
     factory.wait_entered(n)  # all n are inside a runtime at the same time
-    busy = agent.instances()
+    busy = list(agent.describe().instances)
     assert len(busy) == n and {i.state for i in busy} == {"BUSY"}
     factory.gate("go").set()
     for t in threads:
@@ -331,4 +358,4 @@ def test_concurrent_invokes_each_get_their_own_instance(make_agent, base, code_d
     # the payload each caller got back is its own request's
     assert all(_body(r)["request_id"] == r.request_id for r in results)
     # afterwards all n are warm and idle
-    assert {i.state for i in agent.instances()} == {"IDLE"}
+    assert {i.state for i in list(agent.describe().instances)} == {"IDLE"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import queue
 import threading
 import time
@@ -22,12 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slfaas.gpu_node.shared_weights import SAFETENSORS_DTYPES, WeightsFormatError, checkpoint_tensors
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # backbone imports this module lazily
-    from slfaas.gpu_node.backbone import IntegrityReport
+from slfaas.gpu_node.resources.integrity import IntegrityReport
+from slfaas.weights.cuda_ipc import encode_export
+from slfaas.weights.safetensors import SAFETENSORS_DTYPES, WeightsFormatError, checkpoint_tensors
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +168,7 @@ class CudaArena:
             out[i:i + step, 1] = (block * self._weights).sum(dim=1, dtype=torch.int32)
         return out
 
-    def verify(self) -> "IntegrityReport":
-        from slfaas.gpu_node.backbone import IntegrityReport
-
+    def verify(self) -> IntegrityReport:
         torch = self._torch
         torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
@@ -202,10 +196,10 @@ class CudaArena:
         from torch.multiprocessing.reductions import reduce_tensor
 
         rebuild, args = reduce_tensor(self.arena)
-        payload = {"rebuild": rebuild, "args": args, "device": str(self.device),
-                   "tensors": [(t.name, t.dtype, t.shape, t.offset_bytes, t.nbytes) for t in self.table]}
+        payload = encode_export(rebuild, args, str(self.device),
+                                [(t.name, t.dtype, t.shape, t.offset_bytes, t.nbytes) for t in self.table])
         tmp = out_file.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(payload))
+        tmp.write_bytes(payload)
         os.chmod(tmp, 0o600)
         os.replace(tmp, out_file)
         return out_file
@@ -214,16 +208,3 @@ class CudaArena:
         self._torch.cuda.ipc_collect()  # release IPC records whose consumers are gone
         del self.arena
         self._torch.cuda.empty_cache()
-
-
-def open_exported_arena(path: Path) -> tuple[dict[str, Any], Any]:
-    """Instance side: open the node's arena (one IPC handle) and make the tensor views."""
-    import torch
-
-    payload = pickle.loads(Path(path).read_bytes())  # written by our own node, 0600
-    arena = payload["rebuild"](*payload["args"])
-    state = {}
-    for name, dtype, shape, offset, nbytes in payload["tensors"]:
-        t = arena[offset:offset + nbytes].view(getattr(torch, SAFETENSORS_DTYPES[dtype]))
-        state[name] = t.view(shape)
-    return state, arena

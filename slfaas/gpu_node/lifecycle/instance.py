@@ -1,10 +1,12 @@
 """A function instance: one sandbox running the runtime, as an explicit state machine.
 
-STARTING ─first /next─▶ IDLE ◀─▶ BUSY        any live state ─stop()─▶ STOPPING ─▶ STOPPED
+STARTING ─first /next─▶ IDLE ◀─▶ BUSY        any live state ─stop─▶ STOPPING ─▶ STOPPED
     │                     │        │
     └──init error/exit────┴────────┴──▶ FAILED ─▶ STOPPED
 
-The agent moves IDLE→BUSY when it assigns an invocation; this object moves the rest, from the
+The dispatcher reserves an instance for a request (IDLE→BUSY; an instance started for a
+request is born reserved, so its init ends in BUSY); the instance is BUSY while any request
+reserved on it is unfinished, up to ``capacity`` at once. Everything else moves from the
 runtime's API calls and from the sandbox's exit.
 """
 from __future__ import annotations
@@ -19,9 +21,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
-from slfaas.gpu_node.runtime_api import MAX_RESPONSE_BYTES, Delivery
 from slfaas.gpu_node.sandboxes.base import Sandbox
 from slfaas.gpu_node.types import FunctionSpec, InvocationRequest
+from slfaas.runtime_contract import MAX_RESPONSE_BYTES, Delivery
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ _ALLOWED = {
     InstanceState.STOPPING: {InstanceState.STOPPED},
     InstanceState.STOPPED: set(),
 }
+_LIVE = (InstanceState.STARTING, InstanceState.IDLE, InstanceState.BUSY)
 
 
 class IllegalTransition(RuntimeError):
@@ -56,7 +59,7 @@ class Outcome:
     payload: bytes
     error_type: str | None  # None: success
     delivered_ts: float | None = None
-    metrics: dict | None = None   # what a streamed response reported in its trailer (usage, ttft)
+    metrics: dict | None = None   # what the runtime reported beside the body (device time, usage, ttft)
 
 
 @dataclass
@@ -91,12 +94,13 @@ def describe_exit(code: int | None) -> str:
 
 
 class Instance:
-    def __init__(self, instance_id: str, function: FunctionSpec, reserved: bool = True):
-        """``reserved``: started for one invocation, so init ends in BUSY, not IDLE, and no
-        other caller can take the instance before that invocation runs."""
+    def __init__(self, instance_id: str, function: FunctionSpec, reserved_for: str | None = None,
+                 capacity: int = 1):
+        """``reserved_for``: the request this instance is started for; its init then ends in
+        BUSY, so no other caller can take the instance before that request runs."""
         self.instance_id = instance_id
-        self._reserved = reserved
         self.function = function
+        self.capacity = capacity
         self.state = InstanceState.STARTING
         self.started_ts = time.time()
         self.last_used_ts = self.started_ts
@@ -108,7 +112,9 @@ class Instance:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._queue: queue.Queue[_Call | None] = queue.Queue()
-        self._inflight: _Call | None = None
+        self._reserved: set[str] = {reserved_for} if reserved_for else set()
+        self._calls: dict[str, _Call] = {}    # handed to the runtime (queued or delivered), not finished
+        self.failed_deliveries = 0             # /next answers the runtime was gone to receive
 
     # state machine
     def _move(self, new: InstanceState) -> None:
@@ -118,25 +124,45 @@ class Instance:
         log.debug("instance %s: %s → %s", self.instance_id, self.state.value, new.value)
         self.state = new
 
-    def try_reserve(self) -> bool:
-        """IDLE → BUSY for the agent; False if the instance is not idle any more."""
+    def reserve(self, request_id: str) -> bool:
+        """Take a place for ``request_id``; False if the instance is not serving or full."""
         with self._lock:
-            if self.state is not InstanceState.IDLE:
+            if self.state not in (InstanceState.IDLE, InstanceState.BUSY) or len(self._reserved) >= self.capacity:
                 return False
-            self._move(InstanceState.BUSY)
+            if self.state is InstanceState.IDLE:
+                self._move(InstanceState.BUSY)
+            self._reserved.add(request_id)
             return True
 
-    def release(self) -> None:
+    def claim_idle(self) -> bool:
+        """IDLE → STOPPING for whoever stops it (keep-alive, eviction, retirement); False if it
+        is not idle any more. The runtime is not told: the launcher's stop signals it."""
         with self._lock:
+            if self.state is not InstanceState.IDLE or self._reserved:
+                return False
+            self._move(InstanceState.STOPPING)
+        return True
+
+    def release(self, request_id: str) -> None:
+        with self._lock:
+            self._reserved.discard(request_id)
             self.last_used_ts = time.time()
-            if self.state is InstanceState.BUSY:
+            if self.state is InstanceState.BUSY and not self._reserved:
                 self._move(InstanceState.IDLE)
 
     @property
     def alive(self) -> bool:
-        return self.state in (InstanceState.STARTING, InstanceState.IDLE, InstanceState.BUSY)
+        return self.state in _LIVE
 
-    # agent side
+    @property
+    def inflight(self) -> int:
+        return len(self._reserved)
+
+    def holds(self, request_id: str) -> bool:
+        with self._lock:
+            return request_id in self._reserved
+
+    # node side
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait for init to finish; True when the runtime asked for its first invocation."""
         self._ready.wait(timeout_s)
@@ -151,7 +177,7 @@ class Instance:
         with self._lock:
             if not self.alive:
                 return Outcome(error_payload("Runtime.ExitError", "instance is not running"), "Runtime.ExitError"), call
-            self._inflight = call
+            self._calls[request.request_id] = call
             self.invocations += 1
         self._queue.put(call)
         if not call.done.wait(request.function.timeout_s):
@@ -162,6 +188,17 @@ class Instance:
             self.fail_and_kill()
         assert call.outcome is not None
         return call.outcome, call
+
+    def cancel(self, request_id: str, outcome: Outcome) -> bool:
+        """End a request's call now with ``outcome`` (its caller has gone); the runtime may be
+        mid-work on it, so the instance is killed: a function must not keep burning the device
+        for nobody. False if the call is not here."""
+        with self._lock:
+            call = self._calls.get(request_id)
+        if call is None or not self._finish(call, outcome):
+            return False
+        self.fail_and_kill()
+        return True
 
     def fail_and_kill(self) -> None:
         with self._lock:
@@ -176,32 +213,38 @@ class Instance:
                 return False
             outcome.delivered_ts = call.delivered_ts
             call.outcome = outcome
-            if self._inflight is call:
-                self._inflight = None
+            self._calls.pop(call.request.request_id, None)
             call.done.set()
             return True
 
     def on_exit(self, code: int | None) -> None:
-        """Called by the agent's watcher when the sandbox process ends."""
+        """Called by the launcher's watcher when the sandbox process ends."""
         reason = describe_exit(code)
         with self._lock:
-            call = self._inflight
-            if self.state in (InstanceState.STARTING, InstanceState.IDLE, InstanceState.BUSY):
+            calls = list(self._calls.values())
+            if self.state in _LIVE:
                 self._move(InstanceState.FAILED)
                 if self.init_error is None and not self._ready.is_set():
                     self.init_error = Outcome(error_payload("Runtime.ExitError", reason), "Runtime.ExitError")
         self._ready.set()
-        if call is not None:
+        for call in calls:
             self._finish(call, Outcome(error_payload("Runtime.ExitError", reason), "Runtime.ExitError"))
         self._queue.put(None)  # wake a blocked /next so its handler thread ends
 
-    def begin_stop(self) -> bool:
+    def begin_stop(self, wake: bool = True) -> bool:
+        """Any live state → STOPPING (no more work). ``wake``: a waiting ``/next`` answers 410 at
+        once; the launcher, which signals the sandbox itself, wakes it only after the signal."""
         with self._lock:
             if self.state in (InstanceState.STOPPING, InstanceState.STOPPED):
                 return False
             self._move(InstanceState.STOPPING)
-        self._queue.put(None)
+        if wake:
+            self.wake()
         return True
+
+    def wake(self) -> None:
+        """End a ``/next`` that waits for work (the instance is stopping or gone)."""
+        self._queue.put(None)
 
     def mark_stopped(self) -> None:
         with self._lock:
@@ -222,7 +265,7 @@ class Instance:
             if call is None:
                 return None
             with self._lock:
-                if call.done.is_set():  # timed out before delivery
+                if call.done.is_set():  # timed out or cancelled before delivery
                     continue
                 call.delivered_ts = time.time()
             return Delivery(
@@ -236,11 +279,22 @@ class Instance:
                 response_stream=call.request.response_stream,
             )
 
+    def delivery_failed(self, request_id: str) -> None:
+        """The runtime did not receive what ``/next`` handed it (its connection was gone)."""
+        with self._lock:
+            self.failed_deliveries += 1
+            call = self._calls.get(request_id)
+            if call is not None and not call.done.is_set():
+                call.delivered_ts = None
+
+    def _call(self, request_id: str) -> _Call | None:
+        with self._lock:
+            return self._calls.get(request_id)
+
     def complete(self, request_id: str, body: bytes, error_type: str | None, *, streamed: bool = False,
                  metrics: dict | None = None) -> bool:
-        with self._lock:
-            call = self._inflight
-        if call is None or call.request.request_id != request_id:
+        call = self._call(request_id)
+        if call is None:
             return False
         if streamed and error_type is None:
             body = b"".join(call.chunks)  # empty when a sink took the chunks
@@ -249,8 +303,8 @@ class Instance:
     def stream_chunk(self, request_id: str, data: bytes) -> bool:
         """One chunk of a streamed response, handed on at once; False once the call is over."""
         with self._lock:
-            call = self._inflight
-            if call is None or call.request.request_id != request_id or call.done.is_set():
+            call = self._calls.get(request_id)
+            if call is None or call.done.is_set():
                 return False
             if call.sink is not None:
                 call.sink(data)   # must not block: the sink is a queue's put

@@ -1,0 +1,113 @@
+"""Builds a node from the server's settings: the sandbox backend and its warm pool, the memory
+ledger's probes, the meter and the subscriptions that feed it and the registry."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from slfaas.billing.meter import Meter
+from slfaas.billing.prices import PriceSheet
+from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.gpu_node.config import NodeConfig
+from slfaas.gpu_node.events import IntegrityChecked, NodeEvent
+from slfaas.gpu_node.metering import meter_subscriber
+from slfaas.gpu_node.node import Node
+from slfaas.gpu_node.resources.backbone import BackboneOwner
+from slfaas.gpu_node.resources.memory import MemoryLedger
+from slfaas.gpu_node.sandboxes.base import SandboxFactory
+from slfaas.gpu_node.sandboxes.warm_pool import WarmPool
+from slfaas.gpu_node.types import IntegrityEvent
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    backend: str = "process"            # "process" or "docker"
+    docker_image: str | None = None     # --sandbox docker: the runtime image (default slfaas/runtime:local)
+    warm_pool: int = 0                  # generic runtimes kept pre-started (processes or containers)
+
+
+@dataclass(frozen=True)
+class BuiltNode:
+    node: Node
+    meter: Meter
+
+
+def make_sandbox_factory(settings: SandboxSettings, data_dir: Path | None = None) -> SandboxFactory:
+    """The backend, without its pool (``attach_warm_pool``). Raises ValueError with a user-facing
+    message for an unknown backend or one that cannot run here."""
+    if settings.warm_pool < 0:
+        raise ValueError(f"--warm-pool must be 0 or more, got {settings.warm_pool}")
+    if settings.backend == "process":
+        from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
+        return ProcessSandboxFactory()
+    if settings.backend == "docker":
+        from slfaas.gpu_node.sandboxes.docker import (DEFAULT_IMAGE, DockerSandboxConfig, DockerSandboxFactory,
+                                                      DockerUnavailable)
+        try:
+            return DockerSandboxFactory(DockerSandboxConfig(image=settings.docker_image or DEFAULT_IMAGE,
+                                                            owner=str(data_dir or "")))
+        except DockerUnavailable as exc:
+            raise ValueError(str(exc)) from exc
+    raise ValueError(f"unknown sandbox backend {settings.backend!r} (available: process, docker)")
+
+
+def attach_warm_pool(factory: SandboxFactory, size: int) -> WarmPool | None:
+    """A warm pool of ``size`` generic runtimes for ``factory`` (resizable later); None for 0."""
+    if size <= 0:
+        return None
+    if factory.name == "process":
+        from slfaas.gpu_node.lifecycle.runtime_env import node_environ, runtime_fixed_env
+        from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
+        from slfaas.gpu_node.sandboxes.process_pool import process_warm_pool
+        assert isinstance(factory, ProcessSandboxFactory)
+        pool = process_warm_pool(factory, size, lambda: {**node_environ(), **runtime_fixed_env()})
+    elif factory.name == "docker":
+        from slfaas.gpu_node.sandboxes.docker import DockerSandboxFactory
+        from slfaas.gpu_node.sandboxes.docker_pool import docker_warm_pool
+        assert isinstance(factory, DockerSandboxFactory)
+        pool = docker_warm_pool(factory, size)
+    else:
+        raise ValueError(f"the {factory.name} sandbox has no warm pool")
+    factory.attach_pool(pool)
+    return pool
+
+
+def _ledger(config: NodeConfig) -> MemoryLedger:
+    if not config.device.startswith("cuda"):
+        return MemoryLedger(config.instance_gpu_mb)
+    from slfaas.gpu_node.resources.gpu_stats import device_free_mb, process_gpu_mb
+
+    def measure(pids: dict[int, str]) -> dict[str, float] | None:
+        got = process_gpu_mb(config.device, set(pids))
+        return None if got is None else {pids[p]: float(mb) for p, mb in got.items()}
+
+    return MemoryLedger(config.instance_gpu_mb, free_mb=lambda: device_free_mb(config.device), measure=measure)
+
+
+def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet | None = None,
+               on_usage: Callable[[UsageRecord], None] | None = None,
+               on_node_usage: Callable[[NodeUsage], None] | None = None,
+               on_integrity: Callable[[IntegrityEvent], None] | None = None) -> BuiltNode:
+    from slfaas.gpu_node.resources.gpu_stats import gpu_name
+
+    factory = make_sandbox_factory(sandbox, config.data_dir)
+    try:
+        node_id = uuid.uuid4().hex[:12]
+        meter = Meter(node_id, config.device, prices, gpu_name=gpu_name(config.device), on_usage=on_usage,
+                      on_node_usage=on_node_usage)
+        attach_warm_pool(factory, sandbox.warm_pool)
+    except BaseException:
+        factory.close()
+        raise
+    node = Node(config, factory, BackboneOwner(config.device), ledger=_ledger(config), node_id=node_id)
+    node.bus.subscribe(meter_subscriber(meter))
+    if on_integrity is not None:
+        def integrity(event: NodeEvent) -> None:
+            if isinstance(event, IntegrityChecked):
+                on_integrity(event.event)
+        node.bus.subscribe(integrity)
+    meter.start_flushing(probe=lambda: (len(node.backbones.loaded()), factory.warm_count()))
+    node.on_shutdown.append(meter.close)
+    return BuiltNode(node, meter)

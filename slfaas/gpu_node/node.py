@@ -1,0 +1,153 @@
+"""The node facade: ``NodeApi`` over the services that do the work (dispatch, lifecycle,
+resources, reporting). It wires them and holds no logic of its own beyond that wiring."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from slfaas.gpu_node.config import NodeConfig
+from slfaas.gpu_node.dispatch import Dispatcher, Placed
+from slfaas.gpu_node.events import BackbonesChanged, EventBus, IntegrityChecked
+from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
+from slfaas.gpu_node.lifecycle.instance import Outcome, error_payload
+from slfaas.gpu_node.lifecycle.launcher import Launcher
+from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
+from slfaas.gpu_node.lifecycle.table import InstanceTable
+from slfaas.gpu_node.logs import FunctionLogs
+from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
+from slfaas.gpu_node.reporting import Reporter
+from slfaas.gpu_node.resources.backbone import BackboneOwner
+from slfaas.gpu_node.resources.integrity import IntegrityMonitor
+from slfaas.gpu_node.resources.memory import MemoryLedger
+from slfaas.gpu_node.sandboxes.base import SandboxFactory
+from slfaas.gpu_node.streaming import ResponseStream
+from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
+                                   NodeInfo)
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None,
+                 bus: EventBus | None = None, scheduler: Scheduler | None = None, ledger: MemoryLedger | None = None,
+                 node_id: str | None = None):
+        self.config = config
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.bus = bus or EventBus()
+        self.sandboxes = sandboxes
+        self.backbones = backbones or BackboneOwner(config.device)
+        self.backbones.on_change = self._backbones_changed
+        self.ledger = ledger or MemoryLedger(config.instance_gpu_mb)
+        self._logs = FunctionLogs(Path(config.data_dir) / "logs")
+        self.table = InstanceTable()
+        self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
+                                 self._logs, self.bus.publish, on_gone=self.ledger.forget)
+        self.dispatcher = Dispatcher(scheduler or FcfsScheduler(), self.table, config.max_instances,
+                                     self.launcher.stop, self.ledger.gpu_view)
+        self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
+                                       Reporter(self._logs), self.ledger, self.bus)
+        self.integrity = IntegrityMonitor(self.backbones, self._stop_borrowers, self._integrity_checked,
+                                          config.verify_interval_s)
+        self.reaper = KeepAliveReaper(self.table, self.launcher, config.keep_alive_s, config.max_instances)
+        self.on_shutdown: list[Callable[[], None]] = []
+
+    # NodeApi
+    def prepare(self, function: FunctionSpec) -> BackboneInfo:
+        self.backbones.acquire(function.base_model_path)
+        return self.backbones.info(function.base_model_path)
+
+    def invoke(self, request: InvocationRequest) -> InvocationResult:
+        return self._run(request, time.time(), None)
+
+    def invoke_stream(self, request: InvocationRequest) -> ResponseStream:
+        submitted_ts = time.time()
+        placed = self.dispatcher.submit(request)   # capacity errors raise here, before the stream starts
+        stream = ResponseStream()
+        threading.Thread(target=stream.run, daemon=True, name=f"stream-{request.request_id[:8]}",
+                         args=(lambda: self._run(request, submitted_ts, stream.put, placed),)).start()
+        return stream
+
+    def _run(self, request: InvocationRequest, submitted_ts: float, on_chunk: Callable[[bytes], None] | None,
+             placed: Placed | None = None) -> InvocationResult:
+        """Place and run; a warm instance that died before the runtime received the request
+        (so nothing ran) is replaced once, by a fresh placement."""
+        try:
+            return self.runner.run(placed or self.dispatcher.submit(request), request, submitted_ts, on_chunk,
+                                   redeliverable=True)
+        except NotDelivered as exc:
+            log.info("instance %s died before receiving %s; placing it again", exc, request.request_id)
+        return self.runner.run(self.dispatcher.submit(request), request, submitted_ts, on_chunk, redeliverable=False)
+
+    def cancel(self, request_id: str) -> bool:
+        if self.dispatcher.abort(request_id):
+            return True
+        inst = self.table.holding(request_id)
+        return inst is not None and inst.cancel(request_id, Outcome(
+            error_payload("Runtime.Cancelled", "The caller disconnected; the invocation was cancelled"),
+            "Runtime.Cancelled"))
+
+    def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
+        """Idle instances stop now; busy ones finish their invocation and stop afterwards (stale).
+        Published versions are immutable: an update of $LATEST retires $LATEST's instances alone."""
+        stopped = 0
+        for inst in self.table.retire(function_name, keep_revision, version):
+            if inst.claim_idle():
+                self.launcher.stop(inst)
+                stopped += 1
+        return stopped
+
+    def describe(self, checksums: bool = False) -> NodeInfo:
+        from dataclasses import replace
+
+        backbones = tuple(replace(b, sha256=self.backbones.checksum(Path(b.model_path))) if checksums else b
+                          for b in self.backbones.loaded())
+        measured = {i.instance_id: mb for i in self.table.all() if (mb := self.ledger.measured(i.instance_id))}
+        infos = self.table.infos(measured)
+        gpu = None
+        if self.config.device.startswith("cuda"):
+            from slfaas.gpu_node.resources.gpu_stats import gpu_memory_report
+            gpu = gpu_memory_report(self.config.device, {i.pid: i.instance_id for i in infos if i.pid},
+                                    sum(b.size_bytes for b in backbones), sum(i.adapter_bytes or 0 for i in infos),
+                                    int(self.ledger.instance_estimate_mb()))
+        pool = self.sandboxes.pool
+        return NodeInfo(self.node_id, self.config.device, self.sandboxes.name, self.config.max_instances,
+                        pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu)
+
+    def logs(self, function_name: str, max_bytes: int = 64 * 1024) -> str:
+        return self._logs.tail(function_name, max_bytes)
+
+    def write_log(self, function_name: str, source: str, line: str) -> None:
+        self._logs.append(function_name, source, line)
+
+    def delete_logs(self, function_name: str) -> None:
+        self._logs.remove(function_name)
+
+    def verify(self) -> tuple[IntegrityEvent, ...]:
+        return self.integrity.verify()
+
+    def shutdown(self) -> None:
+        self.integrity.close()
+        self.reaper.close()
+        for inst in self.table.all():
+            self.launcher.stop(inst)
+        for hook in self.on_shutdown:
+            hook()
+        self.sandboxes.close()
+        self.backbones.close()
+        self.launcher.close()
+
+    # wiring
+    def _backbones_changed(self, loaded: list[BackboneInfo]) -> None:
+        largest = max(loaded, key=lambda b: b.size_bytes, default=None)
+        self.bus.publish(BackbonesChanged(time.time(), len(loaded), largest.size_bytes if largest else 0,
+                                          largest.load_s if largest else 0.0))
+
+    def _integrity_checked(self, event: IntegrityEvent) -> None:
+        self.bus.publish(IntegrityChecked(event.ts, event))
+
+    def _stop_borrowers(self, model_path: Path, reason: str) -> tuple[str, ...]:
+        return self.launcher.kill(self.table.borrowers(model_path), reason)

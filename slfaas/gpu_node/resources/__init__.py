@@ -1,0 +1,1 @@
+"""What a node owns: backbones (CPU memfd, CUDA arena), their integrity, the memory ledger."""

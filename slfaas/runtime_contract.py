@@ -1,0 +1,115 @@
+"""The contract between a node and the runtimes it starts: one spelling of every wire name.
+
+Both sides import this module (standard library only): the node agent (``slfaas.gpu_node``)
+to start runtimes and serve their Runtime API, the runtime (``slfaas.functions``) to find
+its socket, backbone and code and to speak that API. Changing a name here changes it on
+both sides at once.
+
+The Runtime API is AWS Lambda's (paths, ``Lambda-Runtime-*`` headers, the streaming response
+mode) plus a few ``Slfaas-*`` extensions, each marked below.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Mapping
+
+# Environment a runtime is started with (the node sets these; a function may not).
+ENV_RUNTIME_SOCKET = "SLFAAS_RUNTIME_SOCKET"    # the instance's own Runtime API Unix socket
+ENV_INSTANCE_ID = "SLFAAS_INSTANCE_ID"
+ENV_BASE_MODEL_DIR = "SLFAAS_BASE_MODEL_DIR"    # config + tokenizer of the base model
+ENV_CODE_DIR = "SLFAAS_CODE_DIR"                # the function's extracted code zip
+ENV_DEVICE = "SLFAAS_DEVICE"                    # "cpu" or "cuda:N"
+ENV_NODE_PID = "SLFAAS_NODE_PID"                # a runtime whose parent is not this pid exits
+# Where the backbone is borrowed from: exactly one of these.
+ENV_BACKBONE_FD = "SLFAAS_BACKBONE_FD"          # an inherited read-only descriptor (sealed memfd)
+ENV_BACKBONE_PATH = "SLFAAS_BACKBONE_PATH"      # a file, or a socket that hands the descriptor over
+ENV_BACKBONE_IPC = "SLFAAS_BACKBONE_IPC"        # a file holding a CUDA IPC handle + tensor table
+ENV_POOL_SOCKET = "SLFAAS_POOL_SOCKET"          # a warm-pool runtime waits for its function here
+ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime frees cached GPU memory
+ENV_HANDLER = "_HANDLER"
+ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+ENV_FUNCTION_VERSION = "AWS_LAMBDA_FUNCTION_VERSION"
+ENV_FUNCTION_MEMORY_MB = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
+ENV_TASK_ROOT = "LAMBDA_TASK_ROOT"
+
+# Runtime API paths (relative to the socket's HTTP root)
+API_PREFIX = "/2018-06-01/runtime"
+PATH_NEXT = f"{API_PREFIX}/invocation/next"
+PATH_INIT_ERROR = f"{API_PREFIX}/init/error"
+PATH_INIT_REPORT = f"{API_PREFIX}/slfaas/init-report"   # slfaas: init phase timings, adapter bytes
+
+
+def invocation_path(request_id: str, kind: str) -> str:
+    """``kind``: "response" or "error"."""
+    return f"{API_PREFIX}/invocation/{request_id}/{kind}"
+
+
+# Headers of /next (node → runtime)
+H_REQUEST_ID = "Lambda-Runtime-Aws-Request-Id"
+H_DEADLINE_MS = "Lambda-Runtime-Deadline-Ms"
+H_FUNCTION_ARN = "Lambda-Runtime-Invoked-Function-Arn"
+H_TRACE_ID = "Lambda-Runtime-Trace-Id"
+H_CLIENT_CONTEXT = "Lambda-Runtime-Client-Context"
+H_COLD_START = "Slfaas-Cold-Start"          # slfaas: "1" for the invocation that caused a cold start
+H_QUEUE_MS = "Slfaas-Queue-Ms"              # slfaas: time from the node's dispatch to delivery
+H_RESPONSE_MODE = "Slfaas-Response-Mode"    # slfaas: "streaming" when the caller reads a stream
+# Headers and trailers of responses (runtime → node)
+H_FUNCTION_RESPONSE_MODE = "Lambda-Runtime-Function-Response-Mode"
+H_ERROR_TYPE = "Lambda-Runtime-Function-Error-Type"
+H_ERROR_BODY = "Lambda-Runtime-Function-Error-Body"     # a trailer: base64 of the error document
+H_RESULT_METRICS = "Slfaas-Result-Metrics"   # slfaas: a streamed response's JSON metrics trailer
+H_DEVICE_MS = "Slfaas-Device-Ms"             # slfaas: the runtime's device time for one invocation
+STREAMING = "streaming"
+
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 1024          # Lambda's buffered response limit
+MAX_STREAMED_RESPONSE_BYTES = 200 * 1024 * 1024      # Lambda's limit for streamed responses
+
+# Warm-pool specialisation: one message on the pool socket, a u32 length + JSON body, with
+# descriptors attached (SCM_RIGHTS): the backbone first (CPU), then the function's files.
+SPEC_HEADER = struct.Struct("<I")
+MAX_FDS = 250  # SCM_MAX_FD is 253
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One invocation as ``/next`` hands it to the runtime (body + headers)."""
+
+    request_id: str
+    payload: bytes
+    deadline_ms: int
+    function_arn: str
+    client_context: str | None
+    cold_start: bool
+    queue_ms: float
+    response_stream: bool = False   # the caller reads the response as a stream of chunks
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "Content-Type": "application/json",
+            H_REQUEST_ID: self.request_id,
+            H_DEADLINE_MS: str(self.deadline_ms),
+            H_FUNCTION_ARN: self.function_arn,
+            H_TRACE_ID: f"Root=1-{self.request_id[:8]}",
+            H_COLD_START: "1" if self.cold_start else "0",
+            H_QUEUE_MS: f"{self.queue_ms:.3f}",
+        }
+        if self.client_context:
+            out[H_CLIENT_CONTEXT] = self.client_context
+        if self.response_stream:
+            out[H_RESPONSE_MODE] = STREAMING
+        return out
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], payload: bytes) -> "Delivery":
+        """``headers`` with lower-case names, as the runtime's HTTP client gives them."""
+        return cls(
+            request_id=headers[H_REQUEST_ID.lower()],
+            payload=payload,
+            deadline_ms=int(headers.get(H_DEADLINE_MS.lower(), "0")),
+            function_arn=headers.get(H_FUNCTION_ARN.lower(), ""),
+            client_context=headers.get(H_CLIENT_CONTEXT.lower()),
+            cold_start=headers.get(H_COLD_START.lower()) == "1",
+            queue_ms=float(headers.get(H_QUEUE_MS.lower(), "0")),
+            response_stream=headers.get(H_RESPONSE_MODE.lower()) == STREAMING,
+        )
