@@ -1,13 +1,17 @@
 """slfaas's own endpoints (no Lambda equivalent): base models, logs, invocation records, node."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from flask import Blueprint, Response, current_app, request, send_file
 
+from slfaas.billing.service import parse_when
 from slfaas.errors import InvalidParameter, NotFound
 from slfaas.faas.api.lambda_api import _json, _json_body
 from slfaas.faas.service import FunctionService
+
+LOG_OFFSET_HEADER = "X-Slfaas-Log-Offset"
 
 bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
 
@@ -46,21 +50,36 @@ def delete_model(name: str) -> Response:
 
 @bp.get("/functions/<name>/logs")
 def function_logs(name: str) -> Response:
+    """The log's last ``max_bytes``; or, with ``offset`` (the previous response's
+    X-Slfaas-Log-Offset) or ``since`` (a time, as cost reports take it), whole lines from there.
+    X-Slfaas-Log-Offset says where the next read continues (``logs --follow`` polls with it)."""
     svc = _service()
     svc.get_function(name)
+    max_bytes = max(1, min(_int_arg("max_bytes", 256 * 1024), 16 << 20))
+    offset = _int_arg("offset", -1) if "offset" in request.args else None
+    if offset is not None and offset < 0:
+        raise InvalidParameter("offset must be a non-negative integer")
+    since = request.args.get("since") or None
+    if offset is None and since is None:
+        chunk = svc.node.logs.read_tail(name, max_bytes)
+    else:
+        since_ts = parse_when(since, time.time()) if since else None
+        chunk = svc.node.logs.read(name, offset=offset, since_ts=since_ts, max_bytes=max_bytes)
+    resp = Response(chunk.text, mimetype="text/plain")
+    resp.headers[LOG_OFFSET_HEADER] = str(chunk.next_offset)
+    return resp
+
+
+def _int_arg(name: str, default: int) -> int:
     try:
-        max_bytes = int(request.args.get("max_bytes", 256 * 1024))
+        return int(request.args.get(name, default))
     except ValueError:
-        raise InvalidParameter("max_bytes must be an integer")
-    return Response(svc.node.logs.tail(name, max(1, min(max_bytes, 16 << 20))), mimetype="text/plain")
+        raise InvalidParameter(f"{name} must be an integer") from None
 
 
 @bp.get("/invocations")
 def list_invocations() -> Response:
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise InvalidParameter("limit must be an integer")
+    limit = _int_arg("limit", 100)
     records = _service().registry.list_invocations(request.args.get("function"), max(1, min(limit, 10000)))
     return _json({"Invocations": [asdict(r) for r in records]})
 
