@@ -111,6 +111,8 @@ def node_status() -> Response:
         "Backbones": backbones,
         "Instances": [asdict(i) for i in svc.node.instances()],
         "Gpu": svc.node.gpu_memory(),
+        # pre-started generic runtimes (--warm-pool), the only pool the node has so far
+        "Pools": [{"name": "warm-pool", "sandbox": svc.node.sandboxes.name, "held": svc.node.sandboxes.warm_count()}],
     })
 
 
