@@ -7,7 +7,7 @@ import time
 import pytest
 
 from slfaas.faas.api import create_app
-from slfaas.faas.api.slfaas_api import LOG_OFFSET_HEADER
+from slfaas.faas.log_tail import LOG_OFFSET_HEADER
 from slfaas.gpu_node.logs import format_stamp
 from tests.faas.test_service import _active
 

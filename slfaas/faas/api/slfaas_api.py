@@ -9,9 +9,8 @@ from flask import Blueprint, Response, current_app, request, send_file
 from slfaas.billing.service import parse_when
 from slfaas.errors import InvalidParameter, NotFound
 from slfaas.faas.api.lambda_api import _json, _json_body
+from slfaas.faas.log_tail import LOG_OFFSET_HEADER
 from slfaas.faas.service import FunctionService
-
-LOG_OFFSET_HEADER = "X-Slfaas-Log-Offset"
 
 bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
 
