@@ -16,6 +16,7 @@ from slfaas.cli.ui import Ui
 
 F = TypeVar("F", bound=Callable[..., Any])
 OUTPUTS = ("table", "json")
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class SlfaasGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
+        except _NO_ARGS_IS_HELP as exc:  # a group without its command: its help, as click shows it
+            exc.show()
+            code = exc.exit_code
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             _error_line(exc.format_message() + hint)

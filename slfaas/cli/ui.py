@@ -17,15 +17,15 @@ from rich.text import Text
 class Step:
     """One stage of long work; ``update`` says how it is going, ``note`` adds a line above it."""
 
-    def __init__(self, ui: "Ui", text: str, status: Status | None):
-        self._ui, self.text, self._status = ui, text, status
+    def __init__(self, ui: "Ui", text: str, status: Status | None, plain: bool = True):
+        self._ui, self.text, self._status, self._plain = ui, text, status, plain
         self.done_text = text
         self._last = ""
 
     def update(self, detail: str) -> None:
         if self._status is not None:
             self._status.update(f"{self.text}: {detail}")
-        elif detail != self._last:
+        elif detail != self._last and self._plain:
             self._ui.line(f"  {detail}")
         self._last = detail
 
@@ -34,7 +34,7 @@ class Step:
         if self._status is not None:
             self._ui.console.print(line, markup=False, highlight=False)
             self._status.update(f"{self.text}: {line.strip()}")
-        else:
+        elif self._plain:
             self._ui.line(line)
 
     def done(self, text: str) -> None:
@@ -61,7 +61,7 @@ class Ui:
         if not self.live:
             if plain:
                 self.line(text)
-            yield Step(self, text, None)
+            yield Step(self, text, None, plain)
             return
         t0 = time.monotonic()
         with self.console.status(text) as status:
