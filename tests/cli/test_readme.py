@@ -1,0 +1,43 @@
+"""Every `slfaas ...` command in the README's code blocks parses with today's CLI (the
+quick-start block also runs against a live server: tests/integration/test_readme_quickstart.py)."""
+from __future__ import annotations
+
+import re
+
+from tests.cli.test_commands import parse_only, slfaas_argv
+from tests.conftest import ROOT
+
+README = ROOT / "README.md"
+
+
+def code_block_commands(text: str) -> list[str]:
+    """The lines of ```bash blocks that run slfaas (continuation lines joined)."""
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("slfaas "):
+                out.append(line.strip())
+    return out
+
+
+def quickstart_commands(text: str) -> list[str]:
+    block = text.split("<!-- cli-quickstart -->", 1)[1].split("<!-- /cli-quickstart -->", 1)[0]
+    return code_block_commands(block)
+
+
+def test_readme_commands_parse() -> None:
+    commands = code_block_commands(README.read_text())
+    assert len(commands) >= 15
+    for line in commands:
+        for part in line.split(" ; "):
+            argv = slfaas_argv(part)
+            assert argv, part
+            ctx = parse_only(argv)  # raises on an unknown command or option, a bad value, a missing argument
+            assert ctx.command_path.split()[1] == argv[0], part
+
+
+def test_quickstart_is_there_and_covers_the_workflow() -> None:
+    commands = quickstart_commands(README.read_text())
+    verbs = [slfaas_argv(c)[0] for c in commands]
+    for verb in ("server", "models", "deploy", "invoke", "list", "logs", "node", "delete"):
+        assert verb in verbs
