@@ -57,7 +57,7 @@ def report(ctx: click.Context, endpoint: str | None, data_dir: str | None, since
         raise CliError("give --endpoint or --data-dir, not both")
     if prices and not data_dir:
         raise CliError("--prices applies with --data-dir; a server uses the sheet it was started with (--prices)")
-    with ui(ctx).step("building the cost report from the usage records") as step:
+    with ui(ctx).step("building the cost report from the usage records", plain=False) as step:
         if data_dir:
             text = _local_report(Path(data_dir).expanduser(), prices, since, until, group_by, function, fmt)
         else:

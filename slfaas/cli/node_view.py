@@ -95,7 +95,7 @@ def sections(node: dict, now_ts: float) -> list[Section]:
                          f"{r['function_name']}:{r['version']}", "cold" if r["cold_start"] else "warm",
                          r["status"] + (f" ({r['error_type']})" if r.get("error_type") else ""),
                          _num(r["duration_ms"], ".1f"), _num(r["ttft_ms"], ".1f"), r["cost_usd"] or "",
-                         r["request_id"]] for r in node.get("RecentInvocations", [])],
+                         r["request_id"][:8]] for r in node.get("RecentInvocations", [])],  # all of it: -o json
                        ("DURATION MS", "TTFT MS", "COST USD")))
     return out
 

@@ -95,7 +95,7 @@ def rich_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str
     table = Table(title=title, title_justify="left", title_style="bold", box=None, header_style="bold",
                   pad_edge=False)
     for h in headers:
-        table.add_column(h, justify="right" if h in right else "left", overflow="fold")
+        table.add_column(h, justify="right" if h in right else "left", no_wrap=True, overflow="ellipsis")
     for row in rows:
         table.add_row(*(Text("" if v is None else str(v)) for v in row))  # Text: "[...]" is not markup
     return table

@@ -107,7 +107,7 @@ def test_node_sections() -> None:
     assert by_title["Pools"].rows == [["warm-pool", "process", "2"]]
     assert by_title["AdapterTiers"].headers == ("TIER", "ADAPTERS")  # a newer node's records, shown as they come
     (inv,) = by_title["Recent invocations"].rows
-    assert inv[1:7] == ["fa:1", "cold", "success", "12.5", "3.2", "0.0000021"] and inv[7] == "rid-1"
+    assert inv[1:7] == ["fa:1", "cold", "success", "12.5", "3.2", "0.0000021"] and inv[7] == "rid-1"[:8]
 
 
 def test_node_sections_on_cpu() -> None:
