@@ -81,7 +81,7 @@ def sections(node: dict, now_ts: float) -> list[Section]:
         idle = _age(now_ts - max(i["last_used_ts"], i["started_ts"])) if i["state"] == "IDLE" else ""
         rows.append([i["function_name"], i["version"], i["instance_id"], i["state"], idle, str(i["invocations"]),
                      "" if i["pid"] is None else str(i["pid"]), _num(gpu_by_instance.get(i["instance_id"]), "d")])
-    headers = ("FUNCTION", "VERSION", "INSTANCE", "STATE", "IDLE", "INVOCATIONS", "PID", "GPU MIB")
+    headers: tuple[str, ...] = ("FUNCTION", "VERSION", "INSTANCE", "STATE", "IDLE", "INVOCATIONS", "PID", "GPU MIB")
     if not gpu_by_instance:
         headers, rows = headers[:-1], [r[:-1] for r in rows]
     out.append(Section("Instances", headers, rows, ("IDLE", "INVOCATIONS", "PID", "GPU MIB")))

@@ -70,12 +70,12 @@ class Ui:
         self.console.print(f"[green]✓[/] {step.done_text} [dim]({time.monotonic() - t0:.1f} s)[/]", highlight=False)
 
     @contextmanager
-    def counted(self, text: str, total: int, plain: bool = True) -> Iterator[Callable[[int], None]]:
-        """Work of ``total`` units: yields ``advance(n)``."""
+    def counted(self, text: str, total: int, plain: bool = True) -> Iterator[Callable[[], None]]:
+        """Work of ``total`` units: yields ``advance()``, called once per unit done."""
         if not self.live:
             if plain:
                 self.line(text)
-            yield lambda n=1: None
+            yield lambda: None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
         from rich.progress import TimeElapsedColumn
@@ -83,7 +83,7 @@ class Ui:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=self.console) as progress:
             task = progress.add_task(text, total=total)
-            yield lambda n=1: progress.advance(task, n)
+            yield lambda: progress.advance(task, 1)
 
 
 def stdout_console() -> Console:

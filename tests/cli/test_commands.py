@@ -3,7 +3,6 @@ the examples in every --help, the endpoint's precedence, --debug, and shell comp
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from slfaas.cli.core import endpoint_url
 from slfaas.cli.main import cli
+from tests.cli._util import example_lines, parse_only, slfaas_argv
 
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
@@ -36,34 +36,6 @@ def all_commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> Iterat
 
 
 COMMANDS = list(all_commands())
-
-
-def parse_only(args: list[str]) -> click.Context:
-    """Parse a command line down to its leaf command without running it."""
-    ctx = cli.make_context("slfaas", args)
-    while isinstance(ctx.command, click.Group):
-        rest = [*ctx._protected_args, *ctx.args]  # what the group leaves for its subcommand
-        if not rest:
-            break
-        name, cmd, rest = ctx.command.resolve_command(ctx, rest)
-        assert cmd is not None and name is not None
-        ctx = cmd.make_context(name, rest, parent=ctx)
-    return ctx
-
-
-def example_lines(cmd: click.Command) -> list[str]:
-    assert cmd.epilog and "Examples:" in cmd.epilog
-    text = cmd.epilog.split("Examples:", 1)[1].replace("\\\n", " ")
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
-
-
-def slfaas_argv(line: str) -> list[str]:
-    """The slfaas part of an example (a pipeline, a comment, a trailing & aside)."""
-    words = shlex.split(line, comments=True)
-    if "slfaas" not in words:   # eval "$(_SLFAAS_COMPLETE=bash_source slfaas)"
-        return []
-    words = words[words.index("slfaas") + 1:]
-    return words[:words.index("|")] if "|" in words else [w for w in words if w != "&"]
 
 
 @pytest.mark.parametrize("path, cmd", [((), cli)] + COMMANDS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")

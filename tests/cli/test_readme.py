@@ -2,27 +2,7 @@
 quick-start block also runs against a live server: tests/integration/test_readme_quickstart.py)."""
 from __future__ import annotations
 
-import re
-
-from tests.cli.test_commands import parse_only, slfaas_argv
-from tests.conftest import ROOT
-
-README = ROOT / "README.md"
-
-
-def code_block_commands(text: str) -> list[str]:
-    """The lines of ```bash blocks that run slfaas (continuation lines joined)."""
-    out = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith("slfaas "):
-                out.append(line.strip())
-    return out
-
-
-def quickstart_commands(text: str) -> list[str]:
-    block = text.split("<!-- cli-quickstart -->", 1)[1].split("<!-- /cli-quickstart -->", 1)[0]
-    return code_block_commands(block)
+from tests.cli._util import README, code_block_commands, parse_only, quickstart_commands, slfaas_argv
 
 
 def test_readme_commands_parse() -> None:

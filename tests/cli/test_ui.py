@@ -26,7 +26,7 @@ def test_live_progress_on_a_terminal() -> None:
         step.done("fn is Active")
     with ui.counted("training", 3) as advance:
         for _ in range(3):
-            advance(1)
+            advance()
     out = buf.getvalue()
     assert "✓" in out and "fn is Active" in out and "a line of the work's own output" in out
     assert "3/3" in out
@@ -42,7 +42,7 @@ def test_plain_lines_when_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> 
     with ui.step("only live", plain=False) as step:
         step.update("x")
     with ui.counted("training", 2) as advance:
-        advance(1)
+        advance()
     captured = capsys.readouterr()
     assert captured.out == ""  # progress never goes to stdout
     # no escape codes, each change once
@@ -59,7 +59,7 @@ def test_quiet_says_nothing_even_on_a_terminal(capsys: pytest.CaptureFixture[str
         step.update("detail")
         step.note("note")
     with ui.counted("count", 2) as advance:
-        advance(2)
+        advance()
     assert buf.getvalue() == "" and capsys.readouterr().err == ""
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_commands import parse_only, slfaas_argv
-from tests.cli.test_readme import README, quickstart_commands
+from tests.cli._util import README, parse_only, quickstart_commands, slfaas_argv
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
