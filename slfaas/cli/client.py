@@ -7,8 +7,9 @@ import os
 import urllib.error
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9000"
 
@@ -49,15 +50,26 @@ def signed_headers(method: str, url: str, data: bytes | None, headers: dict[str,
     return dict(request.headers.items())
 
 
-def api(endpoint: str, method: str, path: str, body: Any = None) -> Any:
+@dataclass(frozen=True)
+class ApiResponse:
+    body: Any                    # parsed JSON, text, or None when empty
+    headers: Mapping[str, str]
+
+
+def api(endpoint: str, method: str, path: str, body: Any = None, timeout_s: float = 60) -> Any:
+    return api_request(endpoint, method, path, body, timeout_s).body
+
+
+def api_request(endpoint: str, method: str, path: str, body: Any = None, timeout_s: float = 60) -> ApiResponse:
+    """One call to slfaas's own endpoints; an AWS-shaped error becomes ``CliError("Type: message")``."""
     data = None if body is None else json.dumps(body).encode()
     url = endpoint.rstrip("/") + path
     req = urllib.request.Request(url, data=data, method=method,
                                  headers=signed_headers(method, url, data, {"Content-Type": "application/json"}))
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             raw = resp.read()
-            ctype = resp.headers.get("Content-Type", "")
+            headers = dict(resp.headers.items())
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("message", exc.reason)
@@ -66,9 +78,12 @@ def api(endpoint: str, method: str, path: str, body: Any = None) -> Any:
         raise CliError(f"{exc.headers.get('x-amzn-ErrorType', exc.code)}: {message}")
     except urllib.error.URLError as exc:
         raise CliError(unreachable(endpoint, exc.reason))
+    except (TimeoutError, ConnectionError) as exc:
+        raise CliError(unreachable(endpoint, exc.__class__.__name__))
     if not raw:
-        return None
-    return json.loads(raw) if "json" in ctype else raw.decode("utf-8", "replace")
+        return ApiResponse(None, headers)
+    ctype = headers.get("Content-Type", "")
+    return ApiResponse(json.loads(raw) if "json" in ctype else raw.decode("utf-8", "replace"), headers)
 
 
 def unreachable(endpoint: str, why: object) -> str:

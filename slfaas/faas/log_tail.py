@@ -11,6 +11,8 @@ import base64
 import re
 
 TAIL_BYTES = 4096
+# GET /slfaas/v1/functions/NAME/logs: the byte offset a follower asks for next (``?offset=``)
+LOG_OFFSET_HEADER = "X-Slfaas-Log-Offset"
 _LINE_RE = re.compile(r"^(\S+) \[([^\]]*)\] (.*)$")
 
 

@@ -380,7 +380,7 @@ class FunctionService:
         result = self._run(request, record)
         log_tail = None
         if log_type == "Tail":
-            log_tail = log_result_header(invocation_log(self.node.logs(rec.name, TAIL_SCAN_BYTES), request_id,
+            log_tail = log_result_header(invocation_log(self.node.logs(rec.name, TAIL_SCAN_BYTES).text, request_id,
                                                         result.instance_id))
         return InvokeOutcome(200, result.payload, result.function_error, rec.version, request_id, log_tail)
 

@@ -98,7 +98,7 @@ class StreamingInvocation:
             self.end.error_details = message or result.payload.decode("utf-8", "replace")[:4096]
         if self._log_tail:
             from slfaas.faas.log_tail import invocation_log, log_result_header
-            text = self._service.node.logs(self._record.function_name, LOG_SCAN_BYTES)
+            text = self._service.node.logs(self._record.function_name, LOG_SCAN_BYTES).text
             self.end.log_result = log_result_header(invocation_log(text, self.request_id, result.instance_id))
         metrics = result.metrics or {}
         registry.finish_invocation(

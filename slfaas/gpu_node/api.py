@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Iterator, Protocol, runtime_checkable
 
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
-                                   NodeInfo)
+                                   LogChunk, NodeInfo)
 
 
 class NodeStream(Protocol):
@@ -45,8 +45,10 @@ class NodeApi(Protocol):
 
     def describe(self, checksums: bool = False) -> NodeInfo: ...
 
-    def logs(self, function_name: str, max_bytes: int = 64 * 1024) -> str:
-        """The last ``max_bytes`` of a function's log (whole lines)."""
+    def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
+             since_ts: float | None = None) -> LogChunk:
+        """A function's log, whole lines: its last ``max_bytes``; or, with ``offset`` (a previous
+        chunk's ``next_offset``) or ``since_ts``, at most ``max_bytes`` from there."""
         ...
 
     def write_log(self, function_name: str, source: str, line: str) -> None: ...

@@ -26,7 +26,7 @@ from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.sandboxes.base import SandboxFactory
 from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
-                                   NodeInfo)
+                                   LogChunk, NodeInfo)
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,11 @@ class Node:
         return NodeInfo(self.node_id, self.config.device, self.sandboxes.name, self.config.max_instances,
                         pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu)
 
-    def logs(self, function_name: str, max_bytes: int = 64 * 1024) -> str:
-        return self._logs.tail(function_name, max_bytes)
+    def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
+             since_ts: float | None = None) -> LogChunk:
+        if offset is None and since_ts is None:
+            return self._logs.read_tail(function_name, max_bytes)
+        return self._logs.read(function_name, offset=offset, since_ts=since_ts, max_bytes=max_bytes)
 
     def write_log(self, function_name: str, source: str, line: str) -> None:
         self._logs.append(function_name, source, line)

@@ -105,6 +105,14 @@ class GpuMemory:
 
 
 @dataclass(frozen=True)
+class LogChunk:
+    """Whole lines of a function's log, and where the next read continues."""
+
+    text: str
+    next_offset: int   # the byte offset a follower asks for next
+
+
+@dataclass(frozen=True)
 class IntegrityEvent:
     ts: float
     model_path: str

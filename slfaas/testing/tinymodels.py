@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # Enough English that a byte-level BPE learns useful merges; the words are what the demo's
 # adapters are trained to say.
@@ -131,7 +132,8 @@ def make_adapter(base_dir: Path, out_dir: Path, seed: int, rank: int = 8,
 
 
 def make_trained_adapter(base_dir: Path, out_dir: Path, text: str, seed: int = 0, rank: int = 8,
-                         steps: int = 150, base_model_name: str | None = None) -> Path:
+                         steps: int = 150, base_model_name: str | None = None,
+                         on_step: Callable[[], None] | None = None) -> Path:
     """Train a LoRA adapter for ``base_dir`` so that greedy generation answers
     ``DEMO_PROMPT`` with ``text`` (then EOS).
 
@@ -167,6 +169,8 @@ def make_trained_adapter(base_dir: Path, out_dir: Path, text: str, seed: int = 0
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step()  # progress, e.g. the demo's bar
     peft_model.eval()
     peft_model.save_pretrained(str(out_dir))
     if base_model_name is not None:

@@ -11,18 +11,19 @@ import pytest
 
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
+from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
-                                   NodeInfo)
+                                   LogChunk, NodeInfo)
 
 
 class FakeNode:
     """A complete ``NodeApi`` for testing the control plane alone (mypy checks that it is one, in
     tests/architecture):
     prepare() blocks on ``gate``; invoke() echoes; retire() and cancel() are recorded; logs are
-    kept in memory."""
+    the node's own per-function files (``function_logs``)."""
 
-    def __init__(self, logs_root: Path | None = None):
+    def __init__(self, logs_root: Path):
         self.gate = threading.Event()
         self.gate.set()
         self.prepare_error: BaseException | None = None
@@ -32,7 +33,7 @@ class FakeNode:
         self.invoked: list[InvocationRequest] = []
         self.retired: list[tuple[str, str | None]] = []
         self.cancelled: list[str] = []
-        self.log_lines: dict[str, list[str]] = {}
+        self.function_logs = FunctionLogs(logs_root)
         self.max_instances = 1000
 
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
@@ -73,14 +74,17 @@ class FakeNode:
     def describe(self, checksums: bool = False) -> NodeInfo:
         return NodeInfo("fake-node", "cpu", "fake", self.max_instances, 0, 0, (), ())
 
-    def logs(self, function_name: str, max_bytes: int = 64 * 1024) -> str:
-        return "".join(line + "\n" for line in self.log_lines.get(function_name, []))[-max_bytes:]
+    def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
+             since_ts: float | None = None) -> LogChunk:
+        if offset is None and since_ts is None:
+            return self.function_logs.read_tail(function_name, max_bytes)
+        return self.function_logs.read(function_name, offset=offset, since_ts=since_ts, max_bytes=max_bytes)
 
     def write_log(self, function_name: str, source: str, line: str) -> None:
-        self.log_lines.setdefault(function_name, []).append(f"[{source}] {line}")
+        self.function_logs.append(function_name, source, line)
 
     def delete_logs(self, function_name: str) -> None:
-        self.log_lines.pop(function_name, None)
+        self.function_logs.remove(function_name)
 
     def verify(self) -> tuple[IntegrityEvent, ...]:
         return ()
@@ -100,8 +104,8 @@ def zips(tiny_assets) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def node() -> FakeNode:
-    return FakeNode()
+def node(tmp_path: Path) -> FakeNode:
+    return FakeNode(tmp_path / "logs")
 
 
 @pytest.fixture

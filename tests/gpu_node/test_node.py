@@ -86,7 +86,7 @@ def test_cold_then_warm_reuses_the_instance(make_agent, base, code_dir) -> None:
     assert (info.state, info.invocations, info.revision_id) == ("IDLE", 2, "r1")
     assert info.pid == factory.sandboxes[0].pid
     # the runtime's own output and the node's START/END/REPORT lines reach the function log
-    log = agent.logs(spec.name)
+    log = agent.logs(spec.name).text
     assert "fake runtime" in log
     for rid in (first.request_id, second.request_id):
         assert f"START RequestId: {rid}" in log and f"END RequestId: {rid}" in log
@@ -104,7 +104,7 @@ def test_runtime_error_is_a_function_error_and_instance_stays_warm(make_agent, b
     good = agent.invoke(make_request(spec))
     assert good.function_error is None and good.cold_start is False
     assert good.instance_id == bad.instance_id
-    assert f"ERROR RequestId: {bad.request_id} KeyError: no such key" in agent.logs(spec.name)
+    assert f"ERROR RequestId: {bad.request_id} KeyError: no such key" in agent.logs(spec.name).text
     assert factory.sandboxes[0].exited is False
 
 
@@ -226,7 +226,7 @@ def test_exit_mid_invocation_is_runtime_exit_error(make_agent, base, code_dir, c
     assert _body(result)["errorMessage"] == described
     assert factory.sandboxes[0].exit_code == code
     assert wait_until(lambda: list(agent.describe().instances) == [])
-    assert "instance exited unexpectedly" in agent.logs(spec.name)
+    assert "instance exited unexpectedly" in agent.logs(spec.name).text
     nxt = agent.invoke(make_request(spec))
     assert nxt.function_error is None and nxt.cold_start is True
 

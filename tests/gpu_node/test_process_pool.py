@@ -92,7 +92,7 @@ def test_pooled_process_answers_like_a_cold_started_one(make_agent, tiny_assets,
     assert sandbox.preloaded is True
     assert pooled.usage is not None and pooled.usage.preload_tier == "pool"
     # Its output goes to the function's log once specialised (the runtime's own init line too).
-    log_text = agent.logs("pooled")
+    log_text = agent.logs("pooled").text
     assert "warm-pool runtime specialised for pooled" in log_text and "init done" in log_text
 
     # The pool refills: a new generic process, while the taken one serves its function.

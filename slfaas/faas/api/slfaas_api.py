@@ -1,12 +1,15 @@
 """slfaas's own endpoints (no Lambda equivalent): base models, logs, invocation records, node."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from flask import Blueprint, Response, current_app, request, send_file
 
+from slfaas.billing.service import parse_when
 from slfaas.errors import InvalidParameter, NotFound
 from slfaas.faas.api.lambda_api import _json, _json_body
+from slfaas.faas.log_tail import LOG_OFFSET_HEADER
 from slfaas.faas.service import FunctionService
 
 bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
@@ -46,21 +49,33 @@ def delete_model(name: str) -> Response:
 
 @bp.get("/functions/<name>/logs")
 def function_logs(name: str) -> Response:
+    """The log's last ``max_bytes``; or, with ``offset`` (the previous response's
+    X-Slfaas-Log-Offset) or ``since`` (a time, as cost reports take it), whole lines from there.
+    X-Slfaas-Log-Offset says where the next read continues (``logs --follow`` polls with it)."""
     svc = _service()
     svc.get_function(name)
+    max_bytes = max(1, min(_int_arg("max_bytes", 256 * 1024), 16 << 20))
+    offset = _int_arg("offset", -1) if "offset" in request.args else None
+    if offset is not None and offset < 0:
+        raise InvalidParameter("offset must be a non-negative integer")
+    since = request.args.get("since") or None
+    since_ts = parse_when(since, time.time()) if since else None
+    chunk = svc.node.logs(name, max_bytes, offset=offset, since_ts=since_ts)
+    resp = Response(chunk.text, mimetype="text/plain")
+    resp.headers[LOG_OFFSET_HEADER] = str(chunk.next_offset)
+    return resp
+
+
+def _int_arg(name: str, default: int) -> int:
     try:
-        max_bytes = int(request.args.get("max_bytes", 256 * 1024))
+        return int(request.args.get(name, default))
     except ValueError:
-        raise InvalidParameter("max_bytes must be an integer")
-    return Response(svc.node.logs(name, max(1, min(max_bytes, 16 << 20))), mimetype="text/plain")
+        raise InvalidParameter(f"{name} must be an integer") from None
 
 
 @bp.get("/invocations")
 def list_invocations() -> Response:
-    try:
-        limit = int(request.args.get("limit", 100))
-    except ValueError:
-        raise InvalidParameter("limit must be an integer")
+    limit = _int_arg("limit", 100)
     records = _service().registry.list_invocations(request.args.get("function"), max(1, min(limit, 10000)))
     return _json({"Invocations": [asdict(r) for r in records]})
 
@@ -83,10 +98,12 @@ def node_status() -> Response:
         "Device": info.device,
         "Sandbox": info.sandbox,
         "MaxInstances": info.max_instances,
-        "WarmPool": {"Target": info.warm_pool_target, "Held": info.warm_pool_held},
         "Backbones": [{k: v for k, v in asdict(b).items() if k != "sha256" or v is not None} for b in info.backbones],
         "Instances": [asdict(i) for i in info.instances],
         "Gpu": asdict(info.gpu) if info.gpu is not None else None,
+        # pre-started generic runtimes (--warm-pool)
+        "Pools": [{"name": "warm-pool", "sandbox": info.sandbox, "held": info.warm_pool_held,
+                   "target": info.warm_pool_target}],
     })
 
 
