@@ -70,6 +70,8 @@ def load_slice(spec: WorkloadSpec) -> Trace:
     if spec.synthetic:
         if spec.duration_s is None:
             raise TraceError("--synthetic needs --duration (seconds of arrivals to generate)")
+        if spec.start_s:
+            raise TraceError("--start picks a slice of the trace's own arrivals; it does not apply to --synthetic")
         trace = synthetic_trace(ArrivalProcess.parse(spec.synthetic), spec.duration_s, trace, spec.seed)
         return trace.slice(0.0, None, spec.max_requests)
     return trace.slice(spec.start_s, spec.duration_s, spec.max_requests)

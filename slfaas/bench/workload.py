@@ -3,6 +3,7 @@ so every policy sees the same mapping) with its lengths capped to what the model
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from slfaas.bench.errors import TraceError
@@ -92,6 +93,8 @@ class PlannedRequest:
 def function_names(n_functions: int, prefix: str = "replay") -> tuple[str, ...]:
     if n_functions < 1:
         raise TraceError(f"--functions must be at least 1, got {n_functions}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,50}", prefix):
+        raise TraceError(f"--function-prefix must be 1-50 letters, digits, '-' or '_', got {prefix!r}")
     return tuple(f"{prefix}-{i}" for i in range(n_functions))
 
 

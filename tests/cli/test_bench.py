@@ -56,6 +56,10 @@ def test_help_names_every_option() -> None:
     (["--trace", TRACE, "--functions", "2", "--start", "0.01", "--duration", "0.001"], "holds no requests"),
     (["--trace", TRACE, "--functions", "2", "--synthetic", "poisson:x"], "bad synthetic arrivals 'poisson:x'"),
     (["--trace", TRACE, "--functions", "2", "--synthetic", "gamma:5:2"], "--synthetic needs --duration"),
+    (["--trace", TRACE, "--functions", "2", "--synthetic", "gamma:5:2", "--duration", "9", "--start", "3"],
+     "--start picks a slice of the trace's own arrivals"),
+    (["--trace", TRACE, "--functions", "2", "--function-prefix", "a b"], "--function-prefix must be 1-50 letters"),
+    (["--trace", TRACE, "--functions", "2", "--function-prefix", "x" * 51], "--function-prefix must be"),
     (["--trace", TRACE, "--functions", "2", "--model", "/nonexistent"], "/nonexistent is not a model directory"),
     (["--trace", TRACE, "--functions", "2", "--deploy-adapters", "/nonexistent"],
      "cannot reach slfaas at http://127.0.0.1:9"),   # no --model: the server is asked which base model
