@@ -50,7 +50,7 @@ def _init_ms(data_dir: Path, name: str) -> float | None:
 
 
 def measure(backend: str, n: int, assets: Path, log=print) -> ColdStartResult:
-    from slfaas.cli.client import lambda_client, zip_adapter
+    from slfaas.client import lambda_client, zip_adapter
     from slfaas.testing.tinymodels import make_adapter, make_base_model
 
     base = assets / "base-tiny"

@@ -252,7 +252,7 @@ def main() -> int:
 
     if not phases & {"node", "scale", "integrity"}:
         return 0
-    from slfaas.cli.client import api, lambda_client, zip_adapter
+    from slfaas.client import api, lambda_client, zip_adapter
 
     data = Path(tempfile.mkdtemp(prefix="slfaas-gpu-"))
     texts: dict[str, list[int]] = {}   # greedy token ids per function (node phase)
@@ -453,7 +453,7 @@ def pool_phase(args: argparse.Namespace, adapters: list[Path], prompt: str, resu
 
 def _sequential_cold_starts(n: int, pool: int, adapters: list[Path], prompt: str, texts: dict[str, list[int]],
                             say) -> dict:  # type: ignore[no-untyped-def]
-    from slfaas.cli.client import api, lambda_client, zip_adapter
+    from slfaas.client import api, lambda_client, zip_adapter
 
     server = ServerProcess(Path(tempfile.mkdtemp(prefix="slfaas-gpu-pool-")), "--device", "cuda",
                            "--keep-alive-s", "3600", "--init-timeout-s", "480", "--verify-interval-s", "0",

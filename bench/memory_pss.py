@@ -71,12 +71,12 @@ class MemoryResult:
 
 
 def _instance_pids(url: str) -> dict[str, int]:
-    from slfaas.cli.client import api
+    from slfaas.client import api
     return {i["function_name"]: i["pid"] for i in api(url, "GET", "/slfaas/v1/node")["Instances"]}
 
 
 def measure(assets: Path, n: int, log=print, sandbox: str = "process") -> MemoryResult:
-    from slfaas.cli.client import api, lambda_client, zip_adapter
+    from slfaas.client import api, lambda_client, zip_adapter
     from slfaas.testing.tinymodels import MEDIUM, make_adapter, make_base_model
 
     base = assets / "base-medium"

@@ -38,7 +38,7 @@ def main() -> int:
     import boto3
     from botocore.config import Config
 
-    from slfaas.cli.client import zip_adapter
+    from slfaas.client import zip_adapter
     from slfaas.testing.tinymodels import MEDIUM, TINY, make_adapter, make_base_model
 
     shape = TINY if args.shape == "tiny" else MEDIUM

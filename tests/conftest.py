@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from slfaas.cli.client import zip_adapter
+from slfaas.client import zip_adapter
 from slfaas.testing.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ class LiveServer:
                             config=Config(retries={"total_max_attempts": 1}, read_timeout=300))
 
     def api(self, method: str, path: str, body: object = None) -> object:
-        from slfaas.cli.client import api
+        from slfaas.client import api
         return api(self.url, method, path, body)
 
 

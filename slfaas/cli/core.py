@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from slfaas.cli.client import DEFAULT_ENDPOINT, CliError, api, endpoint_default, lambda_client, unreachable
+from slfaas.client import DEFAULT_ENDPOINT, CliError, api, endpoint_default, lambda_client, unreachable
 from slfaas.cli.ui import Ui
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from slfaas.cli.client import CliError, api
+from slfaas.client import CliError, api
 from slfaas.cli.core import endpoint_option, endpoint_url, examples, output_option, print_json, ui
 from slfaas.cli.ui import print_table
 from slfaas.errors import SlfaasError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from slfaas.cli.client import CliError, api, lambda_client, zip_adapter
+from slfaas.client import CliError, api, lambda_client, zip_adapter
 from slfaas.cli.core import examples, ui
 from slfaas.cli.server_cmd import DEFAULT_DATA_DIR
 from slfaas.cli.ui import Ui

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from slfaas.cli.client import CliError, zip_adapter
+from slfaas.client import CliError, zip_adapter
 from slfaas.cli.core import (boto_call, complete_function_name, endpoint_option, endpoint_url, examples,
                              output_option, print_json, ui)
 from slfaas.cli.ui import Step, Ui, print_table

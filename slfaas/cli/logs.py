@@ -8,7 +8,7 @@ import urllib.parse
 
 import click
 
-from slfaas.cli.client import CliError, api_request
+from slfaas.client import CliError, api_request
 from slfaas.cli.core import complete_function_name, endpoint_option, endpoint_url, examples
 from slfaas.faas.log_tail import LOG_OFFSET_HEADER
 

@@ -7,6 +7,7 @@ import click
 
 import slfaas
 from slfaas.cli.core import Settings, SlfaasGroup, endpoint_option, examples
+from slfaas.cli.bench import bench
 from slfaas.cli.cost import cost
 from slfaas.cli.demo import demo
 from slfaas.cli.functions import delete, deploy, list_functions
@@ -38,9 +39,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, endpoint: str | None) -> N
     ctx.obj = Settings(debug=debug, quiet=quiet)
 
 
-for command in (server, deploy, invoke, list_functions, delete, logs, models, cost, node, demo):
+for command in (server, deploy, invoke, list_functions, delete, logs, models, cost, node, bench, demo):
     cli.add_command(command)
-# `slfaas bench` (slfaas/cli/bench.py, a click group) registers here: cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> int:

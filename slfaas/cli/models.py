@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from slfaas.cli.client import api
+from slfaas.client import api
 from slfaas.cli.core import endpoint_option, endpoint_url, examples, output_option, print_json
 from slfaas.cli.ui import print_table
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from slfaas.cli.client import CliError, api
+from slfaas.client import CliError, api
 from slfaas.cli.core import endpoint_option, endpoint_url, examples, output_option, print_json, ui
 from slfaas.cli.node_view import print_status, renderable, snapshot
 from slfaas.cli.ui import stdout_console

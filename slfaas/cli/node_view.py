@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from slfaas.cli.client import api
+from slfaas.client import api
 from slfaas.cli.ui import print_table, rich_table, stdout_console
 
 # keys of the node's report that a section of its own shows; any other list of records (a

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from slfaas.cli.client import CliError
+from slfaas.client import CliError
 from slfaas.cli.core import examples
 from slfaas.errors import SlfaasError
 

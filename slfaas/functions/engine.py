@@ -210,7 +210,7 @@ class LoraEngine:
                 token = self._pick(out.logits[:, -1, :], req, generator)
                 token_id = int(token.item())  # synchronises the device: the token really exists
                 yield token_id
-                if token_id in self._eos_ids or step == req.max_tokens - 1:
+                if (token_id in self._eos_ids and not req.ignore_eos) or step == req.max_tokens - 1:
                     return  # no forward pass for a token nobody will read
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
                 out = self.model(input_ids=token.view(1, 1), attention_mask=mask, past_key_values=cache,
@@ -260,7 +260,7 @@ class LoraEngine:
                 if first_ts is None:
                     first_ts = time.perf_counter()
                 new_ids.append(token_id)
-                if token_id in self._eos_ids:
+                if token_id in self._eos_ids and not req.ignore_eos:
                     finish = "stop"
                     break
                 if req.stop:

@@ -24,6 +24,9 @@ class GenerationRequest:
     # chat: ((role, content), ...) rendered with the base tokenizer's chat template instead of
     # ``prompt`` (slfaas.functions.chat); the OpenAI-compatible endpoint sends these
     messages: tuple[tuple[str, str], ...] = ()
+    # generate exactly ``max_tokens`` (EOS is sampled like any token), as vLLM's ``ignore_eos``:
+    # benchmarks replay a trace's output lengths on random-weight models that emit EOS early
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -76,7 +79,13 @@ def parse_event(event: Any) -> GenerationRequest:
     return_tokens = event.get("return_tokens", False)
     if not isinstance(return_tokens, bool):
         raise InvalidEvent(f"'return_tokens' must be a boolean, got {return_tokens!r}")
-    return GenerationRequest(prompt, max_tokens, temperature, top_p, seed, tuple(stop), return_tokens, messages)
+    ignore_eos = event.get("ignore_eos", False)
+    if ignore_eos is None:
+        ignore_eos = False
+    if not isinstance(ignore_eos, bool):
+        raise InvalidEvent(f"'ignore_eos' must be a boolean, got {ignore_eos!r}")
+    return GenerationRequest(prompt, max_tokens, temperature, top_p, seed, tuple(stop), return_tokens, messages,
+                             ignore_eos)
 
 
 def _messages(value: Any) -> tuple[tuple[str, str], ...]:

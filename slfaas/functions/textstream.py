@@ -68,7 +68,7 @@ def stream_text(engine: Any, req: GenerationRequest) -> Generator[str, None, Gen
         t0 = time.perf_counter()
         first_ts: float | None = None
         detok = _Detokenizer(engine.tokenizer)
-        eos = engine.eos_ids
+        eos = frozenset() if req.ignore_eos else engine.eos_ids
         text = ""        # everything decoded so far (after stop-string cuts)
         sent = 0         # how much of ``text`` has been yielded
         finish = "length"

@@ -149,7 +149,7 @@ def test_endpoint_precedence() -> None:
 
 
 def test_default_endpoint_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from slfaas.cli.client import DEFAULT_ENDPOINT, endpoint_default
+    from slfaas.client import DEFAULT_ENDPOINT, endpoint_default
 
     monkeypatch.delenv("SLFAAS_ENDPOINT", raising=False)
     assert endpoint_default() == DEFAULT_ENDPOINT == "http://127.0.0.1:9000"

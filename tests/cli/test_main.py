@@ -8,7 +8,7 @@ import pytest
 from slfaas.cli.main import cli, main
 
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens there
-COMMANDS = ["server", "deploy", "invoke", "list", "delete", "logs", "models", "node", "cost", "demo"]
+COMMANDS = ["server", "deploy", "invoke", "list", "delete", "logs", "models", "node", "cost", "bench", "demo"]
 
 
 def _one_error_line(err: str) -> str:

@@ -96,7 +96,7 @@ class FakeNode:
 @pytest.fixture(scope="module")
 def zips(tiny_assets) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Base64 code zips, as create_function receives them."""
-    from slfaas.cli.client import zip_adapter
+    from slfaas.client import zip_adapter
 
     return {k: base64.b64encode(zip_adapter(p)).decode()
             for k, p in (("a", tiny_assets.adapter_a), ("b", tiny_assets.adapter_b),

@@ -71,3 +71,44 @@ def test_sampling_is_seeded_and_stops_on_strings(engine: LoraEngine) -> None:
         cut = engine.generate(parse_event({"prompt": "hello world", "max_tokens": 12, "temperature": 0,
                                            "stop": [stop]}))
         assert cut.finish_reason == "stop" and stop not in cut.text and greedy.text.startswith(cut.text)
+
+
+def test_ignore_eos_generates_exactly_max_tokens(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A base model whose EOS is the token greedy decoding picks first: without ignore_eos
+    generation stops there; with it, exactly max_tokens come, the same ones as before EOS
+    was that token (EOS is then an ordinary token), buffered and streamed alike."""
+    import json
+    import shutil
+    from contextlib import closing
+
+    from slfaas.functions.textstream import stream_text
+    from slfaas.testing.tinymodels import make_adapter, make_base_model
+
+    event = {"prompt": "the quick brown fox", "max_tokens": 12, "temperature": 0, "return_tokens": True}
+    base = make_base_model(tmp_path / "base")
+    adapter = make_adapter(base, tmp_path / "adapter", seed=7)
+    plain = LoraEngine(BackboneSource(fd=build_shared_image(base).fd), base, adapter)
+    reference = plain.generate(parse_event({**event, "ignore_eos": True}))
+    assert reference.completion_tokens == 12
+    first = reference.token_ids[0]
+
+    eos_base = tmp_path / "eos-base"
+    shutil.copytree(base, eos_base)
+    config = json.loads((eos_base / "config.json").read_text())
+    config["eos_token_id"] = first
+    (eos_base / "config.json").write_text(json.dumps(config))
+    (eos_base / "generation_config.json").unlink(missing_ok=True)
+    eos_engine = LoraEngine(BackboneSource(fd=build_shared_image(eos_base).fd), eos_base, adapter)
+    assert first in eos_engine.eos_ids
+
+    stopped = eos_engine.generate(parse_event(event))
+    assert stopped.finish_reason == "stop" and stopped.completion_tokens == 1
+    full = eos_engine.generate(parse_event({**event, "ignore_eos": True}))
+    assert full.finish_reason == "length" and full.token_ids == reference.token_ids
+    with closing(stream_text(eos_engine, parse_event({**event, "ignore_eos": True}))) as gen:
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            streamed = stop.value
+    assert streamed.token_ids == reference.token_ids and streamed.finish_reason == "length"

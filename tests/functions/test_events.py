@@ -66,6 +66,8 @@ def test_stop_as_str_or_list(stop, expected) -> None:  # type: ignore[no-untyped
     ({"prompt": "p", "stop": ["a", ""]}, "'stop' must be a string or a list of non-empty strings"),
     ({"prompt": "p", "stop": ["a", 1]}, "'stop' must be a string or a list"),
     ({"prompt": "p", "stop": {"a": 1}}, "'stop' must be a string or a list"),
+    ({"prompt": "p", "ignore_eos": 1}, "'ignore_eos' must be a boolean, got 1"),
+    ({"prompt": "p", "ignore_eos": "true"}, "'ignore_eos' must be a boolean, got 'true'"),
 ])
 def test_invalid_fields(event, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidEvent, match=match):
@@ -93,3 +95,9 @@ def test_huge_integers_are_invalid_not_a_crash() -> None:
 
 def test_invalid_event_is_a_value_error() -> None:
     assert issubclass(InvalidEvent, ValueError)
+
+
+def test_ignore_eos() -> None:
+    assert parse_event({"prompt": "p"}).ignore_eos is False
+    assert parse_event({"prompt": "p", "ignore_eos": None}).ignore_eos is False
+    assert parse_event({"prompt": "p", "ignore_eos": True}).ignore_eos is True

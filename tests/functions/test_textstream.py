@@ -74,6 +74,14 @@ def test_eos_ends_the_stream(tokenizer) -> None:  # type: ignore[no-untyped-def]
     assert gen.finish_reason == "stop" and gen.completion_tokens == len(ids) - 2
 
 
+def test_ignore_eos_streams_past_eos(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    ids = tokenizer("the quick", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id, 5, 6]
+    pieces, gen = _run(FakeEngine(tokenizer, ids), {"prompt": "x", "max_tokens": 20, "ignore_eos": True})
+    assert gen.finish_reason == "length" and gen.completion_tokens == len(ids)
+    assert gen.token_ids == tuple(ids)
+    assert "".join(pieces) == gen.text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
 @pytest.mark.parametrize("stop", ["rum", "the sea", "!", "sails"])
 def test_stop_strings_are_never_streamed(tokenizer, stop: str) -> None:  # type: ignore[no-untyped-def]
     text = "ahoy matey, the sea is wide and the rum is gone!"

@@ -176,7 +176,7 @@ def test_hard_budget_stops_a_burst_at_the_limit(tiny_assets, live_server_factory
     resp, _ = invoke(c, "budgeted", EVENT)
     assert "FunctionError" not in resp
     # bad budgets: the AWS error shape, never a 500
-    from slfaas.cli.client import CliError
+    from slfaas.client import CliError
     for body in ({"LimitUsd": "-1"}, {"LimitUsd": "ten"}, {"LimitUsd": "1", "Period": "week"}, {"Period": "day"},
                  {"LimitUsd": "1", "Hard": "yes"}):
         with pytest.raises(CliError, match="InvalidParameterValueException"):
