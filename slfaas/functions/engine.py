@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -16,7 +16,7 @@ from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
 
 if TYPE_CHECKING:
-    from slfaas.functions.slots import LoraSlots, WarmupShapes
+    from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +123,6 @@ def build_borrowed_model(state: dict[str, Any], base_model_dir: Path) -> Any:
     return model
 
 
-@dataclass(frozen=True)
-class Specialisation:
-    """How a pre-warmed runtime became one function's: by copying into its slots, or (an
-    adapter no slot fits) the slow way through PEFT's loader, and why."""
-
-    path: str                   # "slots" | "peft"
-    seconds: float
-    adapter_bytes: int
-    reasons: tuple[str, ...] = ()
-
-
 class LoraEngine:
     """With ``adapter_dir`` only: a function's engine, its adapter loaded by PEFT. With
     ``slots``: a pre-warmed runtime (empty LoRA slots, every warm-up shape run), made one
@@ -148,7 +137,7 @@ class LoraEngine:
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        from slfaas.functions.slots import LoraSlots, WarmupShapes
+        from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
         t1 = time.perf_counter()
         self._torch = torch
         self.device = torch.device(backbone.device)
@@ -162,7 +151,7 @@ class LoraEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
         t2 = time.perf_counter()
         self.slots: LoraSlots | None = None
-        self.specialisation: Specialisation | None = None
+        self.specialisation: "Specialisation | None" = None
         if slots is not None:
             self.slots = LoraSlots(self.model_base, slots)
             self.model = self.model_base   # the slot modules sit inside it
@@ -189,13 +178,17 @@ class LoraEngine:
         t3 = time.perf_counter()
         self.timings = AttachTimings(t1 - t0, t2 - t_dev, t3 - t2, t_dev - t1)
         self.adapter_bytes = self._lora_bytes()
+        self.prewarm_timings: AttachTimings | None = None
+        self.warmup_s = 0.0
         if self.slots is None:
             self._warm_up()
             return
         self._warm_up_shapes(warmup or WarmupShapes())
+        self.warmup_s = time.perf_counter() - t3
         self.prewarm_timings = self.timings   # paid before any function needed this runtime
-        if adapter_dir is not None:
-            self.specialise(AdapterSource.from_dir(adapter_dir))
+        if adapter_dir is not None:   # a fresh process with slots: its own cold start pays for all of it
+            spec = self.specialise(AdapterSource.from_dir(adapter_dir))
+            self.timings = replace(self.prewarm_timings, adapter_load_s=self.prewarm_timings.adapter_load_s + spec.seconds)
 
     @classmethod
     def prewarmed(cls, backbone: BackboneSource, base_model_dir: Path, geometry: "SlotGeometry | None" = None,
@@ -203,13 +196,14 @@ class LoraEngine:
         """A runtime for no function yet: backbone attached, empty slots, warm-up shapes run."""
         return cls(backbone, base_model_dir, None, slots=geometry or DEFAULT_GEOMETRY, warmup=warmup)
 
-    def specialise(self, source: AdapterSource) -> Specialisation:
+    def specialise(self, source: AdapterSource) -> "Specialisation":
         """Make this pre-warmed runtime ``source``'s: copy the adapter into the slots, or, when
         it fits none, put the plain layers back and load it with PEFT. Once only: a runtime
-        belongs to its function from then on."""
+        belongs to its function from then on. If PEFT's loader fails too, the runtime is
+        unusable (its slots are gone) and must be discarded, like any failed init."""
         if self.specialisation is not None or self.slots is None:
             raise RuntimeError("only a pre-warmed runtime that no function owns yet can be specialised")
-        from slfaas.functions.slots import AdapterDoesNotFit
+        from slfaas.functions.slots import AdapterDoesNotFit, Specialisation
 
         t0 = time.perf_counter()
         try:
@@ -233,13 +227,9 @@ class LoraEngine:
     def _load_with_peft(self, source: AdapterSource) -> Any:
         from peft import PeftModel
 
-        def load(directory: Path) -> Any:
-            model = PeftModel.from_pretrained(self.model_base, str(directory), is_trainable=False,
-                                              torch_device=str(self.device))
-            return model.eval()
-
         with source.directory_for_peft() as directory:
-            return load(directory)
+            return PeftModel.from_pretrained(self.model_base, str(directory), is_trainable=False,
+                                             torch_device=str(self.device)).eval()
 
     def _lora_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if "lora_" in n)

@@ -54,6 +54,17 @@ class SlotLoad:
     bytes_copied: int       # adapter bytes read (padding is zeroed, not copied)
 
 
+@dataclass(frozen=True)
+class Specialisation:
+    """How a pre-warmed runtime became one function's: by copying into its slots, or (an
+    adapter no slot fits) the slow way through PEFT's loader, and why."""
+
+    path: str                   # "slots" | "peft"
+    seconds: float
+    adapter_bytes: int
+    reasons: tuple[str, ...] = ()
+
+
 def slot_dtype(backbone_dtype: torch.dtype) -> torch.dtype:
     """PEFT's choice for adapter weights (``autocast_adapter_dtype``): float32 beside a
     half-precision backbone, else the backbone's dtype."""

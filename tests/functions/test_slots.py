@@ -239,3 +239,18 @@ def test_warm_up_runs_every_prefill_length_and_decode(kit: Kit, monkeypatch: pyt
     first = calls[0][0]
     assert [n for module, n in calls if module == first] == [3, 1, 1, 9, 1, 1, 40, 1, 1]
     assert len({module for module, _ in calls}) == 2 * len(ALL)   # every slot took part
+
+
+def test_timings_tell_a_pre_warmed_cold_start_from_a_fresh_one(kit: Kit) -> None:
+    engine = _prewarmed(kit)
+    assert engine.prewarm_timings is not None and engine.prewarm_timings.backbone_attach_s > 0
+    assert engine.warmup_s > 0
+    spec = engine.specialise(AdapterSource.from_dir(kit.adapters["r4_qv"]))
+    t = engine.timings   # what this function's cold start paid: the copy alone
+    assert (t.imports_s, t.backbone_attach_s, t.device_init_s) == (0.0, 0.0, 0.0)
+    assert t.adapter_load_s == spec.seconds > 0
+    # slots and an adapter at once (a fresh process): one engine pays attach and copy
+    fresh = LoraEngine(BackboneSource(fd=kit.fd), kit.base, kit.adapters["r4_qv"], slots=GEOMETRY, warmup=FAST)
+    assert fresh.specialisation is not None and fresh.specialisation.path == "slots"
+    assert fresh.timings.backbone_attach_s > 0 and fresh.timings.adapter_load_s >= fresh.specialisation.seconds
+    assert _tokens(fresh) == _tokens(engine)
