@@ -24,6 +24,7 @@ from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validat
 from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
 from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
 from slfaas.faas.event_invoker import EventInvoker
+from slfaas.faas.function_settings import SETTING_NAMES, parse_function_settings
 from slfaas.faas.limits import Limits
 from slfaas.faas.log_tail import invocation_log, log_result_header
 from slfaas.faas.tags import Tags, validate_tags
@@ -86,11 +87,13 @@ def _environment(params: dict) -> dict[str, str] | None:
             # the OS refuses these at exec: the function could never start
             raise InvalidParameter(f"Environment variable {k!r}: names must be non-empty without '=' "
                                    f"and names and values must not contain NUL characters")
-        if k.startswith("AWS_LAMBDA_") or k.startswith("SLFAAS_") and k != BASE_MODEL_ENV or k == "_HANDLER":
+        platform = k.startswith("SLFAAS_") and k != BASE_MODEL_ENV and k not in SETTING_NAMES
+        if k.startswith("AWS_LAMBDA_") or platform or k == "_HANDLER":
             raise InvalidParameter(
                 f"Lambda was unable to configure your environment variables because the environment variables "
                 f"you have provided contains reserved keys that are currently not supported for modification. "
                 f"Reserved keys used in this request: {k}")
+    parse_function_settings(variables)
     return dict(variables)
 
 

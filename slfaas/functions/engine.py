@@ -7,12 +7,17 @@ import os
 import threading
 import time
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
+from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
+from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
 from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_PATH, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S
+
+if TYPE_CHECKING:
+    from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +103,20 @@ def build_borrowed_model(state: dict[str, Any], base_model_dir: Path) -> Any:
 
 
 class LoraEngine:
-    def __init__(self, backbone: BackboneSource, base_model_dir: Path, adapter_dir: Path):
+    """With ``adapter_dir`` only: a function's engine, its adapter loaded by PEFT. With
+    ``slots``: a pre-warmed runtime (empty LoRA slots, every warm-up shape run), made one
+    function's by ``specialise`` (also done here when ``adapter_dir`` is given too)."""
+
+    def __init__(self, backbone: BackboneSource, base_model_dir: Path, adapter_dir: Path | None = None, *,
+                 slots: "SlotGeometry | None" = None, warmup: "WarmupShapes | None" = None):
+        if adapter_dir is None and slots is None:
+            raise ValueError("an engine needs an adapter, slots, or both")
         t0 = time.perf_counter()
         import torch
         from peft import PeftModel
         from transformers import AutoTokenizer
 
+        from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
         t1 = time.perf_counter()
         self._torch = torch
         self.device = torch.device(backbone.device)
@@ -114,12 +127,18 @@ class LoraEngine:
         state, self._backbone_keepalive = backbone.tensors()
         self.model_base = build_borrowed_model(state, base_model_dir)
         del state
-        t2 = time.perf_counter()
-        # The adapter is this instance's own memory, created on the backbone's device.
-        self.model = PeftModel.from_pretrained(self.model_base, str(adapter_dir), is_trainable=False,
-                                               torch_device=str(self.device))
-        self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+        t2 = time.perf_counter()
+        self.slots: LoraSlots | None = None
+        self.specialisation: "Specialisation | None" = None
+        if slots is not None:
+            self.slots = LoraSlots(self.model_base, slots)
+            self.model = self.model_base   # the slot modules sit inside it
+        else:
+            # The adapter is this instance's own memory, created on the backbone's device.
+            self.model = PeftModel.from_pretrained(self.model_base, str(adapter_dir), is_trainable=False,
+                                                   torch_device=str(self.device))
+        self.model.eval()
         eos = self.model_base.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -137,9 +156,62 @@ class LoraEngine:
                  getattr(self.model_base.config, "_attn_implementation", "?"), self.model_base.dtype)
         t3 = time.perf_counter()
         self.timings = AttachTimings(t1 - t0, t2 - t_dev, t3 - t2, t_dev - t1)
-        self.adapter_bytes = sum(p.numel() * p.element_size() for n, p in self.model.named_parameters()
-                                 if "lora_" in n)
-        self._warm_up()
+        self.adapter_bytes = self._lora_bytes()
+        self.prewarm_timings: AttachTimings | None = None
+        self.warmup_s = 0.0
+        if self.slots is None:
+            self._warm_up()
+            return
+        self._warm_up_shapes(warmup or WarmupShapes())
+        self.warmup_s = time.perf_counter() - t3
+        self.prewarm_timings = self.timings   # paid before any function needed this runtime
+        if adapter_dir is not None:   # a fresh process with slots: its own cold start pays for all of it
+            spec = self.specialise(AdapterSource.from_dir(adapter_dir))
+            self.timings = replace(self.prewarm_timings, adapter_load_s=self.prewarm_timings.adapter_load_s + spec.seconds)
+
+    @classmethod
+    def prewarmed(cls, backbone: BackboneSource, base_model_dir: Path, geometry: "SlotGeometry | None" = None,
+                  warmup: "WarmupShapes | None" = None) -> "LoraEngine":
+        """A runtime for no function yet: backbone attached, empty slots, warm-up shapes run."""
+        return cls(backbone, base_model_dir, None, slots=geometry or DEFAULT_GEOMETRY, warmup=warmup)
+
+    def specialise(self, source: AdapterSource) -> "Specialisation":
+        """Make this pre-warmed runtime ``source``'s: copy the adapter into the slots, or, when
+        it fits none, put the plain layers back and load it with PEFT. Once only: a runtime
+        belongs to its function from then on. If PEFT's loader fails too, the runtime is
+        unusable (its slots are gone) and must be discarded, like any failed init."""
+        if self.specialisation is not None or self.slots is None:
+            raise RuntimeError("only a pre-warmed runtime that no function owns yet can be specialised")
+        from slfaas.functions.slots import AdapterDoesNotFit, Specialisation
+
+        t0 = time.perf_counter()
+        try:
+            self.slots.load(source)
+            if self.device.type == "cuda":
+                self._torch.cuda.synchronize(self.device)
+            path, reasons = "slots", ()
+        except AdapterDoesNotFit as exc:
+            log.info("adapter fits no slot (%s): loading it with PEFT", exc)
+            self.slots.remove()
+            self.slots = None
+            self.model = self._load_with_peft(source)
+            self._warm_up()
+            path, reasons = "peft", exc.reasons
+        seconds = time.perf_counter() - t0
+        self.adapter_bytes = self._lora_bytes()
+        self.timings = AttachTimings(0.0, 0.0, seconds, 0.0)
+        self.specialisation = Specialisation(path, seconds, self.adapter_bytes, reasons)
+        return self.specialisation
+
+    def _load_with_peft(self, source: AdapterSource) -> Any:
+        from peft import PeftModel
+
+        with source.directory_for_peft() as directory:
+            return PeftModel.from_pretrained(self.model_base, str(directory), is_trainable=False,
+                                             torch_device=str(self.device)).eval()
+
+    def _lora_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for n, p in self.model.named_parameters() if "lora_" in n)
 
     def _warm_up(self) -> None:
         """One tiny forward so the first real request does not pay for lazy kernel setup."""
@@ -149,6 +221,34 @@ class LoraEngine:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize()
             self._torch.cuda.empty_cache()  # hand back warm-up scratch: GPU memory is per-instance cost
+
+    def _warm_up_shapes(self, shapes: "WarmupShapes") -> None:
+        """The forwards a generation makes (prefill, then decode with the cache), at every
+        warm-up length, through the (empty) slots; plus both token pickers."""
+        torch = self._torch
+        from transformers import DynamicCache
+
+        config = self.model_base.config
+        limit = int(getattr(config, "max_position_embeddings", 0) or 1 << 30) - shapes.decode_steps
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        with torch.inference_mode():
+            for n in sorted({max(1, min(n, limit)) for n in shapes.prefill_tokens}):
+                ids = (torch.arange(n, device=self.device) % config.vocab_size).view(1, n)
+                mask, cache = torch.ones_like(ids), DynamicCache()
+                out = self._forward(ids, mask, cache)
+                for _ in range(shapes.decode_steps):
+                    token = self._pick(out.logits[:, -1, :], GenerationRequest("", temperature=0), None)
+                    mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+                    out = self._forward(token.view(1, 1), mask, cache)
+            self._pick(out.logits[:, -1, :], GenerationRequest("", temperature=1.0, top_p=0.9), generator)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+    def _forward(self, ids: Any, mask: Any, cache: Any) -> Any:
+        """One forward of a generation (prefill or decode step): logits of the last position."""
+        return self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                          logits_to_keep=1)
 
     def stream(self, req: GenerationRequest) -> Iterator[int]:
         """Yield new token ids one by one: a prefill, then one decode step per token.
@@ -201,8 +301,7 @@ class LoraEngine:
         torch = self._torch
         with torch.inference_mode():
             t_prefill = time.perf_counter()
-            out = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                             logits_to_keep=1)
+            out = self._forward(ids, mask, cache)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.last_prefill_ms = (time.perf_counter() - t_prefill) * 1000
@@ -213,8 +312,7 @@ class LoraEngine:
                 if (token_id in self._eos_ids and not req.ignore_eos) or step == req.max_tokens - 1:
                     return  # no forward pass for a token nobody will read
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                out = self.model(input_ids=token.view(1, 1), attention_mask=mask, past_key_values=cache,
-                                 use_cache=True, logits_to_keep=1)
+                out = self._forward(token.view(1, 1), mask, cache)
 
     def _pick(self, logits: Any, req: GenerationRequest, generator: Any) -> Any:
         torch = self._torch

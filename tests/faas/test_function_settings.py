@@ -1,0 +1,56 @@
+"""Per-function platform settings (SLFAAS_KEEP_ALIVE_POLICY, ...): allowed among the reserved
+SLFAAS_* names, bounded, refused with InvalidParameterValueException when out of range."""
+from __future__ import annotations
+
+import pytest
+
+from slfaas.errors import InvalidParameter, NotFound
+from slfaas.faas.function_settings import FunctionSettings, parse_function_settings
+
+
+def _params(zips: dict[str, str], env: dict[str, str], name: str = "fn") -> dict:
+    return {"FunctionName": name, "Runtime": "slfaas-lora", "Role": "arn:aws:iam::000000000000:role/r",
+            "Code": {"ZipFile": zips["a"]}, "Environment": {"Variables": env}}
+
+
+GOOD = {"SLFAAS_KEEP_ALIVE_POLICY": "histogram", "SLFAAS_KEEP_ALIVE_S": "30.5",
+        "SLFAAS_KEEP_ALIVE_BIN_S": "0.5", "SLFAAS_TTFT_SLO_MS": "250", "MY_VAR": "x"}
+
+
+def test_settings_are_accepted_and_stored(svc, zips) -> None:  # type: ignore[no-untyped-def]
+    rec = svc.create_function(_params(zips, GOOD))
+    assert rec.environment == GOOD
+    assert parse_function_settings(rec.environment) == FunctionSettings("histogram", 30.5, 0.5, 250)
+    assert parse_function_settings({}) == FunctionSettings()
+
+
+@pytest.mark.parametrize(("name", "value", "needle"), [
+    ("SLFAAS_KEEP_ALIVE_POLICY", "forever", "fixed, histogram"),
+    ("SLFAAS_KEEP_ALIVE_POLICY", "", "fixed, histogram"),
+    ("SLFAAS_KEEP_ALIVE_S", "-1", "from 0 to 86400"),
+    ("SLFAAS_KEEP_ALIVE_S", "86401", "from 0 to 86400"),
+    ("SLFAAS_KEEP_ALIVE_S", "nan", "SLFAAS_KEEP_ALIVE_S"),
+    ("SLFAAS_KEEP_ALIVE_S", "inf", "SLFAAS_KEEP_ALIVE_S"),
+    ("SLFAAS_KEEP_ALIVE_S", "ten", "SLFAAS_KEEP_ALIVE_S"),
+    ("SLFAAS_KEEP_ALIVE_BIN_S", "0.01", "from 0.1 to 3600"),
+    ("SLFAAS_TTFT_SLO_MS", "0", "an integer from 1 to 600000"),
+    ("SLFAAS_TTFT_SLO_MS", "2.5", "an integer"),
+    ("SLFAAS_TTFT_SLO_MS", "1" * 400, "an integer"),
+])
+def test_out_of_range_is_refused_and_nothing_is_created(svc, zips, name, value, needle) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidParameter, match=needle):
+        svc.create_function(_params(zips, {name: value}))
+    with pytest.raises(NotFound):
+        svc.get_function("fn")
+
+
+def test_other_platform_names_stay_reserved(svc, zips) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidParameter, match="Reserved keys used in this request: SLFAAS_KEEP_ALIVE"):
+        svc.create_function(_params(zips, {"SLFAAS_KEEP_ALIVE": "1"}))
+
+
+def test_updates_are_checked_too(svc, zips) -> None:  # type: ignore[no-untyped-def]
+    svc.create_function(_params(zips, {"SLFAAS_KEEP_ALIVE_S": "60"}))
+    with pytest.raises(InvalidParameter, match="SLFAAS_KEEP_ALIVE_S"):
+        svc.update_configuration("fn", {"Environment": {"Variables": {"SLFAAS_KEEP_ALIVE_S": "1e9"}}})
+    assert svc.get_function("fn").environment == {"SLFAAS_KEEP_ALIVE_S": "60"}

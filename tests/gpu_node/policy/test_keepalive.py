@@ -1,0 +1,108 @@
+"""Keep-alive policies on synthetic idle-time series: pure, no threads, no clock."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from slfaas.gpu_node.policy.keepalive import (FixedKeepAlive, HistogramKeepAlive, IdleHistogram,
+                                              KeepAliveDecision, decide)
+
+POLICY = HistogramKeepAlive(bin_width_s=1.0, range_s=120.0, min_samples=10, fallback_ttl_s=90.0,
+                            out_of_bounds_ttl_s=30.0)
+
+
+def replay(policy: HistogramKeepAlive, gaps_s: list[float], duration_s: float = 0.5) -> IdleHistogram:
+    """Invocations of ``duration_s`` separated by idle gaps; returns the state after the last."""
+    hist, t = IdleHistogram.empty(policy), 1000.0
+    for gap in [0.0, *gaps_s]:
+        t += gap
+        hist = hist.invoked(t, t + duration_s)
+        t += duration_s
+    return hist
+
+
+def test_fixed_ttl_is_the_default_behaviour() -> None:
+    hist = IdleHistogram(1.0, (), idle_since_s=50.0)
+    d = decide(FixedKeepAlive(600.0), hist, now_s=100.0)
+    assert (d.prewarm_window_s, d.keep_alive_window_s, d.reason) == (0.0, 600.0, "fixed")
+    assert d.keep_warm and d.warm_until_s == 650.0
+    assert not decide(FixedKeepAlive(600.0), hist, now_s=650.0).keep_warm
+    assert decide(FixedKeepAlive(), None, 0.0) == KeepAliveDecision(0.0, 600.0, "fixed")
+
+
+def test_periodic_function_is_unloaded_and_pre_warmed_just_before_it_returns() -> None:
+    rng = random.Random(1)
+    gaps = [30.0 + rng.uniform(-0.4, 0.4) for _ in range(60)]
+    hist = replay(POLICY, gaps)
+    since = hist.idle_since_s
+    assert since is not None
+    d = decide(POLICY, hist, now_s=since + 1.0)
+    assert d.reason == "histogram"
+    assert 20.0 < d.prewarm_window_s < 29.6                       # head (29 s bin) less the margin
+    assert d.prewarm_window_s + d.keep_alive_window_s > 30.4      # covers the tail
+    assert d.keep_alive_window_s < 15.0                           # far less idle time than a fixed TTL
+    assert not d.keep_warm and not d.prewarm_due                  # just finished: unloaded
+    back = decide(POLICY, hist, now_s=since + 29.0)
+    assert back.keep_warm and back.prewarm_due                    # loaded again before the next call
+    assert not decide(POLICY, hist, now_s=since + d.prewarm_window_s + d.keep_alive_window_s).keep_warm
+
+
+def test_bursty_function_stays_loaded_from_the_burst_to_the_next() -> None:
+    gaps = []
+    for _ in range(8):
+        gaps += [0.2] * 10 + [75.0]   # bursts of 11 calls, then 75 s of quiet
+    hist = replay(POLICY, gaps)
+    d = decide(POLICY, hist, now_s=hist.idle_since_s or 0.0)
+    assert d.reason == "histogram"
+    assert d.prewarm_window_s == 0.0                # most idle times are tiny: never unload early
+    assert 75.0 < d.keep_alive_window_s < 90.0      # but not for a whole fixed TTL
+    assert d.keep_warm
+
+
+def test_mostly_out_of_bounds_idle_times_fall_back() -> None:
+    hist = replay(POLICY, [300.0, 500.0, 20.0, 900.0, 400.0, 250.0, 30.0, 1000.0, 600.0, 700.0, 350.0])
+    assert hist.out_of_bounds == 9
+    d = decide(POLICY, hist, now_s=hist.idle_since_s or 0.0)
+    assert (d.reason, d.prewarm_window_s, d.keep_alive_window_s) == ("out_of_bounds", 0.0, 30.0)
+
+
+def test_flat_histogram_is_low_confidence() -> None:
+    rng = random.Random(2)
+    hist = replay(POLICY, [rng.uniform(0, 119) for _ in range(1500)])
+    assert hist.bin_cv() < POLICY.cv_threshold
+    d = decide(POLICY, hist, now_s=hist.idle_since_s or 0.0)
+    assert (d.reason, d.prewarm_window_s, d.keep_alive_window_s) == ("low_confidence", 0.0, 90.0)
+
+
+def test_few_samples_and_no_history_fall_back_to_the_ttl() -> None:
+    hist = replay(POLICY, [30.0] * 5)
+    assert decide(POLICY, hist, 0.0).reason == "few_samples"
+    assert decide(POLICY, replay(POLICY, [30.0] * 10), 0.0).reason == "histogram"
+    d = decide(POLICY, None, 0.0)
+    assert (d.reason, d.keep_alive_window_s, d.keep_warm) == ("no_history", 90.0, False)
+
+
+def test_bin_width_is_configurable() -> None:
+    fine = HistogramKeepAlive(bin_width_s=0.25, range_s=10.0)
+    hist = replay(fine, [2.1] * 20, duration_s=0.1)
+    d = decide(fine, hist, now_s=hist.idle_since_s or 0.0)
+    assert d.reason == "histogram" and 1.7 < d.prewarm_window_s < 2.1 < d.prewarm_window_s + d.keep_alive_window_s < 3.0
+    with pytest.raises(ValueError):
+        decide(POLICY, hist, 0.0)   # a histogram of another shape
+
+
+def test_overlapping_invocations_are_no_idle_time() -> None:
+    hist = IdleHistogram.empty(POLICY).invoked(0.0, 10.0).invoked(5.0, 8.0)
+    assert hist.counts[0] == 1 and hist.idle_since_s == 10.0   # the period ends at the later end
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"bin_width_s": 0.0}, {"range_s": 0.5}, {"head_percentile": 99.0, "tail_percentile": 5.0},
+    {"margin": 1.0}, {"min_samples": 0}, {"fallback_ttl_s": -1.0}, {"bin_width_s": 1e-6},
+])
+def test_bad_policies_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        HistogramKeepAlive(**kwargs)
+    with pytest.raises(ValueError):
+        FixedKeepAlive(float("nan"))
