@@ -57,7 +57,8 @@ def cmd_server(args: argparse.Namespace) -> int:
             instance_gpu_mb=args.instance_gpu_mb, docker_image=args.docker_image,
             warm_pool=_warm_pool(args), s3_endpoint_url=args.s3_endpoint_url, auth=args.auth,
             credentials_file=Path(args.credentials) if args.credentials else None, insecure=args.insecure,
-            auth_max_skew_s=args.auth_max_skew_s, prices_file=Path(args.prices) if args.prices else None))
+            auth_max_skew_s=args.auth_max_skew_s, prices_file=Path(args.prices) if args.prices else None,
+            insecure_sandbox=args.insecure_sandbox))
     except OSError as exc:
         raise CliError(f"cannot start the server on {args.host}:{args.port}: {exc}")
     except (ValueError, SlfaasError) as exc:
@@ -313,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--database-url", help="any SQLAlchemy URL for the registry (default: SQLite in the data dir)")
     s.add_argument("--sandbox", default="process", choices=["process", "docker"],
                    help="instance isolation: a process, or a Docker container per instance (default %(default)s)")
+    s.add_argument("--insecure-sandbox", action="store_true",
+                   help="with --sandbox process: run functions as plain processes of this user, without the "
+                        "isolation (own uid, namespaces, MemorySize) that needs root and bubblewrap")
     s.add_argument("--docker-image", default=None,
                    help="with --sandbox docker: the runtime image (default slfaas/runtime:local, made by "
                         "`slfaas node build-image`)")

@@ -47,15 +47,15 @@ class ServerConfig:
     insecure: bool = False                   # allow a non-loopback bind without authentication
     auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
     prices_file: Path | None = None          # --prices: a TOML/YAML price sheet over the built-in defaults
+    insecure_sandbox: bool = False           # --sandbox process without isolation: plain processes of this user
 
 
 def make_sandbox_factory(name: str, data_dir: Path | None = None, docker_image: str | None = None,
-                         warm_pool: int = 0) -> SandboxFactory:
+                         warm_pool: int = 0, insecure_sandbox: bool = False) -> SandboxFactory:
     if warm_pool < 0:
         raise ValueError(f"--warm-pool must be 0 or more, got {warm_pool}")
     if name == "process":
-        from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
-        return ProcessSandboxFactory(warm_pool=warm_pool)
+        return _process_sandboxes(warm_pool, insecure_sandbox)
     if name == "docker":
         from slfaas.gpu_node.sandboxes.docker import (DEFAULT_IMAGE, DockerSandboxConfig, DockerSandboxFactory,
                                                       DockerUnavailable)
@@ -65,6 +65,27 @@ def make_sandbox_factory(name: str, data_dir: Path | None = None, docker_image: 
         except DockerUnavailable as exc:
             raise ValueError(str(exc)) from exc
     raise ValueError(f"unknown sandbox backend {name!r} (available: process, docker)")
+
+
+def _process_sandboxes(warm_pool: int, insecure: bool) -> SandboxFactory:
+    """Isolated process sandboxes, or (``insecure``) plain processes; refused where isolation
+    is impossible and not waived."""
+    import sys
+
+    from slfaas.gpu_node.sandboxes.isolation import HostIsolation, IsolationUnavailable
+    from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
+
+    if insecure:
+        log.warning("process sandbox NOT isolated (--insecure-sandbox): every function runs as this server's "
+                    "user and can read the data dir, other functions and their processes")
+        return ProcessSandboxFactory(warm_pool=warm_pool)
+    try:
+        isolation = HostIsolation.probe(sys.executable)
+    except IsolationUnavailable as exc:
+        raise ValueError(f"the process sandbox cannot isolate functions here: {exc}. Pass --insecure-sandbox "
+                         f"to run them unisolated as this user, or use --sandbox docker") from None
+    log.info("%s", isolation.describe())
+    return ProcessSandboxFactory(warm_pool=warm_pool, isolation=isolation)
 
 
 def resolve_device(device: str) -> str:
@@ -131,7 +152,7 @@ class SlfaasServer:
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
                        instance_gpu_mb=config.instance_gpu_mb),
             make_sandbox_factory(config.sandbox, data_dir, config.docker_image,
-                                 max(config.warm_pool, config.docker_warm_pool)),
+                                 max(config.warm_pool, config.docker_warm_pool), config.insecure_sandbox),
             on_integrity=self.registry.record_integrity_event, prices=prices,
             on_usage=lambda rec: self.service.cost.record(rec), on_node_usage=self.registry.put_node_usage)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
