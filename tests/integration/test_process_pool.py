@@ -18,15 +18,25 @@ EVENT = {"prompt": "hoist the sails", "max_tokens": 6, "temperature": 0}
 
 
 def _pool_children(pid: int) -> set[int]:
-    found = set()
+    """Pool runtimes (``python -m slfaas.functions.prewarm`` itself, not the sandbox's bwrap
+    around it) that descend from ``pid``."""
+    parents, found = {}, set()
     for d in Path("/proc").iterdir():
         try:
-            if (d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
-                    and b"slfaas.functions.prewarm" in (d / "cmdline").read_bytes()):
-                found.add(int(d.name))
+            if d.name.isdigit():
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if (d / "cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"slfaas.functions.prewarm"]:
+                    found.add(int(d.name))
         except (OSError, IndexError):
             continue
-    return found
+
+    def descends(p: int) -> bool:
+        while p > 1:
+            p = parents.get(p, 0)
+            if p == pid:
+                return True
+        return False
+    return {p for p in found if descends(p)}
 
 
 def _report(server, name: str, rid: str) -> str:  # type: ignore[no-untyped-def]

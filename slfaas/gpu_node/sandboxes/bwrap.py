@@ -64,8 +64,6 @@ def sandbox_env(env: Mapping[str, str], pythonpath: str, python: str) -> dict[st
         out["SLFAAS_RUNTIME_SOCKET"] = RUNTIME_SOCKET
     if "SLFAAS_BASE_MODEL_DIR" in env:
         out["SLFAAS_BASE_MODEL_DIR"] = MODEL_DIR
-    if "SLFAAS_BACKBONE_IPC" in env:
-        out["SLFAAS_BACKBONE_IPC"] = f"{RUN_DIR}/backbone.ipc"
     return out
 
 
@@ -83,8 +81,6 @@ def instance_binds(code_dir: Path, runtime_socket: Path, env: Mapping[str, str])
     if env.get("SLFAAS_BASE_MODEL_DIR"):
         for f in model_files(Path(env["SLFAAS_BASE_MODEL_DIR"])):
             binds += ["--ro-bind", str(f), f"{MODEL_DIR}/{f.name}"]
-    if env.get("SLFAAS_BACKBONE_IPC"):
-        binds += ["--ro-bind", env["SLFAAS_BACKBONE_IPC"], f"{RUN_DIR}/backbone.ipc"]
     return binds
 
 

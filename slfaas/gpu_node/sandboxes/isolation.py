@@ -174,6 +174,9 @@ class Jail:
     def instance(self, argv: tuple[str, ...] | list[str], env: Mapping[str, str], code_dir: Path,
                  runtime_socket: Path) -> tuple[list[str], dict[str, str]]:
         """(command, environment) of a cold-started instance."""
+        if env.get("SLFAAS_BACKBONE_IPC"):
+            raise IsolationUnavailable("a backbone shared through a legacy CUDA IPC handle cannot be opened by a "
+                                       "sandbox running as its own uid; run the server with --insecure-sandbox")
         self.own(runtime_socket)
         cuda = env.get("SLFAAS_DEVICE", "cpu").startswith("cuda")
         part = bwrap.bwrap_argv(self.host.tools.bwrap, self.host.roots,

@@ -142,14 +142,17 @@ class _CgroupBox(MemoryBox):
             if (self.path / "memory.swap.max").exists():
                 _write(self.path / "memory.swap.max", "0")
             return
-        # memory+swap may never be below memory alone: raise it first, lower it last
+        # memory+swap (where swap is accounted) may never be below memory alone (EINVAL): when
+        # raising, it goes first. EBUSY: more in use than the new limit.
         memsw = self.path / "memory.memsw.limit_in_bytes"
-        has_memsw = memsw.exists()
-        current = int((self.path / "memory.limit_in_bytes").read_text())
-        if has_memsw and int(limit) > current:
+        try:
+            _write(self.path / "memory.limit_in_bytes", limit)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not memsw.exists():
+                raise
             _write(memsw, limit)
-        _write(self.path / "memory.limit_in_bytes", limit)   # EBUSY: more in use than the new limit
-        if has_memsw:
+            _write(self.path / "memory.limit_in_bytes", limit)
+        if memsw.exists():
             _write(memsw, limit)
 
     def oom_kills(self) -> int:
