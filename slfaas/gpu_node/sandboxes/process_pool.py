@@ -34,6 +34,7 @@ from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
 from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool, file_handover
 
 if TYPE_CHECKING:
+    from slfaas.gpu_node.sandboxes.isolation import HostIsolation
     from slfaas.gpu_node.sandboxes.process import ProcessSandbox, ProcessSandboxFactory
 
 # Read while torch/transformers import (thread pools, allocators, library paths): a function
@@ -46,13 +47,16 @@ POOL_MEMORY_MB = 2048   # an isolated pool runtime's bound until specialised (th
 
 class ProcessPoolLauncher(PoolLauncher):
     kind = "process"
+    supports_cuda = True
+    isolation: "HostIsolation | None" = None
 
     def __init__(self, factory: "ProcessSandboxFactory"):
         self.factory = factory
         self.python = sys.executable
         self._env_at_import: dict[str, str] = {}
+        self.isolation = factory.isolation
         # The CUDA backbone's IPC file is opened by path: an isolated runtime sees no such path.
-        self.supports_cuda = factory.isolation is None
+        self.supports_cuda = self.isolation is None
 
     @property
     def work_dir(self) -> Path:
@@ -69,7 +73,7 @@ class ProcessPoolLauncher(PoolLauncher):
     def launch(self, sid: str, slot_dir: Path, log_sink: LogSink,
                closers: tuple[Callable[[], None], ...]) -> "ProcessSandbox":
         env = self.pool_env(slot_dir)
-        isolation = self.factory.isolation
+        isolation = self.isolation
         if isolation is None:
             self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
             # cwd: the slot's own directory (the runtime moves to the code dir once specialised)
@@ -87,7 +91,7 @@ class ProcessPoolLauncher(PoolLauncher):
     def plan(self, spec: SandboxSpec) -> Handover | None:
         if tuple(spec.argv) != (self.python, "-m", "slfaas.functions"):
             return None
-        isolation = self.factory.isolation
+        isolation = self.isolation
         env = spec.env if isolation is None else isolation.env(spec.env)
         wanted = {k: v for k, v in env.items() if _import_time(k)}
         if wanted != self._env_at_import:
