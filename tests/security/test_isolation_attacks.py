@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import deploy
+from tests.conftest import TEST_SANDBOX, deploy
 from tests.integration._util import assert_healthy, instances_of, invoke, pid_alive, wait_for
 from tests.security.conftest import ATTACKER, CHANGES, READS, Arena, kill_marked, log_of, marked
 
@@ -99,3 +99,6 @@ def test_a_started_process_dies_with_a_killed_server(live_server_factory, tiny_a
                  "the instance and its escaped grandchild to die with the server")
     finally:
         kill_marked(marker)
+        if TEST_SANDBOX == "process":
+            from slfaas.gpu_node.sandboxes.memlimit import memory_control
+            memory_control().close()   # what the next server would do: remove the dead one's cgroups

@@ -22,6 +22,7 @@ can be forked outside it.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import resource
@@ -34,6 +35,7 @@ from slfaas.gpu_node.sandboxes.warm_pool import proc_start_ticks
 
 log = logging.getLogger(__name__)
 
+_node_seq = itertools.count()
 _JOIN_SCRIPT = 'echo $$ > "$0" && exec "$@"'   # sh -c SCRIPT PROCS_FILE CMD...
 _DEFAULT_MOUNTINFO = Path("/proc/self/mountinfo")
 _DEFAULT_PROC_CGROUP = Path("/proc/self/cgroup")
@@ -98,11 +100,13 @@ class _RlimitBox(MemoryBox):
 
 
 class CgroupMemory(MemoryControl):
-    """Boxes are directories under ``<parent>/slfaas-<node pid>-<its start time>``; ``v2`` selects the file names."""
+    """Boxes are directories under ``<parent>/slfaas-<node pid>-<its start time>-<n>``; ``v2``
+    selects the file names."""
 
     def __init__(self, parent: Path, v2: bool):
         self.v2 = v2
-        self.dir = parent / f"slfaas-{os.getpid()}-{proc_start_ticks(os.getpid())}"
+        # one per node (several nodes may share a process: tests)
+        self.dir = parent / f"slfaas-{os.getpid()}-{proc_start_ticks(os.getpid())}-{next(_node_seq)}"
         _reap_stale(parent)
         self.dir.mkdir(exist_ok=True)
         if v2:
@@ -309,7 +313,7 @@ def _reap_stale(parent: Path) -> None:
     except OSError:
         return
     for d in entries:
-        pid, _, start = d.name.removeprefix("slfaas-").partition("-")
+        pid, start, *_ = d.name.split("-")[1:] + ["", ""]
         if not pid.isdigit() or proc_start_ticks(int(pid)) == start:
             continue
         v2 = (d / "cgroup.controllers").exists()
