@@ -35,7 +35,7 @@ class UidAllocator:
     def __init__(self, first: int = FIRST_UID, count: int = UID_COUNT, lock_dir: Path | None = None):
         self.first = first
         self.count = count
-        self.lock_dir = lock_dir or Path(tempfile.gettempdir()) / "slfaas-uids"
+        self.lock_dir = lock_dir or _default_lock_dir()
         _private_dir(self.lock_dir)
         self._reserved = _reserved_ids(first, first + count)
         self._held: dict[int, int] = {}   # uid -> the descriptor that holds its lock
@@ -133,6 +133,13 @@ def _reserved_ids(lo: int, hi: int) -> set[int]:
         except OSError:
             pass
     return reserved
+
+
+def _default_lock_dir() -> Path:
+    """/run/lock (not aged out like /tmp, where a cleaner could delete a held claim's file)."""
+    run_lock = Path("/run/lock")
+    base = run_lock if run_lock.is_dir() and os.access(run_lock, os.W_OK) else Path(tempfile.gettempdir())
+    return base / "slfaas-uids"
 
 
 def _private_dir(path: Path) -> None:
