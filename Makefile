@@ -2,7 +2,7 @@
 PYTHON ?= python3
 STAMP := .install-stamp
 
-.PHONY: demo test install bench-memory docker-setup test-docker bench-cold-start
+.PHONY: demo test install bench-memory docker-setup bwrap-setup test-docker bench-cold-start
 
 $(STAMP): pyproject.toml
 	# torch: keep a CUDA build where one is installed; otherwise the pinned CPU wheel (a few
@@ -11,9 +11,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) bwrap-setup
 
-demo: $(STAMP)
+# Process sandboxes are isolated with bubblewrap: installed with apt as root, or unpacked from
+# its Debian package where there is no registry (SLFAAS_BWRAP_DEB=bubblewrap_*.deb).
+bwrap-setup:
+	bash scripts/ensure-bwrap.sh
+
+demo: $(STAMP) bwrap-setup
 	$(PYTHON) -m slfaas.cli.main demo
 
 # Docker sandboxes need an engine and the runtime image (built locally, no registry):
@@ -23,7 +28,7 @@ demo: $(STAMP)
 docker-setup: $(STAMP)
 	PYTHON=$(PYTHON) bash docker/ensure-engine.sh || [ $$? -eq 3 ]
 
-test: $(STAMP) docker-setup
+test: $(STAMP) bwrap-setup docker-setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
 # The vertical slice's boto3 integration tests again, every function instance a Docker
@@ -36,8 +41,8 @@ test-docker: $(STAMP)
 	PYTHON=$(PYTHON) bash docker/ensure-engine.sh
 	SLFAAS_TEST_SANDBOX=docker $(PYTHON) -m pytest -q -p no:cacheprovider $(SLICE_TESTS)
 
-bench-memory: $(STAMP)
+bench-memory: $(STAMP) bwrap-setup
 	$(PYTHON) bench/memory_pss.py
 
-bench-cold-start: $(STAMP)
+bench-cold-start: $(STAMP) bwrap-setup
 	$(PYTHON) bench/cold_start.py

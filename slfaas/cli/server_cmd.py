@@ -84,6 +84,9 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
                    "older requests, replays included, are refused as expired")
 @click.option("--insecure", is_flag=True,
               help="allow a non-loopback --host without authentication (trusted networks only)")
+@click.option("--insecure-sandbox", is_flag=True,
+              help="run --sandbox process instances as plain processes of this user, unisolated (where "
+                   "bubblewrap, root or namespaces are missing; every function can then read the data dir)")
 @click.option("--prices", metavar="FILE",
               help="price sheet (TOML or YAML) over the built-in defaults; see docs/prices.example.toml")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
@@ -92,7 +95,7 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
            warm_pool: int, docker_warm_pool: int | None, device: str, verify_interval_s: float | None,
            instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            s3_endpoint_url: str | None, auth: str, credentials: str | None, auth_max_skew_s: float,
-           insecure: bool, prices: str | None, log_level: str) -> None:
+           insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
     """Run the API and a local node agent.
 
     The Lambda-compatible API, slfaas's own endpoints and one local node agent, in one
@@ -108,7 +111,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             verify_interval_s=verify_interval_s, instance_gpu_mb=instance_gpu_mb, docker_image=docker_image,
             warm_pool=_warm_pool(warm_pool, docker_warm_pool), s3_endpoint_url=s3_endpoint_url, auth=auth,
             credentials_file=Path(credentials) if credentials else None, insecure=insecure,
-            auth_max_skew_s=auth_max_skew_s, prices_file=Path(prices) if prices else None))
+            auth_max_skew_s=auth_max_skew_s, prices_file=Path(prices) if prices else None,
+            insecure_sandbox=insecure_sandbox))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

@@ -48,6 +48,7 @@ class ServerConfig:
     insecure: bool = False                   # allow a non-loopback bind without authentication
     auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
     prices_file: Path | None = None          # --prices: a TOML/YAML price sheet over the built-in defaults
+    insecure_sandbox: bool = False           # --sandbox process without isolation: plain processes of this user
 
 
 def resolve_device(device: str) -> str:
@@ -113,7 +114,8 @@ class SlfaasServer:
             NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
                        instance_gpu_mb=config.instance_gpu_mb),
-            SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool)),
+            SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
+                            config.insecure_sandbox),
             prices=prices, on_usage=lambda rec: self.service.cost.record(rec),
             on_node_usage=self.registry.put_node_usage, on_integrity=self.registry.record_integrity_event)
         self.node = built.node

@@ -2,6 +2,7 @@
 ledger's probes, the meter and the subscriptions that feed it and the registry."""
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,15 @@ from slfaas.gpu_node.sandboxes.base import SandboxFactory
 from slfaas.gpu_node.sandboxes.warm_pool import WarmPool
 from slfaas.gpu_node.types import IntegrityEvent
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SandboxSettings:
     backend: str = "process"            # "process" or "docker"
     docker_image: str | None = None     # --sandbox docker: the runtime image (default slfaas/runtime:local)
     warm_pool: int = 0                  # generic runtimes kept pre-started (processes or containers)
+    insecure: bool = False              # process sandbox without isolation: plain processes of this user
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,7 @@ def make_sandbox_factory(settings: SandboxSettings, data_dir: Path | None = None
     if settings.warm_pool < 0:
         raise ValueError(f"--warm-pool must be 0 or more, got {settings.warm_pool}")
     if settings.backend == "process":
-        from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
-        return ProcessSandboxFactory()
+        return _process_sandboxes(settings.insecure)
     if settings.backend == "docker":
         from slfaas.gpu_node.sandboxes.docker import (DEFAULT_IMAGE, DockerSandboxConfig, DockerSandboxFactory,
                                                       DockerUnavailable)
@@ -51,6 +54,27 @@ def make_sandbox_factory(settings: SandboxSettings, data_dir: Path | None = None
         except DockerUnavailable as exc:
             raise ValueError(str(exc)) from exc
     raise ValueError(f"unknown sandbox backend {settings.backend!r} (available: process, docker)")
+
+
+def _process_sandboxes(insecure: bool) -> SandboxFactory:
+    """Isolated process sandboxes, or (``insecure``) plain processes; refused where isolation
+    is impossible and not waived."""
+    import sys
+
+    from slfaas.gpu_node.sandboxes.isolation import HostIsolation, IsolationUnavailable
+    from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
+
+    if insecure:
+        log.warning("process sandbox NOT isolated (--insecure-sandbox): every function runs as this server's "
+                    "user and can read the data dir, other functions and their processes")
+        return ProcessSandboxFactory()
+    try:
+        isolation = HostIsolation.probe(sys.executable)
+    except IsolationUnavailable as exc:
+        raise ValueError(f"the process sandbox cannot isolate functions here: {exc}. Pass --insecure-sandbox "
+                         f"to run them unisolated as this user, or use --sandbox docker") from None
+    log.info("%s", isolation.describe())
+    return ProcessSandboxFactory(isolation=isolation)
 
 
 def attach_warm_pool(factory: SandboxFactory, size: int) -> WarmPool | None:

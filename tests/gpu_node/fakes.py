@@ -231,10 +231,10 @@ class FakeSandboxFactory(SandboxFactory):
 
 
 def make_spec(base: Path, code_dir: Path, name: str = "fn", revision: str = "r1", timeout_s: int = 5,
-              env: dict[str, str] | None = None) -> FunctionSpec:
+              env: dict[str, str] | None = None, memory_mb: int = 128) -> FunctionSpec:
     return FunctionSpec(name=name, version="$LATEST", revision_id=revision,
                         arn=f"arn:aws:lambda:us-east-1:000000000000:function:{name}", code_dir=code_dir,
-                        base_model_path=base, handler="slfaas.lora", timeout_s=timeout_s, memory_mb=128,
+                        base_model_path=base, handler="slfaas.lora", timeout_s=timeout_s, memory_mb=memory_mb,
                         environment=env or {})
 
 

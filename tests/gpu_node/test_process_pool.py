@@ -19,25 +19,14 @@ from slfaas.gpu_node.node import Node
 from slfaas.gpu_node.sandboxes.base import SandboxSpec
 from slfaas.gpu_node.sandboxes.process_pool import ProcessPoolLauncher
 from tests.gpu_node.fakes import make_request, make_spec, wait_until
+from tests.procs import pool_runtimes
 
 EVENT = {"prompt": "dear sir", "max_tokens": 8, "temperature": 0}
 
 
 def pool_pids() -> set[int]:
-    """Live (not zombie) ``slfaas.functions.prewarm`` processes that are children of this test
-    process: generic runtimes not (yet) specialised, or specialised ones (same process)."""
-    found = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if stat[0] != "Z" and int(stat[1]) == os.getpid() and b"slfaas.functions.prewarm" in cmdline:
-            found.add(int(d.name))
-    return found
+    """This test process's pool runtimes (unspecialised, or specialised: the same process)."""
+    return pool_runtimes(os.getpid())
 
 
 def _ready(caplog: pytest.LogCaptureFixture, n: int, before: set[int] = frozenset()) -> int:  # type: ignore[assignment]
@@ -71,18 +60,31 @@ def make_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture):  # type: ignor
         a.shutdown()
 
 
+def _code(adapter: Path, tmp_path: Path) -> Path:
+    """The adapter as the code store holds it: world-readable files (an isolated sandbox's own
+    uid reads them; peft writes its safetensors 0600)."""
+    import shutil
+
+    code = Path(shutil.copytree(adapter, tmp_path / f"code-{adapter.name}"))
+    for f in code.iterdir():
+        f.chmod(0o644)
+    return code
+
+
 def _sandbox(agent: Node, instance_id: str):  # type: ignore[no-untyped-def]
     inst = agent.table.get(instance_id)
     assert inst is not None
     return inst.sandbox
 
 
-def test_pooled_process_answers_like_a_cold_started_one(make_agent, tiny_assets,  # type: ignore[no-untyped-def]
+def test_pooled_process_answers_like_a_cold_started_one(make_agent, tiny_assets, tmp_path,  # type: ignore[no-untyped-def]
                                                         caplog) -> None:
     agent = make_agent(1)
     pool_pid = _ready(caplog, 1)
     assert agent.sandboxes.warm_count() == 1
-    spec = make_spec(tiny_assets.base, tiny_assets.adapter_a, name="pooled", timeout_s=120)
+    # a real runtime (torch imported) holds ~0.4 GB: MemorySize is enforced in the isolated sandbox
+    spec = make_spec(tiny_assets.base, _code(tiny_assets.adapter_a, tmp_path), name="pooled", timeout_s=120,
+                     memory_mb=1024)
     pooled = agent.invoke(make_request(spec, EVENT))
     assert pooled.function_error is None, pooled.payload
     assert pooled.cold_start is True
@@ -113,7 +115,7 @@ def test_pooled_process_answers_like_a_cold_started_one(make_agent, tiny_assets,
     assert pooled.init_duration_ms < cold.init_duration_ms / 2, (pooled.init_duration_ms, cold.init_duration_ms)
 
 
-def test_dead_pool_process_is_replaced_and_shutdown_ends_the_pool(make_agent, tiny_assets,  # type: ignore[no-untyped-def]
+def test_dead_pool_process_is_replaced_and_shutdown_ends_the_pool(make_agent, tiny_assets, tmp_path,  # type: ignore[no-untyped-def]
                                                                   caplog) -> None:
     agent = make_agent(1)
     first = _ready(caplog, 1)
@@ -122,7 +124,8 @@ def test_dead_pool_process_is_replaced_and_shutdown_ends_the_pool(make_agent, ti
     assert second != first and first not in pool_pids()
     assert agent.sandboxes.warm_count() == 1
 
-    spec = make_spec(tiny_assets.base, tiny_assets.adapter_b, name="after-death", timeout_s=120)
+    spec = make_spec(tiny_assets.base, _code(tiny_assets.adapter_b, tmp_path), name="after-death", timeout_s=120,
+                     memory_mb=1024)
     result = agent.invoke(make_request(spec, EVENT))
     assert result.function_error is None, result.payload
     assert _sandbox(agent, result.instance_id).preloaded is True

@@ -10,23 +10,12 @@ import pytest
 
 from tests.conftest import TEST_SANDBOX, deploy
 from tests.integration._util import instances_of, invoke, pid_alive, request_id, wait_for
+from tests.procs import pool_runtimes
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(TEST_SANDBOX != "process", reason="the process backend's pool (docker: tests/docker)")]
 
 EVENT = {"prompt": "hoist the sails", "max_tokens": 6, "temperature": 0}
-
-
-def _pool_children(pid: int) -> set[int]:
-    found = set()
-    for d in Path("/proc").iterdir():
-        try:
-            if (d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
-                    and b"slfaas.functions.prewarm" in (d / "cmdline").read_bytes()):
-                found.add(int(d.name))
-        except (OSError, IndexError):
-            continue
-    return found
 
 
 def _report(server, name: str, rid: str) -> str:  # type: ignore[no-untyped-def]
@@ -77,7 +66,7 @@ def test_cold_start_from_the_process_warm_pool(tiny_assets, live_server_factory)
     assert cold_body["text"] == body["text"]  # same adapter, same greedy answer
     assert pool_init_ms < cold_init_ms / 2, (pool_init_ms, cold_init_ms)
 
-    pool_pids = _pool_children(server.proc.pid)
+    pool_pids = pool_runtimes(server.proc.pid)
     assert inst["pid"] in pool_pids and len(pool_pids) == 2  # the specialised one + the refill
     assert server.stop() == 0
     wait_for(lambda: not any(pid_alive(p) for p in pool_pids), 10, "the pool processes to exit")

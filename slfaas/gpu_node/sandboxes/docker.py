@@ -37,6 +37,7 @@ from slfaas import runtime_contract as rc
 from slfaas.errors import NodeError
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
 from slfaas.gpu_node.sandboxes.docker_sandbox import BackboneHandout, DockerSandbox, runtime_pid
+from slfaas.gpu_node.sandboxes.host_python import host_python_paths
 from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
 from slfaas.gpu_node.sandboxes.warm_pool import proc_start_ticks as _proc_start_ticks  # labels name the node process
 
@@ -97,21 +98,6 @@ def _pidns() -> str:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
-
-
-def host_python_paths() -> tuple[list[Path], Path]:
-    """(directories to mount read-only at their own paths, directory to put on PYTHONPATH)
-    for running the node's own Python installation and slfaas inside a container."""
-    import slfaas
-
-    package = Path(slfaas.__file__).resolve().parent
-    roots: list[Path] = []
-    for p in sorted({Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}):
-        if not any(p.is_relative_to(r) for r in roots):
-            roots.append(p)
-    if not any(package.is_relative_to(r) for r in roots):
-        roots.append(package)
-    return roots, package.parent
 
 
 class DockerSandboxFactory(SandboxFactory):

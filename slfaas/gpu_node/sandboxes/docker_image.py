@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.gpu_node.sandboxes.docker import (CONTAINER_UID, DEFAULT_IMAGE, LABEL_PYTHON, MODEL_DIR, RUN_DIR,
-                                              TASK_DIR, DockerUnavailable, connect, host_python_paths)
+                                              TASK_DIR, DockerUnavailable, connect)
+from slfaas.gpu_node.sandboxes.host_python import host_python_paths
 
 Progress = Callable[[str], None]
 

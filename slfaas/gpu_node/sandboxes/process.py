@@ -1,5 +1,8 @@
 """The default sandbox: each instance is a separate OS process in its own session.
 
+With ``isolation`` (the server's default) each instance runs under bubblewrap in its own
+namespaces as its own uid, bounded by its MemorySize (``isolation``); without it
+(``--insecure-sandbox``) it is a plain child process of the node, as the node's user.
 The backbone descriptor is inherited (``pass_fds``); the runtime maps it read-only, so the
 kernel, not convention, keeps a function from writing into the shared weights. A warm pool of
 pre-started generic runtime processes (``process_pool``) is attached by the node's builder.
@@ -14,29 +17,59 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
 from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
+
+if TYPE_CHECKING:
+    from slfaas.gpu_node.sandboxes.isolation import HostIsolation, Jail
 
 log = logging.getLogger(__name__)
 
 
 class ProcessSandbox(Sandbox):
-    def __init__(self, proc: subprocess.Popen, log_sink: LogSink):
+    """``jail``: the isolated sandbox's confinement (None: a plain process), released here
+    once the sandbox has ended, by whichever of ``wait`` or the log pump sees the end first."""
+
+    def __init__(self, proc: subprocess.Popen, log_sink: LogSink, jail: "Jail | None" = None):
         self._proc = proc
         self._sink = log_sink
+        self.jail = jail
+        self._runtime_pid: int | None = None if jail is not None else proc.pid
+        self._ended = threading.Lock()
+        self._code: int | None = None
         self._reader = threading.Thread(target=self._pump, daemon=True, name=f"sandbox-log-{proc.pid}")
         self._reader.start()
 
     def _pump(self) -> None:
         assert self._proc.stdout is not None
         for raw in iter(self._proc.stdout.readline, b""):
-            try:
-                self._sink(raw.decode("utf-8", "replace").rstrip("\n"))
-            except Exception:  # a log write must never kill the pump
-                log.exception("log sink failed")
+            self._emit(raw.decode("utf-8", "replace").rstrip("\n"))
         self._proc.stdout.close()
+        if self.jail is not None:
+            self._end(self._proc.wait())
+
+    def _emit(self, line: str) -> None:
+        try:
+            self._sink(line)
+        except Exception:  # a log write must never kill the pump
+            log.exception("log sink failed")
+
+    def _end(self, code: int) -> int:
+        """The sandbox's status, once: a jail is released and says how its sandbox ended."""
+        with self._ended:
+            if self._code is None:
+                self._code = code
+                if self.jail is not None:
+                    from slfaas.gpu_node.sandboxes.isolation import exit_status
+
+                    self._code = exit_status(code)
+                    note = self.jail.exit_note()
+                    if note:
+                        self._emit(note)
+                    self.jail.release()
+            return self._code
 
     def set_sink(self, log_sink: LogSink) -> None:
         """Where output goes from now on (a warm-pool process gets its function's log)."""
@@ -44,7 +77,12 @@ class ProcessSandbox(Sandbox):
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid
+        """The runtime's pid (isolated: bwrap's grandchild, found once it exists)."""
+        if self._runtime_pid is None and self._proc.poll() is None:
+            from slfaas.gpu_node.sandboxes.isolation import descendant
+
+            self._runtime_pid = descendant(self._proc.pid, 2)
+        return self._runtime_pid
 
     def wait(self, timeout_s: float | None = None) -> int | None:
         try:
@@ -52,7 +90,7 @@ class ProcessSandbox(Sandbox):
         except subprocess.TimeoutExpired:
             return None
         self._reader.join(timeout=2)  # drain the last lines (e.g. a traceback) before reporting
-        return code
+        return self._end(code)
 
     def _signal(self, sig: int) -> None:
         try:
@@ -79,7 +117,8 @@ class ProcessSandbox(Sandbox):
 class ProcessSandboxFactory(SandboxFactory):
     name = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, isolation: "HostIsolation | None" = None) -> None:
+        self.isolation = isolation
         # Runtimes ask for PR_SET_PDEATHSIG, which fires when the *thread* that forked them
         # exits. Forking from one long-lived thread ties them to the node's life, not to the
         # life of whichever request thread happened to cause the cold start (or to the pool's).
@@ -90,12 +129,21 @@ class ProcessSandboxFactory(SandboxFactory):
         pooled = self.take_pooled(spec, log_sink)
         if pooled is not None:
             return pooled
-        return self.spawn(spec.argv, spec.env, spec.code_dir, spec.inherit_fds, log_sink)
+        if self.isolation is None:
+            return self.spawn(spec.argv, spec.env, spec.code_dir, spec.inherit_fds, log_sink)
+        jail = self.isolation.jail(spec.instance_id, spec.memory_mb)
+        try:
+            argv, env = jail.instance(spec.argv, spec.env, spec.code_dir, spec.runtime_socket)
+            return self.spawn(argv, env, Path("/"), spec.inherit_fds, log_sink, jail)
+        except BaseException:
+            jail.release()
+            raise
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, inherit_fds: tuple[int, ...],
-              log_sink: LogSink) -> ProcessSandbox:
-        """Start one runtime process (an instance, or a generic one for the warm pool)."""
-        return self._spawner.submit(self._spawn, argv, env, cwd, inherit_fds, log_sink).result()
+              log_sink: LogSink, jail: "Jail | None" = None) -> ProcessSandbox:
+        """Start one runtime process (an instance, or a generic one for the warm pool); ``jail``:
+        the confinement ``argv`` was built for, released when the sandbox ends."""
+        return self._spawner.submit(self._spawn, argv, env, cwd, inherit_fds, log_sink, jail).result()
 
     @property
     def work_dir(self) -> Path:
@@ -113,11 +161,13 @@ class ProcessSandboxFactory(SandboxFactory):
             self.pool = None
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
+        if self.isolation is not None:
+            self.isolation.close()
         self._spawner.shutdown(wait=False)
 
     @staticmethod
     def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path, inherit_fds: tuple[int, ...],
-               log_sink: LogSink) -> ProcessSandbox:
+               log_sink: LogSink, jail: "Jail | None") -> ProcessSandbox:
         proc = subprocess.Popen(
             list(argv),
             env=dict(env),
@@ -129,4 +179,4 @@ class ProcessSandboxFactory(SandboxFactory):
             start_new_session=True,  # Ctrl-C on the server's terminal is the node's to handle
             close_fds=True,
         )
-        return ProcessSandbox(proc, log_sink)
+        return ProcessSandbox(proc, log_sink, jail)

@@ -5,12 +5,18 @@ imported, each specialised on demand into one function's instance (the pool itse
 A pool process gets the isolation of any process instance: its own session (the node kills
 its whole group), PR_SET_PDEATHSIG (it asks for it first thing, and is forked from the
 factory's long-lived spawner thread, so it dies with the node, not with a thread), and only
-the node's filtered environment (``node_environ``), as no function is known yet. At
+the node's filtered environment (``lifecycle.runtime_env``), as no function is known yet. At
 specialisation the function's full environment replaces it and the backbone memfd arrives as a
-read-only descriptor (SCM_RIGHTS), exactly what a cold-started process inherits. A process
-sees the node's filesystem anyway, so no file descriptors are sent: the runtime uses the
-paths of the environment (code dir, base model dir, Runtime API socket) and starts in the
-code dir, as a cold-started one does.
+read-only descriptor (SCM_RIGHTS), exactly what a cold-started process inherits.
+
+Isolated (the default), a pool process starts in its own sandbox as its own uid, with its
+slot directory (its pool socket) at /run/slfaas and a pool-sized memory bound; as no
+function is known, nothing of one is mounted. At specialisation, as in the Docker pool, the
+instance's Runtime API socket is hard-linked into the slot directory (and given to the
+sandbox's uid), the function's code files and the base model's config/tokenizer files come
+as descriptors (``file_handover``), and the memory bound becomes the function's MemorySize.
+Unisolated (``--insecure-sandbox``), the process sees the node's filesystem, so no file
+descriptors are sent: the runtime uses the paths of the environment and starts in the code dir.
 
 The cold path is taken instead when the spec's interpreter or entry point is not the pool's,
 or when the function's environment changes a variable read at import time (``OMP_*``,
@@ -25,10 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
+from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool, file_handover
 from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_NODE_PID, ENV_POOL_SOCKET
-from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool
 
 if TYPE_CHECKING:
+    from slfaas.gpu_node.sandboxes.isolation import HostIsolation
     from slfaas.gpu_node.sandboxes.process import ProcessSandbox, ProcessSandboxFactory
 
 # Read while torch/transformers import (thread pools, allocators, library paths): a function
@@ -36,11 +43,13 @@ if TYPE_CHECKING:
 _IMPORT_TIME_ENV_PREFIXES = ("OMP_", "MKL_", "TORCH_", "PYTORCH_", "CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_")
 _IMPORT_TIME_ENV = frozenset({"PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONHASHSEED", "VIRTUAL_ENV",
                               "HF_HOME", "TRANSFORMERS_CACHE"})
+POOL_MEMORY_MB = 2048   # an isolated pool runtime's bound until specialised (then: the function's MemorySize)
 
 
 class ProcessPoolLauncher(PoolLauncher):
     kind = "process"
     supports_cuda = True
+    isolation: "HostIsolation | None" = None
 
     def __init__(self, factory: "ProcessSandboxFactory", base_env: Callable[[], dict[str, str]]):
         """``base_env``: what every runtime starts with before its function is known (the node's
@@ -49,6 +58,9 @@ class ProcessPoolLauncher(PoolLauncher):
         self.base_env = base_env
         self.python = sys.executable
         self._env_at_import: dict[str, str] = {}
+        self.isolation = factory.isolation
+        # The CUDA backbone's IPC file is opened by path: an isolated runtime sees no such path.
+        self.supports_cuda = self.isolation is None
 
     @property
     def work_dir(self) -> Path:
@@ -62,25 +74,46 @@ class ProcessPoolLauncher(PoolLauncher):
     def launch(self, sid: str, slot_dir: Path, log_sink: LogSink,
                closers: tuple[Callable[[], None], ...]) -> "ProcessSandbox":
         env = self.pool_env(slot_dir)
-        self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
-        # cwd: the slot's own directory (the runtime moves to the code dir once specialised)
-        return self.factory.spawn((self.python, "-m", "slfaas.functions.prewarm"), env, slot_dir, (), log_sink)
+        isolation = self.isolation
+        if isolation is None:
+            self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
+            # cwd: the slot's own directory (the runtime moves to the code dir once specialised)
+            return self.factory.spawn((self.python, "-m", "slfaas.functions.prewarm"), env, slot_dir, (), log_sink)
+        jail = isolation.jail(f"pool-{sid}", POOL_MEMORY_MB)
+        try:
+            argv, env = jail.pool(slot_dir, env)
+            jail.cleanups += closers   # its slot (linked Runtime API socket) lives as long as it does
+            self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
+            return self.factory.spawn(argv, env, Path("/"), (), log_sink, jail)
+        except BaseException:
+            jail.release()
+            raise
 
     def plan(self, spec: SandboxSpec) -> Handover | None:
         if tuple(spec.argv) != (self.python, "-m", "slfaas.functions"):
             return None
-        wanted = {k: v for k, v in spec.env.items() if _import_time(k)}
+        isolation = self.isolation
+        env = spec.env if isolation is None else isolation.env(spec.env)
+        wanted = {k: v for k, v in env.items() if _import_time(k)}
         if wanted != self._env_at_import:
             return None
-        return Handover(link_files=False)
+        return Handover(link_files=False) if isolation is None else file_handover(spec)
 
     def prepare(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> dict[str, str]:
-        env = dict(spec.env)
+        jail = getattr(sandbox, "jail", None)
+        if jail is None:
+            env = dict(spec.env)
+        else:
+            jail.own(spec.runtime_socket)
+            os.link(spec.runtime_socket, slot_dir / "runtime.sock")  # EXDEV: different filesystems → cold path
+            jail.set_memory(spec.memory_mb, [sandbox.pid] if sandbox.pid else [])  # EBUSY: uses more → cold path
+            env = jail.env(spec.env)
         env.pop(ENV_BACKBONE_FD, None)  # the runtime's own number for the descriptor it receives
         return env
 
     def finish(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> None:
-        shutil.rmtree(slot_dir, ignore_errors=True)  # only its (now unlinked) pool socket lived there
+        if getattr(sandbox, "jail", None) is None:
+            shutil.rmtree(slot_dir, ignore_errors=True)  # only its (now unlinked) pool socket lived there
 
 
 def _import_time(name: str) -> bool:

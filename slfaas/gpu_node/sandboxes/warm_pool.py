@@ -38,7 +38,6 @@ from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BASE_
 
 log = logging.getLogger(__name__)
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
 _READY_TIMEOUT_S = 600.0
 
 
@@ -347,9 +346,11 @@ class WarmPool:
 def file_handover(spec: SandboxSpec) -> Handover:
     """The function's code files and the base model's non-weight files (config, tokenizer), for
     a sandbox that has none of them mounted; the weights come as the backbone descriptor."""
+    from slfaas.gpu_node.sandboxes.bwrap import model_files
+
     model_dir = Path(spec.env.get(ENV_BASE_MODEL_DIR, ""))
-    model_files = [n for n in _files(model_dir, recursive=False) if not n.endswith(_WEIGHT_SUFFIXES)]
-    return Handover(True, spec.code_dir, tuple(_files(spec.code_dir)), model_dir, tuple(model_files))
+    names = tuple(p.name for p in model_files(model_dir))   # what a cold-started sandbox mounts
+    return Handover(True, spec.code_dir, tuple(_files(spec.code_dir)), model_dir, names)
 
 
 def proc_start_ticks(pid: int) -> str:
@@ -376,11 +377,10 @@ def make_work_dir(prefix: str) -> Path:
     return work_dir
 
 
-def _files(root: Path, recursive: bool = True) -> list[str]:
+def _files(root: Path) -> list[str]:
     if not root.is_dir():
         return []
-    paths = root.rglob("*") if recursive else root.iterdir()
-    return sorted(str(p.relative_to(root)) for p in paths if p.is_file() and not p.is_symlink())
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _rmtree(path: Path) -> None:
