@@ -1,4 +1,4 @@
-"""GPU smoke-and-measure: one backbone in GPU memory, borrowed by N functions via CUDA IPC.
+"""GPU smoke-and-measure: one backbone in GPU memory, borrowed by N functions (CUDA VMM, read-only).
 
 One command on the GPU machine (random-weight Llama-2-7B shape, fp16; no downloads):
 
@@ -182,6 +182,7 @@ def main() -> int:
     ap.add_argument("--phases", default="tests,probe,ref,node,scale,integrity",
                     help="comma list of tests,probe,ref,node,scale,integrity,pool")
     ap.add_argument("--pool-size", type=int, default=4, help="pool phase: warm-pool runtimes and functions")
+    ap.add_argument("--server-args", default="", help="extra `slfaas server` arguments, e.g. --insecure-sandbox")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
     out = Path(args.out)
@@ -257,7 +258,9 @@ def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="slfaas-gpu-"))
     texts: dict[str, list[int]] = {}   # greedy token ids per function (node phase)
     server = ServerProcess(data, "--device", "cuda", "--keep-alive-s", "3600", "--max-instances", "64",
-                           "--init-timeout-s", "480", "--verify-interval-s", "0")
+                           "--init-timeout-s", "480", "--verify-interval-s", "0", *args.server_args.split())
+    results["server_args"] = args.server_args
+    results["arena"] = os.environ.get("SLFAAS_ARENA", "vmm")
     try:
         client = lambda_client(server.url)
         event_gen = json.dumps({"prompt": prompt, "max_tokens": GEN_TOKENS, "temperature": 0,
@@ -415,12 +418,17 @@ def main() -> int:
                                    Code={"ZipFile": buf.getvalue()}, Timeout=600)
             wait_active("evil")
             clean = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
-            invoke("evil", b'{"prompt": "x"}')
+            try:
+                invoke("evil", b'{"prompt": "x"}')
+                write_refused = False
+            except RuntimeError as exc:   # a read-only (VMM) mapping: the writer died alone
+                write_refused = "Runtime.ExitError" in str(exc)
             t0 = time.perf_counter()
             check = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
             after, _ = invoke(names[0], event_gen)
             final = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
-            results["integrity"] = {"clean_check_ok": clean["ok"], "clean_check_ms": clean["elapsed_ms"],
+            results["integrity"] = {"write_refused": write_refused,
+                                    "clean_check_ok": clean["ok"], "clean_check_ms": clean["elapsed_ms"],
                                     "detected": not check["ok"], "detect_check_ms": check["elapsed_ms"],
                                     "bad_tensors": check["bad_tensors"][:4], "stopped": len(check["stopped_instances"]),
                                     "reload_s": check["reload_s"], "recovery_wall_s": time.perf_counter() - t0,

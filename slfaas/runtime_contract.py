@@ -25,6 +25,8 @@ ENV_NODE_PID = "SLFAAS_NODE_PID"                # a runtime whose parent is not 
 ENV_BACKBONE_FD = "SLFAAS_BACKBONE_FD"          # an inherited read-only descriptor (sealed memfd)
 ENV_BACKBONE_PATH = "SLFAAS_BACKBONE_PATH"      # a file, or a socket that hands the descriptor over
 ENV_BACKBONE_IPC = "SLFAAS_BACKBONE_IPC"        # a file holding a CUDA IPC handle + tensor table
+ENV_BACKBONE_VMM_FD = "SLFAAS_BACKBONE_VMM_FD"  # an inherited descriptor of the GPU arena (CUDA VMM) ...
+ENV_BACKBONE_TABLE_FD = "SLFAAS_BACKBONE_TABLE_FD"  # ... and of its tensor table (a sealed memfd)
 ENV_POOL_SOCKET = "SLFAAS_POOL_SOCKET"          # a warm-pool runtime waits for its function here
 ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime frees cached GPU memory
 ENV_HANDLER = "_HANDLER"
@@ -66,8 +68,10 @@ MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 1024          # Lambda's buffered respons
 MAX_STREAMED_RESPONSE_BYTES = 200 * 1024 * 1024      # Lambda's limit for streamed responses
 
 # Warm-pool specialisation: one message on the pool socket, a u32 length + JSON body, with
-# descriptors attached (SCM_RIGHTS): the backbone first (CPU), then the function's files.
+# descriptors attached (SCM_RIGHTS): first the backbone's (the body's "fd_env" names the
+# environment variable that carries each one's number), then the function's files.
 SPEC_HEADER = struct.Struct("<I")
+BACKBONE_FD_ENV = (ENV_BACKBONE_FD, ENV_BACKBONE_VMM_FD, ENV_BACKBONE_TABLE_FD)
 MAX_FDS = 250  # SCM_MAX_FD is 253
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
-from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_PATH, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S
+from slfaas.runtime_contract import (ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_PATH, ENV_BACKBONE_TABLE_FD,
+                                     ENV_BACKBONE_VMM_FD, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S)
 
 if TYPE_CHECKING:
     from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
@@ -47,22 +48,31 @@ class BackboneSource:
     """Where this instance borrows its backbone from, as the node told it (environment).
 
     CPU: a sealed memfd inherited as ``fd`` (process sandbox) or a ``path`` (a container:
-    see ``open_backbone_path``); CUDA: ``ipc_file``, holding one CUDA IPC handle of the
-    node's arena plus the tensor table."""
+    see ``open_image_path``); CUDA: ``vmm_fd`` and ``table_fd``, the node's arena as a CUDA
+    VMM descriptor mapped read-only plus its tensor table, or (legacy) ``ipc_file``, holding
+    one CUDA IPC handle of the arena plus the table."""
 
     device: str = "cpu"
     fd: int | None = None
     path: str | None = None
     ipc_file: str | None = None
+    vmm_fd: int | None = None
+    table_fd: int | None = None
 
     @classmethod
     def from_env(cls, env: "os._Environ[str] | dict[str, str]" = os.environ) -> "BackboneSource":
-        fd = env.get(ENV_BACKBONE_FD)
-        return cls(device=env.get(ENV_DEVICE, "cpu"), fd=int(fd) if fd else None,
-                   path=env.get(ENV_BACKBONE_PATH) or None, ipc_file=env.get(ENV_BACKBONE_IPC) or None)
+        def number(name: str) -> int | None:
+            value = env.get(name)
+            return int(value) if value else None
+        return cls(device=env.get(ENV_DEVICE, "cpu"), fd=number(ENV_BACKBONE_FD),
+                   path=env.get(ENV_BACKBONE_PATH) or None, ipc_file=env.get(ENV_BACKBONE_IPC) or None,
+                   vmm_fd=number(ENV_BACKBONE_VMM_FD), table_fd=number(ENV_BACKBONE_TABLE_FD))
 
     def tensors(self) -> tuple[dict[str, Any], Any]:
         """(name → tensor viewing the shared backbone, object that must outlive them)."""
+        if self.vmm_fd is not None and self.table_fd is not None:
+            from slfaas.weights.cuda_vmm import open_vmm_backbone
+            return open_vmm_backbone(self.vmm_fd, self.table_fd, self.device)
         if self.ipc_file:
             from slfaas.weights.cuda_ipc import open_exported_arena
             return open_exported_arena(Path(self.ipc_file))

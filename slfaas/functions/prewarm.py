@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from slfaas.runtime_contract import (ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BASE_MODEL_DIR, ENV_CODE_DIR,
-                                     ENV_FUNCTION_NAME, ENV_POOL_SOCKET, ENV_TASK_ROOT, MAX_FDS, SPEC_HEADER)
+from slfaas.runtime_contract import (ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_FUNCTION_NAME, ENV_POOL_SOCKET,
+                                     ENV_TASK_ROOT, MAX_FDS, SPEC_HEADER)
 
 TASK_DIR = Path("/tmp/slfaas/task")
 MODEL_DIR = Path("/tmp/slfaas/model")
@@ -67,10 +67,10 @@ def _link_files(directory: Path, names: list[str], fds: list[int]) -> None:
 def specialise(spec: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(spec["env"])
-    rest = fds
-    if ENV_BACKBONE_IPC not in spec["env"]:   # CPU: the backbone image came first
-        backbone_fd, rest = fds[0], fds[1:]
-        os.environ[ENV_BACKBONE_FD] = str(backbone_fd)
+    names = spec.get("fd_env", [])   # the backbone's descriptors came first, in this order
+    for name, fd in zip(names, fds):
+        os.environ[name] = str(fd)
+    rest = fds[len(names):]
     if "task_files" in spec:  # a container: the function's files came as descriptors
         task, model = spec["task_files"], spec["model_files"]
         TASK_DIR.mkdir(parents=True, exist_ok=True)

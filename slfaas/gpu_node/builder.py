@@ -77,8 +77,9 @@ def _process_sandboxes(insecure: bool) -> SandboxFactory:
     return ProcessSandboxFactory(isolation=isolation)
 
 
-def attach_warm_pool(factory: SandboxFactory, size: int) -> WarmPool | None:
-    """A warm pool of ``size`` generic runtimes for ``factory`` (resizable later); None for 0."""
+def attach_warm_pool(factory: SandboxFactory, size: int, device: str = "cpu") -> WarmPool | None:
+    """A warm pool of ``size`` generic runtimes for ``factory`` on ``device`` (resizable later);
+    None for 0."""
     if size <= 0:
         return None
     if factory.name == "process":
@@ -86,7 +87,8 @@ def attach_warm_pool(factory: SandboxFactory, size: int) -> WarmPool | None:
         from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
         from slfaas.gpu_node.sandboxes.process_pool import process_warm_pool
         assert isinstance(factory, ProcessSandboxFactory)
-        pool = process_warm_pool(factory, size, lambda: {**node_environ(), **runtime_fixed_env()})
+        pool = process_warm_pool(factory, size, lambda: {**node_environ(), **runtime_fixed_env()},
+                                 cuda=device.startswith("cuda"))
     elif factory.name == "docker":
         from slfaas.gpu_node.sandboxes.docker import DockerSandboxFactory
         from slfaas.gpu_node.sandboxes.docker_pool import docker_warm_pool
@@ -121,7 +123,7 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
         node_id = uuid.uuid4().hex[:12]
         meter = Meter(node_id, config.device, prices, gpu_name=gpu_name(config.device), on_usage=on_usage,
                       on_node_usage=on_node_usage)
-        attach_warm_pool(factory, sandbox.warm_pool)
+        attach_warm_pool(factory, sandbox.warm_pool, config.device)
     except BaseException:
         factory.close()
         raise

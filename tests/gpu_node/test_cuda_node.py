@@ -1,4 +1,5 @@
-"""The CUDA node: one GPU arena borrowed through CUDA IPC. Skipped without a GPU; run on the
+"""The CUDA node: one GPU arena borrowed read-only through a CUDA VMM descriptor by isolated
+instances (their own uid), or through a legacy IPC handle. Skipped without a GPU; run on the
 GPU machine by `python bench/gpu_node.py --phases tests` (see docs/BENCHMARKS.md)."""
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ EVIL = '''
 import torch
 def handler(event, context):
     base = next(p for n, p in context.model.named_parameters() if "lora_" not in n and p.dim() == 2)
-    base.data.view(-1)[:1024] += 1.0   # CUDA IPC memory is writable: only the node's check can catch this
+    base.data.view(-1)[:1024] += 1.0   # read-only VMM mapping: the GPU refuses; IPC memory: only the check sees it
     torch.cuda.synchronize()
     return {"tampered": True}
 '''
@@ -41,7 +42,9 @@ def _invoke(client, name: str, payload: dict) -> dict:
     return body
 
 
-def test_cuda_functions_match_peft_and_recover_from_tampering(tiny_assets, live_server_factory) -> None:
+def test_isolated_cuda_functions_match_peft_and_cannot_write_the_backbone(tiny_assets, live_server_factory) -> None:
+    """The default: each instance its own uid in its own namespaces, the arena mapped read-only
+    through a VMM descriptor. A write dies in that instance alone; the arena stays unchanged."""
     server = live_server_factory("--device", "cuda", "--verify-interval-s", "0")
     c = server.client()
     deploy(c, "ga", tiny_assets.zip(tiny_assets.adapter_a))
@@ -51,6 +54,38 @@ def test_cuda_functions_match_peft_and_recover_from_tampering(tiny_assets, live_
     assert a == _reference(tiny_assets.base, tiny_assets.adapter_a, event["prompt"], 16)
     assert b == _reference(tiny_assets.base, tiny_assets.adapter_b, event["prompt"], 16)
     assert a != b
+    node = server.api("GET", "/slfaas/v1/node")
+    uids = {i["pid"]: _uid(i["pid"]) for i in node["Instances"]}
+    assert len(set(uids.values())) == 2 and 0 not in uids.values()   # each its own, none root
+
+    deploy(c, "evil", tiny_assets.zip(tiny_assets.adapter_a, {"handler.py": EVIL}))
+    r = c.invoke(FunctionName="evil", Payload=json.dumps({"prompt": "x"}))
+    assert r.get("FunctionError") == "Unhandled"
+    assert json.loads(r["Payload"].read())["errorType"] == "Runtime.ExitError"   # it died alone
+    checks = server.api("POST", "/slfaas/v1/node/verify")["Checks"]
+    assert len(checks) == 1 and checks[0]["ok"], checks          # the arena is unchanged
+    assert _invoke(c, "ga", event)["text"] == a                   # the others never noticed
+    assert server.alive()
+
+
+def _uid(pid: int) -> int:
+    from pathlib import Path
+
+    return int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
+
+
+def test_legacy_ipc_tampering_is_detected_and_recovered(tiny_assets, live_server_factory, monkeypatch) -> None:
+    """Without VMM (a legacy IPC handle, writable by its borrowers; unisolated), the node's digest
+    catches a write, stops the borrowers and reloads the arena without a restart."""
+    monkeypatch.setenv("SLFAAS_ARENA", "ipc")
+    server = live_server_factory("--device", "cuda", "--verify-interval-s", "0", "--insecure-sandbox")
+    c = server.client()
+    deploy(c, "ga", tiny_assets.zip(tiny_assets.adapter_a))
+    deploy(c, "gb", tiny_assets.zip(tiny_assets.adapter_b))
+    event = {"prompt": "the quick brown fox", "max_tokens": 16, "temperature": 0}
+    a = _invoke(c, "ga", event)["text"]
+    assert a == _reference(tiny_assets.base, tiny_assets.adapter_a, event["prompt"], 16)
+    _invoke(c, "gb", event)
 
     node = server.api("GET", "/slfaas/v1/node")
     assert node["Device"].startswith("cuda") and len(node["Backbones"]) == 1

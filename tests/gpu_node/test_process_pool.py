@@ -157,14 +157,16 @@ def test_cold_path_when_the_pool_runtime_cannot_serve_the_spec(tmp_path: Path) -
 
 
 def test_cuda_specs_reach_only_a_launcher_that_supports_them(tmp_path: Path) -> None:
-    """A CUDA backbone travels as an IPC file path: the process pool can take it, a container
-    pool (files handed over as descriptors) cannot, and a CPU spec needs its backbone fd."""
+    """A CUDA backbone travels as VMM descriptors (any pool started with the GPU reachable can
+    take it) or as a legacy IPC file path (only a pool whose runtimes see the node's files); a
+    pool started without the GPU takes no CUDA spec; a CPU spec needs its backbone fd."""
     from slfaas.gpu_node.sandboxes.warm_pool import WarmPool
 
     planned: list[str] = []
 
     class Launcher:
         supports_cuda = False
+        cuda = False
 
         def plan(self, s: SandboxSpec):  # type: ignore[no-untyped-def]
             planned.append(s.instance_id)
@@ -177,12 +179,16 @@ def test_cuda_specs_reach_only_a_launcher_that_supports_them(tmp_path: Path) -> 
         return SandboxSpec(iid, "f", "$LATEST", (sys.executable, "-m", "slfaas.functions"), env, tmp_path,
                            tmp_path / "s.sock", 128)
 
-    cuda = {"SLFAAS_DEVICE": "cuda:0", "SLFAAS_BACKBONE_IPC": "/tmp/x.ipc"}
-    assert pool.take(spec("cuda-unsupported", **cuda), print) is None
+    ipc = {"SLFAAS_DEVICE": "cuda:0", "SLFAAS_BACKBONE_IPC": "/tmp/x.ipc"}
+    vmm = {"SLFAAS_DEVICE": "cuda:0", "SLFAAS_BACKBONE_VMM_FD": "7", "SLFAAS_BACKBONE_TABLE_FD": "8"}
+    assert pool.take(spec("no-gpu-vmm", **vmm), print) is None       # started without the GPU
+    pool.launcher.cuda = True
+    assert pool.take(spec("ipc-unsupported", **ipc), print) is None
+    assert pool.take(spec("vmm-ok", **vmm), print) is None
     pool.launcher.supports_cuda = True
-    assert pool.take(spec("cuda-ok", **cuda), print) is None
-    assert pool.take(spec("cuda-no-ipc", SLFAAS_DEVICE="cuda:0"), print) is None
+    assert pool.take(spec("ipc-ok", **ipc), print) is None
+    assert pool.take(spec("cuda-no-backbone", SLFAAS_DEVICE="cuda:0"), print) is None
     assert pool.take(spec("cpu-no-fd", SLFAAS_DEVICE="cpu"), print) is None
     assert pool.take(spec("cpu-ok", SLFAAS_DEVICE="cpu", SLFAAS_BACKBONE_FD="7"), print) is None
-    assert planned == ["cuda-ok", "cpu-ok"]
+    assert planned == ["vmm-ok", "ipc-ok", "cpu-ok"]
     assert ProcessPoolLauncher.supports_cuda is True

@@ -3,6 +3,7 @@ its environment, its sandbox; a watcher that notices its exit; and everything un
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -67,8 +68,12 @@ class Launcher:
             labels={"slfaas.node": self.node_id, "slfaas.function": function.name,
                     "slfaas.version": function.version, "slfaas.instance": inst.instance_id},
         )
-        inst.sandbox = self.sandboxes.start(
-            spec, lambda line, name=function.name, iid=inst.instance_id: self.logs.append(name, iid, line))
+        try:
+            inst.sandbox = self.sandboxes.start(
+                spec, lambda line, name=function.name, iid=inst.instance_id: self.logs.append(name, iid, line))
+        finally:
+            for fd in attachment.owned_fds:   # the sandbox holds its own copies now
+                os.close(fd)
         log.info("started instance %s of %s (pid %s)", inst.instance_id, function.name, inst.sandbox.pid)
         threading.Thread(target=self._watch, args=(inst,), daemon=True, name=f"watch-{inst.instance_id}").start()
 

@@ -1,8 +1,9 @@
 """BackboneOwner: loads each base model ONCE per node and is the only writer of its bytes.
 
 Two backends behind one small ABC: on CPU a sealed read-only memfd (the kernel forbids
-writes), on CUDA one GPU arena shared through one IPC handle (writes are possible, so the
-node checks a GPU digest and reloads on a mismatch).
+writes), on CUDA one GPU arena exported as a CUDA VMM descriptor that instances map read-only
+(the GPU's MMU refuses writes; where VMM is missing, a legacy IPC handle, which instances could
+write through). The node also checks a GPU digest and reloads on a mismatch.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from slfaas.errors import NodeError
 from slfaas.gpu_node.resources.integrity import IntegrityReport
 from slfaas.gpu_node.resources.shared_weights import SharedImage, build_shared_image
 from slfaas.gpu_node.types import BackboneInfo
-from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC
+from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_TABLE_FD, ENV_BACKBONE_VMM_FD
 from slfaas.weights.safetensors import WeightsFormatError
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Attachment:
-    """What an instance needs to borrow a backbone: environment and inherited descriptors."""
+    """What an instance needs to borrow a backbone: environment and inherited descriptors.
+    ``owned_fds``: made for this instance alone; the launcher closes them once its sandbox
+    has them."""
 
     env: dict[str, str]
     inherit_fds: tuple[int, ...] = ()
+    owned_fds: tuple[int, ...] = ()
 
 
 class Backbone(ABC):
@@ -102,6 +106,11 @@ class CudaBackbone(Backbone):
         self.load_s = self.arena.load_s
 
     def attach(self, scratch_dir: Path, instance_id: str) -> Attachment:
+        if self.arena.vmm is not None:   # a read-only mapping of a descriptor: any uid, hardware read-only
+            memory_fd = self.arena.vmm.export_fd()
+            table_fd = self.arena.table_fd
+            return Attachment({ENV_BACKBONE_VMM_FD: str(memory_fd), ENV_BACKBONE_TABLE_FD: str(table_fd)},
+                              (memory_fd, table_fd), owned_fds=(memory_fd,))
         path = self.arena.export(scratch_dir / f"{instance_id}.ipc")
         return Attachment({ENV_BACKBONE_IPC: str(path)})
 

@@ -1,5 +1,9 @@
 """The CUDA backbone: ONE device allocation per base model, shared through ONE IPC handle.
 
+Memory: CUDA VMM memory exported per instance as a descriptor that the instance maps
+read-only (``slfaas.weights.cuda_vmm``), or, where VMM is missing, a torch allocation shared
+through one legacy IPC handle (``export``).
+
 Layout: each safetensors file's data section is copied verbatim into the arena (big
 sequential reads), at 2 MiB-aligned bases; a tensor is a view at ``base + data_offset``.
 Loading overlaps file reads (parallel threads, pinned host buffers) with async host→device
@@ -81,13 +85,34 @@ class CudaArena:
         self.device = torch.device(device)
         self.segments, self.table, self.size_bytes = plan_layout(self.model_dir)
         self.data_bytes = sum(s.nbytes for s in self.segments)
-        with torch.cuda.device(self.device):
-            self.arena = torch.zeros(self.size_bytes, dtype=torch.uint8, device=self.device)
+        self.vmm, self.table_fd = self._allocate()
         self.load_s = self.load()
         self.load_gb_per_s = self.data_bytes / max(self.load_s, 1e-9) / 1e9
         self._weights = self._digest_weights()
         self.reference = self.digest()
         torch.cuda.empty_cache()  # digest scratch: the node's own GPU footprint is the arena
+
+    def _allocate(self) -> tuple[Any, int]:
+        """The arena's device memory: CUDA VMM memory exportable as a descriptor (instances map it
+        read-only, as any uid), else (``SLFAAS_ARENA=ipc`` or no VMM) a torch tensor shared by a
+        legacy IPC handle. Returns (the VMM mapping or None, the tensor-table descriptor or -1)."""
+        torch = self._torch
+        with torch.cuda.device(self.device):
+            torch.zeros(1, device=self.device)   # the primary context, current in this thread
+            if os.environ.get("SLFAAS_ARENA", "vmm") == "vmm":
+                from slfaas.weights import cuda_vmm
+                try:
+                    vmm = cuda_vmm.create(self.size_bytes, self.device.index or 0)
+                except cuda_vmm.VmmError as exc:
+                    log.warning("CUDA VMM is not available (%s): sharing the backbone by a legacy IPC handle, "
+                                "which instances running as another uid cannot open", exc)
+                else:
+                    self.arena = vmm.tensor()[: self.size_bytes]
+                    self.arena.zero_()
+                    table = [(t.name, t.dtype, t.shape, t.offset_bytes, t.nbytes) for t in self.table]
+                    return vmm, cuda_vmm.table_fd(self.size_bytes, table)
+            self.arena = torch.zeros(self.size_bytes, dtype=torch.uint8, device=self.device)
+        return None, -1
 
     # loading
     def load(self) -> float:
@@ -205,6 +230,11 @@ class CudaArena:
         return out_file
 
     def close(self) -> None:
-        self._torch.cuda.ipc_collect()  # release IPC records whose consumers are gone
+        self._torch.cuda.synchronize(self.device)
         del self.arena
+        if self.vmm is not None:
+            self.vmm.close()
+            os.close(self.table_fd)
+        else:
+            self._torch.cuda.ipc_collect()  # release IPC records whose consumers are gone
         self._torch.cuda.empty_cache()

@@ -184,11 +184,12 @@ class Jail:
                                 bwrap.instance_binds(code_dir, runtime_socket, env), bwrap.TASK_DIR, cuda)
         return self.command(part, list(argv)), self.env(env)
 
-    def pool(self, slot_dir: Path, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
-        """(command, environment) of a generic warm-pool runtime: its slot at /run/slfaas."""
+    def pool(self, slot_dir: Path, env: Mapping[str, str], cuda: bool = False) -> tuple[list[str], dict[str, str]]:
+        """(command, environment) of a generic warm-pool runtime: its slot at /run/slfaas;
+        ``cuda``: the GPU's device nodes too (it may become a CUDA function's instance)."""
         self.own(slot_dir / "pool.sock")
         part = bwrap.bwrap_argv(self.host.tools.bwrap, self.host.roots,
-                                ["--ro-bind", str(slot_dir), bwrap.RUN_DIR], "/tmp", cuda=False)
+                                ["--ro-bind", str(slot_dir), bwrap.RUN_DIR], "/tmp", cuda=cuda)
         env = {**self.env(env), rc.ENV_POOL_SOCKET: f"{bwrap.RUN_DIR}/pool.sock"}
         return self.command(part, [self.host.python, "-m", "slfaas.functions.prewarm"]), env
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
 from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool, file_handover
-from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_NODE_PID, ENV_POOL_SOCKET
+from slfaas.runtime_contract import BACKBONE_FD_ENV, ENV_NODE_PID, ENV_POOL_SOCKET
 
 if TYPE_CHECKING:
     from slfaas.gpu_node.sandboxes.isolation import HostIsolation
@@ -51,11 +51,13 @@ class ProcessPoolLauncher(PoolLauncher):
     supports_cuda = True
     isolation: "HostIsolation | None" = None
 
-    def __init__(self, factory: "ProcessSandboxFactory", base_env: Callable[[], dict[str, str]]):
+    def __init__(self, factory: "ProcessSandboxFactory", base_env: Callable[[], dict[str, str]], cuda: bool = False):
         """``base_env``: what every runtime starts with before its function is known (the node's
-        filtered environment and the fixed runtime variables)."""
+        filtered environment and the fixed runtime variables); ``cuda``: the node's device is a
+        GPU, so its runtimes must reach it."""
         self.factory = factory
         self.base_env = base_env
+        self.cuda = cuda
         self.python = sys.executable
         self._env_at_import: dict[str, str] = {}
         self.isolation = factory.isolation
@@ -81,7 +83,7 @@ class ProcessPoolLauncher(PoolLauncher):
             return self.factory.spawn((self.python, "-m", "slfaas.functions.prewarm"), env, slot_dir, (), log_sink)
         jail = isolation.jail(f"pool-{sid}", POOL_MEMORY_MB)
         try:
-            argv, env = jail.pool(slot_dir, env)
+            argv, env = jail.pool(slot_dir, env, cuda=self.cuda)
             jail.cleanups += closers   # its slot (linked Runtime API socket) lives as long as it does
             self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
             return self.factory.spawn(argv, env, Path("/"), (), log_sink, jail)
@@ -108,7 +110,8 @@ class ProcessPoolLauncher(PoolLauncher):
             os.link(spec.runtime_socket, slot_dir / "runtime.sock")  # EXDEV: different filesystems → cold path
             jail.set_memory(spec.memory_mb, [sandbox.pid] if sandbox.pid else [])  # EBUSY: uses more → cold path
             env = jail.env(spec.env)
-        env.pop(ENV_BACKBONE_FD, None)  # the runtime's own number for the descriptor it receives
+        for name in BACKBONE_FD_ENV:   # the runtime's own numbers for the descriptors it receives
+            env.pop(name, None)
         return env
 
     def finish(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> None:
@@ -121,5 +124,5 @@ def _import_time(name: str) -> bool:
 
 
 def process_warm_pool(factory: "ProcessSandboxFactory", size: int,
-                      base_env: Callable[[], dict[str, str]]) -> WarmPool:
-    return WarmPool(ProcessPoolLauncher(factory, base_env), size)
+                      base_env: Callable[[], dict[str, str]], cuda: bool = False) -> WarmPool:
+    return WarmPool(ProcessPoolLauncher(factory, base_env, cuda), size)

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
-from slfaas.runtime_contract import ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BASE_MODEL_DIR, ENV_DEVICE, MAX_FDS, SPEC_HEADER
+from slfaas.runtime_contract import (BACKBONE_FD_ENV, ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_VMM_FD,
+                                     ENV_BASE_MODEL_DIR, ENV_DEVICE, MAX_FDS, SPEC_HEADER)
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,10 @@ class PoolLauncher(ABC):
     """The backend-specific half of a warm pool."""
 
     kind: str  # "container" or "process": named in log lines ("warm-pool process 1a2b3c4d ready")
-    # A CUDA backbone is borrowed through its IPC file, read by path: a backend whose runtime
-    # sees the node's filesystem can take it (the pool runtime has not touched CUDA yet).
+    # A legacy CUDA IPC backbone is borrowed through its IPC file, read by path: only a backend
+    # whose runtime sees the node's filesystem can take it (VMM descriptors travel to any).
     supports_cuda: bool = False
+    cuda: bool = False        # its runtimes were started with the GPU reachable
 
     @property
     @abstractmethod
@@ -280,12 +282,14 @@ class WarmPool:
     def take(self, spec: SandboxSpec, log_sink: LogSink) -> PoolSandbox | None:
         """A ready pool runtime specialised into ``spec``'s instance, or None (cold path)."""
         if spec.env.get(ENV_DEVICE, "cpu") != "cpu":
-            if not (self.launcher.supports_cuda and spec.env.get(ENV_BACKBONE_IPC)):
+            if not self.launcher.cuda:   # started without the GPU: cannot become a CUDA instance
+                return None
+            if not (spec.env.get(ENV_BACKBONE_VMM_FD) or (self.launcher.supports_cuda and spec.env.get(ENV_BACKBONE_IPC))):
                 return None
         elif not spec.env.get(ENV_BACKBONE_FD):
             return None
         handover = self.launcher.plan(spec)
-        if handover is None or len(handover.task_files) + len(handover.model_files) + 1 > MAX_FDS:
+        if handover is None or len(handover.task_files) + len(handover.model_files) + 2 > MAX_FDS:
             return None
         slot = self._pop_ready()
         if slot is None:
@@ -310,15 +314,18 @@ class WarmPool:
     def _send(slot: _Slot, spec: SandboxSpec, env: dict[str, str], handover: Handover) -> None:
         """The one specialisation message (``slfaas.functions.prewarm`` reads it)."""
         assert slot.conn is not None
-        body: dict = {"env": env}
+        fd_env = [name for name in BACKBONE_FD_ENV if spec.env.get(name)]
+        body: dict = {"env": env, "fd_env": fd_env}
         if handover.link_files:
             body.update(task_files=list(handover.task_files), model_files=list(handover.model_files))
         raw = json.dumps(body).encode()
         fds: list[int] = []
         try:
-            if spec.env.get(ENV_BACKBONE_FD):   # CPU: the sealed backbone image (CUDA: its IPC file's path)
-                fds.append(os.open(f"/proc/self/fd/{int(spec.env[ENV_BACKBONE_FD])}",
-                                   os.O_RDONLY | os.O_CLOEXEC))
+            for name in fd_env:   # the backbone's descriptors (a CUDA IPC handle travels as a path instead)
+                node_fd = int(spec.env[name])
+                # the sealed CPU image is reopened read-only; the GPU arena's descriptors are duplicated
+                fds.append(os.open(f"/proc/self/fd/{node_fd}", os.O_RDONLY | os.O_CLOEXEC)
+                           if name == ENV_BACKBONE_FD else os.dup(node_fd))
             fds += [os.open(handover.code_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.task_files]
             fds += [os.open(handover.model_dir / n, os.O_RDONLY | os.O_CLOEXEC) for n in handover.model_files]
             message = SPEC_HEADER.pack(len(raw)) + raw
