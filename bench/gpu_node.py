@@ -420,14 +420,14 @@ def main() -> int:
             clean = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
             try:
                 invoke("evil", b'{"prompt": "x"}')
-                write_refused = False
-            except RuntimeError as exc:   # a read-only (VMM) mapping: the writer died alone
-                write_refused = "Runtime.ExitError" in str(exc)
+                write_failed = False
+            except RuntimeError:   # a read-only (VMM) mapping: the GPU refused the write, the writer ended
+                write_failed = True
             t0 = time.perf_counter()
             check = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
             after, _ = invoke(names[0], event_gen)
             final = api(server.url, "POST", "/slfaas/v1/node/verify")["Checks"][0]
-            results["integrity"] = {"write_refused": write_refused,
+            results["integrity"] = {"write_refused": write_failed and check["ok"],
                                     "clean_check_ok": clean["ok"], "clean_check_ms": clean["elapsed_ms"],
                                     "detected": not check["ok"], "detect_check_ms": check["elapsed_ms"],
                                     "bad_tensors": check["bad_tensors"][:4], "stopped": len(check["stopped_instances"]),

@@ -118,6 +118,8 @@ def main() -> int:
                 client.error(inv.request_id, _error_body(exc))
             except NodeGone:
                 return 0
+            if _device_lost(exc):
+                return 1
             continue
         try:
             if inv.response_stream:
@@ -126,6 +128,13 @@ def main() -> int:
                 client.respond(inv.request_id, body, device_ms=engine.device_ms_total - device_ms0)
         except NodeGone:
             return 0
+
+
+def _device_lost(exc: BaseException) -> bool:
+    """A CUDA error is sticky: the context is unusable (e.g. after a write into the read-only
+    backbone), so the instance ends after reporting it and the next request gets a fresh one."""
+    name = type(exc).__name__
+    return name == "AcceleratorError" or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
 
 
 def _pieces(result: Any) -> Iterator[bytes]:
@@ -157,6 +166,8 @@ def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator
     except Exception as exc:
         traceback.print_exc()
         stream.close(error=_error_body(exc))
+        if _device_lost(exc):
+            sys.exit(1)
         return
     metrics = dict(getattr(context, "result_metrics", None) or {})
     metrics["device_ms"] = round(device_ms(), 3)   # the runtime's measure, whatever the handler set
