@@ -16,6 +16,10 @@ ERROR_BODY_TRAILER = "Lambda-Runtime-Function-Error-Body"
 RESPONSE_MODE_HEADER = "Slfaas-Response-Mode"
 METRICS_TRAILER = "Slfaas-Result-Metrics"
 DEVICE_MS_HEADER = "Slfaas-Device-Ms"   # the runtime's device-time measure of one invocation
+# slfaas: the runtime writes this + the request id as a line of its output just before it posts
+# an invocation's response or error; the node writes END/REPORT only once it has read that
+# line, so the function's log (and LogType=Tail) holds everything the invocation printed.
+LOG_SYNC_MARKER = "\x1eslfaas-log-sync "
 
 
 class _UnixConnection(http.client.HTTPConnection):

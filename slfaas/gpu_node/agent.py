@@ -24,6 +24,7 @@ from slfaas.billing.meter import InvocationFacts, Meter
 from slfaas.billing.prices import PriceSheet
 from slfaas.billing.records import NodeUsage, UsageRecord
 from slfaas.errors import TooManyRequests
+from slfaas.functions.runtime_client import LOG_SYNC_MARKER
 from slfaas.gpu_node.backbone import BackboneInfo, BackboneOwner
 from slfaas.gpu_node.instance import Instance, InstanceState, Outcome, error_payload
 from slfaas.gpu_node.logs import FunctionLogs
@@ -34,6 +35,9 @@ from slfaas.gpu_node.types import FunctionSpec, InstanceInfo, InvocationRequest,
 log = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# How long an invocation's END/REPORT waits for the runtime's output to reach the log (the
+# marker normally follows within milliseconds; a runtime without markers costs this much).
+LOG_SYNC_TIMEOUT_S = 5.0
 # What a runtime inherits from the node's environment; everything else is the function's own.
 _PASS_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
 _PASS_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_", "PYTORCH_", "OMP_", "MKL_")
@@ -216,6 +220,8 @@ class NodeAgent:
                              f"START RequestId: {request.request_id} Version: {request.function.version}")
             self.meter.invocation_started(request.request_id, instance.instance_id, dispatch_ts)
             outcome, _call = instance.run(request, cold, dispatch_ts, sink=on_chunk)
+            if outcome.from_runtime:   # its output reaches the log through a pipe: wait for all of it
+                instance.wait_log_synced(request.request_id, LOG_SYNC_TIMEOUT_S)
             usage = self._meter(request, instance, outcome, cold, submitted_ts, dispatch_ts)
             self._report(request, instance, outcome, cold, dispatch_ts, usage)
             return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts, usage)
@@ -362,10 +368,22 @@ class NodeAgent:
             labels={"slfaas.node": self.node_id, "slfaas.function": function.name,
                     "slfaas.version": function.version, "slfaas.instance": inst.instance_id},
         )
-        inst.sandbox = self.sandboxes.start(
-            spec, lambda line, name=function.name, iid=inst.instance_id: self.logs.append(name, iid, line))
+        inst.sandbox = self.sandboxes.start(spec, self._log_sink(inst))
         log.info("started instance %s of %s (pid %s)", inst.instance_id, function.name, inst.sandbox.pid)
         threading.Thread(target=self._watch, args=(inst,), daemon=True, name=f"watch-{inst.instance_id}").start()
+
+    def _log_sink(self, inst: Instance) -> Callable[[str], None]:
+        """An instance's output into its function's log. The runtime's sync marker (written
+        before each response) is not logged: it tells the instance its output is all in."""
+        name, iid = inst.function.name, inst.instance_id
+
+        def sink(line: str) -> None:
+            head, marker, request_id = line.partition(LOG_SYNC_MARKER)
+            if head or not marker:
+                self.logs.append(name, iid, head)
+            if marker:
+                inst.log_synced(request_id.strip())
+        return sink
 
     def _runtime_env(self, inst: Instance, socket_path: Path) -> dict[str, str]:
         f = inst.function

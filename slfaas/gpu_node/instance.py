@@ -57,6 +57,7 @@ class Outcome:
     error_type: str | None  # None: success
     delivered_ts: float | None = None
     metrics: dict | None = None   # what a streamed response reported in its trailer (usage, ttft)
+    from_runtime: bool = False    # posted by the runtime (which wrote its log sync marker first)
 
 
 @dataclass
@@ -109,6 +110,8 @@ class Instance:
         self._ready = threading.Event()
         self._queue: queue.Queue[_Call | None] = queue.Queue()
         self._inflight: _Call | None = None
+        self._log_synced = threading.Condition()
+        self._log_synced_request: str | None = None
 
     # state machine
     def _move(self, new: InstanceState) -> None:
@@ -162,6 +165,16 @@ class Instance:
             self.fail_and_kill()
         assert call.outcome is not None
         return call.outcome, call
+
+    def log_synced(self, request_id: str) -> None:
+        """The runtime's output up to its response to ``request_id`` is in the log."""
+        with self._log_synced:
+            self._log_synced_request = request_id
+            self._log_synced.notify_all()
+
+    def wait_log_synced(self, request_id: str, timeout_s: float) -> bool:
+        with self._log_synced:
+            return self._log_synced.wait_for(lambda: self._log_synced_request == request_id, timeout_s)
 
     def fail_and_kill(self) -> None:
         with self._lock:
@@ -244,7 +257,7 @@ class Instance:
             return False
         if streamed and error_type is None:
             body = b"".join(call.chunks)  # empty when a sink took the chunks
-        return self._finish(call, Outcome(body, error_type, metrics=metrics))
+        return self._finish(call, Outcome(body, error_type, metrics=metrics, from_runtime=True))
 
     def stream_chunk(self, request_id: str, data: bytes) -> bool:
         """One chunk of a streamed response, handed on at once; False once the call is over."""
