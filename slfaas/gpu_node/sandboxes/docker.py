@@ -32,10 +32,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from slfaas.errors import NodeError
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
+from slfaas.gpu_node.sandboxes.loglines import capped_lines
 from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
 from slfaas.gpu_node.sandboxes.warm_pool import proc_start_ticks as _proc_start_ticks  # labels name the node process
 
@@ -178,17 +179,14 @@ class DockerSandbox(Sandbox):
         self._pump.start()
 
     def _pump_logs(self) -> None:
-        pending = b""
+        for raw in capped_lines(self._log_chunks()):
+            self._emit(raw)
+
+    def _log_chunks(self) -> Iterator[bytes]:
         try:
-            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    self._emit(raw)
+            yield from self.container.logs(stream=True, follow=True, stdout=True, stderr=True)
         except Exception:  # the container was removed under us: nothing more to read
             log.debug("log stream of %s ended", self.container.name, exc_info=True)
-        if pending:
-            self._emit(pending)
 
     def set_sink(self, log_sink: LogSink) -> None:
         """Where output goes from now on (a warm-pool container gets its function's log)."""

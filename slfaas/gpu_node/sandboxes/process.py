@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
+from slfaas.gpu_node.sandboxes.loglines import capped_lines
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,11 @@ class ProcessSandbox(Sandbox):
         self._reader.start()
 
     def _pump(self) -> None:
-        assert self._proc.stdout is not None
-        for raw in iter(self._proc.stdout.readline, b""):
+        stdout = self._proc.stdout
+        assert stdout is not None
+        for raw in capped_lines(iter(lambda: stdout.read1(1 << 16), b"")):
             try:
-                self._sink(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._sink(raw.decode("utf-8", "replace"))
             except Exception:  # a log write must never kill the pump
                 log.exception("log sink failed")
         self._proc.stdout.close()
