@@ -7,7 +7,7 @@ import logging
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, PreconditionFailed,
+from slfaas.errors import (CodeStorageExceeded, Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, PreconditionFailed,
                            ProvisionedConcurrencyConfigNotFound, RequestTooLarge, SlfaasError, TooManyRequests)
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,7 @@ _MAPPING: list[tuple[type[SlfaasError], int, str]] = [  # subclasses before thei
     (PreconditionFailed, 412, "PreconditionFailedException"),
     (InvalidParameter, 400, "InvalidParameterValueException"),
     (InvalidRequestContent, 400, "InvalidRequestContentException"),
+    (CodeStorageExceeded, 400, "CodeStorageExceededException"),
     (Conflict, 409, "ResourceConflictException"),
     (TooManyRequests, 429, "TooManyRequestsException"),
     (RequestTooLarge, 413, "RequestTooLargeException"),
