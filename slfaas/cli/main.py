@@ -57,7 +57,9 @@ def cmd_server(args: argparse.Namespace) -> int:
             instance_gpu_mb=args.instance_gpu_mb, docker_image=args.docker_image,
             warm_pool=_warm_pool(args), s3_endpoint_url=args.s3_endpoint_url, auth=args.auth,
             credentials_file=Path(args.credentials) if args.credentials else None, insecure=args.insecure,
-            auth_max_skew_s=args.auth_max_skew_s, prices_file=Path(args.prices) if args.prices else None))
+            auth_max_skew_s=args.auth_max_skew_s, prices_file=Path(args.prices) if args.prices else None,
+            max_concurrent_invocations=args.max_concurrent_invocations, idle_timeout_s=args.idle_timeout_s,
+            connection_limit=args.connection_limit))
     except OSError as exc:
         raise CliError(f"cannot start the server on {args.host}:{args.port}: {exc}")
     except (ValueError, SlfaasError) as exc:
@@ -331,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-alive-s", type=float, default=300.0, help="stop instances idle this long (default %(default)s)")
     s.add_argument("--max-instances", type=int, default=32, help="instances per node (default %(default)s)")
     s.add_argument("--init-timeout-s", type=float, default=300.0, help="cold-start limit (default %(default)s)")
+    s.add_argument("--max-concurrent-invocations", type=int, default=64, metavar="N",
+                   help="invocations in flight at once; beyond, 429 TooManyRequestsException with Retry-After "
+                        "(default %(default)s)")
+    s.add_argument("--idle-timeout-s", type=int, default=30,
+                   help="close an HTTP connection idle this long (default %(default)s)")
+    s.add_argument("--connection-limit", type=int, default=1000, metavar="N",
+                   help="open HTTP connections at most (default %(default)s)")
     s.add_argument("--s3-endpoint-url", default=None,
                    help="S3 endpoint for function code given as S3Bucket/S3Key (default: boto3's own, which honours "
                         "AWS_ENDPOINT_URL_S3)")

@@ -21,6 +21,7 @@ from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, No
                            TooManyRequests)
 from slfaas.billing.service import CostService
 from slfaas.faas.adapter_check import check_model_ref
+from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS, DisconnectWatch, InvocationSlots
 from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validate_base_model_dir
 from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
 from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
@@ -44,6 +45,7 @@ MAX_ASYNC_PAYLOAD_BYTES = 1024 * 1024
 TAIL_SCAN_BYTES = 1 << 20   # how much of a function's log LogType=Tail searches for the invocation
 BASE_MODEL_ENV = "SLFAAS_BASE_MODEL"
 MAX_ENVIRONMENT_BYTES = 4096   # AWS: all variables together, measured as their JSON
+CANCELLED_MESSAGE = "The caller disconnected; the invocation was stopped."
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,12 @@ def _environment(params: dict) -> dict[str, str] | None:
 
 class FunctionService:
     def __init__(self, registry: Registry, node: NodeAgent, code_root: Path, region: str = "us-east-1",
-                 public_url: Callable[[], str] = lambda: "http://127.0.0.1", s3_endpoint_url: str | None = None):
+                 public_url: Callable[[], str] = lambda: "http://127.0.0.1", s3_endpoint_url: str | None = None,
+                 max_concurrent_invocations: int = DEFAULT_MAX_CONCURRENT_INVOCATIONS):
         self.registry = registry
         self.node = node
+        self.slots = InvocationSlots(max_concurrent_invocations)   # beyond it: 429 at once
+        self.disconnects = DisconnectWatch(node.cancel)
         self.code = CodeStore(code_root, in_use=registry.code_in_use)
         self.code.sweep()   # what a crash or an older version left behind
         self.s3_code = S3CodeFetcher(s3_endpoint_url, region)
@@ -374,7 +379,10 @@ class FunctionService:
         return rec, invoked_arn
 
     def invoke(self, ref: str, qualifier: str | None, payload: bytes, invocation_type: str = "RequestResponse",
-               client_context: str | None = None, log_type: str | None = None) -> InvokeOutcome:
+               client_context: str | None = None, log_type: str | None = None,
+               client_gone: Callable[[], bool] | None = None) -> InvokeOutcome:
+        """``client_gone``: tells whether the caller disconnected; its invocation is then
+        cancelled on the node and recorded as such."""
         if invocation_type not in ("RequestResponse", "Event", "DryRun"):
             raise InvalidParameter(f"Unsupported InvocationType: {invocation_type}")
         if invocation_type == "Event":
@@ -391,10 +399,11 @@ class FunctionService:
             return InvokeOutcome(202, b"", None, rec.version, request_id)
         request = InvocationRequest(request_id, replace(self.spec(rec), arn=invoked_arn), payload or b"{}",
                                     client_context)
-        record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
-                                  status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
-        self.registry.record_invocation(record)
-        result = self._run(request, record)
+        with self.slots.slot():
+            record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
+                                      status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
+            self.registry.record_invocation(record)
+            result = self._run(request, record, client_gone)
         log_tail = None
         if log_type == "Tail":
             log_tail = log_result_header(invocation_log(self.node.logs.tail(rec.name, TAIL_SCAN_BYTES), request_id,
@@ -408,10 +417,12 @@ class FunctionService:
             except Exception:  # a log line must never fail an invocation
                 log.exception("writing a budget warning to %s's log failed", function_name)
 
-    def _run(self, request: InvocationRequest, record: InvocationRecord) -> InvocationResult:
+    def _run(self, request: InvocationRequest, record: InvocationRecord,
+             client_gone: Callable[[], bool] | None = None) -> InvocationResult:
         try:
             self.cost.admit(request.function.name, request.request_id)   # hard budgets, enforced
-            with self.limits.tracker.lease(request.function.name):  # reserved concurrency, enforced
+            with (self.limits.tracker.lease(request.function.name),   # reserved concurrency, enforced
+                  self.disconnects.watching(request.request_id, client_gone) as cancelled):
                 result = self.node.invoke(request)
         except BaseException as exc:
             self.registry.finish_invocation(record, status="throttled" if isinstance(exc, TooManyRequests)
@@ -436,8 +447,11 @@ class FunctionService:
                 message = str(json.loads(result.payload).get("errorMessage", ""))[:2000]
             except (ValueError, AttributeError):
                 message = ""
+        status = "success" if result.function_error is None else "function_error"
+        if cancelled.is_set():
+            status, message = "cancelled", f"{CANCELLED_MESSAGE} {message}".strip()
         self.registry.finish_invocation(
-            record, status="success" if result.function_error is None else "function_error",
+            record, status=status,
             instance_id=result.instance_id, end_ts=result.end_ts, duration_ms=result.duration_ms,
             init_duration_ms=result.init_duration_ms, queue_ms=result.queue_ms, cold_start=result.cold_start,
             error_type=result.error_type, error_message=message,

@@ -106,7 +106,8 @@ def main() -> int:
                             "backbone_attach_s": round(t.backbone_attach_s, 4),
                             "adapter_load_s": round(t.adapter_load_s, 4),
                             "device_init_s": round(t.device_init_s, 4),
-                            "adapter_bytes": engine.adapter_bytes, "device": str(engine.device)})
+                            "adapter_bytes": engine.adapter_bytes, "device": str(engine.device),
+                            "log_sync": 1})   # writes LOG_SYNC_MARKER before each response
     except NodeGone:
         return 1
     except Exception as exc:  # report, then exit: the node fails the cold-start invocation

@@ -35,8 +35,8 @@ from slfaas.gpu_node.types import FunctionSpec, InstanceInfo, InvocationRequest,
 log = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-# How long an invocation's END/REPORT waits for the runtime's output to reach the log (the
-# marker normally follows within milliseconds; a runtime without markers costs this much).
+# How long an invocation's END/REPORT waits at most for the runtime's output to reach the log
+# (a runtime that says "log_sync" in its init report writes the marker before each response).
 LOG_SYNC_TIMEOUT_S = 5.0
 # What a runtime inherits from the node's environment; everything else is the function's own.
 _PASS_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
@@ -100,6 +100,7 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
         self._apis: dict[str, RuntimeApiServer] = {}
+        self._requests: dict[str, _Tracked] = {}   # in flight, by request id: what cancel() stops
         # Set by retire(): instances of a retired (name, revision) are stale, and so are those of a
         # (name, version) whose current revision is another one (started after the retire).
         self._retired: set[tuple[str, str]] = set()
@@ -201,6 +202,9 @@ class NodeAgent:
 
     def _invoke_on(self, instance: Instance, cold: bool, request: InvocationRequest, submitted_ts: float,
                    on_chunk: Callable[[bytes], None] | None) -> InvocationResult:
+        tracked = _Tracked(instance)
+        with self._lock:
+            self._requests[request.request_id] = tracked
         try:
             if cold:
                 ready = instance.wait_ready(self.config.init_timeout_s)
@@ -216,22 +220,54 @@ class NodeAgent:
                     self._report(request, instance, outcome, cold, now, usage)
                     return self._result(request, instance, outcome, cold, submitted_ts, now, usage)
             dispatch_ts = time.time()
+            if not self._dispatching(tracked):
+                outcome = Outcome(error_payload("Runtime.Cancelled", "The caller went away before the invocation "
+                                                "started"), "Runtime.Cancelled")
+                usage = self._meter(request, instance, outcome, cold, submitted_ts, dispatch_ts)
+                return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts, usage)
             self.logs.append(request.function.name, instance.instance_id,
                              f"START RequestId: {request.request_id} Version: {request.function.version}")
             self.meter.invocation_started(request.request_id, instance.instance_id, dispatch_ts)
             outcome, _call = instance.run(request, cold, dispatch_ts, sink=on_chunk)
-            if outcome.from_runtime:   # its output reaches the log through a pipe: wait for all of it
+            if outcome.from_runtime and instance.init_facts.get("log_sync"):
+                # its output reaches the log through a pipe: wait until all of it has
                 instance.wait_log_synced(request.request_id, LOG_SYNC_TIMEOUT_S)
             usage = self._meter(request, instance, outcome, cold, submitted_ts, dispatch_ts)
             self._report(request, instance, outcome, cold, dispatch_ts, usage)
             return self._result(request, instance, outcome, cold, submitted_ts, dispatch_ts, usage)
         finally:
+            with self._lock:
+                self._requests.pop(request.request_id, None)
             self.meter.invocation_aborted(request.request_id, time.time())   # no-op once metered
             instance.release()
             if instance.state is InstanceState.IDLE:
                 self.meter.instance_idle(instance.instance_id, instance.function.name, time.time())
             if self._stale(instance) and instance.try_reserve():
                 self._stop(instance)
+
+    # cancellation
+    def cancel(self, request_id: str) -> bool:
+        """Stop the work of a request whose caller went away: not dispatched yet, it never is
+        (the instance it waited for serves others); running, its instance is killed, so the
+        function does not keep the device busy. False when the node is not working on it."""
+        with self._lock:
+            tracked = self._requests.get(request_id)
+            if tracked is None:
+                return False
+            tracked.cancelled = True
+            running = tracked.instance if tracked.dispatched else None
+        if running is not None:
+            log.info("request %s cancelled: stopping instance %s", request_id, running.instance_id)
+            self.logs.append(running.function.name, running.instance_id,
+                             f"CANCELLED RequestId: {request_id}: the caller went away; stopping the instance")
+            running.fail_and_kill()
+        return True
+
+    def _dispatching(self, tracked: "_Tracked") -> bool:
+        """Mark a request dispatched, unless it was cancelled first."""
+        with self._lock:
+            tracked.dispatched = not tracked.cancelled
+            return tracked.dispatched
 
     def _meter(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool,
                submitted_ts: float, dispatch_ts: float) -> UsageRecord | None:
@@ -473,6 +509,15 @@ class NodeAgent:
                          f"REPORT RequestId: {request.request_id}\tDuration: {duration_ms:.2f} ms\t"
                          f"Billed Duration: {int(duration_ms) + 1} ms\tMemory Size: {request.function.memory_mb} MB\t"
                          f"Max Memory Used: {_max_rss_mb(inst)} MB{init}{_billing_fields(usage)}")
+
+
+@dataclass
+class _Tracked:
+    """A request the node is working on (mutated under the agent's lock)."""
+
+    instance: Instance
+    dispatched: bool = False
+    cancelled: bool = False
 
 
 class ResponseStream:

@@ -12,6 +12,8 @@ from slfaas.errors import (CodeStorageExceeded, Conflict, InvalidParameter, Inva
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_S = "1"   # what a 429 tells the caller to wait: invocations last about that long
+
 _MAPPING: list[tuple[type[SlfaasError], int, str]] = [  # subclasses before their bases
     (ProvisionedConcurrencyConfigNotFound, 404, "ProvisionedConcurrencyConfigNotFoundException"),
     (NotFound, 404, "ResourceNotFoundException"),
@@ -39,7 +41,7 @@ def from_domain(exc: SlfaasError) -> Response:
             extra = {"Reason": exc.reason} if isinstance(exc, TooManyRequests) else {}
             resp = aws_error(status, code, str(exc), "Service" if status >= 500 else "User", **extra)
             if isinstance(exc, TooManyRequests):
-                resp.headers["Retry-After"] = "1"
+                resp.headers["Retry-After"] = RETRY_AFTER_S
             return resp
     return aws_error(500, "ServiceException", str(exc), "Service")
 
