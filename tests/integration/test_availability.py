@@ -110,6 +110,40 @@ def test_control_never_waits_behind_invocations_and_gone_callers_are_cancelled(
     assert "FunctionError" not in resp, resp["body"]
 
 
+TICKER_HANDLER = '''
+import time
+
+
+def handler(event, context):
+    def ticks():
+        for i in range(600):
+            yield f"tick {i}\\n"
+            time.sleep(0.5)
+    return ticks()
+'''
+
+
+def test_a_stream_whose_reader_goes_away_is_cancelled(tiny_assets, live_server_factory):  # type: ignore[no-untyped-def]
+    import http.client
+
+    server = live_server_factory("--keep-alive-s", "600")
+    deploy(_client(server), "ticker", tiny_assets.zip(tiny_assets.adapter_a, extra={"handler.py": TICKER_HANDLER}))
+    parts = urlsplit(server.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn.request("POST", "/2021-11-15/functions/ticker/response-streaming-invocations", body=b"{}",
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert b"tick 0" in resp.read1(4096)        # the stream is flowing (event-stream framing around it)
+    [inst] = instances_of(server, "ticker")
+    resp.close()                                 # the reader goes away 5 minutes early
+    conn.close()
+    [record] = wait_for(lambda: [r for r in invocations_of(server, "ticker") if r["status"] == "cancelled"] or None,
+                        30, "the stream's invocation recorded as cancelled")
+    assert "caller disconnected" in record["error_message"]
+    wait_for(lambda: not pid_alive(inst["pid"]), 30, "the ticking instance to be stopped")
+
+
 def test_idle_connections_neither_lock_clients_out_nor_linger(tiny_assets, live_server_factory):  # type: ignore[no-untyped-def]
     server = live_server_factory("--idle-timeout-s", "2")
     parts = urlsplit(server.url)
