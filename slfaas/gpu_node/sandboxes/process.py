@@ -32,12 +32,13 @@ class ProcessSandbox(Sandbox):
     def _pump(self) -> None:
         stdout = self._proc.stdout
         assert stdout is not None
-        for raw in capped_lines(iter(lambda: stdout.read1(1 << 16), b"")):
+        fd = stdout.fileno()   # read as it arrives, in bounded pieces: lines are capped, not buffered whole
+        for raw in capped_lines(iter(lambda: os.read(fd, 1 << 16), b"")):
             try:
                 self._sink(raw.decode("utf-8", "replace"))
             except Exception:  # a log write must never kill the pump
                 log.exception("log sink failed")
-        self._proc.stdout.close()
+        stdout.close()
 
     def set_sink(self, log_sink: LogSink) -> None:
         """Where output goes from now on (a warm-pool process gets its function's log)."""
