@@ -159,6 +159,7 @@ class SlfaasServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.verifier = check_auth_config(config)
+        options = http_options(config)   # checked before anything starts
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
@@ -181,8 +182,7 @@ class SlfaasServer:
         self.app = create_app(self.service)
         if self.verifier is not None:
             auth.install(self.app, self.verifier)
-        self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas",
-                                   **http_options(config))
+        self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas", **options)
         self._thread: threading.Thread | None = None
         self._closed = False
 
