@@ -14,6 +14,10 @@ class InvalidParameter(SlfaasError):
     """A request parameter is wrong (bad zip, missing adapter files, shapes that do not fit)."""
 
 
+class CodeStorageExceeded(SlfaasError):
+    """The server has no room left to store a function's code."""
+
+
 class InvalidRequestContent(SlfaasError):
     """A request body cannot be parsed."""
 

@@ -64,6 +64,11 @@ H_RESULT_METRICS = "Slfaas-Result-Metrics"   # slfaas: a streamed response's JSO
 H_DEVICE_MS = "Slfaas-Device-Ms"             # slfaas: the runtime's device time for one invocation
 STREAMING = "streaming"
 
+# slfaas: the runtime writes this + the request id as a line of its output just before it posts
+# an invocation's response or error; the node writes END/REPORT only once it has read that
+# line, so the function's log (and LogType=Tail) holds everything the invocation printed.
+LOG_SYNC_MARKER = "\x1eslfaas-log-sync "
+
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 + 1024          # Lambda's buffered response limit
 MAX_STREAMED_RESPONSE_BYTES = 200 * 1024 * 1024      # Lambda's limit for streamed responses
 

@@ -34,6 +34,10 @@ class CostService:
         self.on_budget_warning = on_budget_warning
         self._clock = clock
         self._lock = threading.Lock()
+        # Held from a usage record's settlement until it is stored, and while budgets are seeded
+        # from the registry: a seed must never see a cost settled in memory but not stored yet
+        # (it would overwrite the spend without it, and a hard budget would let more through).
+        self._spend_lock = threading.RLock()
         self.guard = BudgetGuard()
         self._tickets: dict[str, object] = {}
         self._recent: dict[str, deque[Decimal]] = {
@@ -43,12 +47,13 @@ class CostService:
 
     # budgets
     def _load_budgets(self) -> None:
-        budgets = self.registry.list_budgets()
-        self.guard.set_budgets(budgets)
-        now = self._clock()
-        for b in budgets:
-            start, end = period_window(b.period, now)
-            self.guard.seed(b.name, self.registry.spent_usd(start, end, b.function_name), now)
+        with self._spend_lock:
+            budgets = self.registry.list_budgets()
+            self.guard.set_budgets(budgets)
+            now = self._clock()
+            for b in budgets:
+                start, end = period_window(b.period, now)
+                self.guard.seed(b.name, self.registry.spent_usd(start, end, b.function_name), now)
 
     def set_budget(self, budget: Budget) -> BudgetStatus:
         self.registry.put_budget(budget, self._clock())
@@ -94,13 +99,14 @@ class CostService:
             self._recent.setdefault(rec.function_name, deque(maxlen=ESTIMATE_WINDOW)).append(rec.cost_usd)
         # Every invocation reaches the node through FunctionService, which admitted it; a record
         # without a ticket (e.g. a node driven directly) is spent all the same.
-        try:
-            if ticket is not None:
-                ticket.settle(rec.cost_usd, rec.end_ts)
-            else:
-                self.guard.spend(rec.function_name, rec.cost_usd, rec.end_ts)
-        finally:
-            self.registry.record_usage(rec)
+        with self._spend_lock:
+            try:
+                if ticket is not None:
+                    ticket.settle(rec.cost_usd, rec.end_ts)
+                else:
+                    self.guard.spend(rec.function_name, rec.cost_usd, rec.end_ts)
+            finally:
+                self.registry.record_usage(rec)
         self._warn(rec.function_name)
 
     def _warn(self, function_name: str) -> None:

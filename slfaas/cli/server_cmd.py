@@ -70,6 +70,12 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--keep-alive-s", type=float, default=300.0, show_default=True, help="stop instances idle this long")
 @click.option("--max-instances", type=int, default=32, show_default=True, help="instances per node")
 @click.option("--init-timeout-s", type=float, default=300.0, show_default=True, help="cold-start limit")
+@click.option("--max-concurrent-invocations", type=int, default=64, show_default=True, metavar="N",
+              help="invocations in flight at once; beyond, 429 TooManyRequestsException with Retry-After")
+@click.option("--idle-timeout-s", type=int, default=30, show_default=True,
+              help="close an HTTP connection idle this long")
+@click.option("--connection-limit", type=int, default=1000, show_default=True, metavar="N",
+              help="open HTTP connections at most")
 @click.option("--s3-endpoint-url", default=None,
               help="S3 endpoint for function code given as S3Bucket/S3Key (default: boto3's own, which honours "
                    "AWS_ENDPOINT_URL_S3)")
@@ -94,7 +100,8 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 def server(host: str, port: int, data_dir: str, database_url: str | None, sandbox: str, docker_image: str | None,
            warm_pool: int, docker_warm_pool: int | None, device: str, verify_interval_s: float | None,
            instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
-           s3_endpoint_url: str | None, auth: str, credentials: str | None, auth_max_skew_s: float,
+           max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
+           auth: str, credentials: str | None, auth_max_skew_s: float,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
     """Run the API and a local node agent.
 
@@ -112,7 +119,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             warm_pool=_warm_pool(warm_pool, docker_warm_pool), s3_endpoint_url=s3_endpoint_url, auth=auth,
             credentials_file=Path(credentials) if credentials else None, insecure=insecure,
             auth_max_skew_s=auth_max_skew_s, prices_file=Path(prices) if prices else None,
-            insecure_sandbox=insecure_sandbox))
+            insecure_sandbox=insecure_sandbox, max_concurrent_invocations=max_concurrent_invocations,
+            idle_timeout_s=idle_timeout_s, connection_limit=connection_limit))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

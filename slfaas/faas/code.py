@@ -1,24 +1,35 @@
-"""Function code packages: validate a code zip, store it by digest, and check that its LoRA
-adapter fits its base model, reading only headers (no torch import in the control plane)."""
+"""Function code packages: validate a code zip, store it by digest (identical code shared),
+and remove it once no function or version refers to it. The adapter inside is checked by
+``adapter_check``, reading only its config and header (no torch import in the control plane)."""
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
-import json
 import os
 import shutil
 import stat
+import threading
 import zipfile
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
-from slfaas.errors import InvalidParameter
-from slfaas.weights.safetensors import WeightsFormatError, checkpoint_tensors, read_safetensors_header
+from slfaas.errors import CodeStorageExceeded, InvalidParameter
+from slfaas.faas import adapter_check
+from slfaas.faas.adapter_check import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_adapter_config
+from slfaas.weights.safetensors import WeightsFormatError, checkpoint_tensors
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MAX_UNZIPPED_BYTES = 2 << 30
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "CodePackage", "CodeStore", "check_adapter_fits",
+           "read_adapter_config", "validate_base_model_dir"]
+
+MAX_UNZIPPED_BYTES = 262_144_000      # AWS Lambda's limit for a function's unzipped code
+MAX_ENTRIES = 20_000
+MAX_ENTRY_NAME_BYTES = 1024           # a whole path inside the zip
+MAX_PATH_PART_BYTES = 255             # one file or directory name (the file system's NAME_MAX)
 
 
 @dataclass(frozen=True)
@@ -35,11 +46,62 @@ class CodePackage:
 
 
 class CodeStore:
-    """Zips and their extracted trees under ``root``, named by digest (identical code shared)."""
+    """Zips and their extracted trees under ``root``, named by digest. A package is kept while
+    the registry refers to it (``in_use``) or a request holds it (``hold``: between storing
+    the code and committing the function that refers to it); ``collect`` removes it after."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, in_use: Callable[[str], bool] = lambda sha256_hex: True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._in_use = in_use
+        self._lock = threading.Lock()
+        self._holds: Counter[str] = Counter()
+
+    @contextmanager
+    def hold(self, zip_bytes: bytes) -> Iterator[CodePackage]:
+        """Store ``zip_bytes`` and keep the package while the block runs; afterwards it stays
+        only if the registry refers to it (a rejected create or update leaves nothing)."""
+        hex_ = hashlib.sha256(zip_bytes).hexdigest()
+        with self._lock:
+            self._holds[hex_] += 1
+        try:
+            yield self.put(zip_bytes)
+        finally:
+            with self._lock:
+                self._holds[hex_] -= 1
+                if self._holds[hex_] <= 0:
+                    del self._holds[hex_]
+            self.collect(hex_)
+
+    def collect(self, sha256_hex: str) -> bool:
+        """Remove the package unless a function or version refers to it or a request holds it."""
+        with self._lock:
+            if self._holds[sha256_hex] > 0 or self._in_use(sha256_hex):
+                return False
+            self._remove(sha256_hex)
+            return True
+
+    def sweep(self) -> int:
+        """At start-up: remove every package nothing refers to (and half-written ones)."""
+        removed = 0
+        with self._lock:
+            for entry in list(self.root.iterdir()):
+                if entry.name.startswith("."):   # a put that never finished
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    removed += 1
+                    continue
+                hex_ = entry.name.removesuffix(".zip")
+                if self._holds[hex_] == 0 and not self._in_use(hex_):
+                    self._remove(hex_)
+                    removed += 1
+        return removed
+
+    def _remove(self, sha256_hex: str) -> None:
+        shutil.rmtree(self.root / sha256_hex, ignore_errors=True)
+        (self.root / f"{sha256_hex}.zip").unlink(missing_ok=True)
 
     def put(self, zip_bytes: bytes) -> CodePackage:
         digest = hashlib.sha256(zip_bytes)
@@ -47,22 +109,17 @@ class CodeStore:
         zip_path = self.root / f"{hex_}.zip"
         dir_path = self.root / hex_
         if not dir_path.is_dir():
-            tmp = self.root / f".{hex_}.{os.getpid()}.tmp"
+            tmp = self.root / f".{hex_}.{os.getpid()}.{threading.get_ident()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 _safe_extract(zip_bytes, tmp)
-                adapter = read_adapter_config(tmp)
-                del adapter
+                read_adapter_config(tmp)
                 if not (tmp / ADAPTER_WEIGHTS).is_file():
                     raise InvalidParameter(
                         f"The code zip has no {ADAPTER_WEIGHTS} at its root: a slfaas-lora function "
-                        f"needs a PEFT LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})."
-                    )
-                try:
-                    read_safetensors_header(tmp / ADAPTER_WEIGHTS)
-                except WeightsFormatError as exc:
-                    raise InvalidParameter(f"{ADAPTER_WEIGHTS} is not a valid safetensors file: {exc}")
-                zip_path.write_bytes(zip_bytes)
+                        f"needs a PEFT LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}).")
+                adapter_check.read_safetensors_header(tmp / ADAPTER_WEIGHTS)
+                _write_file(zip_path, zip_bytes)
                 try:
                     os.replace(tmp, dir_path)
                 except OSError:  # a concurrent put of the same digest won
@@ -88,50 +145,82 @@ class CodeStore:
         )
 
 
+def _storage_error(exc: OSError, what: str) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CodeStorageExceeded(f"Code storage is full: no space left on the server's disk ({what})")
+    return InvalidParameter(f"Could not unzip uploaded file ({what[:200]}): {exc.strerror or exc}")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise _storage_error(exc, path.name) from None
+
+
+def _entry_paths(infos: list[zipfile.ZipInfo]) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Every entry's relative path, after refusing what cannot be extracted as written: paths
+    out of the package, links, names the file system refuses (too long), and a name
+    that is both a file and a directory (``sub`` and ``sub/x``)."""
+    if len(infos) > MAX_ENTRIES:
+        raise InvalidParameter(f"The code zip has {len(infos)} entries; at most {MAX_ENTRIES} are supported")
+    out = []
+    files: set[PurePosixPath] = set()
+    dirs: set[PurePosixPath] = set()
+    for info in infos:
+        shown = info.filename[:200]
+        path = PurePosixPath(info.filename)
+        if path.is_absolute() or ".." in path.parts:
+            raise InvalidParameter(f"Code zip entry {shown!r} escapes the package root")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise InvalidParameter(f"Code zip entry {shown!r} is a symbolic link")
+        encoded = info.filename.encode("utf-8", "surrogateescape")
+        if (not path.parts or len(encoded) > MAX_ENTRY_NAME_BYTES
+                or any(len(p.encode("utf-8", "surrogateescape")) > MAX_PATH_PART_BYTES for p in path.parts)):
+            raise InvalidParameter(
+                f"Code zip entry {shown!r} has a name this server cannot store: empty, longer than "
+                f"{MAX_ENTRY_NAME_BYTES} bytes, or with a part longer than {MAX_PATH_PART_BYTES} bytes")
+        parents = set(path.parents) - {PurePosixPath(".")}
+        if info.is_dir():
+            parents.add(path)
+        elif path in files:
+            raise InvalidParameter(f"Code zip entry {shown!r} appears twice")
+        else:
+            files.add(path)
+        dirs.update(parents)
+        out.append((info, path))
+    clash = files & dirs
+    if clash:
+        raise InvalidParameter(f"Code zip entry {str(min(clash))[:200]!r} is both a file and a directory")
+    return out
+
+
 def _safe_extract(zip_bytes: bytes, dest: Path) -> None:
     try:
         zf = zipfile.ZipFile(io.BytesIO(zip_bytes))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError):
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
         raise InvalidParameter("Could not unzip uploaded file. Please check your file, then try to upload again.")
     if sum(i.file_size for i in infos) > MAX_UNZIPPED_BYTES:
         raise InvalidParameter(f"Unzipped size must be smaller than {MAX_UNZIPPED_BYTES} bytes")
+    entries = _entry_paths(infos)
     dest.mkdir(parents=True)
     with zf:
-        for info in infos:
-            path = PurePosixPath(info.filename)
-            if path.is_absolute() or ".." in path.parts:
-                raise InvalidParameter(f"Code zip entry {info.filename!r} escapes the package root")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise InvalidParameter(f"Code zip entry {info.filename!r} is a symbolic link")
+        for info, path in entries:
             target = dest.joinpath(*path.parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InvalidParameter(f"Could not unzip uploaded file ({info.filename}): {exc}")
-
-
-def read_adapter_config(adapter_dir: Path) -> dict:
-    path = Path(adapter_dir) / ADAPTER_CONFIG
-    if not path.is_file():
-        raise InvalidParameter(
-            f"The code zip has no {ADAPTER_CONFIG} at its root: a slfaas-lora function needs a "
-            f"PEFT LoRA adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS})."
-        )
-    try:
-        cfg = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidParameter(f"{ADAPTER_CONFIG} is not valid JSON: {exc}")
-    if not isinstance(cfg, dict):
-        raise InvalidParameter(f"{ADAPTER_CONFIG} must hold a JSON object")
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise InvalidParameter(f"Only LoRA adapters are supported, got peft_type={cfg.get('peft_type')!r}")
-    return cfg
+            except OSError as exc:
+                raise _storage_error(exc, info.filename) from None
+            except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+                # NotImplementedError: a compression method zipfile lacks; RuntimeError: encrypted
+                raise InvalidParameter(f"Could not unzip uploaded file ({info.filename[:200]}): {exc}") from None
 
 
 def validate_base_model_dir(base_dir: Path) -> None:
@@ -143,47 +232,10 @@ def validate_base_model_dir(base_dir: Path) -> None:
         raise InvalidParameter(f"Base model {base_dir}: {exc}")
 
 
-_LORA_SUFFIXES = {
-    # adapter key suffix → (which base dim it must match, index in the lora tensor)
-    ".lora_A.weight": "in",
-    ".lora_B.weight": "out",
-    ".lora_embedding_A": "emb_in",
-    ".lora_embedding_B": "emb_out",
-}
-
-
 def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:
-    """Raise InvalidParameter unless every LoRA tensor matches its base layer's shape."""
-    cfg = read_adapter_config(adapter_dir)
+    """Raise InvalidParameter unless the adapter fits the base model in ``base_dir``."""
     try:
-        lora = read_safetensors_header(Path(adapter_dir) / ADAPTER_WEIGHTS)
         base = {t.name: t.shape for t in checkpoint_tensors(base_dir)}
     except WeightsFormatError as exc:
         raise InvalidParameter(str(exc))
-    if not any(suffix in t.name for t in lora for suffix in _LORA_SUFFIXES):
-        raise InvalidParameter(f"{ADAPTER_WEIGHTS} holds no LoRA tensors")
-    for t in lora:
-        suffix = next((s for s in _LORA_SUFFIXES if t.name.endswith(s)), None)
-        if suffix is None:
-            continue  # modules_to_save and other extras are checked when the instance loads
-        module = t.name[: -len(suffix)]
-        if module.startswith("base_model.model."):
-            module = module[len("base_model.model."):]
-        base_shape = base.get(f"{module}.weight")
-        if base_shape is None:
-            raise InvalidParameter(
-                f"Adapter targets module {module!r}, which the base model {base_dir} does not have")
-        if len(t.shape) != 2 or len(base_shape) != 2:
-            raise InvalidParameter(f"Adapter tensor {t.name} has unsupported rank {len(t.shape)}")
-        out_f, in_f = base_shape
-        kind = _LORA_SUFFIXES[suffix]
-        if cfg.get("fan_in_fan_out"):
-            out_f, in_f = in_f, out_f
-        expected, actual = {
-            "in": (in_f, t.shape[1]), "out": (out_f, t.shape[0]),
-            "emb_in": (out_f, t.shape[1]), "emb_out": (in_f, t.shape[0]),
-        }[kind]
-        if expected != actual:
-            raise InvalidParameter(
-                f"Adapter does not fit base model: {t.name} has shape {list(t.shape)}, but "
-                f"{module}.weight in {base_dir} has shape {list(base_shape)}")
+    adapter_check.check_adapter_fits(adapter_dir, base, str(base_dir))

@@ -160,6 +160,12 @@ class Registry(VersionsMixin, SettingsMixin, BillingMixin):
             self._delete_settings_dependents(s, name)  # tags, concurrency settings
             s.commit()
 
+    def code_in_use(self, code_sha256_hex: str) -> bool:
+        """Whether a function or a published version runs this code package."""
+        with self._session() as s:
+            return s.scalars(select(FunctionRow.name).where(FunctionRow.code_sha256_hex == code_sha256_hex)
+                             .limit(1)).first() is not None
+
     def iter_functions(self) -> Iterator[FunctionRecord]:
         with self._session() as s:
             rows = s.scalars(select(FunctionRow)).all()

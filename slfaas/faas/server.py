@@ -6,15 +6,18 @@ import ipaddress
 import logging
 import os
 import re
+import resource
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from waitress.server import create_server
 
 from slfaas.billing.prices import default_prices, load_prices
 from slfaas.billing.service import CostService
 from slfaas.faas import auth
+from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS
 from slfaas.faas.api import create_app
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
@@ -36,7 +39,10 @@ class ServerConfig:
     init_timeout_s: float = 300.0
     device: str = "cpu"
     region: str = "us-east-1"
-    threads: int = 32
+    threads: int = 16                        # HTTP threads for everything but invocations (control, health, 429s)
+    max_concurrent_invocations: int = DEFAULT_MAX_CONCURRENT_INVOCATIONS   # in flight; beyond: 429 at once
+    idle_timeout_s: int = 30                 # an HTTP connection idle this long is closed
+    connection_limit: int = 1000             # open HTTP connections; beyond, new ones wait in the backlog
     verify_interval_s: float | None = None   # None: 60 s on CUDA, on demand only on CPU
     instance_gpu_mb: int = 1536
     docker_image: str | None = None          # --sandbox docker: the runtime image (default slfaas/runtime:local)
@@ -98,10 +104,46 @@ def check_auth_config(config: ServerConfig) -> auth.SigV4Verifier | None:
     return None
 
 
+def http_options(config: ServerConfig) -> dict[str, Any]:
+    """waitress's settings: a thread for every invocation slot plus ``threads`` for the rest,
+    so control operations never queue behind invocations; idle connections closed after
+    ``idle_timeout_s``; poll() rather than select(), which stops at descriptor 1024; and
+    reading ahead on a connection while its request runs, which is how a client that went
+    away is noticed (``waitress.client_disconnected``) and its invocation cancelled."""
+    for name in ("threads", "max_concurrent_invocations", "idle_timeout_s", "connection_limit"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+    return {"threads": config.threads + config.max_concurrent_invocations,
+            "connection_limit": _connection_room(config.connection_limit),
+            "channel_timeout": config.idle_timeout_s, "cleanup_interval": max(1, min(30, config.idle_timeout_s // 2)),
+            "asyncore_use_poll": True, "channel_request_lookahead": 1}
+
+
+def _connection_room(wanted: int, reserve: int = 256) -> int:
+    """Raise the soft open-file limit so ``wanted`` connections fit beside the node's own
+    descriptors (sandbox pipes, sockets, the registry); fewer if the hard limit says so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + reserve
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        room = max(1, soft - reserve)
+        log.warning("open-file limit %d allows %d HTTP connections, not %d", soft, room, wanted)
+        return room
+    return wanted
+
+
 class SlfaasServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.verifier = check_auth_config(config)
+        options = http_options(config)   # checked before anything starts
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
@@ -121,12 +163,12 @@ class SlfaasServer:
         self.node = built.node
         cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
-                                       public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost)
+                                       public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost,
+                                       max_concurrent_invocations=config.max_concurrent_invocations)
         self.app = create_app(self.service)
         if self.verifier is not None:
             auth.install(self.app, self.verifier)
-        self._http = create_server(self.app, host=config.host, port=config.port, threads=config.threads,
-                                   channel_timeout=3600, ident="slfaas")
+        self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas", **options)
         self._thread: threading.Thread | None = None
         self._closed = False
 

@@ -20,6 +20,8 @@ from typing import Any, Callable
 from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
                            TooManyRequests)
 from slfaas.billing.service import CostService
+from slfaas.faas.adapter_check import check_model_ref
+from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS, DisconnectWatch, InvocationSlots
 from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validate_base_model_dir
 from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
 from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
@@ -43,6 +45,8 @@ MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
 MAX_ASYNC_PAYLOAD_BYTES = 1024 * 1024
 TAIL_SCAN_BYTES = 1 << 20   # how much of a function's log LogType=Tail searches for the invocation
 BASE_MODEL_ENV = "SLFAAS_BASE_MODEL"
+MAX_ENVIRONMENT_BYTES = 4096   # AWS: all variables together, measured as their JSON
+CANCELLED_MESSAGE = "The caller disconnected; the invocation was stopped."
 
 
 @dataclass(frozen=True)
@@ -94,18 +98,28 @@ def _environment(params: dict) -> dict[str, str] | None:
                 f"you have provided contains reserved keys that are currently not supported for modification. "
                 f"Reserved keys used in this request: {k}")
     parse_function_settings(variables)
+    size = len(json.dumps(variables, separators=(",", ":")).encode())
+    if size > MAX_ENVIRONMENT_BYTES:
+        raise InvalidParameter(
+            f"Lambda was unable to configure your environment variables because the environment variables you "
+            f"have provided exceeded the 4KB limit. String measured: {size} bytes of JSON, more than "
+            f"{MAX_ENVIRONMENT_BYTES}")
     return dict(variables)
 
 
 class FunctionService:
     def __init__(self, registry: Registry, node: NodeApi, code_root: Path, region: str = "us-east-1",
                  public_url: Callable[[], str] = lambda: "http://127.0.0.1", s3_endpoint_url: str | None = None,
-                 cost: CostService | None = None):
+                 cost: CostService | None = None,
+                 max_concurrent_invocations: int = DEFAULT_MAX_CONCURRENT_INVOCATIONS):
         """``cost``: the billing service fed by the node's meter (the server makes both); without
         it, records are priced with the default sheet and no live node usage is reported."""
         self.registry = registry
         self.node = node
-        self.code = CodeStore(code_root)
+        self.slots = InvocationSlots(max_concurrent_invocations)   # beyond it: 429 at once
+        self.disconnects = DisconnectWatch(node.cancel)
+        self.code = CodeStore(code_root, in_use=registry.code_in_use)
+        self.code.sweep()   # what a crash or an older version left behind
         self.s3_code = S3CodeFetcher(s3_endpoint_url, region)
         self.region = region
         self.public_url = public_url
@@ -126,13 +140,18 @@ class FunctionService:
     # base models
     def resolve_base_model(self, ref: str) -> Path:
         """A registered model name (``slfaas models add``) or a local model directory."""
+        check_model_ref(ref, "The base model reference")
         try:
             path = Path(self.registry.get_base_model(ref).path)
         except NotFound:
             path = Path(ref).expanduser()
-            if not path.is_dir():
+            try:
+                is_dir = path.is_dir()
+            except (OSError, ValueError):  # e.g. a name too long for the file system
+                is_dir = False
+            if not is_dir:
                 raise InvalidParameter(
-                    f"Base model '{ref}' is neither a registered model (slfaas models add NAME PATH) "
+                    f"Base model '{ref[:200]}' is neither a registered model (slfaas models add NAME PATH) "
                     f"nor a local model directory")
         validate_base_model_dir(path)
         return path.resolve()
@@ -161,23 +180,23 @@ class FunctionService:
         check_adapter_fits(pkg.dir_path, base)
         return base
 
-    def _store_code(self, code: Any) -> CodePackage:
+    def _code_bytes(self, code: Any) -> bytes:
+        """The code zip a request gives (inline or on S3); ``self.code.hold`` stores it."""
         if not isinstance(code, dict):
             raise InvalidParameter("Code must be an object with ZipFile or S3Bucket and S3Key")
         if "ImageUri" in code:
             raise InvalidParameter("Only Zip code is supported by this server (Code.ImageUri is not)")
         if "ZipFile" not in code:
             if wants_s3(code):
-                return self.code.put(self.s3_code.fetch(code))
+                return self.s3_code.fetch(code)
             raise InvalidParameter("Please provide a source for function code: Code.ZipFile or Code.S3Bucket "
                                    "and Code.S3Key")
         if wants_s3(code):
             raise InvalidParameter("Please do not provide other FunctionCode parameters when providing a ZipFile.")
         try:
-            raw = base64.b64decode(code["ZipFile"], validate=True)
+            return base64.b64decode(code["ZipFile"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise InvalidParameter("Code.ZipFile is not valid base64")
-        return self.code.put(raw)
 
     def create_function(self, params: dict) -> FunctionRecord:
         name = params.get("FunctionName")
@@ -201,18 +220,18 @@ class FunctionService:
         tags = validate_tags(params["Tags"]) if params.get("Tags") is not None else {}
         timeout_s = _int_param(params, "Timeout", DEFAULT_TIMEOUT_S, 1, 900)
         memory_mb = _int_param(params, "MemorySize", DEFAULT_MEMORY_MB, 128, 10240)
-        pkg = self._store_code(params.get("Code"))
-        base = self._base_model_for(env, pkg)
         handler = params.get("Handler") or DEFAULT_HANDLER
-        rec = FunctionRecord(
-            name=name, version=LATEST, runtime=RUNTIME, role=role, handler=str(handler),
-            description=str(params.get("Description") or ""), timeout_s=timeout_s, memory_mb=memory_mb,
-            environment=env, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
-            base_model_path=str(base), state="Pending", state_reason="The function is being created.",
-            state_reason_code="Creating", last_update_status="InProgress",
-            last_update_status_reason="The function is being created.",
-            revision_id=str(uuid.uuid4()), last_modified=_now_lambda(), created_ts=time.time())
-        self.registry.insert_function(rec)
+        with self.code.hold(self._code_bytes(params.get("Code"))) as pkg:   # gone again if refused
+            base = self._base_model_for(env, pkg)
+            rec = FunctionRecord(
+                name=name, version=LATEST, runtime=RUNTIME, role=role, handler=str(handler),
+                description=str(params.get("Description") or ""), timeout_s=timeout_s, memory_mb=memory_mb,
+                environment=env, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
+                base_model_path=str(base), state="Pending", state_reason="The function is being created.",
+                state_reason_code="Creating", last_update_status="InProgress",
+                last_update_status_reason="The function is being created.",
+                revision_id=str(uuid.uuid4()), last_modified=_now_lambda(), created_ts=time.time())
+            self.registry.insert_function(rec)
         if tags:
             self.registry.put_tags(name, tags)
         # Make this the current revision of $LATEST on the node.
@@ -263,11 +282,13 @@ class FunctionService:
     def update_code(self, ref: str, params: dict) -> FunctionRecord:
         rec = self.versions.latest(ref)
         self._check_revision(rec, params)
-        pkg = self._store_code({k: v for k, v in params.items() if k in ("ZipFile", "S3Bucket", "S3Key",
-                                                                             "S3ObjectVersion", "ImageUri")})
-        base = self._base_model_for(rec.environment, pkg)
-        updated = self._apply_update(rec, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
-                                     base_model_path=str(base))
+        raw = self._code_bytes({k: v for k, v in params.items() if k in ("ZipFile", "S3Bucket", "S3Key",
+                                                                         "S3ObjectVersion", "ImageUri")})
+        with self.code.hold(raw) as pkg:   # gone again if refused
+            base = self._base_model_for(rec.environment, pkg)
+            updated = self._apply_update(rec, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
+                                         base_model_path=str(base))
+        self.code.collect(rec.code_sha256_hex)   # the old code, unless a version still uses it
         return self.versions.snapshot(updated) if params.get("Publish") else updated
 
     def update_configuration(self, ref: str, params: dict) -> FunctionRecord:
@@ -317,10 +338,13 @@ class FunctionService:
         if fn.qualifier is not None:  # one published version
             self.versions.delete_version(rec.name, fn.qualifier)
             return
+        codes = {rec.code_sha256_hex} | {v.code_sha256_hex for v in self.registry.list_versions(rec.name)}
         self.registry.delete_function(rec.name)
         self.limits.forget(rec.name)
         self.node.retire(rec.name, keep_revision=None)
         self.node.delete_logs(rec.name)
+        for sha256_hex in codes:
+            self.code.collect(sha256_hex)
 
     # invocation
     def spec(self, rec: FunctionRecord) -> FunctionSpec:
@@ -360,7 +384,10 @@ class FunctionService:
         return rec, invoked_arn
 
     def invoke(self, ref: str, qualifier: str | None, payload: bytes, invocation_type: str = "RequestResponse",
-               client_context: str | None = None, log_type: str | None = None) -> InvokeOutcome:
+               client_context: str | None = None, log_type: str | None = None,
+               client_gone: Callable[[], bool] | None = None) -> InvokeOutcome:
+        """``client_gone``: tells whether the caller disconnected; its invocation is then
+        cancelled on the node and recorded as such."""
         if invocation_type not in ("RequestResponse", "Event", "DryRun"):
             raise InvalidParameter(f"Unsupported InvocationType: {invocation_type}")
         if invocation_type == "Event":
@@ -377,10 +404,11 @@ class FunctionService:
             return InvokeOutcome(202, b"", None, rec.version, request_id)
         request = InvocationRequest(request_id, replace(self.spec(rec), arn=invoked_arn), payload or b"{}",
                                     client_context)
-        record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
-                                  status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
-        self.registry.record_invocation(record)
-        result = self._run(request, record)
+        with self.slots.slot():
+            record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
+                                      status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
+            self.registry.record_invocation(record)
+            result = self._run(request, record, client_gone)
         log_tail = None
         if log_type == "Tail":
             log_tail = log_result_header(invocation_log(self.node.logs(rec.name, TAIL_SCAN_BYTES).text, request_id,
@@ -394,10 +422,12 @@ class FunctionService:
             except Exception:  # a log line must never fail an invocation
                 log.exception("writing a budget warning to %s's log failed", function_name)
 
-    def _run(self, request: InvocationRequest, record: InvocationRecord) -> InvocationResult:
+    def _run(self, request: InvocationRequest, record: InvocationRecord,
+             client_gone: Callable[[], bool] | None = None) -> InvocationResult:
         try:
             self.cost.admit(request.function.name, request.request_id)   # hard budgets, enforced
-            with self.limits.tracker.lease(request.function.name):  # reserved concurrency, enforced
+            with (self.limits.tracker.lease(request.function.name),   # reserved concurrency, enforced
+                  self.disconnects.watching(request.request_id, client_gone) as cancelled):
                 result = self.node.invoke(request)
         except BaseException as exc:
             self.registry.finish_invocation(record, status="throttled" if isinstance(exc, TooManyRequests)
@@ -422,8 +452,11 @@ class FunctionService:
                 message = str(json.loads(result.payload).get("errorMessage", ""))[:2000]
             except (ValueError, AttributeError):
                 message = ""
+        status = "success" if result.function_error is None else "function_error"
+        if cancelled.is_set():
+            status, message = "cancelled", f"{CANCELLED_MESSAGE} {message}".strip()
         self.registry.finish_invocation(
-            record, status="success" if result.function_error is None else "function_error",
+            record, status=status,
             instance_id=result.instance_id, end_ts=result.end_ts, duration_ms=result.duration_ms,
             init_duration_ms=result.init_duration_ms, queue_ms=result.queue_ms, cold_start=result.cold_start,
             error_type=result.error_type, error_message=message,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from slfaas.errors import InvalidParameter, TooManyRequests
 from slfaas.faas.registry import InvocationRecord
-from slfaas.faas.service import opt_float, opt_int
+from slfaas.faas.service import CANCELLED_MESSAGE, opt_float, opt_int
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class StreamingInvocation:
         self.executed_version = executed_version
         self.request_id = request_id
         self.end = StreamEnd()
+        self._cancelled = False
 
     def __iter__(self) -> Iterator[bytes]:
         finished = False
@@ -65,7 +66,8 @@ class StreamingInvocation:
         finally:
             if finished:
                 self._record_end()
-            else:  # the client went away: the function still runs to its end; record it then
+            else:  # the client went away: stop the function's work, record the invocation when it ends
+                self._cancelled = self._service.node.cancel(self.request_id)
                 threading.Thread(target=self._drain_and_record, daemon=True,
                                  name=f"stream-drain-{self.request_id[:8]}").start()
 
@@ -101,8 +103,11 @@ class StreamingInvocation:
             text = self._service.node.logs(self._record.function_name, LOG_SCAN_BYTES).text
             self.end.log_result = log_result_header(invocation_log(text, self.request_id, result.instance_id))
         metrics = result.metrics or {}
+        status = "success" if result.function_error is None else "function_error"
+        if self._cancelled:
+            status, message = "cancelled", f"{CANCELLED_MESSAGE} {message}".strip()
         registry.finish_invocation(
-            self._record, status="success" if result.function_error is None else "function_error",
+            self._record, status=status,
             instance_id=result.instance_id, end_ts=result.end_ts, duration_ms=result.duration_ms,
             init_duration_ms=result.init_duration_ms, queue_ms=result.queue_ms, cold_start=result.cold_start,
             error_type=result.error_type, error_message=message[:2000],
@@ -129,8 +134,13 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
                                 client_context, response_stream=True)
     record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
                               status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
-    service.registry.record_invocation(record)
     lease = ExitStack()
+    lease.enter_context(service.slots.slot())   # the API-wide bound on invocations: 429 at once beyond it
+    try:
+        service.registry.record_invocation(record)
+    except BaseException:
+        lease.close()
+        raise
     try:
         service.cost.admit(rec.name, request_id)                      # hard budgets, enforced
         lease.callback(service.cost.release, request_id)              # no-op once billed

@@ -178,7 +178,7 @@ class Versions:
             raise InvalidParameter(f"Deletion of aliases is not supported through DeleteFunction: use DeleteAlias "
                                    f"for {self._arn(name, version)}")
         try:
-            self.registry.get_function(name, version)
+            code = self.registry.get_function(name, version).code_sha256_hex
         except NotFound:
             raise NotFound(f"Function not found: {self._arn(name, version)}")
         users = self.registry.list_aliases(name, version)
@@ -188,6 +188,7 @@ class Versions:
         self.registry.delete_version(name, version)
         self.registry.delete_provisioned(name, version)
         self.svc.node.retire(name, keep_revision=None, version=version)
+        self.svc.code.collect(code)
 
     # aliases
     def _check_targets(self, name: str, primary: str, routing: dict[str, float]) -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient
-from slfaas.runtime_contract import ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID, ENV_RUNTIME_SOCKET
+from slfaas.runtime_contract import (ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID, ENV_RUNTIME_SOCKET,
+                                     LOG_SYNC_MARKER)
 
 log = logging.getLogger("slfaas.functions")
 
@@ -35,6 +36,29 @@ def _die_with_node() -> None:
     node_pid = int(os.environ.get(ENV_NODE_PID, "0") or 0)
     if node_pid and os.getppid() != node_pid:
         sys.exit(0)  # the node died before the prctl took effect
+
+
+def _one_output_stream() -> None:
+    """stderr onto stdout's descriptor: one ordered stream of output (Docker keeps two pipes),
+    so the log sync marker written to it comes after everything printed before it."""
+    try:
+        sys.stderr.flush()
+        os.dup2(1, 2)
+    except OSError:
+        pass
+
+
+def _log_sync(request_id: str) -> None:
+    """Tell the node that everything this invocation printed so far has been written."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken by the handler
+            pass
+    try:
+        os.write(1, f"{LOG_SYNC_MARKER}{request_id}\n".encode())
+    except OSError:
+        pass
 
 
 def _error_body(exc: BaseException, error_type: str | None = None) -> dict:
@@ -65,6 +89,7 @@ def _load_handler(code_dir: Path, handler_name: str) -> Callable[[Any, Any], Any
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+    _one_output_stream()
     _die_with_node()
     client = RuntimeClient(os.environ[ENV_RUNTIME_SOCKET])
     try:
@@ -83,7 +108,8 @@ def main() -> int:
                             "backbone_attach_s": round(t.backbone_attach_s, 4),
                             "adapter_load_s": round(t.adapter_load_s, 4),
                             "device_init_s": round(t.device_init_s, 4),
-                            "adapter_bytes": engine.adapter_bytes, "device": str(engine.device)})
+                            "adapter_bytes": engine.adapter_bytes, "device": str(engine.device),
+                            "log_sync": 1})   # writes LOG_SYNC_MARKER before each response
     except NodeGone:
         return 1
     except Exception as exc:  # report, then exit: the node fails the cold-start invocation
@@ -114,6 +140,7 @@ def main() -> int:
                 body = b"".join(_pieces(result)) if isinstance(result, Iterator) else json.dumps(result).encode()
         except Exception as exc:
             traceback.print_exc()
+            _log_sync(inv.request_id)
             try:
                 client.error(inv.request_id, _error_body(exc))
             except NodeGone:
@@ -125,6 +152,7 @@ def main() -> int:
             if inv.response_stream:
                 _stream(client, inv.request_id, first, pieces, context, lambda: engine.device_ms_total - device_ms0)
             else:
+                _log_sync(inv.request_id)
                 client.respond(inv.request_id, body, device_ms=engine.device_ms_total - device_ms0)
         except NodeGone:
             return 0
@@ -165,12 +193,14 @@ def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator
         raise
     except Exception as exc:
         traceback.print_exc()
+        _log_sync(request_id)
         stream.close(error=_error_body(exc))
         if _device_lost(exc):
             sys.exit(1)
         return
     metrics = dict(getattr(context, "result_metrics", None) or {})
     metrics["device_ms"] = round(device_ms(), 3)   # the runtime's measure, whatever the handler set
+    _log_sync(request_id)
     stream.close(metrics=metrics)
 
 

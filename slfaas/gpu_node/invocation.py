@@ -3,6 +3,7 @@ the Runtime API, the events, the log lines and the result; then gives the place 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -16,6 +17,47 @@ from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 log = logging.getLogger(__name__)
+
+
+# How long an invocation's END/REPORT waits at most for the runtime's output to reach the log
+# (a runtime that says "log_sync" in its init report writes the marker before each response).
+LOG_SYNC_TIMEOUT_S = 5.0
+
+
+class DispatchGate:
+    """Cancellation around the hand-over: a request cancelled before it reaches its runtime is
+    never handed over (the instance it waited for serves others); once handed over, cancelling
+    it stops its instance, so the function does not keep the device busy for nobody."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dispatched: set[str] = set()
+        self._cancelled: set[str] = set()
+
+    def begin(self, request_id: str) -> bool:
+        with self._lock:
+            if request_id in self._cancelled:
+                return False
+            self._dispatched.add(request_id)
+            return True
+
+    def end(self, request_id: str) -> None:
+        with self._lock:
+            self._dispatched.discard(request_id)
+            self._cancelled.discard(request_id)
+
+    def cancel(self, request_id: str, inst: Instance) -> None:
+        with self._lock:
+            running = request_id in self._dispatched
+            if not running:
+                self._cancelled.add(request_id)
+        if running and not inst.cancel(request_id, cancelled_outcome()):
+            inst.fail_and_kill()   # handed over but its call not registered yet: stop the instance
+
+
+def cancelled_outcome() -> Outcome:
+    return Outcome(error_payload("Runtime.Cancelled", "The caller went away; the invocation was cancelled"),
+                   "Runtime.Cancelled")
 
 
 class NotDelivered(Exception):
@@ -33,6 +75,7 @@ class InvocationRunner:
         self._reporter = reporter
         self._ledger = ledger
         self._bus = bus
+        self.gate = DispatchGate()
 
     def run(self, placed: Placed, request: InvocationRequest, submitted_ts: float,
             on_chunk: Callable[[bytes], None] | None = None, redeliverable: bool = False) -> InvocationResult:
@@ -57,14 +100,20 @@ class InvocationRunner:
                     inst.fail_and_kill()
                     return self._finish(request, inst, outcome, cold, submitted_ts, now)
             dispatch_ts = time.time()
+            if not self.gate.begin(request.request_id):   # cancelled while it waited
+                return self._finish(request, inst, cancelled_outcome(), cold, submitted_ts, dispatch_ts, report=False)
             self._reporter.start(request, inst)
             self._bus.publish(ev.InvocationStarted(dispatch_ts, request.request_id, inst.instance_id))
             outcome, _call = inst.run(request, cold, dispatch_ts, sink=on_chunk)
             if redeliverable and not cold and outcome.error_type == "Runtime.ExitError" and outcome.delivered_ts is None:
                 raise NotDelivered(inst.instance_id)
+            if outcome.from_runtime and inst.init_facts.get("log_sync"):
+                # its output reaches the log through a pipe: wait until all of it has
+                inst.wait_log_synced(request.request_id, LOG_SYNC_TIMEOUT_S)
             ok = outcome.error_type is None
             return self._finish(request, inst, outcome, cold, submitted_ts, dispatch_ts)
         finally:
+            self.gate.end(request.request_id)
             self._bus.publish(ev.InvocationAborted(time.time(), request.request_id))   # no-op once it ended
             inst.release(request.request_id)
             if inst.state is InstanceState.IDLE:
@@ -76,12 +125,13 @@ class InvocationRunner:
                 self._launcher.stop(inst)
 
     def _finish(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool, submitted_ts: float,
-                dispatch_ts: float) -> InvocationResult:
+                dispatch_ts: float, report: bool = True) -> InvocationResult:
         f = request.function
         answers = self._bus.publish(ev.InvocationEnded(
             time.time(), request.request_id, f.name, f.version, f.memory_mb, inst.instance_id, cold,
             bool(inst.sandbox is not None and inst.sandbox.preloaded), submitted_ts, dispatch_ts,
             outcome.error_type, outcome.payload, outcome.metrics, dict(inst.init_facts)))
         usage = answers[0] if answers else None   # the meter's usage record (billing is a subscriber)
-        self._reporter.end(request, inst, outcome, cold, dispatch_ts, usage)
+        if report:
+            self._reporter.end(request, inst, outcome, cold, dispatch_ts, usage)
         return self._reporter.result(request, inst, outcome, cold, submitted_ts, dispatch_ts, usage)

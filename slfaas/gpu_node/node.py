@@ -13,7 +13,6 @@ from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.dispatch import Dispatcher, Placed
 from slfaas.gpu_node.events import BackbonesChanged, EventBus, IntegrityChecked
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
-from slfaas.gpu_node.lifecycle.instance import Outcome, error_payload
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
 from slfaas.gpu_node.lifecycle.table import InstanceTable
@@ -83,12 +82,17 @@ class Node:
         return self.runner.run(self.dispatcher.submit(request), request, submitted_ts, on_chunk, redeliverable=False)
 
     def cancel(self, request_id: str) -> bool:
+        """Not placed yet: dropped. Placed: never handed over, or (handed over) its instance is
+        stopped. False while the node does not know the request (the caller may ask again)."""
         if self.dispatcher.abort(request_id):
             return True
         inst = self.table.holding(request_id)
-        return inst is not None and inst.cancel(request_id, Outcome(
-            error_payload("Runtime.Cancelled", "The caller disconnected; the invocation was cancelled"),
-            "Runtime.Cancelled"))
+        if inst is None:
+            return False
+        log.info("request %s cancelled: its caller went away", request_id)
+        self.write_log(inst.function.name, inst.instance_id, f"CANCELLED RequestId: {request_id}: the caller went away")
+        self.runner.gate.cancel(request_id, inst)
+        return True
 
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         """Idle instances stop now; busy ones finish their invocation and stop afterwards (stale).

@@ -101,3 +101,27 @@ def test_warnings_fire_once_per_level_per_period(registry, caplog) -> None:  # t
     clock.t += 86400                             # the next day starts from zero and warns again
     svc.record(rec("d", "0.85", clock.t))
     assert len(seen) == 3 and "WARNING" in seen[2]
+
+
+def test_a_budget_reloaded_while_a_cost_is_settled_keeps_that_cost(registry, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Budgets are re-seeded from the registry when one is set. A cost settled in memory but
+    not yet stored must not be lost to that seed (a hard budget would then let more through)."""
+    svc = CostService(registry, clock=Clock(DAY0))
+    budget = Budget.create("b", "1.00", "day", hard=True)
+    svc.set_budget(budget)
+    svc.admit("f", "r1")
+    store = registry.record_usage
+    reloads: list[threading.Thread] = []
+
+    def store_after_a_concurrent_reload(usage: UsageRecord) -> None:
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (svc.set_budget(budget), done.set()))
+        reloads.append(t)
+        t.start()
+        done.wait(1.0)     # the reload runs now if nothing holds it off until this cost is stored
+        store(usage)
+    monkeypatch.setattr(registry, "record_usage", store_after_a_concurrent_reload)
+    svc.record(rec("r1", "0.70", DAY0))
+    reloads[0].join()
+    assert svc.guard.spent_usd("b", DAY0) == Decimal("0.70")
+    assert registry.spent_usd(DAY0 - 3600, DAY0 + 3600) == Decimal("0.70")

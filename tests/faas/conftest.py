@@ -19,9 +19,10 @@ from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, I
 
 class FakeNode:
     """A complete ``NodeApi`` for testing the control plane alone (mypy checks that it is one, in
-    tests/architecture):
-    prepare() blocks on ``gate``; invoke() echoes; retire() and cancel() are recorded; logs are
-    the node's own per-function files (``function_logs``)."""
+    tests/architecture): prepare() blocks on ``gate``; invoke() echoes, after waiting while
+    ``hold()`` holds it (a long invocation), until ``cancel()`` stops it as the node does (the
+    instance killed); retire() is recorded; logs are the node's own per-function files
+    (``function_logs``)."""
 
     def __init__(self, logs_root: Path):
         self.gate = threading.Event()
@@ -35,6 +36,18 @@ class FakeNode:
         self.cancelled: list[str] = []
         self.function_logs = FunctionLogs(logs_root)
         self.max_instances = 1000
+        self._held = False
+        self._running: set[str] = set()
+        self._cond = threading.Condition()
+
+    def hold(self, held: bool = True) -> None:
+        with self._cond:
+            self._held = held
+            self._cond.notify_all()
+
+    def wait_running(self, n: int, timeout_s: float = 10) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._running) >= n, timeout_s)
 
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
         if not self.gate.wait(10):
@@ -46,9 +59,21 @@ class FakeNode:
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         self.invoked.append(request)
+        rid = request.request_id
+        with self._cond:
+            self._running.add(rid)
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: not self._held or rid in self.cancelled, timeout=30):
+                raise AssertionError("test never released invoke()")
+            self._running.discard(rid)
+        now = time.time()
+        if rid in self.cancelled:
+            payload = json.dumps({"errorMessage": "Runtime exited with error: signal: SIGKILL",
+                                  "errorType": "Runtime.ExitError"}).encode()
+            return InvocationResult(rid, payload, "Unhandled", "Runtime.ExitError", "inst-1", False, now, now,
+                                    None, 0.0, 1.0)
         if self.invoke_error is not None:
             raise self.invoke_error
-        now = time.time()
         if self.function_error is not None:
             etype, payload = self.function_error
             return InvocationResult(request.request_id, payload, "Unhandled", etype, "inst-1", False, now, now,
@@ -64,8 +89,12 @@ class FakeNode:
         return stream
 
     def cancel(self, request_id: str) -> bool:
-        self.cancelled.append(request_id)
-        return False
+        with self._cond:
+            if request_id not in self._running:
+                return False
+            self.cancelled.append(request_id)
+            self._cond.notify_all()
+            return True
 
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         self.retired.append((function_name, keep_revision))

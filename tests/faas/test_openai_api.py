@@ -71,7 +71,7 @@ class _FakeService:
         self.outcome = outcome
         self.calls: list = []
 
-    def invoke(self, ref, qualifier, payload):  # type: ignore[no-untyped-def]
+    def invoke(self, ref, qualifier, payload, client_gone=None):  # type: ignore[no-untyped-def]
         self.calls.append((ref, qualifier, json.loads(payload)))
         if isinstance(self.outcome, Exception):
             raise self.outcome
@@ -108,6 +108,7 @@ def test_completion_over_a_fake_service() -> None:
 def test_errors_over_a_fake_service(outcome: object, status: int, code: str) -> None:
     resp = _app(_FakeService(outcome)).post("/v1/completions", json={"model": "f", "prompt": "x"})
     assert resp.status_code == status and resp.get_json()["error"]["code"] == code
+    assert (resp.headers.get("Retry-After") is not None) == (status == 429)   # the openai client waits that long
 
 
 def test_unknown_paths_under_v1_are_openai_shaped() -> None:

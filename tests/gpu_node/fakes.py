@@ -6,7 +6,8 @@ process and the model are fake.
 
 Init behaviour comes from the function's environment (``FAKE_INIT``):
   ``ok`` (default) · ``error`` (POST /init/error, then exit 1) · ``exit:N`` (exit N before
-  the first /next) · ``hang`` (never asks for work).
+  the first /next) · ``hang`` (never asks for work) · ``gate:NAME`` (asks once the factory's
+  ``gates[NAME]`` is set).
 ``crash_silently()`` ends a "process" the way a real crash does while it waits for work: its
 pending ``/next`` connection closes, and (with the factory's ``hold_exit_reports``) the node's
 watcher hears of the exit only when the test says so (``release_exit_reports``).
@@ -142,6 +143,8 @@ class FakeSandbox(Sandbox):
             if init == "hang":
                 self._exited.wait()
                 return
+            if init.startswith("gate:"):   # init ends when the test opens the gate
+                self._factory.gate(init.split(":", 1)[1]).wait(10)
             while not self._exited.is_set():
                 inv = client.next()
                 if self._exited.is_set():  # a dead process answers nothing

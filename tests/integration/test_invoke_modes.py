@@ -15,6 +15,7 @@ from tests.conftest import LiveServer, deploy
 from tests.integration._util import aws_error, invocation_record, raw_http, request_id, wait_for
 
 MODES_HANDLER = '''
+import sys
 import time
 
 
@@ -24,6 +25,12 @@ def handler(event, context):
         print(f"marker {event['marker']}", flush=True)
         if event.get("bulk"):
             print("x" * event["bulk"], flush=True)
+        return {"ok": True}
+    if mode == "lines":   # much output just before the response: the pipe holds the end of it
+        for i in range(event["lines"]):
+            print(f"line {i:06d} " + "y" * 90)
+        print(f"to stderr {event['marker']}", file=sys.stderr)
+        print(f"last {event['marker']}", flush=True)
         return {"ok": True}
     if mode == "fail":
         print(f"attempt of {context.aws_request_id}", flush=True)
@@ -96,6 +103,19 @@ def test_log_type_tail(client, fn):  # type: ignore[no-untyped-def]
     failed = client.invoke(FunctionName=fn, LogType="Tail", Payload=json.dumps({"mode": "fail", "marker": "t"}))
     assert failed["FunctionError"] == "Unhandled"
     assert "failing on purpose: t" in base64.b64decode(failed["LogResult"]).decode()
+
+
+def test_log_type_tail_holds_all_output_written_before_the_response(client, fn):  # type: ignore[no-untyped-def]
+    """The handler's last lines are still in the sandbox's pipe when its response arrives;
+    Tail has them all the same, in order, before END and REPORT."""
+    for n in range(3):
+        resp = client.invoke(FunctionName=fn, LogType="Tail",
+                             Payload=json.dumps({"mode": "lines", "lines": 3000, "marker": f"L{n}"}))
+        lines = base64.b64decode(resp["LogResult"]).decode().splitlines()
+        rid = request_id(resp)
+        assert lines[-4:-2] == [f"to stderr L{n}", f"last L{n}"], lines[-6:]
+        assert lines[-2] == f"END RequestId: {rid}" and lines[-1].startswith(f"REPORT RequestId: {rid}")
+        assert lines[-5].startswith("line 002999 "), lines[-6:]
 
 
 def test_dry_run(client, fn):  # type: ignore[no-untyped-def]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 from tests.conftest import ROOT, deploy
 from tests.integration._util import invoke, request_id
 
@@ -56,3 +58,39 @@ def test_cli_logs_show_prints_and_report_lines(tiny_assets, module_server):  # t
     missing = _logs(module_server.url, "no-such-function")
     assert missing.returncode != 0
     assert "ResourceNotFoundException" in missing.stderr
+
+
+HUGE_LINE_HANDLER = '''
+import sys
+
+
+def handler(event, context):
+    chunk = "x" * (1 << 20)
+    for _ in range(event["mb"]):   # one line of event["mb"] MiB, no newline until the end
+        sys.stdout.write(chunk)
+    print(f"\\nafter {event['marker']}", flush=True)
+    return {"ok": True}
+'''
+
+
+def _peak_rss_mb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) // 1024 for line in fh if line.startswith("VmHWM:"))
+
+
+@pytest.mark.slow
+def test_a_300_mb_line_does_not_grow_the_server(tiny_assets, live_server_factory):  # type: ignore[no-untyped-def]
+    server = live_server_factory("--keep-alive-s", "600")
+    c = server.client()
+    deploy(c, "huge", tiny_assets.zip(tiny_assets.adapter_a, extra={"handler.py": HUGE_LINE_HANDLER}))
+    invoke(c, "huge", {"mb": 1, "marker": "warm"})      # cold start and a long line once
+    before_mb = _peak_rss_mb(server.proc.pid)
+    resp, body = invoke(c, "huge", {"mb": 300, "marker": "big"})
+    assert "FunctionError" not in resp, body
+    grown_mb = _peak_rss_mb(server.proc.pid) - before_mb
+    assert grown_mb < 64, f"the server's peak memory grew by {grown_mb} MB for one 300 MB line"
+    log_path = server.data_dir / "logs" / "huge.log"
+    assert log_path.stat().st_size < 4 << 20       # nor does its log file
+    text = log_path.read_text()
+    assert text.count("[slfaas: line truncated at 262144 bytes]") == 2
+    assert "after big" in text

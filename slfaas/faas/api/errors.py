@@ -7,10 +7,12 @@ import logging
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, PreconditionFailed,
+from slfaas.errors import (CodeStorageExceeded, Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, PreconditionFailed,
                            ProvisionedConcurrencyConfigNotFound, RequestTooLarge, SlfaasError, TooManyRequests)
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "1"   # what a 429 tells the caller to wait: invocations last about that long
 
 _MAPPING: list[tuple[type[SlfaasError], int, str]] = [  # subclasses before their bases
     (ProvisionedConcurrencyConfigNotFound, 404, "ProvisionedConcurrencyConfigNotFoundException"),
@@ -18,6 +20,7 @@ _MAPPING: list[tuple[type[SlfaasError], int, str]] = [  # subclasses before thei
     (PreconditionFailed, 412, "PreconditionFailedException"),
     (InvalidParameter, 400, "InvalidParameterValueException"),
     (InvalidRequestContent, 400, "InvalidRequestContentException"),
+    (CodeStorageExceeded, 400, "CodeStorageExceededException"),
     (Conflict, 409, "ResourceConflictException"),
     (TooManyRequests, 429, "TooManyRequestsException"),
     (RequestTooLarge, 413, "RequestTooLargeException"),
@@ -38,7 +41,7 @@ def from_domain(exc: SlfaasError) -> Response:
             extra = {"Reason": exc.reason} if isinstance(exc, TooManyRequests) else {}
             resp = aws_error(status, code, str(exc), "Service" if status >= 500 else "User", **extra)
             if isinstance(exc, TooManyRequests):
-                resp.headers["Retry-After"] = "1"
+                resp.headers["Retry-After"] = RETRY_AFTER_S
             return resp
     return aws_error(500, "ServiceException", str(exc), "Service")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, Callable
 
 from flask import Blueprint, Response, current_app, request
 
@@ -32,6 +32,12 @@ def _json_body() -> dict[str, Any]:
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data), status=status, mimetype="application/json")
+
+
+def client_gone() -> Callable[[], bool] | None:
+    """waitress's probe of whether this request's client disconnected (it notices while the
+    request runs because the server reads ahead: ``channel_request_lookahead``)."""
+    return request.environ.get("waitress.client_disconnected")
 
 
 def _qualifier() -> str | None:
@@ -123,7 +129,7 @@ def invoke(name: str) -> Response:
             raise InvalidParameter("Client context must be a valid Base64-encoded JSON object.")
     outcome = svc.invoke(name, _qualifier(), request.get_data(cache=False),
                          request.headers.get("X-Amz-Invocation-Type", "RequestResponse"), client_context,
-                         log_type=request.headers.get("X-Amz-Log-Type"))
+                         log_type=request.headers.get("X-Amz-Log-Type"), client_gone=client_gone())
     resp = Response(outcome.payload, status=outcome.status_code, mimetype="application/json")
     resp.headers["X-Amz-Executed-Version"] = outcome.executed_version
     resp.headers["x-amzn-RequestId"] = outcome.request_id

@@ -23,7 +23,8 @@ from werkzeug.exceptions import HTTPException
 
 from slfaas.errors import Conflict, InvalidParameter, InvalidRequestContent, NotFound, RequestTooLarge, SlfaasError, \
     TooManyRequests
-from slfaas.faas.api.lambda_api import _json
+from slfaas.faas.api.errors import RETRY_AFTER_S
+from slfaas.faas.api.lambda_api import _json, client_gone
 from slfaas.faas.service import FunctionService
 from slfaas.faas.streaming import StreamingInvocation, start_stream
 from slfaas.functions.events import MAX_TOKENS_LIMIT
@@ -67,7 +68,9 @@ def _domain_error(exc: SlfaasError) -> Response:
         return openai_error(404, f"The model does not exist or you do not have access to it: {exc}",
                             code="model_not_found", param="model")
     if isinstance(exc, TooManyRequests):
-        return openai_error(429, str(exc), "rate_limit_exceeded", code=getattr(exc, "reason", None))
+        resp = openai_error(429, str(exc), "rate_limit_exceeded", code=getattr(exc, "reason", None))
+        resp.headers["Retry-After"] = RETRY_AFTER_S
+        return resp
     if isinstance(exc, RequestTooLarge):
         return openai_error(413, str(exc))
     if isinstance(exc, Conflict):
@@ -214,7 +217,7 @@ def _messages(body: dict) -> list[dict[str, str]]:
 # running
 def _invoke(model: str, event: dict) -> tuple[dict, str]:
     """(the function's result object, the invocation's request id)."""
-    outcome = _service().invoke(model, None, json.dumps(event).encode())
+    outcome = _service().invoke(model, None, json.dumps(event).encode(), client_gone=client_gone())
     try:
         result = json.loads(outcome.payload) if outcome.payload else None
     except ValueError:

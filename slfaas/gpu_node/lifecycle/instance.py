@@ -60,6 +60,7 @@ class Outcome:
     error_type: str | None  # None: success
     delivered_ts: float | None = None
     metrics: dict | None = None   # what the runtime reported beside the body (device time, usage, ttft)
+    from_runtime: bool = False    # posted by the runtime (which wrote its log sync marker first)
 
 
 @dataclass
@@ -115,6 +116,8 @@ class Instance:
         self._reserved: set[str] = {reserved_for} if reserved_for else set()
         self._calls: dict[str, _Call] = {}    # handed to the runtime (queued or delivered), not finished
         self.failed_deliveries = 0             # /next answers the runtime was gone to receive
+        self._log_synced = threading.Condition()
+        self._log_synced_requests: set[str] = set()   # output up to their response is in the log
 
     # state machine
     def _move(self, new: InstanceState) -> None:
@@ -199,6 +202,18 @@ class Instance:
             return False
         self.fail_and_kill()
         return True
+
+    def log_synced(self, request_id: str) -> None:
+        """The runtime's output up to its response to ``request_id`` is in the log."""
+        with self._log_synced:
+            self._log_synced_requests.add(request_id)
+            self._log_synced.notify_all()
+
+    def wait_log_synced(self, request_id: str, timeout_s: float) -> bool:
+        with self._log_synced:
+            synced = self._log_synced.wait_for(lambda: request_id in self._log_synced_requests, timeout_s)
+            self._log_synced_requests.discard(request_id)
+            return synced
 
     def fail_and_kill(self) -> None:
         with self._lock:
@@ -298,7 +313,7 @@ class Instance:
             return False
         if streamed and error_type is None:
             body = b"".join(call.chunks)  # empty when a sink took the chunks
-        return self._finish(call, Outcome(body, error_type, metrics=metrics))
+        return self._finish(call, Outcome(body, error_type, metrics=metrics, from_runtime=True))
 
     def stream_chunk(self, request_id: str, data: bytes) -> bool:
         """One chunk of a streamed response, handed on at once; False once the call is over."""

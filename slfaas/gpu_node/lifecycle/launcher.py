@@ -19,6 +19,7 @@ from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.runtime_api import RuntimeApiServer
 from slfaas.gpu_node.sandboxes.base import SandboxFactory, SandboxSpec
+from slfaas.runtime_contract import LOG_SYNC_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,25 @@ class Launcher:
                     "slfaas.version": function.version, "slfaas.instance": inst.instance_id},
         )
         try:
-            inst.sandbox = self.sandboxes.start(
-                spec, lambda line, name=function.name, iid=inst.instance_id: self.logs.append(name, iid, line))
+            inst.sandbox = self.sandboxes.start(spec, self._log_sink(inst))
         finally:
             for fd in attachment.owned_fds:   # the sandbox holds its own copies now
                 os.close(fd)
         log.info("started instance %s of %s (pid %s)", inst.instance_id, function.name, inst.sandbox.pid)
         threading.Thread(target=self._watch, args=(inst,), daemon=True, name=f"watch-{inst.instance_id}").start()
+
+    def _log_sink(self, inst: Instance) -> Callable[[str], None]:
+        """An instance's output into its function's log. The runtime's sync marker (written
+        before each response) is not logged: it tells the instance its output is all in."""
+        name, iid = inst.function.name, inst.instance_id
+
+        def sink(line: str) -> None:
+            head, marker, request_id = line.partition(LOG_SYNC_MARKER)
+            if head or not marker:
+                self.logs.append(name, iid, head)
+            if marker:
+                inst.log_synced(request_id.strip())
+        return sink
 
     def _watch(self, inst: Instance) -> None:
         assert inst.sandbox is not None

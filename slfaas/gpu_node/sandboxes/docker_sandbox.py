@@ -8,9 +8,10 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox
+from slfaas.gpu_node.sandboxes.loglines import capped_lines
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +80,14 @@ class DockerSandbox(Sandbox):
         self._pump.start()
 
     def _pump_logs(self) -> None:
-        pending = b""
+        for raw in capped_lines(self._log_chunks()):
+            self._emit(raw)
+
+    def _log_chunks(self) -> Iterator[bytes]:
         try:
-            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    self._emit(raw)
+            yield from self.container.logs(stream=True, follow=True, stdout=True, stderr=True)
         except Exception:  # the container was removed under us: nothing more to read
             log.debug("log stream of %s ended", self.container.name, exc_info=True)
-        if pending:
-            self._emit(pending)
 
     def set_sink(self, log_sink: LogSink) -> None:
         """Where output goes from now on (a warm-pool container gets its function's log)."""

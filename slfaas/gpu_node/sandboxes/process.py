@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
+from slfaas.gpu_node.sandboxes.loglines import capped_lines
 from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
 
 if TYPE_CHECKING:
@@ -43,10 +44,12 @@ class ProcessSandbox(Sandbox):
         self._reader.start()
 
     def _pump(self) -> None:
-        assert self._proc.stdout is not None
-        for raw in iter(self._proc.stdout.readline, b""):
-            self._emit(raw.decode("utf-8", "replace").rstrip("\n"))
-        self._proc.stdout.close()
+        stdout = self._proc.stdout
+        assert stdout is not None
+        fd = stdout.fileno()   # read as it arrives, in bounded pieces: lines are capped, not buffered whole
+        for raw in capped_lines(iter(lambda: os.read(fd, 1 << 16), b"")):
+            self._emit(raw.decode("utf-8", "replace"))
+        stdout.close()
         if self.jail is not None:
             self._end(self._proc.wait())
 

@@ -1,0 +1,230 @@
+"""The API stays available: health and control operations never wait behind invocations,
+invocations beyond the server's bound get 429 with Retry-After at once, a caller who goes
+away has its invocation cancelled (and its record says so), idle connections neither lock
+clients out nor stay open. Ends with the bounded load test (loopback, stops by itself)."""
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import threading
+import time
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import deploy
+from tests.integration._util import (SLEEPER_HANDLER, instances_of, invocation_record, invocations_of, pid_alive,
+                                     wait_for)
+
+pytestmark = pytest.mark.slow
+
+HEALTH_LIMIT_S = 1.0
+
+
+def _client(server, read_timeout_s: float = 300, pool: int = 10):  # type: ignore[no-untyped-def]
+    """boto3 as a user has it, without retries: a 429 must be seen, not retried away."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("lambda", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="test",
+                        aws_secret_access_key="test",
+                        config=Config(retries={"total_max_attempts": 1}, read_timeout=read_timeout_s,
+                                      connect_timeout=10, max_pool_connections=pool))
+
+
+def _timed_health(url: str) -> float:
+    t0 = time.monotonic()
+    with urllib.request.urlopen(url + "/slfaas/v1/health", timeout=HEALTH_LIMIT_S * 5) as resp:
+        assert json.loads(resp.read()) == {"status": "ok"}
+    return time.monotonic() - t0
+
+
+def _assert_throttled(exc: Any) -> None:
+    err = exc.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 429, err
+    assert err["Error"]["Code"] == "TooManyRequestsException", err
+    assert int(err["ResponseMetadata"]["HTTPHeaders"]["retry-after"]) >= 1, err
+
+
+def _exactly(n: int, items: list) -> list | None:
+    return items if len(items) == n else None
+
+
+def _sleeper(client, name: str, seconds: float) -> dict:  # type: ignore[no-untyped-def]
+    resp = client.invoke(FunctionName=name, Payload=json.dumps({"sleep": seconds}))
+    resp["body"] = json.loads(resp["Payload"].read())
+    return resp
+
+
+def test_control_never_waits_behind_invocations_and_gone_callers_are_cancelled(
+        tiny_assets, live_server_factory):  # type: ignore[no-untyped-def]
+    server = live_server_factory("--max-concurrent-invocations", "2", "--keep-alive-s", "600")
+    c = _client(server)
+    deploy(c, "sleepy", tiny_assets.zip(tiny_assets.adapter_a, extra={"handler.py": SLEEPER_HANDLER}))
+    warm = [threading.Thread(target=_sleeper, args=(c, "sleepy", 1)) for _ in range(2)]   # two warm instances
+    for t in warm:
+        t.start()
+    for t in warm:
+        t.join()
+
+    impatient = _client(server, read_timeout_s=6)          # gives up after 6 s: its connection closes
+    gone: list[Exception] = []
+
+    def slow() -> None:
+        try:
+            _sleeper(impatient, "sleepy", 300)
+        except Exception as exc:  # the client's read timeout
+            gone.append(exc)
+    slow_threads = [threading.Thread(target=slow) for _ in range(2)]
+    for t in slow_threads:
+        t.start()
+    busy = wait_for(lambda: _exactly(2, [i for i in instances_of(server, "sleepy") if i["state"] == "BUSY"]),
+                    60, "two invocations in flight")
+    # both slots taken: a third invocation is refused at once, control answers at once
+    t0 = time.monotonic()
+    with pytest.raises(c.exceptions.TooManyRequestsException) as exc_info:
+        _sleeper(c, "sleepy", 0)
+    assert time.monotonic() - t0 < HEALTH_LIMIT_S
+    _assert_throttled(exc_info.value)
+    assert exc_info.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
+    for call in (lambda: _timed_health(server.url), lambda: c.list_functions(),
+                 lambda: c.get_function(FunctionName="sleepy"), lambda: c.get_account_settings()):
+        t0 = time.monotonic()
+        call()
+        assert time.monotonic() - t0 < HEALTH_LIMIT_S
+
+    # the impatient callers leave: their invocations are cancelled, their instances stopped
+    for t in slow_threads:
+        t.join(60)
+    assert len(gone) == 2
+    records = wait_for(lambda: _exactly(2, [r for r in invocations_of(server, "sleepy") if r["status"] == "cancelled"]),
+                       30, "both invocations recorded as cancelled")
+    assert all("caller disconnected" in r["error_message"] for r in records)
+    assert all(r["end_ts"] - r["start_ts"] < 60 for r in records)   # stopped, not slept out (300 s)
+    for inst in busy:
+        wait_for(lambda: not pid_alive(inst["pid"]), 30, f"instance {inst['instance_id']} to be stopped")
+    resp = _sleeper(c, "sleepy", 0)   # the slots are free again
+    assert "FunctionError" not in resp, resp["body"]
+
+
+TICKER_HANDLER = '''
+import time
+
+
+def handler(event, context):
+    def ticks():
+        for i in range(600):
+            yield f"tick {i}\\n"
+            time.sleep(0.5)
+    return ticks()
+'''
+
+
+def test_a_stream_whose_reader_goes_away_is_cancelled(tiny_assets, live_server_factory):  # type: ignore[no-untyped-def]
+    import http.client
+
+    server = live_server_factory("--keep-alive-s", "600")
+    deploy(_client(server), "ticker", tiny_assets.zip(tiny_assets.adapter_a, extra={"handler.py": TICKER_HANDLER}))
+    parts = urlsplit(server.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn.request("POST", "/2021-11-15/functions/ticker/response-streaming-invocations", body=b"{}",
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert b"tick 0" in resp.read1(4096)        # the stream is flowing (event-stream framing around it)
+    [inst] = instances_of(server, "ticker")
+    resp.close()                                 # the reader goes away 5 minutes early
+    conn.close()
+    [record] = wait_for(lambda: [r for r in invocations_of(server, "ticker") if r["status"] == "cancelled"] or None,
+                        30, "the stream's invocation recorded as cancelled")
+    assert "caller disconnected" in record["error_message"]
+    wait_for(lambda: not pid_alive(inst["pid"]), 30, "the ticking instance to be stopped")
+
+
+def test_idle_connections_neither_lock_clients_out_nor_linger(tiny_assets, live_server_factory):  # type: ignore[no-untyped-def]
+    server = live_server_factory("--idle-timeout-s", "2")
+    parts = urlsplit(server.url)
+    idle = [socket.create_connection((parts.hostname, parts.port), timeout=30) for _ in range(200)]
+    try:
+        t0 = time.monotonic()
+        assert _client(server).list_functions()["Functions"] == []   # a new client is served at once
+        assert _timed_health(server.url) < HEALTH_LIMIT_S
+        assert time.monotonic() - t0 < 5
+        for sock in idle:   # the server closes each idle connection: the read sees its end
+            assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.timeout(900)
+def test_load_200_concurrent_invocations_over_4_functions(tiny_assets, live_server_factory, capsys):  # type: ignore[no-untyped-def]
+    server = live_server_factory("--max-concurrent-invocations", "16", "--max-instances", "8",
+                                 "--keep-alive-s", "600")
+    c = _client(server, read_timeout_s=180, pool=200)
+    names = [f"load-{i}" for i in range(4)]
+    for name in names:
+        deploy(c, name, tiny_assets.zip(tiny_assets.adapter_a, extra={"handler.py": SLEEPER_HANDLER}))
+        assert "FunctionError" not in _sleeper(c, name, 0)   # one warm instance each
+
+    health_s: list[float] = []
+    health_errors: list[str] = []
+    stop = threading.Event()
+
+    def poll_health() -> None:
+        while not stop.is_set():
+            try:
+                health_s.append(_timed_health(server.url))
+            except Exception as exc:
+                health_errors.append(repr(exc))
+            stop.wait(0.1)
+
+    outcomes: list[tuple[str, str, float]] = []   # (kind, request id or reason, seconds)
+    lock = threading.Lock()
+    start = threading.Barrier(200)
+
+    def one(i: int) -> None:
+        start.wait()
+        t0 = time.monotonic()
+        try:
+            resp = _sleeper(c, names[i % 4], 0.5)
+            kind = "error" if "FunctionError" in resp else "ok"
+            detail = resp["ResponseMetadata"]["RequestId"]
+        except c.exceptions.TooManyRequestsException as exc:
+            _assert_throttled(exc)
+            kind, detail = "429", exc.response.get("Reason", "")
+        except Exception as exc:   # a timeout, a 5xx: counted, then the test fails on it
+            kind, detail = "failed", repr(exc)
+        with lock:
+            outcomes.append((kind, detail, time.monotonic() - t0))
+
+    poller = threading.Thread(target=poll_health, daemon=True)
+    poller.start()
+    callers = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+    t_start = time.monotonic()
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(200)
+    wall_s = time.monotonic() - t_start
+    stop.set()
+    poller.join(10)
+
+    kinds = {k: sum(1 for o in outcomes if o[0] == k) for k in ("ok", "429", "error", "failed")}
+    reasons = sorted({o[1] for o in outcomes if o[0] == "429"})
+    with capsys.disabled():
+        q = statistics.quantiles(health_s, n=20) if len(health_s) >= 2 else [float("nan")] * 19
+        print(f"\nload: 200 invocations over 4 functions in {wall_s:.1f} s: {kinds}, 429 reasons {reasons}; "
+              f"health {len(health_s)} calls: median {statistics.median(health_s) * 1000:.1f} ms, "
+              f"p95 {q[18] * 1000:.1f} ms, max {max(health_s) * 1000:.1f} ms, errors {len(health_errors)}")
+    assert len(outcomes) == 200 and kinds["failed"] == 0 and kinds["error"] == 0, outcomes
+    assert kinds["ok"] >= 4 and kinds["429"] >= 1, kinds
+    assert not health_errors, health_errors
+    assert health_s and max(health_s) < HEALTH_LIMIT_S, sorted(health_s)[-5:]
+    for kind, rid, _s in outcomes:
+        if kind == "ok":
+            assert invocation_record(server, rid)["status"] == "success"
+    assert server.alive()
