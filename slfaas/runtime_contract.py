@@ -28,6 +28,11 @@ ENV_BACKBONE_IPC = "SLFAAS_BACKBONE_IPC"        # a file holding a CUDA IPC hand
 ENV_BACKBONE_VMM_FD = "SLFAAS_BACKBONE_VMM_FD"  # an inherited descriptor of the GPU arena (CUDA VMM) ...
 ENV_BACKBONE_TABLE_FD = "SLFAAS_BACKBONE_TABLE_FD"  # ... and of its tensor table (a sealed memfd)
 ENV_POOL_SOCKET = "SLFAAS_POOL_SOCKET"          # a warm-pool runtime waits for its function here
+ENV_PREWARM = "SLFAAS_PREWARM"                  # "1": a pool runtime pre-warms for its backbone (slots, kernels)
+ENV_SLOT_RANK = "SLFAAS_SLOT_RANK"              # its LoRA slots' rank ...
+ENV_SLOT_MODULES = "SLFAAS_SLOT_MODULES"        # ... and modules (comma-separated last names)
+ENV_WARMUP_TOKENS = "SLFAAS_WARMUP_TOKENS"      # its warm-up prefill lengths (comma-separated)
+ENV_ADAPTER_FD = "SLFAAS_ADAPTER_FD"            # the adapter's weights from a node tier (a sealed memfd)
 ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime frees cached GPU memory
 ENV_HANDLER = "_HANDLER"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
@@ -77,6 +82,7 @@ MAX_STREAMED_RESPONSE_BYTES = 200 * 1024 * 1024      # Lambda's limit for stream
 # environment variable that carries each one's number), then the function's files.
 SPEC_HEADER = struct.Struct("<I")
 BACKBONE_FD_ENV = (ENV_BACKBONE_FD, ENV_BACKBONE_VMM_FD, ENV_BACKBONE_TABLE_FD)
+HANDOVER_FD_ENV = (*BACKBONE_FD_ENV, ENV_ADAPTER_FD)   # descriptors a specialisation message may carry
 MAX_FDS = 250  # SCM_MAX_FD is 253
 
 

@@ -45,6 +45,8 @@ class InvocationFacts:
     payload: bytes
     metrics: Mapping[str, object] | None   # from the runtime beside the body: device_ms (+ a stream's usage)
     batch_size: int = 1         # set by the node (one request per batch until batching exists)
+    runtime_source: str = ""    # a cold start's: "prewarmed", "pool" or "cold" ("": from ``preloaded``)
+    adapter_source: str = ""    # a cold start's: "gpu", "host" or "disk"
 
 
 def _usage(payload: bytes, trailer: Mapping[str, object] | None) -> Mapping[str, object]:
@@ -173,7 +175,7 @@ class Meter:
         with self._lock:
             init_s = self._init_accrued.pop(facts.instance_id, 0.0) if facts.cold_start else 0.0
             init_wall = self._init_wall.pop(facts.instance_id, init_s) if facts.cold_start else 0.0
-        tier = "warm" if not facts.cold_start else ("pool" if facts.preloaded else "cold")
+        tier = "warm" if not facts.cold_start else (facts.runtime_source or ("pool" if facts.preloaded else "cold"))
         billed = share.compute_device_s + init_s
         cost = invocation_cost_usd(self.sheet, self.device_type, facts.memory_mb, billed)
         rec = UsageRecord(
@@ -187,7 +189,8 @@ class Meter:
             tokens_in=int(_num(usage.get("prompt_tokens"), high=2**31)),
             tokens_out=int(_num(usage.get("completion_tokens"), high=2**31)),
             memory_mb=facts.memory_mb, cost_usd=cost,
-            init_phases_s=init_phases(init_wall, init_facts) if facts.cold_start else {})
+            init_phases_s=init_phases(init_wall, init_facts) if facts.cold_start else {},
+            adapter_tier=(facts.adapter_source or "disk") if facts.cold_start else "")
         with self._lock:
             self._billed_s += billed
             self._runtime_overhead_s += share.runtime_overhead_s

@@ -13,9 +13,12 @@ from typing import Mapping
 
 # Cold-start phases, in order (seconds each; a runtime reports the ones it can see).
 INIT_PHASES = ("sandbox_start", "imports", "device_init", "backbone_attach", "adapter_load", "handler_init")
-# Where a cold start's adapter / runtime came from: a warm instance (no init), a pre-started
-# generic runtime from the warm pool (only the adapter to load), or nothing pre-loaded.
-PRELOAD_TIERS = ("warm", "pool", "cold")
+# Where an invocation's runtime came from: a warm instance (no init); a runtime pre-warmed for
+# its backbone (only the adapter copied into its slots); a pre-started generic runtime from the
+# warm pool (imports done); or nothing pre-loaded (a fresh process).
+PRELOAD_TIERS = ("warm", "prewarmed", "pool", "cold")
+# Where a cold start's adapter came from: a node tier ("gpu", "host") or the code store ("disk").
+ADAPTER_TIERS = ("", "gpu", "host", "disk")
 # Overhead categories of a node's device time (not billed to anyone: the platform's cost).
 OVERHEAD_KINDS = ("runtime", "keep_alive", "preload", "idle_backbone", "node_idle")
 
@@ -51,6 +54,7 @@ class UsageRecord:
     memory_mb: int
     cost_usd: Decimal           # request fee + billed device seconds at the sheet's rate
     init_phases_s: Mapping[str, float] = field(default_factory=dict)
+    adapter_tier: str = ""      # one of ADAPTER_TIERS ("" when warm)
 
     @property
     def billed_device_s(self) -> float:

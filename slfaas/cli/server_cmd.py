@@ -60,6 +60,17 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
               help="keep N generic runtimes pre-started (libraries imported; processes or containers, as "
                    "--sandbox says), each specialised into a function's instance on a cold start")
 @click.option("--docker-warm-pool", type=int, default=None, metavar="N", help="deprecated alias of --warm-pool")
+@click.option("--prewarm-min", type=click.IntRange(0, 64), default=1, show_default=True, metavar="N",
+              help="runtimes kept pre-warmed (backbone attached, empty LoRA slots, kernels warm) per resident "
+                   "backbone at least; the preloader adds more for busy base models")
+@click.option("--prewarm-budget-mb", type=click.IntRange(0), default=8192, show_default=True,
+              help="memory the preloader may spend on pre-warmed runtimes")
+@click.option("--host-tier-mb", type=click.IntRange(0), default=2048, show_default=True,
+              help="memory the preloader may spend on adapters held in host memory")
+@click.option("--slot-rank", type=click.IntRange(1, 512), default=16, show_default=True,
+              help="pre-warmed runtimes' LoRA slot rank (higher-rank adapters load the slow way)")
+@click.option("--slot-modules", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", show_default=True,
+              help="modules that get LoRA slots (comma-separated; other adapters load the slow way)")
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N, or auto = first GPU if present")
 @click.option("--verify-interval-s", type=float, default=None,
@@ -98,7 +109,8 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def server(host: str, port: int, data_dir: str, database_url: str | None, sandbox: str, docker_image: str | None,
-           warm_pool: int, docker_warm_pool: int | None, device: str, verify_interval_s: float | None,
+           warm_pool: int, docker_warm_pool: int | None, prewarm_min: int, prewarm_budget_mb: int,
+           host_tier_mb: int, slot_rank: int, slot_modules: str, device: str, verify_interval_s: float | None,
            instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float,
@@ -120,7 +132,9 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             credentials_file=Path(credentials) if credentials else None, insecure=insecure,
             auth_max_skew_s=auth_max_skew_s, prices_file=Path(prices) if prices else None,
             insecure_sandbox=insecure_sandbox, max_concurrent_invocations=max_concurrent_invocations,
-            idle_timeout_s=idle_timeout_s, connection_limit=connection_limit))
+            idle_timeout_s=idle_timeout_s, connection_limit=connection_limit, prewarm_min=prewarm_min,
+            prewarm_budget_mb=prewarm_budget_mb, host_tier_mb=host_tier_mb, slot_rank=slot_rank,
+            slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip())))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

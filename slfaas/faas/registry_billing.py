@@ -15,7 +15,7 @@ from slfaas.faas.tables import BudgetRow, NodeUsageRow, UsageRow
 
 _PLAIN = ("request_id", "function_name", "version", "node_id", "device", "device_type", "start_ts", "end_ts",
           "status", "cold_start", "preload_tier", "batch_size", "batch_device_s", "compute_device_s",
-          "init_device_s", "runtime_overhead_s", "queue_s", "tokens_in", "tokens_out", "memory_mb")
+          "init_device_s", "runtime_overhead_s", "queue_s", "tokens_in", "tokens_out", "memory_mb", "adapter_tier")
 
 
 def _usage_row(rec: UsageRecord) -> UsageRow:
@@ -24,7 +24,8 @@ def _usage_row(rec: UsageRecord) -> UsageRow:
 
 
 def _usage(row: UsageRow) -> UsageRecord:
-    return UsageRecord(**{k: getattr(row, k) for k in _PLAIN}, cost_usd=Decimal(row.cost_usd),
+    return UsageRecord(**{k: getattr(row, k) or "" if k == "adapter_tier" else getattr(row, k) for k in _PLAIN},
+                       cost_usd=Decimal(row.cost_usd),
                        init_phases_s=json.loads(row.init_phases_json or "{}"))
 
 

@@ -21,7 +21,8 @@ from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS
 from slfaas.faas.api import create_app
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
-from slfaas.gpu_node.builder import SandboxSettings, build_node
+from slfaas.gpu_node.builder import SandboxSettings, SlotSettings, build_node
+from slfaas.gpu_node.preloader import PreloadConfig
 from slfaas.gpu_node.config import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class ServerConfig:
     auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
     prices_file: Path | None = None          # --prices: a TOML/YAML price sheet over the built-in defaults
     insecure_sandbox: bool = False           # --sandbox process without isolation: plain processes of this user
+    prewarm_min: int = 1                     # runtimes kept pre-warmed per resident backbone, at least
+    prewarm_budget_mb: int = 8192            # memory the preloader may spend on pre-warmed runtimes
+    host_tier_mb: int = 2048                 # memory the preloader may spend on the host adapter tier
+    slot_rank: int = 16                      # pre-warmed runtimes' LoRA slots: largest rank ...
+    slot_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def resolve_device(device: str) -> str:
@@ -159,7 +165,10 @@ class SlfaasServer:
             SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
                             config.insecure_sandbox),
             prices=prices, on_usage=lambda rec: self.service.cost.record(rec),
-            on_node_usage=self.registry.put_node_usage, on_integrity=self.registry.record_integrity_event)
+            on_node_usage=self.registry.put_node_usage, on_integrity=self.registry.record_integrity_event,
+            preload=PreloadConfig(min_prewarmed_per_backbone=config.prewarm_min,
+                                  prewarm_budget_mb=config.prewarm_budget_mb, host_tier_budget_mb=config.host_tier_mb),
+            slots=SlotSettings(config.slot_rank, tuple(config.slot_modules)))
         self.node = built.node
         cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,

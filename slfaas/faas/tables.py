@@ -176,6 +176,7 @@ class UsageRow(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[str] = mapped_column(String(40))
     init_phases_json: Mapped[str] = mapped_column(Text, default="{}")
+    adapter_tier: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class NodeUsageRow(Base):

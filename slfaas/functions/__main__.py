@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient
-from slfaas.runtime_contract import (ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID, ENV_RUNTIME_SOCKET,
-                                     LOG_SYNC_MARKER)
+from slfaas.runtime_contract import (ENV_ADAPTER_FD, ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID,
+                                     ENV_RUNTIME_SOCKET, LOG_SYNC_MARKER)
 
 log = logging.getLogger("slfaas.functions")
 
@@ -87,7 +87,9 @@ def _load_handler(code_dir: Path, handler_name: str) -> Callable[[Any, Any], Any
     return handler
 
 
-def main() -> int:
+def main(engine: Any = None) -> int:
+    """``engine``: a pre-warmed runtime's (backbone attached, empty slots, kernels warm): init is
+    then only the adapter copied into its slots and the handler's import."""
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
     _one_output_stream()
     _die_with_node()
@@ -97,19 +99,25 @@ def main() -> int:
         from slfaas.functions.engine import BackboneSource, LoraEngine
 
         t0 = time.perf_counter()
-        engine = LoraEngine(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]),
-                            Path(os.environ[ENV_CODE_DIR]))
-        handler = _load_handler(Path(os.environ[ENV_CODE_DIR]), os.environ.get(ENV_HANDLER, ""))
+        code_dir = Path(os.environ[ENV_CODE_DIR])
+        facts: dict[str, Any] = {}
+        if engine is None:
+            engine = LoraEngine(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]), code_dir)
+        else:
+            facts = _specialise(engine, code_dir)
+        t_handler = time.perf_counter()
+        handler = _load_handler(code_dir, os.environ.get(ENV_HANDLER, ""))
         t = engine.timings
         init_s = time.perf_counter() - t0
-        log.info("init done in %.2f s (imports %.2f s, backbone attach %.3f s, adapter load %.3f s)",
+        log.info("init done in %.3f s (imports %.2f s, backbone attach %.3f s, adapter load %.3f s)",
                  init_s, t.imports_s, t.backbone_attach_s, t.adapter_load_s)
         client.init_report({"init_s": round(init_s, 4), "imports_s": round(t.imports_s, 4),
                             "backbone_attach_s": round(t.backbone_attach_s, 4),
                             "adapter_load_s": round(t.adapter_load_s, 4),
                             "device_init_s": round(t.device_init_s, 4),
+                            "handler_import_s": round(time.perf_counter() - t_handler, 4),
                             "adapter_bytes": engine.adapter_bytes, "device": str(engine.device),
-                            "log_sync": 1})   # writes LOG_SYNC_MARKER before each response
+                            "log_sync": 1, **facts})   # writes LOG_SYNC_MARKER before each response
     except NodeGone:
         return 1
     except Exception as exc:  # report, then exit: the node fails the cold-start invocation
@@ -156,6 +164,21 @@ def main() -> int:
                 client.respond(inv.request_id, body, device_ms=engine.device_ms_total - device_ms0)
         except NodeGone:
             return 0
+
+
+def _specialise(engine: Any, code_dir: Path) -> dict[str, Any]:
+    """Make a pre-warmed runtime this function's: its adapter from the node's host tier (a
+    descriptor of just that adapter's weights) or from its code (the disk tier)."""
+    from slfaas.functions.adapter_tensors import AdapterSource, read_config
+
+    fd = os.environ.get(ENV_ADAPTER_FD)
+    if fd:
+        source = AdapterSource(read_config(code_dir / "adapter_config.json"), weights_fd=int(fd), directory=code_dir)
+    else:
+        source = AdapterSource.from_dir(code_dir)
+    spec = engine.specialise(source)
+    return {"runtime_source": "prewarmed", "adapter_source": "host" if fd else "disk", "slot_path": spec.path,
+            "specialise_s": round(spec.seconds, 4)}
 
 
 def _device_lost(exc: BaseException) -> bool:

@@ -56,6 +56,17 @@ class InstanceGone(NodeEvent):
 
 
 @dataclass(frozen=True)
+class InvocationSubmitted(NodeEvent):
+    """A request reached the node (before it is placed): the preloader's arrival rates."""
+
+    request_id: str
+    function_name: str
+    version: str
+    base_model: str
+    code_dir: str
+
+
+@dataclass(frozen=True)
 class InvocationStarted(NodeEvent):
     request_id: str
     instance_id: str
@@ -84,6 +95,8 @@ class InvocationEnded(NodeEvent):
     metrics: Mapping[str, object] | None
     init_facts: Mapping[str, object]
     batch_size: int = 1
+    runtime_source: str = ""    # a cold start's: "prewarmed", "pool" or "cold"
+    adapter_source: str = ""    # a cold start's: "host" or "disk"
 
 
 @dataclass(frozen=True)

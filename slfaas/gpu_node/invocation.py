@@ -60,6 +60,15 @@ def cancelled_outcome() -> Outcome:
                    "Runtime.Cancelled")
 
 
+def sources(init_facts: dict, cold: bool, preloaded: bool) -> tuple[str, str]:
+    """Where a cold start's runtime and adapter came from, as its runtime reported them."""
+    if not cold:
+        return "", ""
+    if init_facts.get("runtime_source") == "prewarmed":
+        return "prewarmed", str(init_facts.get("adapter_source") or "disk")
+    return ("pool" if preloaded else "cold"), "disk"
+
+
 class NotDelivered(Exception):
     """A warm instance died before the runtime received the request: nothing ran, so the
     request may be placed again (on a fresh instance)."""
@@ -127,10 +136,12 @@ class InvocationRunner:
     def _finish(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool, submitted_ts: float,
                 dispatch_ts: float, report: bool = True) -> InvocationResult:
         f = request.function
+        preloaded = bool(inst.sandbox is not None and inst.sandbox.preloaded)
+        runtime_source, adapter_source = sources(inst.init_facts, cold, preloaded)
         answers = self._bus.publish(ev.InvocationEnded(
             time.time(), request.request_id, f.name, f.version, f.memory_mb, inst.instance_id, cold,
-            bool(inst.sandbox is not None and inst.sandbox.preloaded), submitted_ts, dispatch_ts,
-            outcome.error_type, outcome.payload, outcome.metrics, dict(inst.init_facts)))
+            preloaded, submitted_ts, dispatch_ts, outcome.error_type, outcome.payload, outcome.metrics,
+            dict(inst.init_facts), runtime_source=runtime_source, adapter_source=adapter_source))
         usage = answers[0] if answers else None   # the meter's usage record (billing is a subscriber)
         if report:
             self._reporter.end(request, inst, outcome, cold, dispatch_ts, usage)

@@ -7,11 +7,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.dispatch import Dispatcher, Placed
-from slfaas.gpu_node.events import BackbonesChanged, EventBus, IntegrityChecked
+from slfaas.gpu_node.events import BackbonesChanged, EventBus, IntegrityChecked, InvocationSubmitted
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
@@ -19,13 +19,18 @@ from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
 from slfaas.gpu_node.reporting import Reporter
+from slfaas.gpu_node.resources.adapters import AdapterTiers
 from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.resources.integrity import IntegrityMonitor
 from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.sandboxes.base import SandboxFactory
+from slfaas.gpu_node.sandboxes.pools import Pools
 from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
                                    LogChunk, NodeInfo)
+
+if TYPE_CHECKING:
+    from slfaas.gpu_node.preloader import Preloader
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None,
                  bus: EventBus | None = None, scheduler: Scheduler | None = None, ledger: MemoryLedger | None = None,
-                 node_id: str | None = None):
+                 node_id: str | None = None, tiers: AdapterTiers | None = None):
         self.config = config
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.bus = bus or EventBus()
@@ -42,9 +47,11 @@ class Node:
         self.backbones.on_change = self._backbones_changed
         self.ledger = ledger or MemoryLedger(config.instance_gpu_mb)
         self._logs = FunctionLogs(Path(config.data_dir) / "logs")
+        self.tiers = tiers or AdapterTiers(0)
+        self.preloader: "Preloader | None" = None   # the builder's: sizes pools and tiers
         self.table = InstanceTable()
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
-                                 self._logs, self.bus.publish, on_gone=self.ledger.forget)
+                                 self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers)
         self.dispatcher = Dispatcher(scheduler or FcfsScheduler(), self.table, config.max_instances,
                                      self.launcher.stop, self.ledger.gpu_view)
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
@@ -60,15 +67,23 @@ class Node:
         return self.backbones.info(function.base_model_path)
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
-        return self._run(request, time.time(), None)
+        submitted_ts = self._submitted(request)
+        return self._run(request, submitted_ts, None)
 
     def invoke_stream(self, request: InvocationRequest) -> ResponseStream:
-        submitted_ts = time.time()
+        submitted_ts = self._submitted(request)
         placed = self.dispatcher.submit(request)   # capacity errors raise here, before the stream starts
         stream = ResponseStream()
         threading.Thread(target=stream.run, daemon=True, name=f"stream-{request.request_id[:8]}",
                          args=(lambda: self._run(request, submitted_ts, stream.put, placed),)).start()
         return stream
+
+    def _submitted(self, request: InvocationRequest) -> float:
+        now = time.time()
+        f = request.function
+        self.bus.publish(InvocationSubmitted(now, request.request_id, f.name, f.version, str(f.base_model_path),
+                                             str(f.code_dir)))
+        return now
 
     def _run(self, request: InvocationRequest, submitted_ts: float, on_chunk: Callable[[bytes], None] | None,
              placed: Placed | None = None) -> InvocationResult:
@@ -118,8 +133,10 @@ class Node:
                                     sum(b.size_bytes for b in backbones), sum(i.adapter_bytes or 0 for i in infos),
                                     int(self.ledger.instance_estimate_mb()))
         pool = self.sandboxes.pool
+        pools = pool.describe() if isinstance(pool, Pools) else ()
         return NodeInfo(self.node_id, self.config.device, self.sandboxes.name, self.config.max_instances,
-                        pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu)
+                        pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu,
+                        pools, (self.tiers.info(),), self.preloader.last if self.preloader is not None else None)
 
     def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
              since_ts: float | None = None) -> LogChunk:
@@ -137,6 +154,8 @@ class Node:
         return self.integrity.verify()
 
     def shutdown(self) -> None:
+        if self.preloader is not None:
+            self.preloader.close()
         self.integrity.close()
         self.reaper.close()
         for inst in self.table.all():
@@ -144,6 +163,7 @@ class Node:
         for hook in self.on_shutdown:
             hook()
         self.sandboxes.close()
+        self.tiers.close()
         self.backbones.close()
         self.launcher.close()
 

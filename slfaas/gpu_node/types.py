@@ -124,6 +124,44 @@ class IntegrityEvent:
 
 
 @dataclass(frozen=True)
+class PoolInfo:
+    """One warm pool: ``kind`` "warm-pool" (generic runtimes, imports done) or "prewarmed"
+    (backbone attached, empty slots, kernels warm) for ``base_model`` on ``device``."""
+
+    name: str
+    sandbox: str
+    base_model: str | None
+    device: str | None
+    target: int
+    held: int
+    ready: int
+
+
+@dataclass(frozen=True)
+class TierInfo:
+    """A node-private adapter tier: which adapters it holds (by code hash) within its budget."""
+
+    tier: str                   # "host" (sealed memfds) or "gpu"
+    budget_bytes: int
+    used_bytes: int
+    adapters: tuple[str, ...]
+    hits: int = 0               # cold starts that took their adapter from this tier
+    misses: int = 0             # ... that had to read it from disk (the code store)
+
+
+@dataclass(frozen=True)
+class PreloadInfo:
+    """The preloader's last plan, as the node applied it."""
+
+    ts: float
+    runtimes: tuple[tuple[str, str, int], ...]          # (base model, device, pre-warmed runtimes)
+    adapters: tuple[tuple[str, str, str], ...]          # (function, device, tier)
+    prewarm_budget_bytes: int
+    host_budget_bytes: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     node_id: str
     device: str
@@ -134,3 +172,6 @@ class NodeInfo:
     backbones: tuple[BackboneInfo, ...]
     instances: tuple[InstanceInfo, ...]
     gpu: GpuMemory | None = None
+    pools: tuple[PoolInfo, ...] = ()
+    tiers: tuple[TierInfo, ...] = ()
+    preload: PreloadInfo | None = None

@@ -11,6 +11,7 @@ from slfaas.errors import InvalidParameter, NotFound
 from slfaas.faas.api.lambda_api import _json, _json_body
 from slfaas.faas.log_tail import LOG_OFFSET_HEADER
 from slfaas.faas.service import FunctionService
+from slfaas.gpu_node.types import PoolInfo
 
 bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
 
@@ -101,10 +102,18 @@ def node_status() -> Response:
         "Backbones": [{k: v for k, v in asdict(b).items() if k != "sha256" or v is not None} for b in info.backbones],
         "Instances": [asdict(i) for i in info.instances],
         "Gpu": asdict(info.gpu) if info.gpu is not None else None,
-        # pre-started generic runtimes (--warm-pool)
-        "Pools": [{"name": "warm-pool", "sandbox": info.sandbox, "held": info.warm_pool_held,
-                   "target": info.warm_pool_target}],
+        # generic runtimes (--warm-pool) and runtimes pre-warmed per backbone
+        "Pools": [_pool(p) for p in info.pools],
+        "Tiers": [asdict(t) for t in info.tiers],
+        "Preload": asdict(info.preload) if info.preload is not None else None,
     })
+
+
+def _pool(p: PoolInfo) -> dict:
+    out = {"name": p.name, "sandbox": p.sandbox, "held": p.held, "target": p.target, "ready": p.ready}
+    if p.base_model is not None:
+        out.update(base_model=p.base_model, device=p.device)
+    return out
 
 
 @bp.post("/node/verify")

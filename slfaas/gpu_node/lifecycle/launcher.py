@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,8 @@ from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.runtime_api import RuntimeApiServer
 from slfaas.gpu_node.sandboxes.base import SandboxFactory, SandboxSpec
-from slfaas.runtime_contract import LOG_SYNC_MARKER
+from slfaas.gpu_node.resources.adapters import AdapterTiers
+from slfaas.runtime_contract import ENV_ADAPTER_FD, LOG_SYNC_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 class Launcher:
     def __init__(self, node_id: str, device: str, python: str, sandboxes: SandboxFactory, backbones: BackboneOwner,
                  table: InstanceTable, logs: FunctionLogs, publish: Callable[[ev.NodeEvent], object],
-                 on_gone: Callable[[str], None] = lambda _iid: None):
+                 on_gone: Callable[[str], None] = lambda _iid: None, tiers: AdapterTiers | None = None):
         self.node_id = node_id
         self.device = device
         self.python = python
@@ -37,6 +39,7 @@ class Launcher:
         self.logs = logs
         self._publish = publish
         self._on_gone = on_gone
+        self.tiers = tiers
         # Unix socket paths are limited to 108 bytes, so they live in a short temp dir.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="slfaas-rt-"))
         self._lock = threading.Lock()
@@ -62,6 +65,12 @@ class Launcher:
             self._apis[inst.instance_id] = api
         env = runtime_env(function, inst.instance_id, socket_path, self.device)
         env.update(attachment.env)
+        inherit, owned = attachment.inherit_fds, attachment.owned_fds
+        adapter_fd = self.tiers.handout(function.code_dir) if self.tiers is not None else None
+        if adapter_fd is not None:   # its adapter's weights from the host tier (a pre-warmed runtime copies them)
+            env[ENV_ADAPTER_FD] = str(adapter_fd)
+            inherit, owned = inherit + (adapter_fd,), owned + (adapter_fd,)
+        attachment = replace(attachment, inherit_fds=inherit, owned_fds=owned)
         spec = SandboxSpec(
             instance_id=inst.instance_id, function_name=function.name, version=function.version,
             argv=(self.python, "-m", "slfaas.functions"), env=env, code_dir=function.code_dir,

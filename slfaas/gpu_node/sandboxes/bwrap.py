@@ -78,12 +78,19 @@ def model_files(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.endswith(_WEIGHT_SUFFIXES))
 
 
+def model_binds(model_dir: Path) -> list[str]:
+    """The base model's config and tokenizer at MODEL_DIR (its weights are the node's backbone)."""
+    binds: list[str] = []
+    for f in model_files(model_dir):
+        binds += ["--ro-bind", str(f), f"{MODEL_DIR}/{f.name}"]
+    return binds
+
+
 def instance_binds(code_dir: Path, runtime_socket: Path, env: Mapping[str, str]) -> list[str]:
     """A cold-started instance's own files."""
     binds = ["--ro-bind", str(code_dir), TASK_DIR, "--ro-bind", str(runtime_socket), RUNTIME_SOCKET]
     if env.get(rc.ENV_BASE_MODEL_DIR):
-        for f in model_files(Path(env[rc.ENV_BASE_MODEL_DIR])):
-            binds += ["--ro-bind", str(f), f"{MODEL_DIR}/{f.name}"]
+        binds += model_binds(Path(env[rc.ENV_BASE_MODEL_DIR]))
     return binds
 
 
