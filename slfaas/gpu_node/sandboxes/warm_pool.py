@@ -27,6 +27,7 @@ import shutil
 import socket
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -79,27 +80,37 @@ class WarmPool:
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._failures = 0                   # in a row: back off instead of re-importing in a loop
+        self._starting = 0                   # launches under way that are not slots yet
+        # Starting a runtime is seconds of CPU (imports, a pre-warmed one's warm-up): a few at a
+        # time where there are cores for it, one at a time on a small machine.
+        self._starter = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 4),
+                                           thread_name_prefix=f"warm-pool-start-{launcher.kind}")
         self._filler = threading.Thread(target=self._fill_loop, daemon=True, name=f"warm-pool-{self._kind}")
         self._filler.start()
 
     # filling
     def _fill_loop(self) -> None:
         while not self._closed.is_set():
+            if self._failures:
+                self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
             with self._lock:
-                missing = self.size - len(self._slots)
-            if missing > 0:
-                try:
-                    self._launch()  # one at a time: each launch is seconds of CPU (imports)
-                except Exception:
-                    if self._closed.is_set():
-                        return
-                    log.exception("starting a warm-pool %s failed", self._kind)
-                    self._failures += 1
-                if self._failures:
-                    self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
-                continue
+                missing = self.size - len(self._slots) - self._starting
+                self._starting += max(0, missing)
+            for _ in range(max(0, missing)):
+                self._starter.submit(self._start_one)
             self._wake.wait(1.0)
             self._wake.clear()
+
+    def _start_one(self) -> None:
+        try:
+            self._launch()
+        except Exception:
+            with self._lock:
+                self._starting -= 1
+            if not self._closed.is_set():
+                log.exception("starting a warm-pool %s failed", self._kind)
+                self._failures += 1
+            self._wake.set()
 
     def _launch(self) -> None:
         sid = uuid.uuid4().hex[:8]
@@ -122,10 +133,12 @@ class WarmPool:
             for fd in prewarm.owned_fds if prewarm is not None else ():
                 os.close(fd)   # the runtime holds its own copies
         with self._lock:
-            closed = self._closed.is_set()  # close() took its snapshot already: this one is ours to end
-            if not closed:
+            self._starting -= 1
+            # closed: close() took its snapshot already; or the pool shrank while it started
+            unwanted = self._closed.is_set() or len(self._slots) >= self.size
+            if not unwanted:
                 self._slots.append(slot)
-        if closed:
+        if unwanted:
             self._discard(slot)
             return
         threading.Thread(target=self._watch, args=(slot,), daemon=True, name=f"pool-watch-{sid}").start()
@@ -305,6 +318,7 @@ class WarmPool:
         sandboxes for a backend that must also end them itself."""
         self._closed.set()
         self._wake.set()
+        self._starter.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             slots, self._slots = list(self._slots), []
         for slot in slots:
