@@ -56,6 +56,16 @@ class InstanceGone(NodeEvent):
 
 
 @dataclass(frozen=True)
+class FunctionPrepared(NodeEvent):
+    """A function (version) became Active on this node: it may be invoked from now on."""
+
+    function_name: str
+    version: str
+    base_model: str
+    code_dir: str
+
+
+@dataclass(frozen=True)
 class InvocationSubmitted(NodeEvent):
     """A request reached the node (before it is placed): the preloader's arrival rates."""
 

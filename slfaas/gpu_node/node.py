@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.dispatch import Dispatcher, Placed
-from slfaas.gpu_node.events import BackbonesChanged, EventBus, IntegrityChecked, InvocationSubmitted
+from slfaas.gpu_node.events import (BackbonesChanged, EventBus, FunctionPrepared, IntegrityChecked,
+                                    InvocationSubmitted)
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
@@ -64,6 +65,8 @@ class Node:
     # NodeApi
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
         self.backbones.acquire(function.base_model_path)
+        self.bus.publish(FunctionPrepared(time.time(), function.name, function.version, str(function.base_model_path),
+                                          str(function.code_dir)))
         return self.backbones.info(function.base_model_path)
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:

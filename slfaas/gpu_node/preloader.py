@@ -34,13 +34,14 @@ class PreloadConfig:
     runtime_saved_s: float = 5.0           # what one pre-warmed runtime saves a cold start (until measured)
     host_saved_s_per_gb: float = 0.5       # reading an adapter from disk vs the host tier
     rate_time_constant_s: float = 60.0
-
+    prior_rate_per_s: float = 1 / 600       # a deployed function never invoked yet: worth a little
 
 @dataclass
 class _Seen:
     base_model: str
     code_dir: Path
     arrivals: deque
+    since: float                           # deployed or first invoked here
 
 
 class Preloader:
@@ -67,19 +68,22 @@ class Preloader:
 
     def on_event(self, event: ev.NodeEvent) -> None:
         """The node's event bus: arrivals feed the rates; a new backbone gets its runtimes soon."""
-        if isinstance(event, ev.InvocationSubmitted):
+        if isinstance(event, (ev.InvocationSubmitted, ev.FunctionPrepared)):
             key = f"{event.function_name}:{event.version}"
             with self._lock:
                 seen = self._seen.get(key)
                 if seen is None or seen.code_dir != Path(event.code_dir):
-                    seen = self._seen[key] = _Seen(event.base_model, Path(event.code_dir), deque(maxlen=ARRIVALS_KEPT))
-                seen.arrivals.append(event.ts)
+                    seen = self._seen[key] = _Seen(event.base_model, Path(event.code_dir),
+                                                   deque(maxlen=ARRIVALS_KEPT), event.ts)
+                if isinstance(event, ev.InvocationSubmitted):
+                    seen.arrivals.append(event.ts)
 
     def snapshot(self) -> PreloadSnapshot:
         now = self._clock()
         cfg = self.config
         with self._lock:
-            for key in [k for k, s in self._seen.items() if not s.arrivals or now - s.arrivals[-1] > FORGET_AFTER_S]:
+            for key in [k for k, s in self._seen.items()
+                        if now - (s.arrivals[-1] if s.arrivals else s.since) > FORGET_AFTER_S]:
                 del self._seen[key]
             seen = {k: (s.base_model, s.code_dir, tuple(s.arrivals)) for k, s in self._seen.items()}
         functions = []
@@ -87,7 +91,7 @@ class Preloader:
             nbytes = adapter_bytes(code_dir)
             if nbytes <= 0:
                 continue
-            rate = estimate_rate_per_s(arrivals, now, cfg.rate_time_constant_s)
+            rate = max(cfg.prior_rate_per_s, estimate_rate_per_s(arrivals, now, cfg.rate_time_constant_s))
             functions.append(FunctionDemand(key, base_model, rate, nbytes, gpu_saved_s=0.0,
                                             host_saved_s=cfg.host_saved_s_per_gb * nbytes / 1e9))
         runtime_bytes = max(1, int(self._runtime_mb() * 2**20))

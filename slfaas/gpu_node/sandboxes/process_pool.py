@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 _IMPORT_TIME_ENV_PREFIXES = ("OMP_", "MKL_", "TORCH_", "PYTORCH_", "CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_")
 _IMPORT_TIME_ENV = frozenset({"PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONHASHSEED", "VIRTUAL_ENV",
                               "HF_HOME", "TRANSFORMERS_CACHE"})
-POOL_MEMORY_MB = 2048   # an isolated pool runtime's bound until specialised (then: the function's MemorySize)
+# An isolated pool runtime's bound until specialised (then: the function's MemorySize); a CUDA
+# runtime maps the driver's and torch's CUDA libraries and holds pinned buffers: more.
+POOL_MEMORY_MB = 2048
+CUDA_POOL_MEMORY_MB = 8192
 
 
 class ProcessPoolLauncher(PoolLauncher):
@@ -88,7 +91,7 @@ class ProcessPoolLauncher(PoolLauncher):
             self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
             # cwd: the slot's own directory (the runtime moves to the code dir once specialised)
             return self.factory.spawn((self.python, "-m", "slfaas.functions.prewarm"), env, slot_dir, fds, log_sink)
-        jail = isolation.jail(f"pool-{sid}", POOL_MEMORY_MB)
+        jail = isolation.jail(f"pool-{sid}", CUDA_POOL_MEMORY_MB if self.cuda else POOL_MEMORY_MB)
         try:
             argv, env = jail.pool(slot_dir, env, cuda=self.cuda, model_dir=model_dir)
             jail.cleanups += closers   # its slot (linked Runtime API socket) lives as long as it does
