@@ -76,6 +76,11 @@ class LiveServer:
         extra = list(self.extra)
         if TEST_SANDBOX != "process" and "--sandbox" not in extra:
             extra += ["--sandbox", TEST_SANDBOX]
+        if not any(a.startswith("--prewarm") for a in extra):
+            # nothing pre-warmed unless a test asks (tests/integration/test_prewarmed.py): each
+            # pre-warmed runtime is a process importing torch, and the suite runs many servers
+            # on a 2-core machine; a cold start is then the fresh process these tests expect
+            extra += ["--prewarm-min", "0", "--prewarm-budget-mb", "0"]
         server = ServerProcess(self.data_dir, *extra, timeout_s=timeout_s)
         self.proc, self.url, self.output = server.proc, server.url, server.lines
         return self

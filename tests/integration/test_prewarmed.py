@@ -25,7 +25,7 @@ def _prewarmed_ready(server) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_first_invocation_of_a_new_function_is_served_by_a_prewarmed_runtime(tiny_assets, live_server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = live_server_factory("--keep-alive-s", "600")
+    server = live_server_factory("--keep-alive-s", "600", "--prewarm-min", "1")   # the server's default
     c = server.client()
     deploy(c, "first", tiny_assets.zip(tiny_assets.adapter_a), MemorySize=2048)   # makes the backbone resident
     wait_for(lambda: _prewarmed_ready(server) >= 1, 180, "a runtime pre-warmed for the backbone")
