@@ -1,6 +1,8 @@
 """Entry point of a function instance: ``python -m slfaas.functions`` inside a sandbox.
 
-Init (imports, backbone attach, adapter load, handler import) then the Runtime API loop.
+Init (imports, backbone attach, adapter load, handler import) then the Runtime API loop:
+one at a time, or, with SLFAAS_MAX_BATCH_SIZE = K > 1, K workers each taking invocations
+from ``/next`` whose generations share forward passes (``slfaas.functions.batching``).
 Init failures are reported to ``/init/error``; handler failures to ``/invocation/{id}/error``
 with Lambda's ``{"errorMessage", "errorType", "stackTrace"}`` body.
 """
@@ -13,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient
-from slfaas.runtime_contract import ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID, ENV_RUNTIME_SOCKET
+from slfaas.runtime_contract import (ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID, ENV_RUNTIME_SOCKET,
+                                     max_batch_size)
 
 log = logging.getLogger("slfaas.functions")
 
@@ -68,7 +72,6 @@ def main() -> int:
     _die_with_node()
     client = RuntimeClient(os.environ[ENV_RUNTIME_SOCKET])
     try:
-        from slfaas.functions.context import LambdaContext
         from slfaas.functions.engine import BackboneSource, LoraEngine
 
         t0 = time.perf_counter()
@@ -94,13 +97,35 @@ def main() -> int:
             pass
         return 1
 
+    capacity = max_batch_size(os.environ)
+    if capacity == 1:
+        _serve(client, engine, handler)
+        return 0
+    # Several invocations at once: one worker per place, each taking its own from /next (as
+    # Lambda's runtimes do), their generations batched by one loop (BatchEngine). A handler
+    # of the function's own then runs in several threads at once.
+    from slfaas.functions.batching import BatchEngine
+    batched = BatchEngine(engine, capacity)
+    log.info("serving up to %d invocations at once, batched", capacity)
+    workers = [threading.Thread(target=_serve, args=(client, batched, handler), name=f"worker-{i}", daemon=True)
+               for i in range(capacity)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return 0
+
+
+def _serve(client: RuntimeClient, engine: Any, handler: Callable[[Any, Any], Any]) -> None:
+    """/next → handler → response, until the node goes (or stops this instance)."""
+    from slfaas.functions.context import LambdaContext
+
     while True:
         try:
             inv = client.next()
         except NodeGone:
-            return 0
+            return
         context = LambdaContext(engine, inv)
-        device_ms0 = engine.device_ms_total
         try:
             try:
                 event = json.loads(inv.payload) if inv.payload else {}
@@ -117,15 +142,15 @@ def main() -> int:
             try:
                 client.error(inv.request_id, _error_body(exc))
             except NodeGone:
-                return 0
+                pass   # this invocation is gone (cancelled, timed out) or the node is: /next tells
             continue
         try:
             if inv.response_stream:
-                _stream(client, inv.request_id, first, pieces, context, lambda: engine.device_ms_total - device_ms0)
+                _stream(client, inv.request_id, first, pieces, context)
             else:
-                client.respond(inv.request_id, body, device_ms=engine.device_ms_total - device_ms0)
+                client.respond(inv.request_id, body, metrics=context.usage.metrics())
         except NodeGone:
-            return 0
+            pass
 
 
 def _pieces(result: Any) -> Iterator[bytes]:
@@ -143,8 +168,7 @@ def _pieces(result: Any) -> Iterator[bytes]:
             yield json.dumps(item).encode()
 
 
-def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator[bytes], context: Any,
-            device_ms: Callable[[], float]) -> None:
+def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator[bytes], context: Any) -> None:
     """Lambda's streaming response mode: each piece goes out as one HTTP chunk when the handler
     produces it; a failure after streaming began travels in the error trailers."""
     stream = client.respond_stream(request_id)
@@ -159,7 +183,7 @@ def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator
         stream.close(error=_error_body(exc))
         return
     metrics = dict(getattr(context, "result_metrics", None) or {})
-    metrics["device_ms"] = round(device_ms(), 3)   # the runtime's measure, whatever the handler set
+    metrics.update(context.usage.metrics())   # the runtime's measures, whatever the handler set
     stream.close(metrics=metrics)
 
 
