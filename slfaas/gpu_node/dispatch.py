@@ -136,7 +136,8 @@ class Dispatcher:
         return again
 
     def _new_instance(self, function: FunctionSpec, request_id: str) -> Instance:
-        inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function, reserved_for=request_id)
+        inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function, reserved_for=request_id,
+                        capacity=max(1, function.max_batch_size))
         self._table.add(inst)
         return inst
 

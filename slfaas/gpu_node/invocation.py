@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from slfaas.gpu_node import events as ev
 from slfaas.gpu_node.dispatch import Dispatcher, Placed
@@ -16,6 +16,15 @@ from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 log = logging.getLogger(__name__)
+
+
+def batch_size(metrics: Mapping[str, object] | None, capacity: int) -> int:
+    """The batch the runtime says the invocation ran in, within what the node let the
+    instance hold (a runtime cannot claim a larger one to lower its share's scrutiny)."""
+    value = (metrics or {}).get("batch_size")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return 1
+    return int(min(max(value, 1), capacity))
 
 
 class NotDelivered(Exception):
@@ -81,7 +90,8 @@ class InvocationRunner:
         answers = self._bus.publish(ev.InvocationEnded(
             time.time(), request.request_id, f.name, f.version, f.memory_mb, inst.instance_id, cold,
             bool(inst.sandbox is not None and inst.sandbox.preloaded), submitted_ts, dispatch_ts,
-            outcome.error_type, outcome.payload, outcome.metrics, dict(inst.init_facts)))
+            outcome.error_type, outcome.payload, outcome.metrics, dict(inst.init_facts),
+            batch_size(outcome.metrics, inst.capacity), outcome.delivered_ts))
         usage = answers[0] if answers else None   # the meter's usage record (billing is a subscriber)
         self._reporter.end(request, inst, outcome, cold, dispatch_ts, usage)
         return self._reporter.result(request, inst, outcome, cold, submitted_ts, dispatch_ts, usage)
