@@ -16,6 +16,7 @@ from slfaas.billing.prices import default_prices, load_prices
 from slfaas.billing.service import CostService
 from slfaas.faas import auth
 from slfaas.faas.api import create_app
+from slfaas.faas.metrics import ControlPlaneMetrics
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
 from slfaas.gpu_node.builder import SandboxSettings, build_node
@@ -49,6 +50,10 @@ class ServerConfig:
     auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
     prices_file: Path | None = None          # --prices: a TOML/YAML price sheet over the built-in defaults
     insecure_sandbox: bool = False           # --sandbox process without isolation: plain processes of this user
+    metrics_token: str | None = None         # --auth sigv4: a bearer token that may scrape /metrics unsigned
+
+
+MIN_METRICS_TOKEN_CHARS = 16
 
 
 def resolve_device(device: str) -> str:
@@ -88,9 +93,16 @@ def check_auth_config(config: ServerConfig) -> auth.SigV4Verifier | None:
     if config.auth == "sigv4":
         if config.credentials_file is None:
             raise ValueError("--auth sigv4 needs --credentials FILE (AWS shared-credentials format)")
+        if config.metrics_token is not None and (len(config.metrics_token) < MIN_METRICS_TOKEN_CHARS
+                                                 or not config.metrics_token.isprintable()
+                                                 or config.metrics_token != config.metrics_token.strip()):
+            raise ValueError(f"--metrics-token must be at least {MIN_METRICS_TOKEN_CHARS} printable characters "
+                             f"without surrounding spaces (e.g. `openssl rand -hex 24`)")
         return auth.SigV4Verifier(auth.load_credentials(Path(config.credentials_file)), config.auth_max_skew_s)
     if config.auth != "none":
         raise ValueError(f"unknown --auth {config.auth!r} (available: none, sigv4)")
+    if config.metrics_token:
+        raise ValueError("--metrics-token is for --auth sigv4 (without authentication /metrics is open)")
     if not is_loopback(config.host) and not config.insecure:
         raise ValueError(f"refusing to bind {config.host} without authentication: anyone who reaches the port could "
                          f"deploy and run code. Use --auth sigv4 --credentials FILE, bind 127.0.0.1, or pass "
@@ -121,10 +133,11 @@ class SlfaasServer:
         self.node = built.node
         cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
-                                       public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost)
+                                       public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost,
+                                       metrics=ControlPlaneMetrics(built.metrics.registry))
         self.app = create_app(self.service)
         if self.verifier is not None:
-            auth.install(self.app, self.verifier)
+            auth.install(self.app, self.verifier, config.metrics_token)
         self._http = create_server(self.app, host=config.host, port=config.port, threads=config.threads,
                                    channel_timeout=3600, ident="slfaas")
         self._thread: threading.Thread | None = None

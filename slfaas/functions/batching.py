@@ -136,6 +136,7 @@ class BatchEngine:
             max_batch_size = 1
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self._eos_ids = engine.eos_ids
         self.device_ms_total = 0.0       # every pass's device time: the requests' shares add up to it
         self.passes = 0
         self._torch = engine._torch
@@ -277,7 +278,7 @@ class BatchEngine:
         s.out.put(token)
         s.emitted += 1
         s.last_token = token
-        if s.emitted >= s.req.max_tokens or (token in self.engine.eos_ids and not s.req.ignore_eos):
+        if s.emitted >= s.req.max_tokens or (token in self._eos_ids and not s.req.ignore_eos):
             return False
         return not s.cancelled.is_set()
 

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,6 +100,10 @@ class Dispatcher:
     def waiting(self) -> int:
         with self._lock:
             return len(self._tickets)
+
+    def waiting_by_function(self) -> dict[str, int]:
+        with self._lock:
+            return dict(Counter(t.request.function.name for t in self._tickets.values()))
 
     def _schedule(self) -> None:
         """Caller holds ``_lock``."""
