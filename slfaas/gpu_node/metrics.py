@@ -116,7 +116,7 @@ class _NodeState(Collector):
         yield pool
         adapters = GaugeMetricFamily("slfaas_adapter_bytes", "Adapter weights held by the function's live "
                                      "instances, as loaded on their device", labels=["function"])
-        held = Tally()
+        held: Tally[str] = Tally()
         for i in info.instances:
             if i.alive and i.adapter_bytes:
                 held[i.function_name] += i.adapter_bytes
@@ -142,7 +142,7 @@ class _NodeState(Collector):
             per_fn = GaugeMetricFamily("slfaas_instance_memory_bytes", "Device memory of the function's "
                                        "instances (context, adapter, KV cache; NVML)", labels=["function"])
             names = {i.instance_id: i.function_name for i in info.instances}
-            sums = Tally()
+            sums: Tally[str] = Tally()
             for iid, mb in gpu.instances.items():
                 sums[names.get(iid, "?")] += mb * MB
             for fn, n in sorted(sums.items()):
