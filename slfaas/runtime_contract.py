@@ -34,6 +34,11 @@ ENV_SLOT_MODULES = "SLFAAS_SLOT_MODULES"        # ... and modules (comma-separat
 ENV_WARMUP_TOKENS = "SLFAAS_WARMUP_TOKENS"      # its warm-up prefill lengths (comma-separated)
 ENV_ADAPTER_FD = "SLFAAS_ADAPTER_FD"            # the adapter's weights from a node tier (a sealed memfd)
 ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime frees cached GPU memory
+# How many invocations the node may hand this runtime at once (its function's validated
+# setting of the same name; 1: one at a time). Above 1 the runtime takes that many through
+# concurrent /next calls and batches their generations.
+ENV_MAX_BATCH_SIZE = "SLFAAS_MAX_BATCH_SIZE"
+MAX_BATCH_SIZE_LIMIT = 64
 ENV_HANDLER = "_HANDLER"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 ENV_FUNCTION_VERSION = "AWS_LAMBDA_FUNCTION_VERSION"
@@ -65,9 +70,25 @@ H_RESPONSE_MODE = "Slfaas-Response-Mode"    # slfaas: "streaming" when the calle
 H_FUNCTION_RESPONSE_MODE = "Lambda-Runtime-Function-Response-Mode"
 H_ERROR_TYPE = "Lambda-Runtime-Function-Error-Type"
 H_ERROR_BODY = "Lambda-Runtime-Function-Error-Body"     # a trailer: base64 of the error document
-H_RESULT_METRICS = "Slfaas-Result-Metrics"   # slfaas: a streamed response's JSON metrics trailer
+# slfaas: the runtime's JSON account of one invocation: a streamed response's trailer, a
+# buffered response's header; keys in RESULT_METRIC_KEYS
+H_RESULT_METRICS = "Slfaas-Result-Metrics"
 H_DEVICE_MS = "Slfaas-Device-Ms"             # slfaas: the runtime's device time for one invocation
 STREAMING = "streaming"
+# What the runtime measured of one invocation (H_RESULT_METRICS): device time (its token
+# share of every forward pass it was in), those passes' whole device time, the most
+# invocations one of its passes held, its first token's latency; plus a stream's usage.
+RESULT_METRIC_KEYS = ("device_ms", "batch_device_ms", "batch_size", "ttft_ms", "prompt_tokens",
+                      "completion_tokens", "finish_reason")
+
+
+def max_batch_size(env: Mapping[str, str]) -> int:
+    """The runtime's capacity from its environment: 1 when unset or not a number."""
+    try:
+        value = int(env.get(ENV_MAX_BATCH_SIZE, "1"))
+    except ValueError:
+        return 1
+    return min(max(value, 1), MAX_BATCH_SIZE_LIMIT)
 
 # slfaas: the runtime writes this + the request id as a line of its output just before it posts
 # an invocation's response or error; the node writes END/REPORT only once it has read that

@@ -32,8 +32,9 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
     from slfaas.faas.server import is_loopback
 
     if server.verifier is not None:
+        scrape = "signed, or with the scrape token" if server.config.metrics_token else "signed only"
         return (f"authentication: sigv4 ({len(server.verifier.secrets)} access key(s) from {credentials}; "
-                f"unsigned or badly signed requests are refused)")
+                f"unsigned or badly signed requests are refused; /metrics: {scrape})")
     if is_loopback(host):
         return (f"authentication: none; bound to loopback ({host}) only, so only this machine can reach it "
                 f"(--auth sigv4 --credentials FILE to serve a network)")
@@ -99,6 +100,10 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--auth-max-skew-s", type=float, default=300.0, show_default=True,
               help="with --auth sigv4: how far a request's signing date may be from now (AWS's 5 minutes); "
                    "older requests, replays included, are refused as expired")
+@click.option("--metrics-token", envvar="SLFAAS_METRICS_TOKEN", metavar="TOKEN",
+              help="with --auth sigv4: a scrape token /metrics accepts as 'Authorization: Bearer TOKEN' instead "
+                   "of a signature (at least 16 characters; prefer the SLFAAS_METRICS_TOKEN environment variable, "
+                   "which other users cannot read from the process list)")
 @click.option("--insecure", is_flag=True,
               help="allow a non-loopback --host without authentication (trusted networks only)")
 @click.option("--insecure-sandbox", is_flag=True,
@@ -113,7 +118,7 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
            host_tier_mb: int, slot_rank: int, slot_modules: str, device: str, verify_interval_s: float | None,
            instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
-           auth: str, credentials: str | None, auth_max_skew_s: float,
+           auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
     """Run the API and a local node agent.
 
@@ -134,7 +139,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             insecure_sandbox=insecure_sandbox, max_concurrent_invocations=max_concurrent_invocations,
             idle_timeout_s=idle_timeout_s, connection_limit=connection_limit, prewarm_min=prewarm_min,
             prewarm_budget_mb=prewarm_budget_mb, host_tier_mb=host_tier_mb, slot_rank=slot_rank,
-            slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip())))
+            slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip()),
+            metrics_token=metrics_token or None))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

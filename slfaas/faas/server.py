@@ -19,6 +19,7 @@ from slfaas.billing.service import CostService
 from slfaas.faas import auth
 from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS
 from slfaas.faas.api import create_app
+from slfaas.faas.metrics import ControlPlaneMetrics
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
 from slfaas.gpu_node.builder import SandboxSettings, SlotSettings, build_node
@@ -61,6 +62,10 @@ class ServerConfig:
     host_tier_mb: int = 2048                 # memory the preloader may spend on the host adapter tier
     slot_rank: int = 16                      # pre-warmed runtimes' LoRA slots: largest rank ...
     slot_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    metrics_token: str | None = None         # --auth sigv4: a bearer token that may scrape /metrics unsigned
+
+
+MIN_METRICS_TOKEN_CHARS = 16
 
 
 def resolve_device(device: str) -> str:
@@ -100,9 +105,16 @@ def check_auth_config(config: ServerConfig) -> auth.SigV4Verifier | None:
     if config.auth == "sigv4":
         if config.credentials_file is None:
             raise ValueError("--auth sigv4 needs --credentials FILE (AWS shared-credentials format)")
+        if config.metrics_token is not None and (len(config.metrics_token) < MIN_METRICS_TOKEN_CHARS
+                                                 or not config.metrics_token.isprintable()
+                                                 or config.metrics_token != config.metrics_token.strip()):
+            raise ValueError(f"--metrics-token must be at least {MIN_METRICS_TOKEN_CHARS} printable characters "
+                             f"without surrounding spaces (e.g. `openssl rand -hex 24`)")
         return auth.SigV4Verifier(auth.load_credentials(Path(config.credentials_file)), config.auth_max_skew_s)
     if config.auth != "none":
         raise ValueError(f"unknown --auth {config.auth!r} (available: none, sigv4)")
+    if config.metrics_token:
+        raise ValueError("--metrics-token is for --auth sigv4 (without authentication /metrics is open)")
     if not is_loopback(config.host) and not config.insecure:
         raise ValueError(f"refusing to bind {config.host} without authentication: anyone who reaches the port could "
                          f"deploy and run code. Use --auth sigv4 --credentials FILE, bind 127.0.0.1, or pass "
@@ -173,10 +185,11 @@ class SlfaasServer:
         cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
                                        public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost,
-                                       max_concurrent_invocations=config.max_concurrent_invocations)
+                                       max_concurrent_invocations=config.max_concurrent_invocations,
+                                       metrics=ControlPlaneMetrics(built.metrics.registry))
         self.app = create_app(self.service)
         if self.verifier is not None:
-            auth.install(self.app, self.verifier)
+            auth.install(self.app, self.verifier, config.metrics_token)
         self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas", **options)
         self._thread: threading.Thread | None = None
         self._closed = False

@@ -28,6 +28,7 @@ from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Regis
 from slfaas.faas.event_invoker import EventInvoker
 from slfaas.faas.function_settings import SETTING_NAMES, parse_function_settings
 from slfaas.faas.limits import Limits
+from slfaas.faas.metrics import ControlPlaneMetrics
 from slfaas.faas.log_tail import invocation_log, log_result_header
 from slfaas.faas.tags import Tags, validate_tags
 from slfaas.faas.versions import Versions, precondition_failed
@@ -110,7 +111,7 @@ def _environment(params: dict) -> dict[str, str] | None:
 class FunctionService:
     def __init__(self, registry: Registry, node: NodeApi, code_root: Path, region: str = "us-east-1",
                  public_url: Callable[[], str] = lambda: "http://127.0.0.1", s3_endpoint_url: str | None = None,
-                 cost: CostService | None = None,
+                 cost: CostService | None = None, metrics: ControlPlaneMetrics | None = None,
                  max_concurrent_invocations: int = DEFAULT_MAX_CONCURRENT_INVOCATIONS):
         """``cost``: the billing service fed by the node's meter (the server makes both); without
         it, records are priced with the default sheet and no live node usage is reported."""
@@ -128,6 +129,7 @@ class FunctionService:
         # The account's concurrency limit is what the node can run at once: one invocation per instance.
         self.limits = Limits(self, node.describe().max_instances)
         self.cost = cost or CostService(registry)
+        self.metrics = metrics or ControlPlaneMetrics()   # the server passes one on the node's registry
         self.cost.on_budget_warning = self._budget_warning
         self.events = EventInvoker(self)
         n = registry.mark_interrupted_invocations()
@@ -353,7 +355,8 @@ class FunctionService:
             arn=function_arn(self.region, rec.name, None if rec.version == LATEST else rec.version),
             code_dir=self.code.root / rec.code_sha256_hex,
             base_model_path=Path(rec.base_model_path), handler=rec.handler, timeout_s=rec.timeout_s,
-            memory_mb=rec.memory_mb, environment=rec.environment)
+            memory_mb=rec.memory_mb, environment=rec.environment,
+            max_batch_size=parse_function_settings(rec.environment).max_batch_size or 1)
 
     def select_version(self, ref: str, qualifier: str | None) -> tuple[FunctionRecord, str]:
         """The version one invocation of ``ref``/``qualifier`` runs (an alias's routing draws
@@ -433,6 +436,8 @@ class FunctionService:
             self.registry.finish_invocation(record, status="throttled" if isinstance(exc, TooManyRequests)
                                             else "failed", end_ts=time.time(), error_type=exc.__class__.__name__,
                                             error_message=str(exc))
+            if isinstance(exc, TooManyRequests):
+                self.metrics.throttled(request.function.name, exc.reason)
             raise
         finally:
             self.cost.release(request.request_id)   # no-op once its usage record settled it

@@ -151,5 +151,7 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
         service.registry.finish_invocation(
             record, status="throttled" if isinstance(exc, TooManyRequests) else "failed", end_ts=time.time(),
             error_type=exc.__class__.__name__, error_message=str(exc))
+        if isinstance(exc, TooManyRequests):
+            service.metrics.throttled(rec.name, exc.reason)
         raise
     return StreamingInvocation(service, record, node_stream, rec.version, request_id, lease, log_type == "Tail")

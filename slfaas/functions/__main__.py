@@ -1,6 +1,8 @@
 """Entry point of a function instance: ``python -m slfaas.functions`` inside a sandbox.
 
-Init (imports, backbone attach, adapter load, handler import) then the Runtime API loop.
+Init (imports, backbone attach, adapter load, handler import) then the Runtime API loop:
+one at a time, or, with SLFAAS_MAX_BATCH_SIZE = K > 1, K workers each taking invocations
+from ``/next`` whose generations share forward passes (``slfaas.functions.batching``).
 Init failures are reported to ``/init/error``; handler failures to ``/invocation/{id}/error``
 with Lambda's ``{"errorMessage", "errorType", "stackTrace"}`` body.
 """
@@ -13,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ from typing import Any, Callable
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient
 from slfaas.runtime_contract import (ENV_ADAPTER_FD, ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID,
-                                     ENV_RUNTIME_SOCKET, LOG_SYNC_MARKER)
+                                     ENV_RUNTIME_SOCKET, LOG_SYNC_MARKER, max_batch_size)
 
 log = logging.getLogger("slfaas.functions")
 
@@ -95,7 +98,6 @@ def main(engine: Any = None) -> int:
     _die_with_node()
     client = RuntimeClient(os.environ[ENV_RUNTIME_SOCKET])
     try:
-        from slfaas.functions.context import LambdaContext
         from slfaas.functions.engine import BackboneSource, LoraEngine
 
         t0 = time.perf_counter()
@@ -128,13 +130,35 @@ def main(engine: Any = None) -> int:
             pass
         return 1
 
+    capacity = max_batch_size(os.environ)
+    if capacity == 1:
+        _serve(client, engine, handler)
+        return 0
+    # Several invocations at once: one worker per place, each taking its own from /next (as
+    # Lambda's runtimes do), their generations batched by one loop (BatchEngine). A handler
+    # of the function's own then runs in several threads at once.
+    from slfaas.functions.batching import BatchEngine
+    batched = BatchEngine(engine, capacity)
+    log.info("serving up to %d invocations at once, batched", capacity)
+    workers = [threading.Thread(target=_serve, args=(client, batched, handler), name=f"worker-{i}", daemon=True)
+               for i in range(capacity)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return 0
+
+
+def _serve(client: RuntimeClient, engine: Any, handler: Callable[[Any, Any], Any]) -> None:
+    """/next → handler → response, until the node goes (or stops this instance)."""
+    from slfaas.functions.context import LambdaContext
+
     while True:
         try:
             inv = client.next()
         except NodeGone:
-            return 0
+            return
         context = LambdaContext(engine, inv)
-        device_ms0 = engine.device_ms_total
         try:
             try:
                 event = json.loads(inv.payload) if inv.payload else {}
@@ -152,18 +176,18 @@ def main(engine: Any = None) -> int:
             try:
                 client.error(inv.request_id, _error_body(exc))
             except NodeGone:
-                return 0
+                pass   # this invocation is gone (cancelled, timed out) or the node is: /next tells
             if _device_lost(exc):
-                return 1
+                _exit_device_lost()
             continue
         try:
             if inv.response_stream:
-                _stream(client, inv.request_id, first, pieces, context, lambda: engine.device_ms_total - device_ms0)
+                _stream(client, inv.request_id, first, pieces, context)
             else:
                 _log_sync(inv.request_id)
-                client.respond(inv.request_id, body, device_ms=engine.device_ms_total - device_ms0)
+                client.respond(inv.request_id, body, metrics=context.usage.metrics())
         except NodeGone:
-            return 0
+            pass
 
 
 def _specialise(engine: Any, code_dir: Path) -> dict[str, Any]:
@@ -188,6 +212,13 @@ def _device_lost(exc: BaseException) -> bool:
     return name == "AcceleratorError" or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
 
 
+def _exit_device_lost() -> None:
+    """End the whole runtime (every worker thread) once the error has been reported."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def _pieces(result: Any) -> Iterator[bytes]:
     """A handler's result as response bytes: an iterator's items one by one (str as UTF-8,
     bytes as they are, anything else as JSON), any other value as one JSON document."""
@@ -203,8 +234,7 @@ def _pieces(result: Any) -> Iterator[bytes]:
             yield json.dumps(item).encode()
 
 
-def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator[bytes], context: Any,
-            device_ms: Callable[[], float]) -> None:
+def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator[bytes], context: Any) -> None:
     """Lambda's streaming response mode: each piece goes out as one HTTP chunk when the handler
     produces it; a failure after streaming began travels in the error trailers."""
     stream = client.respond_stream(request_id)
@@ -219,10 +249,10 @@ def _stream(client: RuntimeClient, request_id: str, first: bytes, rest: Iterator
         _log_sync(request_id)
         stream.close(error=_error_body(exc))
         if _device_lost(exc):
-            sys.exit(1)
+            _exit_device_lost()
         return
     metrics = dict(getattr(context, "result_metrics", None) or {})
-    metrics["device_ms"] = round(device_ms(), 3)   # the runtime's measure, whatever the handler set
+    metrics.update(context.usage.metrics())   # the runtime's measures, whatever the handler set
     _log_sync(request_id)
     stream.close(metrics=metrics)
 

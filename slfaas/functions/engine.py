@@ -33,6 +33,8 @@ class Generation:
     prefill_ms: float           # the prefill forward alone (device-synchronised)
     token_ids: tuple[int, ...] = ()
     device_ms: float = 0.0      # device time of the generation (CUDA events; wall on CPU): billed
+    batch_size: int = 1         # most requests in one forward pass with it (slfaas.functions.batching)
+    batch_device_ms: float = 0.0   # device time of those passes whole (device_ms is its token share)
 
 
 @dataclass(frozen=True)
@@ -245,20 +247,22 @@ class LoraEngine:
             for n in sorted({max(1, min(n, limit)) for n in shapes.prefill_tokens}):
                 ids = (torch.arange(n, device=self.device) % config.vocab_size).view(1, n)
                 mask, cache = torch.ones_like(ids), DynamicCache()
-                out = self._forward(ids, mask, cache)
+                out = self.forward(ids, mask, cache)
                 for _ in range(shapes.decode_steps):
-                    token = self._pick(out.logits[:, -1, :], GenerationRequest("", temperature=0), None)
+                    token = self.pick(out.logits[:, -1, :], GenerationRequest("", temperature=0), None)
                     mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                    out = self._forward(token.view(1, 1), mask, cache)
-            self._pick(out.logits[:, -1, :], GenerationRequest("", temperature=1.0, top_p=0.9), generator)
+                    out = self.forward(token.view(1, 1), mask, cache)
+            self.pick(out.logits[:, -1, :], GenerationRequest("", temperature=1.0, top_p=0.9), generator)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
 
-    def _forward(self, ids: Any, mask: Any, cache: Any) -> Any:
-        """One forward of a generation (prefill or decode step): logits of the last position."""
+    def forward(self, ids: Any, mask: Any, cache: Any, position_ids: Any = None) -> Any:
+        """One forward of a generation (prefill or decode step): logits of the last position.
+        ``position_ids``: given for left-padded batches (``slfaas.functions.batching``)."""
+        extra = {} if position_ids is None else {"position_ids": position_ids}
         return self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                          logits_to_keep=1)
+                          logits_to_keep=1, **extra)
 
     def stream(self, req: GenerationRequest) -> Iterator[int]:
         """Yield new token ids one by one: a prefill, then one decode step per token.
@@ -270,22 +274,9 @@ class LoraEngine:
         torch = self._torch
         from transformers import DynamicCache
 
-        if req.messages:
-            from slfaas.functions.chat import chat_prompt
-            prompt, templated = chat_prompt(self.tokenizer, req.messages)
-        else:
-            prompt, templated = req.prompt, False
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
-        ids = enc["input_ids"]
-        if ids.shape[1] == 0:
-            bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
-            ids = torch.tensor([[bos]])
-        ids = ids.to(self.device)
+        ids = self.encode(req).to(self.device)
         self.last_prompt_tokens = int(ids.shape[1])
-        generator = None
-        if not req.greedy:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        generator = self.generator_for(req)
         cache = DynamicCache()
         mask = torch.ones_like(ids)
         # Billing meters device time: CUDA events on the device's own clock (first kernel to
@@ -307,24 +298,47 @@ class LoraEngine:
                 self.last_device_ms = (time.perf_counter() - t_dev) * 1000
             self.device_ms_total += self.last_device_ms
 
+    def encode(self, req: GenerationRequest) -> Any:
+        """The prompt's token ids, shape (1, n), on the CPU: the chat template for messages,
+        special tokens otherwise; an empty prompt is one BOS token."""
+        if req.messages:
+            from slfaas.functions.chat import chat_prompt
+            prompt, templated = chat_prompt(self.tokenizer, req.messages)
+        else:
+            prompt, templated = req.prompt, False
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)["input_ids"]
+        if ids.shape[1] == 0:
+            bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
+            ids = self._torch.tensor([[bos]])
+        return ids
+
+    def generator_for(self, req: GenerationRequest) -> Any:
+        """The request's own random generator (None when greedy), seeded by its ``seed`` (or
+        randomly): a request draws the same numbers whether it runs alone or in a batch."""
+        if req.greedy:
+            return None
+        generator = self._torch.Generator(device=self.device)
+        generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        return generator
+
     def _decode(self, ids: Any, mask: Any, cache: Any, req: GenerationRequest, generator: Any) -> Iterator[int]:
         torch = self._torch
         with torch.inference_mode():
             t_prefill = time.perf_counter()
-            out = self._forward(ids, mask, cache)
+            out = self.forward(ids, mask, cache)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.last_prefill_ms = (time.perf_counter() - t_prefill) * 1000
             for step in range(req.max_tokens):
-                token = self._pick(out.logits[:, -1, :], req, generator)
+                token = self.pick(out.logits[:, -1, :], req, generator)
                 token_id = int(token.item())  # synchronises the device: the token really exists
                 yield token_id
                 if (token_id in self._eos_ids and not req.ignore_eos) or step == req.max_tokens - 1:
                     return  # no forward pass for a token nobody will read
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                out = self._forward(token.view(1, 1), mask, cache)
+                out = self.forward(token.view(1, 1), mask, cache)
 
-    def _pick(self, logits: Any, req: GenerationRequest, generator: Any) -> Any:
+    def pick(self, logits: Any, req: GenerationRequest, generator: Any) -> Any:
         torch = self._torch
         if req.greedy:
             return logits.argmax(dim=-1)
@@ -383,7 +397,7 @@ class LoraEngine:
                 text, finish = text[:cut], "stop"
         ttft_ms = ((first_ts or time.perf_counter()) - t0) * 1000
         return Generation(text, finish, self.last_prompt_tokens, len(new_ids), ttft_ms, self.last_prefill_ms,
-                          tuple(new_ids), self.last_device_ms)
+                          tuple(new_ids), self.last_device_ms, 1, self.last_device_ms)
 
     def _trim_when_idle(self) -> None:
         """Give freed KV cache and activations back to the device once the instance has been

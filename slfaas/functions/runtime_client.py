@@ -96,10 +96,14 @@ class RuntimeClient:
             raise NodeGone(f"/next answered {status}: {body[:200]!r}")
         return Delivery.from_headers(headers, body)
 
-    def respond(self, request_id: str, body: bytes, device_ms: float | None = None) -> None:
-        """``device_ms``: the runtime's own measure of the invocation's device time (billing),
-        sent beside the body, which is the handler's to shape."""
+    def respond(self, request_id: str, body: bytes, device_ms: float | None = None,
+                metrics: dict | None = None) -> None:
+        """``device_ms``, ``metrics``: the runtime's own measures of the invocation (device time,
+        batch; for billing), sent beside the body, which is the handler's to shape."""
         headers = {"Content-Type": "application/json"}
+        if metrics:
+            headers[H_RESULT_METRICS] = json.dumps(metrics, separators=(",", ":"))
+            device_ms = metrics.get("device_ms", device_ms)
         if device_ms is not None:
             headers[H_DEVICE_MS] = f"{device_ms:.3f}"
         self._request("POST", invocation_path(request_id, "response"), body, headers)

@@ -1,5 +1,6 @@
 """Builds a node from the server's settings: the sandbox backend and its warm pool, the memory
-ledger's probes, the meter and the subscriptions that feed it and the registry."""
+ledger's probes, the meter, the Prometheus metrics and the subscriptions that feed them and
+the registry."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +16,7 @@ from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.events import IntegrityChecked, NodeEvent
 from slfaas.gpu_node.metering import meter_subscriber
 from slfaas import runtime_contract as rc
+from slfaas.gpu_node.metrics import NodeMetrics
 from slfaas.gpu_node.node import Node
 from slfaas.gpu_node.preloader import PreloadConfig, Preloader
 from slfaas.gpu_node.resources.adapters import AdapterTiers
@@ -51,6 +53,7 @@ class SlotSettings:
 class BuiltNode:
     node: Node
     meter: Meter
+    metrics: NodeMetrics
 
 
 def make_sandbox_factory(settings: SandboxSettings, data_dir: Path | None = None) -> SandboxFactory:
@@ -165,9 +168,15 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
 
     preload = preload or PreloadConfig()
     factory = make_sandbox_factory(sandbox, config.data_dir)
+    metrics = NodeMetrics()
+
+    def usage(rec: UsageRecord) -> None:
+        metrics.on_usage(rec)
+        if on_usage is not None:
+            on_usage(rec)
     try:
         node_id = uuid.uuid4().hex[:12]
-        meter = Meter(node_id, config.device, prices, gpu_name=gpu_name(config.device), on_usage=on_usage,
+        meter = Meter(node_id, config.device, prices, gpu_name=gpu_name(config.device), on_usage=usage,
                       on_node_usage=on_node_usage)
         generic = generic_pool(factory, sandbox.warm_pool, config.device)
     except BaseException:
@@ -183,6 +192,8 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
     node.bus.subscribe(node.preloader.on_event)
     node.preloader.start()
     node.bus.subscribe(meter_subscriber(meter))
+    node.bus.subscribe(metrics.on_event)
+    metrics.watch(node.describe, node.queued)
     if on_integrity is not None:
         def integrity(event: NodeEvent) -> None:
             if isinstance(event, IntegrityChecked):
@@ -190,4 +201,4 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
         node.bus.subscribe(integrity)
     meter.start_flushing(probe=lambda: (len(node.backbones.loaded()), factory.warm_count()))
     node.on_shutdown.append(meter.close)
-    return BuiltNode(node, meter)
+    return BuiltNode(node, meter, metrics)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -100,6 +101,10 @@ class Dispatcher:
         with self._lock:
             return len(self._tickets)
 
+    def waiting_by_function(self) -> dict[str, int]:
+        with self._lock:
+            return dict(Counter(t.request.function.name for t in self._tickets.values()))
+
     def _schedule(self) -> None:
         """Caller holds ``_lock``."""
         for _ in range(_MAX_ROUNDS):
@@ -136,7 +141,8 @@ class Dispatcher:
         return again
 
     def _new_instance(self, function: FunctionSpec, request_id: str) -> Instance:
-        inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function, reserved_for=request_id)
+        inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function, reserved_for=request_id,
+                        capacity=max(1, function.max_batch_size))
         self._table.add(inst)
         return inst
 

@@ -104,7 +104,8 @@ class InvocationEnded(NodeEvent):
     payload: bytes
     metrics: Mapping[str, object] | None
     init_facts: Mapping[str, object]
-    batch_size: int = 1
+    batch_size: int = 1         # the most invocations one forward pass of it held (runtime's, ≤ capacity)
+    delivered_ts: float | None = None   # when the runtime took it from /next
     runtime_source: str = ""    # a cold start's: "prewarmed", "pool" or "cold"
     adapter_source: str = ""    # a cold start's: "host" or "disk"
 

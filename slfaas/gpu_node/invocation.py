@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from slfaas.gpu_node import events as ev
 from slfaas.gpu_node.dispatch import Dispatcher, Placed
@@ -67,6 +67,15 @@ def sources(init_facts: dict, cold: bool, preloaded: bool) -> tuple[str, str]:
     if init_facts.get("runtime_source") == "prewarmed":
         return "prewarmed", str(init_facts.get("adapter_source") or "disk")
     return ("pool" if preloaded else "cold"), "disk"
+
+
+def batch_size(metrics: Mapping[str, object] | None, capacity: int) -> int:
+    """The batch the runtime says the invocation ran in, within what the node let the
+    instance hold (a runtime cannot claim a larger one to lower its share's scrutiny)."""
+    value = (metrics or {}).get("batch_size")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return 1
+    return int(min(max(value, 1), capacity))
 
 
 class NotDelivered(Exception):
@@ -141,7 +150,8 @@ class InvocationRunner:
         answers = self._bus.publish(ev.InvocationEnded(
             time.time(), request.request_id, f.name, f.version, f.memory_mb, inst.instance_id, cold,
             preloaded, submitted_ts, dispatch_ts, outcome.error_type, outcome.payload, outcome.metrics,
-            dict(inst.init_facts), runtime_source=runtime_source, adapter_source=adapter_source))
+            dict(inst.init_facts), batch_size(outcome.metrics, inst.capacity), outcome.delivered_ts,
+            runtime_source=runtime_source, adapter_source=adapter_source))
         usage = answers[0] if answers else None   # the meter's usage record (billing is a subscriber)
         if report:
             self._reporter.end(request, inst, outcome, cold, dispatch_ts, usage)

@@ -153,6 +153,16 @@ class Node:
     def delete_logs(self, function_name: str) -> None:
         self._logs.remove(function_name)
 
+    def queued(self) -> dict[str, int]:
+        """Requests waiting per function: for placement, or in an instance not yet taken by
+        its runtime (metrics; not part of ``NodeApi``)."""
+        waiting = self.dispatcher.waiting_by_function()
+        for inst in self.table.all():
+            n = inst.undelivered()
+            if n:
+                waiting[inst.function.name] = waiting.get(inst.function.name, 0) + n
+        return waiting
+
     def verify(self) -> tuple[IntegrityEvent, ...]:
         return self.integrity.verify()
 

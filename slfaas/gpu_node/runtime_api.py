@@ -28,12 +28,26 @@ from typing import Iterator, Protocol
 
 from slfaas.runtime_contract import (API_PREFIX, H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE, H_FUNCTION_RESPONSE_MODE,
                                      H_RESULT_METRICS, MAX_RESPONSE_BYTES, MAX_STREAMED_RESPONSE_BYTES, PATH_INIT_ERROR,
-                                     PATH_INIT_REPORT, PATH_NEXT, STREAMING, Delivery)
+                                     PATH_INIT_REPORT, PATH_NEXT, RESULT_METRIC_KEYS, STREAMING, Delivery)
 
 log = logging.getLogger(__name__)
 
 _INVOCATION_PATH = re.compile(rf"^{API_PREFIX}/invocation/([^/]+)/(response|error)$")
 _MAX_LINE = 65536
+
+
+def result_metrics(raw: str | None) -> dict | None:
+    """The runtime's JSON account of an invocation (``H_RESULT_METRICS``): the contract's keys
+    with plain values only (the runtime is the function's code: nothing else is kept)."""
+    try:
+        parsed = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    return {k: v for k, v in parsed.items()
+            if k in RESULT_METRIC_KEYS and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            and (not isinstance(v, str) or len(v) <= 64)}
 
 
 class RuntimeEndpoint(Protocol):
@@ -187,10 +201,12 @@ class _Handler(BaseHTTPRequestHandler):
             error_type = self.headers.get(H_ERROR_TYPE) or "Runtime.Unknown"
         metrics = None
         if error_type is None:
-            try:  # the runtime's device-time measure, for billing (absent: the node bills wall time)
-                metrics = {"device_ms": float(self.headers.get(H_DEVICE_MS, ""))}
+            # the runtime's measures (device time, batch), for billing; absent: the node bills wall time
+            metrics = result_metrics(self.headers.get(H_RESULT_METRICS))
+            try:
+                metrics = {**(metrics or {}), "device_ms": float(self.headers.get(H_DEVICE_MS, ""))}
             except ValueError:
-                metrics = None
+                pass
         if self.endpoint.complete(request_id, body, error_type, metrics=metrics):
             self._reply(202, b'{"status":"OK"}')
         else:
@@ -240,12 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not error_body:
                 error_body = json.dumps({"errorMessage": "the function failed while streaming its response",
                                          "errorType": error_type}).encode()
-        metrics = None
-        try:
-            parsed = json.loads(trailers.get(H_RESULT_METRICS.lower()) or "null")
-            metrics = parsed if isinstance(parsed, dict) else None
-        except ValueError:
-            pass
+        metrics = result_metrics(trailers.get(H_RESULT_METRICS.lower()))
         if self.endpoint.complete(request_id, error_body, error_type, streamed=True, metrics=metrics):
             self._reply(202, b'{"status":"OK"}')
         else:

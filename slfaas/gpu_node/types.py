@@ -21,6 +21,7 @@ class FunctionSpec:
     timeout_s: int
     memory_mb: int
     environment: Mapping[str, str] = field(default_factory=dict)
+    max_batch_size: int = 1     # invocations one instance may hold at once (its runtime batches them)
 
     @property
     def pool_key(self) -> tuple[str, str]:

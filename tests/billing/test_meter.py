@@ -135,3 +135,55 @@ def test_init_ended_by_two_threads_is_accounted_once() -> None:
     m.instance_ready("i", 1002.1, 2.1)            # the invoking thread, a moment later: no KeyError
     rec = m.invocation_finished(facts("r", "i", True, 1002.1, 1002.1, error="Runtime.ExitError"), {})
     assert rec.init_device_s == pytest.approx(2.0)
+
+
+def batched(rid: str, iid: str, dispatch: float, end: float, share_ms: float | None, passes_ms: float,
+            k: int) -> InvocationFacts:
+    f = facts(rid, iid, False, dispatch, end, device_ms=share_ms)
+    metrics = None if share_ms is None else {"device_ms": share_ms, "batch_device_ms": passes_ms, "batch_size": k}
+    return InvocationFacts(**{**f.__dict__, "metrics": metrics, "batch_size": k})
+
+
+def test_a_batch_is_one_activity_and_each_request_is_billed_its_share() -> None:
+    """Three requests in one instance at once, a fourth instance alone beside them for a while:
+    the batch competes as ONE activity (half the device while both run), each request is
+    billed its measured token share scaled by that, and billed + overhead = elapsed."""
+    m = Meter("n1", "cpu", default_prices(), clock=Clock())
+    for rid in ("a", "b", "c"):
+        m.invocation_started(rid, "batch", 1000.0)
+    m.invocation_started("solo", "other", 1000.0)
+    solo = m.invocation_finished(facts("solo", "other", False, 1000.0, 1002.0, device_ms=2000.0), {})
+    assert solo.compute_device_s == pytest.approx(1.0)          # half of 2 s: the batch had the other half
+    # a: the prefill-heavy one, 1.2 s of the 3.6 s of passes; b and c: 0.4 s each; all saw 4 s of wall
+    a = m.invocation_finished(batched("a", "batch", 1000.0, 1004.0, 1200.0, 3600.0, 3), {})
+    b = m.invocation_finished(batched("b", "batch", 1000.0, 1004.0, 400.0, 3600.0, 3), {})
+    assert a.batch_size == b.batch_size == 3 and a.batch_device_s == pytest.approx(3.6)
+    # the batch's window: 1 s (half of 2 s) + 2 s alone = 3 s of 4 s wall
+    assert a.compute_device_s == pytest.approx(1.2 * 3 / 4) and b.compute_device_s == pytest.approx(0.4 * 3 / 4)
+    # c failed: no device measure, billed its even share of the batch's 3 s
+    c = m.invocation_finished(batched("c", "batch", 1000.0, 1004.0, None, 3600.0, 3), {})
+    assert c.compute_device_s == pytest.approx(1.0)
+    snap = m.snapshot(1004.0)
+    assert snap.billed_device_s == pytest.approx(1.0 + 0.9 + 0.3 + 1.0)
+    assert snap.overhead_s["runtime"] == pytest.approx(4.0 - 3.2)  # what the two instances accrued, unbilled
+    assert snap.overhead_s["in_flight"] == pytest.approx(0.0)
+    assert snap.billed_device_s + snap.overhead_total_s == pytest.approx(snap.elapsed_s)
+
+
+def test_a_batch_never_bills_more_than_it_accrued_and_members_come_and_go() -> None:
+    m = Meter("n1", "cpu", default_prices(), clock=Clock())
+    m.invocation_started("a", "i", 1000.0)
+    m.invocation_started("b", "i", 1001.0)                 # joins a running batch
+    # a claims more device time than its wall time: capped at its window (the batch's 2 s)
+    a = m.invocation_finished(batched("a", "i", 1000.0, 1002.0, 2500.0, 2500.0, 2), {})
+    assert a.compute_device_s == pytest.approx(2.0)
+    m.invocation_started("c", "i", 1002.0)
+    # b claims 1.5 s of its 2 s window, but the batch accrued 3 s and a was billed 2 of them
+    b = m.invocation_finished(batched("b", "i", 1001.0, 1003.0, 1500.0, 2000.0, 2), {})
+    assert b.compute_device_s == pytest.approx(1.0)
+    m.invocation_aborted("c", 1003.5)
+    assert m.invocation_finished(batched("c", "i", 1002.0, 1003.5, 500.0, 500.0, 1), {}).compute_device_s == 0.0
+    snap = m.snapshot(1004.0)
+    assert snap.billed_device_s == pytest.approx(3.0)
+    assert snap.overhead_s["runtime"] == pytest.approx(0.5) and snap.overhead_s["in_flight"] == pytest.approx(0.0)
+    assert snap.billed_device_s + snap.overhead_total_s == pytest.approx(snap.elapsed_s)

@@ -14,14 +14,18 @@ def _params(zips: dict[str, str], env: dict[str, str], name: str = "fn") -> dict
 
 
 GOOD = {"SLFAAS_KEEP_ALIVE_POLICY": "histogram", "SLFAAS_KEEP_ALIVE_S": "30.5",
-        "SLFAAS_KEEP_ALIVE_BIN_S": "0.5", "SLFAAS_TTFT_SLO_MS": "250", "MY_VAR": "x"}
+        "SLFAAS_KEEP_ALIVE_BIN_S": "0.5", "SLFAAS_TTFT_SLO_MS": "250", "SLFAAS_MAX_BATCH_SIZE": "4", "MY_VAR": "x"}
 
 
 def test_settings_are_accepted_and_stored(svc, zips) -> None:  # type: ignore[no-untyped-def]
     rec = svc.create_function(_params(zips, GOOD))
     assert rec.environment == GOOD
-    assert parse_function_settings(rec.environment) == FunctionSettings("histogram", 30.5, 0.5, 250)
+    assert parse_function_settings(rec.environment) == FunctionSettings("histogram", 30.5, 0.5, 250, 4)
     assert parse_function_settings({}) == FunctionSettings()
+    # the node gets the batch size as the instances' capacity; unset is one at a time
+    assert svc.spec(rec).max_batch_size == 4
+    plain = svc.create_function(_params(zips, {}, name="plain"))
+    assert svc.spec(plain).max_batch_size == 1
 
 
 @pytest.mark.parametrize(("name", "value", "needle"), [
@@ -36,6 +40,10 @@ def test_settings_are_accepted_and_stored(svc, zips) -> None:  # type: ignore[no
     ("SLFAAS_TTFT_SLO_MS", "0", "an integer from 1 to 600000"),
     ("SLFAAS_TTFT_SLO_MS", "2.5", "an integer"),
     ("SLFAAS_TTFT_SLO_MS", "1" * 400, "an integer"),
+    ("SLFAAS_MAX_BATCH_SIZE", "0", "an integer from 1 to 64"),
+    ("SLFAAS_MAX_BATCH_SIZE", "65", "an integer from 1 to 64"),
+    ("SLFAAS_MAX_BATCH_SIZE", "2.0", "an integer"),
+    ("SLFAAS_MAX_BATCH_SIZE", "four", "an integer"),
 ])
 def test_out_of_range_is_refused_and_nothing_is_created(svc, zips, name, value, needle) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidParameter, match=needle):

@@ -161,6 +161,11 @@ class Instance:
     def inflight(self) -> int:
         return len(self._reserved)
 
+    def undelivered(self) -> int:
+        """Calls handed to this instance that its runtime has not taken yet (queued in it)."""
+        with self._lock:
+            return sum(1 for c in self._calls.values() if c.delivered_ts is None and not c.done.is_set())
+
     def holds(self, request_id: str) -> bool:
         with self._lock:
             return request_id in self._reserved
@@ -195,12 +200,16 @@ class Instance:
     def cancel(self, request_id: str, outcome: Outcome) -> bool:
         """End a request's call now with ``outcome`` (its caller has gone); the runtime may be
         mid-work on it, so the instance is killed: a function must not keep burning the device
-        for nobody. False if the call is not here."""
+        for nobody. Unless it holds other calls (a batch): their callers are still there, and
+        the runtime's late answer for this one is refused. False if the call is not here."""
         with self._lock:
             call = self._calls.get(request_id)
         if call is None or not self._finish(call, outcome):
             return False
-        self.fail_and_kill()
+        with self._lock:
+            others = bool(self._calls)
+        if not others:
+            self.fail_and_kill()
         return True
 
     def log_synced(self, request_id: str) -> None:
@@ -278,6 +287,7 @@ class Instance:
         while True:
             call = self._queue.get()
             if call is None:
+                self._queue.put(None)   # a batching runtime waits on /next from several threads: wake them all
                 return None
             with self._lock:
                 if call.done.is_set():  # timed out or cancelled before delivery

@@ -44,5 +44,6 @@ def runtime_env(function: FunctionSpec, instance_id: str, socket_path: Path, dev
         rc.ENV_CODE_DIR: str(function.code_dir),
         rc.ENV_DEVICE: device,
         rc.ENV_NODE_PID: str(os.getpid()),
+        rc.ENV_MAX_BATCH_SIZE: str(max(1, function.max_batch_size)),
     })
     return env
