@@ -33,7 +33,7 @@ from gpu_node import GEN_TOKENS, REF_SCRIPT, make_adapters, make_checkpoint, mak
 from slfaas.client import api, lambda_client, zip_adapter
 from slfaas.testing.serverproc import ServerProcess
 
-COMMON = ("--device", "cuda", "--keep-alive-s", "3600", "--init-timeout-s", "480", "--verify-interval-s", "0",
+COMMON = ("--keep-alive-s", "3600", "--init-timeout-s", "480", "--verify-interval-s", "0",
           "--max-instances", "96", "--slot-modules", "q_proj,v_proj", "--slot-rank", "16")
 NOTHING_PREWARMED = ("--prewarm-min", "0", "--prewarm-budget-mb", "0")
 
@@ -84,7 +84,7 @@ def _usage(url: str) -> dict[str, dict]:
 
 def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[no-untyped-def]
     n_seq, n_burst = args.sequential, args.burst
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="slfaas-prewarm-")), *COMMON,
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="slfaas-prewarm-")), "--device", args.device, *COMMON,
                            "--prewarm-min", str(n_burst), "--prewarm-budget-mb", "200000")
     res: dict = {}
     try:
@@ -100,15 +100,21 @@ def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[n
         cold = []
         for k, name in enumerate(seq):
             c = _stream(client, name, event)
+            if c["ttft_ms"] is None or c["error"]:
+                log_text = api(server.url, "GET", f"/slfaas/v1/functions/{name}/logs")
+                (out / f"{name}.log").write_text(str(log_text))
+                say(f"{name} failed: {c['error']}; its log:\n{str(log_text)[-6000:]}")
+                raise RuntimeError(f"{name}: {c['error']}")
             warm = [json.loads(client.invoke(FunctionName=name, Payload=warm_event)["Payload"].read())
                     for _ in range(3)]
             recs = _records(server.url, name)
             c.update(runtime_ttft_ms=recs[0]["ttft_ms"], warm_runtime_ttft_ms=[r["ttft_ms"] for r in recs[1:]],
-                     cold_request=recs[0]["request_id"], warm_tokens=warm[0]["tokens"],
-                     greedy_equal=warm[0]["tokens"] == ref[k]["tokens"], streamed_text_equal=c["text"] == ref[k]["text"])
+                     cold_request=recs[0]["request_id"], warm_tokens=warm[0]["tokens"])
+            if ref:
+                c.update(greedy_equal=warm[0]["tokens"] == ref[k]["tokens"], streamed_text_equal=c["text"] == ref[k]["text"])
             cold.append(c)
             say(f"{name}: first token {c['ttft_ms']:.0f} ms (runtime {c['runtime_ttft_ms']:.0f} ms, warm "
-                f"{statistics.median(c['warm_runtime_ttft_ms']):.0f} ms), greedy equal {c['greedy_equal']}")
+                f"{statistics.median(c['warm_runtime_ttft_ms']):.0f} ms), greedy equal {c.get('greedy_equal')}")
         usage = _usage(server.url)
         node = api(server.url, "GET", "/slfaas/v1/node")
         facts = {i["function_name"]: i["init_report"] for i in node["Instances"]}
@@ -123,7 +129,8 @@ def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[n
         res["sequential"] = {"cold": cold, "ttft_ms_median": statistics.median(ttfts), "ttft_ms_max": max(ttfts),
                              "first_vs_warm_runtime_ttft_ratio_max": max(ratios),
                              "specialise_ms": [round(1000 * (c["specialise_s"] or 0), 2) for c in cold],
-                             "greedy_equal": all(c["greedy_equal"] for c in cold), "tiers": node["Tiers"]}
+                             "greedy_equal": all(c.get("greedy_equal") for c in cold) if ref else None,
+                             "tiers": node["Tiers"]}
         res["refill_s"] = _wait_ready(server.url, n_burst)
         with ThreadPoolExecutor(n_burst) as pool:
             got = list(pool.map(lambda name: _stream(client, name, event), burst))
@@ -142,7 +149,8 @@ def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[n
 
 
 def compare_phase(args, adapters, prompt, flags: tuple[str, ...], pool: int, label: str, out) -> dict:  # type: ignore[no-untyped-def]
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix=f"slfaas-{label}-")), *COMMON, *NOTHING_PREWARMED, *flags)
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix=f"slfaas-{label}-")), "--device", args.device, *COMMON,
+                           *NOTHING_PREWARMED, *flags)
     try:
         client = lambda_client(server.url)
         names = [f"{label}-{k}" for k in range(args.compare)]
@@ -176,6 +184,8 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=16)
     ap.add_argument("--compare", type=int, default=2, help="cold starts on the imports-only pool and fresh servers")
     ap.add_argument("--phases", default="prewarmed,pool,fresh")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model (a CPU smoke test of this bench)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,18 +196,26 @@ def main() -> int:
     def save() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
-    base = make_checkpoint(work)
-    adapters = make_adapters(work, base, args.sequential + args.burst)
-    prompt = make_prompt(base)
+    if args.tiny:
+        from slfaas.testing.tinymodels import make_base_model
+        base = make_base_model(work / "tiny-base") if not (work / "tiny-base" / "config.json").is_file() \
+            else work / "tiny-base"
+        prompt = "the quick brown fox jumps over the lazy dog " * 8
+    else:
+        base = make_checkpoint(work)
+        prompt = make_prompt(base)
+    adapters = make_adapters(work / ("tiny" if args.tiny else "."), base, args.sequential + args.burst)
     (work / "prompt.txt").write_text(prompt)
-    say("reference greedy outputs (in-process PEFT) ...")
-    ref_proc = subprocess.Popen([sys.executable, "-c", REF_SCRIPT, str(base), str(work / "prompt.txt"),
-                                 *map(str, adapters[: args.sequential])], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-    ref_doc = json.loads(ref_proc.stdout.readline())
-    ref_proc.stdin.close()
-    ref_proc.wait(120)
-    ref = [ref_doc["adapters"][str(a)] for a in adapters[: args.sequential]]
+    ref = None
+    if not args.tiny:
+        say("reference greedy outputs (in-process PEFT) ...")
+        ref_proc = subprocess.Popen([sys.executable, "-c", REF_SCRIPT, str(base), str(work / "prompt.txt"),
+                                     *map(str, adapters[: args.sequential])], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+        ref_doc = json.loads(ref_proc.stdout.readline())
+        ref_proc.stdin.close()
+        ref_proc.wait(120)
+        ref = [ref_doc["adapters"][str(a)] for a in adapters[: args.sequential]]
     if "prewarmed" in phases:
         results["prewarmed"] = prewarmed_phase(args, adapters, prompt, ref, out)
         save()
