@@ -45,7 +45,7 @@ def make_checkpoint(root: Path) -> Path:
 
     from slfaas.testing.tinymodels import make_tokenizer
 
-    out = root / "llama-7b-random"
+    out = root / "llama-7b-random-v2"
     if (out / "model.safetensors").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +71,10 @@ def make_checkpoint(root: Path) -> Path:
         else:
             std = 1.0 / (shape[1] ** 0.5)
             tensors[name] = (torch.randn(shape, generator=g, device="cuda", dtype=torch.float16) * std).cpu()
+    # Only the tokenizer's 512 ids can win: generated tokens then decode to text (streamed chunks
+    # exist), and EOS (id 1) never wins, so every request generates its max_tokens.
+    tensors["lm_head.weight"][512:] = 0
+    tensors["lm_head.weight"][1] = 0
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 
