@@ -45,7 +45,7 @@ def make_checkpoint(root: Path) -> Path:
 
     from slfaas.testing.tinymodels import make_tokenizer
 
-    out = root / "llama-7b-random-v2"
+    out = root / "llama-7b-random-v3"
     if (out / "model.safetensors").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -71,10 +71,15 @@ def make_checkpoint(root: Path) -> Path:
         else:
             std = 1.0 / (shape[1] ** 0.5)
             tensors[name] = (torch.randn(shape, generator=g, device="cuda", dtype=torch.float16) * std).cpu()
-    # Only the tokenizer's 512 ids can win: generated tokens then decode to text (streamed chunks
-    # exist), and EOS (id 1) never wins, so every request generates its max_tokens.
-    tensors["lm_head.weight"][512:] = 0
-    tensors["lm_head.weight"][1] = 0
+    # Only tokenizer ids that decode to printable text by themselves can win: every generated
+    # token is then streamed text, and EOS never wins, so every request runs to its max_tokens.
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(out))
+    keep = torch.zeros(v, dtype=torch.bool)
+    for i in range(min(v, len(tok))):
+        piece = tok.decode([i])
+        keep[i] = i != tok.eos_token_id and bool(piece.strip()) and piece.isascii() and piece.isprintable()
+    tensors["lm_head.weight"][~keep] = 0
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 

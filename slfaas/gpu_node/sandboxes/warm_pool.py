@@ -26,6 +26,7 @@ import select
 import shutil
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from slfaas.runtime_contract import (ENV_ADAPTER_FD, ENV_BACKBONE_FD, ENV_BACKBO
 log = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 600.0
+REFILL_QUIET_S = 5.0
 
 
 @dataclass
@@ -81,6 +83,11 @@ class WarmPool:
         self._closed = threading.Event()
         self._failures = 0                   # in a row: back off instead of re-importing in a loop
         self._starting = 0                   # launches under way that are not slots yet
+        self._last_take = 0.0                # monotonic time of the last runtime taken
+        # Starting a runtime competes with cold starts for the GPU and the driver (context,
+        # mappings, warm-up): replacements wait until takes have been quiet for this long,
+        # unless no ready runtime is left at all.
+        self.refill_quiet_s = REFILL_QUIET_S
         # Starting a runtime is seconds of CPU (imports, a pre-warmed one's warm-up): a few at a
         # time where there are cores for it, one at a time on a small machine.
         self._starter = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 4),
@@ -95,10 +102,14 @@ class WarmPool:
                 self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
             with self._lock:
                 missing = self.size - len(self._slots) - self._starting
+                ready = sum(1 for s in self._slots if s.ready.is_set() and not s.claimed)
+                busy = time.monotonic() - self._last_take < self.refill_quiet_s and ready > 0
+                if busy:
+                    missing = 0
                 self._starting += max(0, missing)
             for _ in range(max(0, missing)):
                 self._starter.submit(self._start_one)
-            self._wake.wait(1.0)
+            self._wake.wait(0.5 if busy else 1.0)
             self._wake.clear()
 
     def _start_one(self) -> None:
@@ -210,6 +221,7 @@ class WarmPool:
             if slot is None:
                 return None
             slot.claimed = True
+            self._last_take = time.monotonic()
         slot.ready.wait(_READY_TIMEOUT_S)
         with self._lock:
             if slot in self._slots:
