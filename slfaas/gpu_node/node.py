@@ -26,7 +26,7 @@ from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.sandboxes.base import SandboxFactory
 from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
-                                   LogChunk, NodeInfo)
+                                   LogChunk, NodeInfo, NodeSummary)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,21 @@ class Node:
         pool = self.sandboxes.pool
         return NodeInfo(self.node_id, self.config.device, self.sandboxes.name, self.config.max_instances,
                         pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu)
+
+    def summary(self) -> NodeSummary:
+        """What a NodeSet's placement needs of this node: a few numbers, no instance details."""
+        snap = self.table.snapshot(time.time(), self.config.max_instances, self.ledger.gpu_view())
+        warm: dict[tuple[str, str], int] = {}
+        for v in snap.instances:
+            if v.has_room:
+                warm[v.pool_key] = warm.get(v.pool_key, 0) + 1
+        loaded = self.backbones.loaded()
+        load_s = sum(b.load_s for b in loaded)
+        return NodeSummary(self.node_id, self.config.device, warm, {b.model_path: b.size_bytes for b in loaded},
+                           sum(1 for v in snap.instances if v.alive),
+                           sum(1 for v in snap.instances if v.state == "IDLE"), self.config.max_instances,
+                           sum(b.size_bytes for b in loaded) / load_s if load_s > 0 else 0.0,
+                           snap.gpu.free_mb if snap.gpu else None, snap.gpu.instance_mb if snap.gpu else 0.0)
 
     def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
              since_ts: float | None = None) -> LogChunk:
