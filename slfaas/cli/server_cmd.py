@@ -1,4 +1,5 @@
-"""``slfaas server``: the control plane and one local node agent in one process."""
+"""``slfaas server``: the control plane and its nodes: one local node agent in the same process
+(the default), one per device (``--devices``), or agents on a Ray cluster (``--cluster``)."""
 from __future__ import annotations
 
 import logging
@@ -16,9 +17,19 @@ DEFAULT_DATA_DIR = Path("~/.slfaas").expanduser()
 
 
 def node_summary(server: Any) -> str:
-    """What the start line says about the node (the one place the CLI reads node internals)."""
+    """What the start line says about the nodes (the one place the CLI reads node internals)."""
     info = server.node.describe()
+    if len(info.nodes) > 1:
+        return f"sandbox {info.sandbox}, {len(info.nodes)} nodes on {info.device}"
     return f"sandbox {info.sandbox}, device {info.device}"
+
+
+def _devices(devices: str | None, device: str) -> tuple[str, ...]:
+    if devices is None:
+        return ()
+    if device != "auto":
+        raise CliError("give --device or --devices, not both")
+    return tuple(d.strip() for d in devices.split(","))
 
 
 def _warm_pool(warm_pool: int, docker_warm_pool: int | None) -> int:
@@ -46,7 +57,9 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
     "slfaas server --port 0 --data-dir /tmp/sl       # any free port (the URL is printed)",
     "slfaas server --sandbox docker --warm-pool 2    # a container per instance, 2 pre-started",
     "slfaas server --host 0.0.0.0 --auth sigv4 --credentials creds.ini",
-    "slfaas server --device cuda:0 --prices prices.toml"))
+    "slfaas server --device cuda:0 --prices prices.toml",
+    "slfaas server --devices cuda:0,cuda:1            # one node per GPU, one endpoint",
+    "slfaas server --cluster ray --ray-resource slfaas_node   # agents on a Ray cluster (docs/CLUSTER.md)"))
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--port", type=int, default=9000, show_default=True, help="port to bind, 0 for any free port")
 @click.option("--data-dir", default=str(DEFAULT_DATA_DIR), show_default=True, help="registry, code and logs")
@@ -62,6 +75,16 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--docker-warm-pool", type=int, default=None, metavar="N", help="deprecated alias of --warm-pool")
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N, or auto = first GPU if present")
+@click.option("--devices", metavar="DEV,DEV",
+              help="one node per device in this process, behind one endpoint (cuda:0,cuda:1; cpu,cpu for tests)")
+@click.option("--cluster", metavar="ray[://HOST:PORT]",
+              help="node agents as Ray actors, one per GPU of each Ray node (one per node on CPU): 'ray' joins the "
+                   "cluster of this host (RAY_ADDRESS or `ray start`), ray://HOST:PORT a Ray Client address; needs "
+                   "pip install 'slfaas[ray]'")
+@click.option("--ray-resource", metavar="NAME",
+              help="with --cluster: only Ray nodes that advertise this custom resource get node agents")
+@click.option("--node-data-dir", metavar="DIR",
+              help="with --cluster: where node agents keep code and logs, on their hosts (default DATA_DIR/nodes)")
 @click.option("--verify-interval-s", type=float, default=None,
               help="backbone integrity check period (default: 60 on CUDA; CPU backbones are sealed)")
 @click.option("--instance-gpu-mb", type=int, default=1536, show_default=True,
@@ -92,14 +115,16 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def server(host: str, port: int, data_dir: str, database_url: str | None, sandbox: str, docker_image: str | None,
-           warm_pool: int, docker_warm_pool: int | None, device: str, verify_interval_s: float | None,
+           warm_pool: int, docker_warm_pool: int | None, device: str, devices: str | None, cluster: str | None,
+           ray_resource: str | None, node_data_dir: str | None, verify_interval_s: float | None,
            instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            s3_endpoint_url: str | None, auth: str, credentials: str | None, auth_max_skew_s: float,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
-    """Run the API and a local node agent.
+    """Run the API and its node agents.
 
     The Lambda-compatible API, slfaas's own endpoints and one local node agent, in one
-    process; Ctrl-C stops it."""
+    process (or one per --devices entry, or agents on a Ray cluster with --cluster); Ctrl-C
+    stops it."""
     from slfaas.faas.server import ServerConfig, SlfaasServer
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
@@ -112,7 +137,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             warm_pool=_warm_pool(warm_pool, docker_warm_pool), s3_endpoint_url=s3_endpoint_url, auth=auth,
             credentials_file=Path(credentials) if credentials else None, insecure=insecure,
             auth_max_skew_s=auth_max_skew_s, prices_file=Path(prices) if prices else None,
-            insecure_sandbox=insecure_sandbox))
+            insecure_sandbox=insecure_sandbox, devices=_devices(devices, device), cluster=cluster,
+            ray_resource=ray_resource, node_data_dir=Path(node_data_dir) if node_data_dir else None))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

@@ -1,0 +1,129 @@
+"""The server's nodes, from its settings: one node in this process (the default), one per
+device (``--devices cuda:0,cuda:1``), or one agent per GPU of a Ray cluster (``--cluster ray``),
+always behind one ``NodeSet`` so the control plane talks to one ``NodeApi``."""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from slfaas.billing.prices import PriceSheet
+from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.gpu_node.builder import SandboxSettings, build_node
+from slfaas.gpu_node.cluster.handle import LocalNode
+from slfaas.gpu_node.cluster.nodeset import NodeSet
+from slfaas.gpu_node.config import NodeConfig
+from slfaas.gpu_node.types import IntegrityEvent
+
+if TYPE_CHECKING:
+    from slfaas.faas.server import ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda``/``cuda:N``, or ``auto`` (the first GPU if torch sees one, else CPU)."""
+    if device == "cpu":
+        return "cpu"
+    if device == "auto" and (os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not glob.glob("/dev/nvidia[0-9]*")):
+        return "cpu"  # no GPU device node: skip importing torch into the control plane
+    if device != "auto" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+        count = torch.cuda.device_count() if has_cuda else 0
+    except ImportError:
+        has_cuda, count = False, 0
+    if device == "auto":
+        return "cuda:0" if has_cuda else "cpu"
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if not has_cuda or index >= count:
+        raise ValueError(f"--device {device}: no such CUDA device (torch sees {count})")
+    return f"cuda:{index}"
+
+
+def resolve_devices(devices: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Each of ``--devices`` resolved; a GPU twice is refused (two nodes would each count its
+    memory as theirs), ``cpu`` may repeat (several CPU nodes: tests, demos)."""
+    resolved = tuple(resolve_device(d.strip()) for d in devices)
+    if not resolved or any(not d.strip() for d in devices):
+        raise ValueError("--devices needs a comma-separated list such as cuda:0,cuda:1 (or cpu,cpu)")
+    if "auto" in (d.strip() for d in devices):
+        raise ValueError("--devices lists devices (cpu, cuda:N), not auto")
+    gpus = [d for d in resolved if d != "cpu"]
+    if len(gpus) != len(set(gpus)):
+        raise ValueError(f"--devices names a GPU twice: {','.join(resolved)}")
+    return resolved
+
+
+@dataclass
+class ServerNodes:
+    nodes: NodeSet
+    ray: Any = None             # slfaas.gpu_node.ray.nodes.RayNodes with --cluster
+
+    def close(self) -> None:
+        self.nodes.shutdown()
+        if self.ray is not None:
+            self.ray.close()
+
+
+def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
+                on_usage: Callable[[UsageRecord], None], on_node_usage: Callable[[NodeUsage], None],
+                on_integrity: Callable[[IntegrityEvent], None]) -> ServerNodes:
+    sandbox = SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
+                              config.insecure_sandbox)
+    if config.cluster:
+        if config.devices:
+            raise ValueError("--devices and --cluster do not go together: a Ray cluster's agents take one GPU each")
+        return _ray_nodes(config, data_dir, prices, sandbox, on_usage, on_node_usage, on_integrity)
+    devices = resolve_devices(config.devices) if config.devices else (resolve_device(config.device),)
+    nodes = NodeSet()
+    try:
+        for index, device in enumerate(devices):
+            verify_s = config.verify_interval_s
+            if verify_s is None:
+                verify_s = 60.0 if device.startswith("cuda") else 0.0
+            node_dir = data_dir if index == 0 else data_dir / "nodes" / str(index)   # the first: where one node kept its logs
+            built = build_node(
+                NodeConfig(data_dir=node_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
+                           init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
+                           instance_gpu_mb=config.instance_gpu_mb),
+                sandbox, prices=prices, on_usage=on_usage, on_node_usage=on_node_usage, on_integrity=on_integrity)
+            nodes.add(LocalNode(built.node, built.meter))
+    except BaseException:
+        nodes.shutdown()
+        raise
+    return ServerNodes(nodes)
+
+
+def _ray_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet, sandbox: SandboxSettings,
+               on_usage: Callable[[UsageRecord], None], on_node_usage: Callable[[NodeUsage], None],
+               on_integrity: Callable[[IntegrityEvent], None]) -> ServerNodes:
+    try:
+        from slfaas.gpu_node.ray.nodes import RayClusterSettings, RayNodes, ray_address
+        from slfaas.gpu_node.ray.client import NodeSinks
+    except ImportError as exc:
+        raise ValueError(f"--cluster {config.cluster} needs Ray ({exc}): pip install 'slfaas[ray]'") from None
+    device = config.device if config.device in ("cpu", "auto") else "cuda"
+    settings = RayClusterSettings(
+        address=ray_address(str(config.cluster)), node_data_dir=Path(config.node_data_dir or data_dir / "nodes"),
+        sandbox=sandbox, prices=prices, device=device, resource=config.ray_resource,
+        keep_alive_s=config.keep_alive_s, max_instances=config.max_instances, init_timeout_s=config.init_timeout_s,
+        verify_interval_s=config.verify_interval_s, instance_gpu_mb=config.instance_gpu_mb)
+    code_root = data_dir / "code"
+    nodes = NodeSet()
+    ray_nodes = RayNodes(settings, nodes, lambda digest: (code_root / f"{digest}.zip").read_bytes(),
+                         NodeSinks(on_usage, on_node_usage, on_integrity))
+    try:
+        count = ray_nodes.start()
+    except BaseException:
+        nodes.shutdown()
+        ray_nodes.close()
+        raise
+    log.info("%d node agent(s) started on the Ray cluster", count)
+    return ServerNodes(nodes, ray_nodes)
