@@ -50,15 +50,15 @@ def resolve_device(device: str) -> str:
 def resolve_devices(devices: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Each of ``--devices`` resolved; a GPU twice is refused (two nodes would each count its
     memory as theirs), ``cpu`` may repeat (several CPU nodes: tests, demos)."""
-    resolved = tuple(resolve_device(d.strip()) for d in devices)
-    if not resolved or any(not d.strip() for d in devices):
+    names = [d.strip() for d in devices]
+    if not names or any(not d for d in names):
         raise ValueError("--devices needs a comma-separated list such as cuda:0,cuda:1 (or cpu,cpu)")
-    if "auto" in (d.strip() for d in devices):
+    if "auto" in names:
         raise ValueError("--devices lists devices (cpu, cuda:N), not auto")
-    gpus = [d for d in resolved if d != "cpu"]
+    gpus = ["cuda:0" if d == "cuda" else d for d in names if d != "cpu"]
     if len(gpus) != len(set(gpus)):
-        raise ValueError(f"--devices names a GPU twice: {','.join(resolved)}")
-    return resolved
+        raise ValueError(f"--devices names a GPU twice: {','.join(names)}")
+    return tuple(resolve_device(d) for d in names)
 
 
 @dataclass

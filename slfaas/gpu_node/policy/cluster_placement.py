@@ -3,7 +3,8 @@
 Preference, in order: a node with a warm instance of the function's revision that has room; a
 node whose adapter tier holds the function's adapter; a node holding its backbone; then the
 node whose estimated cold start (the backbone and adapter loaded at that node's measured
-bandwidth, plus its queue) is least. Only nodes that can hold one more instance are ranked:
+bandwidth, plus its queue) is least, and among equals the one with fewer requests running, then
+fewer instances (so cold starts spread over nodes). Only nodes that can hold one more instance are ranked:
 an instance slot (or an idle instance to evict) and, on a GPU, the device memory for the
 instance and a backbone it does not hold yet. Ties go to the node that joined first, so the
 same snapshot always gives the same answer.
@@ -101,7 +102,7 @@ def rank(nodes: tuple[NodeView, ...] | list[NodeView], want: Want) -> tuple[Rank
     out: list[tuple[tuple, Ranked]] = []
     for node in nodes:
         if node.warm_free.get(want.pool_key, 0) > 0:
-            out.append(((WARM, False, 0.0, node.inflight, node.order, node.node_id),
+            out.append(((WARM, False, 0.0, node.inflight, 0, node.order, node.node_id),
                         Ranked(node.node_id, WARM, False, 0.0)))
             continue
         room = _room(node, want)
@@ -114,7 +115,7 @@ def rank(nodes: tuple[NodeView, ...] | list[NodeView], want: Want) -> tuple[Rank
         else:
             preference = COLD
         cold_s = estimate_cold_start_s(node, want)
-        out.append(((preference, not room, cold_s, node.inflight, node.order, node.node_id),
+        out.append(((preference, not room, cold_s, node.inflight, node.live_instances, node.order, node.node_id),
                     Ranked(node.node_id, preference, not room, cold_s)))
     out.sort(key=lambda pair: pair[0])
     return tuple(r for _key, r in out)

@@ -100,6 +100,12 @@ def test_warm_nodes_are_ranked_by_inflight_then_join_order() -> None:
     assert ids([a, b, c]) == ["b", "c", "a"]
 
 
+def test_among_equals_new_instances_go_where_fewer_run() -> None:
+    crowded = node("crowded", 0, backbones=frozenset({BASE}), live_instances=3, idle_instances=3)
+    sparse = node("sparse", 1, backbones=frozenset({BASE}), live_instances=1, idle_instances=1)
+    assert ids([crowded, sparse]) == ["sparse", "crowded"]
+
+
 def test_ties_go_to_the_node_that_joined_first_whatever_the_input_order() -> None:
     twins = [node(f"n{i}", order=i, backbones=frozenset({BASE})) for i in range(4)]
     assert ids(twins) == ["n0", "n1", "n2", "n3"]
