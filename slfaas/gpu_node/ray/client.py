@@ -153,7 +153,9 @@ class RayNodeClient:
         return self._usage
 
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
-        return self._call("prepare", function, timeout_s=None)
+        info = self._call("prepare", function, timeout_s=None)
+        self._summary = self._call("summary")   # placement sees the backbone now, not at the next poll
+        return info
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         self._ship(request.function)

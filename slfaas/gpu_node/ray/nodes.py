@@ -4,7 +4,8 @@ join later.
 
 An agent is pinned to its Ray node (``NodeAffinitySchedulingStrategy``), reserves no CPU (its
 instances are processes of their own) and, on a GPU node, one GPU (Ray then shows it that GPU
-alone, as ``cuda:0``). With ``resource`` set, only Ray nodes that advertise that custom
+alone, as ``cuda:0``). Agents are named ``slfaas-node-<Ray node id>-<index>`` in the ``slfaas``
+namespace. With ``resource`` set, only Ray nodes that advertise that custom
 resource get agents (e.g. keep the head node for the control plane). An agent that dies is
 not started again on the same Ray node: the node is lost until it rejoins the cluster (a Ray
 node that restarts has a new id and gets a new agent).
@@ -40,6 +41,11 @@ def ray_address(cluster: str) -> str:
     if cluster.startswith("ray://") and len(cluster) > len("ray://"):
         return cluster
     raise ValueError(f"--cluster must be ray or ray://HOST:PORT, got {cluster!r}")
+
+
+def agent_name(ray_node_id: str, index: int) -> str:
+    """The actor's name in the ``slfaas`` namespace (``ray.get_actor`` finds it: operators, tests)."""
+    return f"slfaas-node-{ray_node_id}-{index}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ class RayNodes:
                                 init_timeout_s=s.init_timeout_s, device=device, verify_interval_s=verify_s,
                                 instance_gpu_mb=s.instance_gpu_mb)
             actor = ray.remote(NodeAgent).options(
-                num_cpus=0, max_concurrency=MAX_CONCURRENT_CALLS,
+                name=agent_name(ray_node_id, index), num_cpus=0, max_concurrency=MAX_CONCURRENT_CALLS,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(ray_node_id, soft=False), **options,
             ).remote(config, s.sandbox, s.prices, ray_node_id)
             try:
