@@ -13,6 +13,7 @@ verify, cancel, log deletion and shutdown go to every live node; logs are merged
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -252,8 +253,7 @@ class NodeSet:
             except BaseException:
                 self._end(m, request.request_id)
                 raise
-            return _TrackedStream(inner, lambda result, error, m=m: self._stream_ended(m, request, start_ts,
-                                                                                       result, error))
+            return _TrackedStream(inner, functools.partial(self._stream_ended, m, request, start_ts))
         raise self._no_room(refusal)
 
     def _stream_ended(self, member: _Member, request: InvocationRequest, start_ts: float,
