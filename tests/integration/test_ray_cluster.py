@@ -94,12 +94,24 @@ def test_agents_on_a_ray_cluster_spread_survive_a_lost_node_and_use_a_new_one(  
     on_a = [n for n in NAMES if where[n] == node_a]
     on_b = [n for n in NAMES if where[n] == node_b]
 
-    # a burst on the warm instances: one Event to a function on node a, the rest synchronous
-    event_fn = on_a[0]
+    # streaming crosses Ray as chunks, then the end
+    stream = c.invoke_with_response_stream(FunctionName=on_b[0], Payload=json.dumps(EVENT))
+    events = list(stream["EventStream"])
+    assert b"".join(e["PayloadChunk"]["Payload"] for e in events if "PayloadChunk" in e)
+    assert events[-1] == {"InvokeComplete": {}}
+
+    # a burst on the warm instances: on node a one Event, one stream and one plain invoke
+    event_fn, stream_fn = on_a[0], on_a[1]
     statuses: dict[str, int] = {}
     outcomes: dict[str, tuple[str, str | None]] = {}
 
     def call(name: str) -> None:
+        if name == stream_fn:
+            resp = c.invoke_with_response_stream(FunctionName=name, Payload=json.dumps({"sleep": 30}))
+            end = [e for e in resp["EventStream"] if "InvokeComplete" in e][-1]["InvokeComplete"]
+            statuses[name] = resp["StatusCode"]
+            outcomes[name] = (resp["ResponseMetadata"]["RequestId"], end.get("ErrorCode"))
+            return
         resp = c.invoke(FunctionName=name, Payload=json.dumps({"sleep": 30}))
         statuses[name] = resp["StatusCode"]
         outcomes[name] = (resp["ResponseMetadata"]["RequestId"], resp.get("FunctionError"))
@@ -121,7 +133,7 @@ def test_agents_on_a_ray_cluster_spread_survive_a_lost_node_and_use_a_new_one(  
         if name == event_fn:
             continue
         rid, error = outcomes[name]
-        assert error == "Unhandled", name
+        assert error == ("Runtime.NodeLost" if name == stream_fn else "Unhandled"), name
         rec = invocation_record(server, rid)
         assert rec["status"] == "function_error" and rec["error_type"] == "Runtime.NodeLost"
         assert node_a in rec["error_message"] and rec["end_ts"] < killed_ts + 25   # not the 30 s sleep
