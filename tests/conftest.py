@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real checkpoints made once per session, and live servers."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -153,9 +154,10 @@ def postgres():  # type: ignore[no-untyped-def]
     from slfaas.testing.postgres import PostgresServer, PostgresUnavailable
 
     try:
-        import psycopg  # noqa: F401  (the driver of --database-url postgresql+psycopg://)
+        if importlib.util.find_spec("psycopg") is None:   # the driver of --database-url postgresql+psycopg://
+            raise PostgresUnavailable("the psycopg driver is not installed")
         server = PostgresServer().start()
-    except (ImportError, PostgresUnavailable) as exc:
+    except PostgresUnavailable as exc:
         if IN_CI:
             pytest.fail(f"PostgreSQL must run in CI (make postgres-setup installs it): {exc}")
         pytest.skip(f"no PostgreSQL here: {exc} (as root, `make postgres-setup` installs it; "

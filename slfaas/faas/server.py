@@ -17,7 +17,7 @@ from slfaas.faas import auth
 from slfaas.faas.api import create_app
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
-from slfaas.faas.node_setup import build_nodes, resolve_device  # noqa: F401  (resolve_device: a public name here)
+from slfaas.faas.node_setup import build_nodes
 
 log = logging.getLogger(__name__)
 

@@ -14,27 +14,26 @@ verify, cancel, log deletion and shutdown go to every live node; logs are merged
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 from slfaas.billing.records import NodeUsage
 from slfaas.errors import NodeError, TooManyRequests
 from slfaas.gpu_node.api import NodeStream
 from slfaas.gpu_node.cluster.handle import NodeHandle, NodeLost
 from slfaas.gpu_node.cluster.logs_merge import merge, unpack_offsets
+from slfaas.gpu_node.cluster.outcomes import NODE_LOST, FinishedStream, TrackedStream, lost_result
 from slfaas.gpu_node.policy.cluster_placement import NodeView, Want, rank
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
                                    LogChunk, NodeInfo)
 
 log = logging.getLogger(__name__)
 
-NODE_LOST = "Runtime.NodeLost"
 EWMA_WEIGHT = 0.2       # of the newest invocation in a node's mean duration (its queue estimate)
 T = TypeVar("T")
 
@@ -53,16 +52,6 @@ class _Member:
         return self.handle.node_id
 
 
-def lost_result(request: InvocationRequest, node_id: str, why: str, start_ts: float) -> InvocationResult:
-    """How an invocation ends whose node died under it: a function error, as AWS reports a
-    sandbox that crashed (the caller gets a 200 with X-Amz-Function-Error)."""
-    now = time.time()
-    payload = json.dumps({"errorType": NODE_LOST, "errorMessage": f"The node running the invocation ({node_id}) "
-                          f"was lost before it finished: {why}", "stackTrace": []}).encode()
-    return InvocationResult(request.request_id, payload, "Unhandled", NODE_LOST, "", False, start_ts, now, None, 0.0,
-                            (now - start_ts) * 1000)
-
-
 class NodeSet:
     def __init__(self, handles: list[NodeHandle] | tuple[NodeHandle, ...] = (), set_id: str | None = None,
                  on_lost: Callable[[str, str], None] | None = None):
@@ -70,6 +59,7 @@ class NodeSet:
         self.set_id = set_id or f"nodes-{uuid.uuid4().hex[:8]}"
         self.on_lost = on_lost
         self._lock = threading.Lock()
+        self._placing = threading.Lock()      # one placement at a time: see _candidates
         self._members: list[_Member] = []
         self._backbone_bytes: dict[str, int] = {}
         self._prepared: dict[str, FunctionSpec] = {}     # model path → a spec that loads it (for joiners)
@@ -166,10 +156,16 @@ class NodeSet:
                                     s.free_mb, s.instance_mb, dict(s.adapter_tiers), dict(s.tier_bytes_per_s))))
         return out
 
-    def _candidates(self, function: FunctionSpec) -> list[_Member]:
-        views = self._views()
-        by_id = {m.node_id: m for m, _v in views}
-        return [by_id[r.node_id] for r in rank([v for _m, v in views], self._want(function))]
+    def _candidates(self, request: InvocationRequest) -> list[_Member]:
+        """The nodes to try, best first; the first already counts the request as running there
+        (ranking and counting are one step, so a burst placed at once spreads)."""
+        with self._placing:
+            views = self._views()
+            by_id = {m.node_id: m for m, _v in views}
+            order = [by_id[r.node_id] for r in rank([v for _m, v in views], self._want(request.function))]
+            if order:
+                self._begin(order[0], request)
+        return order
 
     def _begin(self, member: _Member, request: InvocationRequest) -> None:
         with self._lock:
@@ -219,8 +215,9 @@ class NodeSet:
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         start_ts = time.time()
         refusal: TooManyRequests | None = None
-        for m in self._candidates(request.function):
-            self._begin(m, request)
+        for k, m in enumerate(self._candidates(request)):
+            if k:
+                self._begin(m, request)
             result = None
             try:
                 result = m.handle.invoke(request)
@@ -238,8 +235,9 @@ class NodeSet:
     def invoke_stream(self, request: InvocationRequest) -> NodeStream:
         start_ts = time.time()
         refusal: TooManyRequests | None = None
-        for m in self._candidates(request.function):
-            self._begin(m, request)
+        for k, m in enumerate(self._candidates(request)):
+            if k:
+                self._begin(m, request)
             try:
                 inner = m.handle.invoke_stream(request)
             except TooManyRequests as exc:
@@ -249,11 +247,11 @@ class NodeSet:
             except NodeLost as exc:
                 self.mark_lost(m.node_id, exc.why)
                 self._end(m, request.request_id)
-                return _Finished(lost_result(request, m.node_id, exc.why, start_ts))
+                return FinishedStream(lost_result(request, m.node_id, exc.why, start_ts))
             except BaseException:
                 self._end(m, request.request_id)
                 raise
-            return _TrackedStream(inner, functools.partial(self._stream_ended, m, request, start_ts))
+            return TrackedStream(inner, functools.partial(self._stream_ended, m, request, start_ts))
         raise self._no_room(refusal)
 
     def _stream_ended(self, member: _Member, request: InvocationRequest, start_ts: float,
@@ -346,39 +344,3 @@ def aggregate(set_id: str, infos: list[NodeInfo]) -> NodeInfo:
                     sum(i.max_instances for i in live), sum(i.warm_pool_target for i in live),
                     sum(i.warm_pool_held for i in live), tuple(b for i in live for b in i.backbones),
                     tuple(x for i in live for x in i.instances), None, nodes=tuple(infos))
-
-
-class _TrackedStream:
-    """A node's stream, telling the set how it ended (a lost node's becomes a function error)."""
-
-    def __init__(self, inner: NodeStream,
-                 ended: Callable[[InvocationResult | None, BaseException | None], InvocationResult | None]):
-        self._inner = inner
-        self._ended = ended
-        self.result: InvocationResult | None = None
-        self.error: BaseException | None = None
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self._inner
-        except GeneratorExit:   # the reader stopped early; whoever reads on (a drain) sees the end
-            raise
-        except BaseException as exc:
-            self._finish(exc)
-            raise
-        self._finish(self._inner.error)
-
-    def _finish(self, error: BaseException | None) -> None:
-        self.result = self._ended(self._inner.result, error)
-        self.error = None if self.result is not None else error
-
-
-class _Finished:
-    """A stream that ended before its first chunk."""
-
-    def __init__(self, result: InvocationResult):
-        self.result: InvocationResult | None = result
-        self.error: BaseException | None = None
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(())

@@ -232,7 +232,7 @@ def test_cancel_goes_to_the_node_running_the_request(cluster, base, code_dir) ->
 
 
 def test_usage_and_verify_cover_every_live_node(cluster, base, code_dir) -> None:  # type: ignore[no-untyped-def]
-    a, b = cluster.add(), cluster.add()
+    _a, b = cluster.add(), cluster.add()
     cluster.set.prepare(make_spec(base, code_dir))
     events = cluster.set.verify()
     assert len(events) == 2 and all(e.ok for e in events)
