@@ -71,9 +71,9 @@ def gpu_line(node: dict) -> str | None:
     gpus = [node["Gpu"]] if node.get("Gpu") else [n["Gpu"] for n in node.get("Nodes") or [] if n.get("Gpu")]
     if not gpus:
         return None
-    return "\n".join(f"GPU {gpu['device'] + ' ' if len(gpus) > 1 else ''}{gpu['name']}: {gpu['used_mb']} / {gpu['total_mb']} MiB used "
-                     f"({gpu['free_mb']} free); backbones {gpu['backbones_mb']} MiB, adapters {gpu['adapters_mb']} MiB"
-                     for gpu in gpus)
+    return "\n".join(f"GPU {gpu['device'] + ' ' if len(gpus) > 1 else ''}{gpu['name']}: {gpu['used_mb']} / "
+                     f"{gpu['total_mb']} MiB used ({gpu['free_mb']} free); backbones {gpu['backbones_mb']} MiB, "
+                     f"adapters {gpu['adapters_mb']} MiB" for gpu in gpus)
 
 
 def sections(node: dict, now_ts: float) -> list[Section]:

@@ -88,7 +88,8 @@ def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
             verify_s = config.verify_interval_s
             if verify_s is None:
                 verify_s = 60.0 if device.startswith("cuda") else 0.0
-            node_dir = data_dir if index == 0 else data_dir / "nodes" / str(index)   # the first: where one node kept its logs
+            # the first node keeps its logs where a single node did
+            node_dir = data_dir if index == 0 else data_dir / "nodes" / str(index)
             built = build_node(
                 NodeConfig(data_dir=node_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                            init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,

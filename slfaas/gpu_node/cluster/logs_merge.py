@@ -36,7 +36,11 @@ def _stamped_lines(text: str, slot: int) -> list[tuple[float, int, int, str]]:
 
 def merge(chunks: Mapping[int, LogChunk], max_bytes: int | None = None) -> LogChunk:
     """The chunks' lines in time order (ties: slot, then position); with ``max_bytes``, only the
-    last lines that fit (a tail). The offset packs every chunk's ``next_offset``."""
+    last lines that fit (a tail). The offset packs every chunk's ``next_offset``. One node's
+    chunk is passed through as it is (its file's order)."""
+    if len(chunks) == 1:
+        (slot, chunk), = chunks.items()
+        return LogChunk(chunk.text, pack_offsets({slot: chunk.next_offset}))
     lines = sorted(line for slot, chunk in chunks.items() for line in _stamped_lines(chunk.text, slot))
     texts = [line[3] for line in lines]
     if max_bytes is not None:

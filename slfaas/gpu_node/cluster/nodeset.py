@@ -176,7 +176,8 @@ class NodeSet:
             member.inflight.pop(request_id, None)
             if result is not None and result.error_type != NODE_LOST:
                 took_s = (result.duration_ms + (result.init_duration_ms or 0.0)) / 1000
-                member.mean_s = took_s if member.mean_s == 0 else (1 - EWMA_WEIGHT) * member.mean_s + EWMA_WEIGHT * took_s
+                member.mean_s = (took_s if member.mean_s == 0
+                                 else (1 - EWMA_WEIGHT) * member.mean_s + EWMA_WEIGHT * took_s)
 
     def _no_room(self, refusal: TooManyRequests | None) -> TooManyRequests:
         if refusal is not None:

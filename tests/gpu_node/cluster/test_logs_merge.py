@@ -24,6 +24,12 @@ def test_lines_merge_by_time_and_unstamped_lines_stay_with_theirs() -> None:
 
 
 def test_a_tail_keeps_the_newest_lines_that_fit() -> None:
-    a = LogChunk("".join(f"2026-01-01T00:00:0{i}.000Z [fn] line{i}\n" for i in range(5)), 10)
-    got = merge({0: a}, max_bytes=2 * len("2026-01-01T00:00:00.000Z [fn] line0\n"))
-    assert got.text.splitlines()[-1].endswith("line4") and len(got.text.splitlines()) == 2
+    a = LogChunk("".join(f"2026-01-01T00:00:0{i}.000Z [fn] a{i}\n" for i in range(0, 10, 2)), 10)
+    b = LogChunk("".join(f"2026-01-01T00:00:0{i}.000Z [fn] b{i}\n" for i in range(1, 10, 2)), 20)
+    got = merge({0: a, 1: b}, max_bytes=3 * len("2026-01-01T00:00:00.000Z [fn] a0\n"))
+    assert [line.rsplit(" ", 1)[-1] for line in got.text.splitlines()] == ["b7", "a8", "b9"]
+
+
+def test_one_nodes_chunk_passes_through_as_its_file_has_it() -> None:
+    text = "2026-01-01T00:00:02.000Z [fn] later\n2026-01-01T00:00:01.000Z [fn] stamped earlier, written after\n"
+    assert merge({0: LogChunk(text, 99)}, max_bytes=10) == LogChunk(text, 99)
