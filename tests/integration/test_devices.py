@@ -3,6 +3,7 @@ sandboxes and runtimes: a backbone on each, instances spread by placement, warm 
 account of usage, merged logs and the per-node view."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from decimal import Decimal
@@ -71,6 +72,13 @@ def test_bad_devices_are_refused_with_one_line(tmp_path) -> None:  # type: ignor
                               str(tmp_path / "d"), "--devices", devices], capture_output=True, text=True, cwd=ROOT,
                              timeout=120)
         assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, (devices, out.stderr)
+    for extra, message in ((["--cluster", "rayx"], "--cluster must be ray or ray://"),
+                           (["--cluster", "ray", "--devices", "cpu,cpu"], "do not go together"),
+                           (["--cluster", "ray"], "Ray")):   # no cluster here: cannot join it (or no Ray)
+        out = subprocess.run([sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir",
+                              str(tmp_path / "d"), *extra], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                             env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, (extra, out.stderr)
     both = subprocess.run([sys.executable, "-m", "slfaas.cli.main", "server", "--port", "0", "--data-dir",
                            str(tmp_path / "d"), "--devices", "cpu", "--device", "cpu"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

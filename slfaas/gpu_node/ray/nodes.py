@@ -83,7 +83,12 @@ class RayNodes:
         """Connect and start the agents of the nodes there now; raises ValueError when none
         could start. Then watch for nodes that join."""
         if not ray.is_initialized():
-            ray.init(address=self.settings.address, namespace="slfaas", logging_level=logging.WARNING)
+            try:
+                ray.init(address=self.settings.address, namespace="slfaas", logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = "RAY_ADDRESS or a local `ray start`" if self.settings.address == "auto" else \
+                    self.settings.address
+                raise ValueError(f"cannot join the Ray cluster ({where}): {str(exc).splitlines()[0]}") from None
         started = self.scan()
         if not started:
             raise ValueError("no node agent could start on the Ray cluster (no eligible node"
