@@ -206,3 +206,16 @@ class BudgetRow(Base):
     hard: Mapped[bool] = mapped_column(Boolean)
     function_name: Mapped[str | None] = mapped_column(String(170), nullable=True)
     created_ts: Mapped[float] = mapped_column(Float)
+
+
+def clip_to_columns(row_type: type[Base], values: dict) -> dict:
+    """``values`` with each string cut to its column's length. For what a function itself reports
+    (an error type from its runtime can be any length): SQLite would keep it whole, PostgreSQL
+    would refuse the row and lose the record."""
+    columns = row_type.__table__.columns   # type: ignore[attr-defined]
+    out = dict(values)
+    for key, value in values.items():
+        length = getattr(columns[key].type, "length", None) if key in columns else None
+        if isinstance(value, str) and length is not None and len(value) > length:
+            out[key] = value[:length]
+    return out

@@ -188,3 +188,14 @@ def test_data_survives_reopening(database_url, db_path) -> None:  # type: ignore
         assert r3.get_invocation("r-1").status == "interrupted"
     finally:
         r3.close()
+
+
+def test_what_a_function_reports_is_cut_to_its_columns(reg) -> None:  # type: ignore[no-untyped-def]
+    """A runtime may post an error type of any length: the record is kept (PostgreSQL would
+    refuse a value wider than its column), cut to the column."""
+    long_type = "Handler." + "X" * 5000
+    reg.record_invocation(_inv("r-long", 1.0))
+    reg.finish_invocation(reg.get_invocation("r-long"), status="function_error", error_type=long_type,
+                          error_message="m" * 100_000)
+    got = reg.get_invocation("r-long")
+    assert got.error_type == long_type[:128] and got.error_message == "m" * 100_000
