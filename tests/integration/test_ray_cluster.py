@@ -94,6 +94,14 @@ def test_agents_on_a_ray_cluster_spread_survive_a_lost_node_and_use_a_new_one(  
     on_a = [n for n in NAMES if where[n] == node_a]
     on_b = [n for n in NAMES if where[n] == node_b]
 
+    # integrity checks run on every node and come back to the registry; logs come back merged
+    checks = server.api("POST", "/slfaas/v1/node/verify")["Checks"]
+    assert len(checks) == 2 and all(c["ok"] for c in checks)
+    wait_for(lambda: len(server.api("GET", "/slfaas/v1/node/integrity")["Events"]) >= 2, 30,
+             "the nodes' integrity checks to reach the registry")
+    text = server.api("GET", f"/slfaas/v1/functions/{on_b[0]}/logs")
+    assert "START RequestId:" in text and "REPORT RequestId:" in text and "Billed Device Seconds:" in text
+
     # streaming crosses Ray as chunks, then the end
     stream = c.invoke_with_response_stream(FunctionName=on_b[0], Payload=json.dumps(EVENT))
     events = list(stream["EventStream"])

@@ -131,6 +131,10 @@ class NodeAgent:
             events, self._integrity = tuple(self._integrity), []
         return self.meter.snapshot(), self.node.summary(), events
 
+    def node_usage(self) -> NodeUsage:
+        """The node's usage now (a live cost report), leaving the integrity checks to ``drain``."""
+        return self.meter.snapshot()
+
     def shutdown(self) -> NodeUsage:
         """Stop every instance; the node's final usage."""
         self.node.shutdown()

@@ -147,7 +147,7 @@ class RayNodeClient:
 
     def node_usage(self) -> NodeUsage | None:
         try:
-            self._usage = self._call("drain", timeout_s=10.0)[0]
+            self._usage = self._call("node_usage", timeout_s=10.0)
         except NodeError:    # slow or gone: the last one seen (lost nodes are left out by the set)
             pass
         return self._usage
