@@ -148,7 +148,6 @@ class NodeSet:
                 continue
             with self._lock:
                 inflight, queue_s = len(m.inflight), len(m.inflight) * m.mean_s
-            with self._lock:
                 for path, size in s.backbones.items():
                     self._backbone_bytes.setdefault(path, size)
             out.append((m, NodeView(m.node_id, m.slot, dict(s.warm_free), frozenset(s.backbones), s.live_instances,
