@@ -199,6 +199,7 @@ class LoraEngine:
         t0 = time.perf_counter()
         try:
             self.slots.load(source)
+            self.slots.release_mirror()
             if self.device.type == "cuda":
                 self._torch.cuda.synchronize(self.device)
             path, reasons = "slots", ()
