@@ -15,7 +15,8 @@ from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
 from slfaas.runtime_contract import (ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_PATH, ENV_BACKBONE_TABLE_FD,
-                                     ENV_BACKBONE_VMM_FD, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S)
+                                     ENV_BACKBONE_VMM_FD, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S, ENV_RUNTIME_CPU_THREADS,
+                                     GPU_RUNTIME_CPU_THREADS)
 
 if TYPE_CHECKING:
     from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
@@ -133,6 +134,9 @@ class LoraEngine:
         self._torch = torch
         self.device = torch.device(backbone.device)
         if self.device.type == "cuda":
+            # torch's default is a thread per core in every runtime; a GPU runtime's CPU work is
+            # small, and dozens of runtimes share the host's cores
+            torch.set_num_threads(max(1, int(os.environ.get(ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS))))
             torch.cuda.set_device(self.device)
             torch.zeros(1, device=self.device)  # creates the CUDA context now: timed as device init
         t_dev = time.perf_counter()
