@@ -52,7 +52,7 @@ def make_assets(root: Path, tiny: bool, n: int) -> tuple[Path, list[Path], str]:
         adapters = [make_adapter(base, root / f"adapter-{k}", seed=100 + k, base_model_name=str(base))
                     for k in range(n)]
         return base, adapters, "the quick brown fox " * 8
-    from gpu_node import make_adapters, make_checkpoint, make_prompt   # bench/gpu_node.py, beside this file
+    from gpu_assets import make_adapters, make_checkpoint, make_prompt   # bench/gpu_assets.py, beside this file
 
     base = make_checkpoint(root)
     return base, make_adapters(root, base, n), make_prompt(base)

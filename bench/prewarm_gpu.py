@@ -30,7 +30,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gpu_node import GEN_TOKENS, REF_SCRIPT, make_adapters, make_checkpoint, make_prompt, say
+from gpu_assets import GEN_TOKENS, REF_SCRIPT, make_adapters, make_checkpoint, make_prompt, say
 
 from slfaas.client import api, lambda_client, zip_adapter
 from slfaas.testing.serverproc import ServerProcess
