@@ -14,7 +14,7 @@ from typing import Callable
 
 from slfaas.billing.budgets import Budget, BudgetGuard, BudgetStatus, period_window
 from slfaas.billing.prices import PriceSheet, default_prices
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.billing.reports import Report, build_report
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,11 @@ class CostService:
     def __init__(self, registry: object, sheet: PriceSheet | None = None,
                  live_node: Callable[[], NodeUsage] | None = None,
                  on_budget_warning: Callable[[str | None, str], None] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 live_instances: Callable[[], list[InstanceUsage]] | None = None):
+        """``live_instances``: the instances alive on the live node now (its meter's)."""
         self.registry = registry
+        self.live_instances = live_instances
         self.sheet = sheet or default_prices()
         self.live_node = live_node
         self._live_id = live_node().node_id if live_node is not None else None   # fixed for the node's life
@@ -132,6 +135,16 @@ class CostService:
             if until_ts is None or live.start_ts < until_ts:
                 nodes[live.node_id] = live
         return sorted(nodes.values(), key=lambda n: n.start_ts)
+
+    def instances(self, since_ts: float | None, until_ts: float | None,
+                  function_name: str | None = None) -> list[InstanceUsage]:
+        """Instances alive at some time in [since, until): ended ones from the registry, live
+        ones (``end_ts`` None) from the live node; oldest first."""
+        out = list(self.registry.list_instance_usage(since_ts, until_ts, function_name))
+        if self.live_instances is not None:
+            out += [i for i in self.live_instances() if (until_ts is None or i.start_ts < until_ts)
+                    and (function_name is None or i.function_name == function_name)]
+        return sorted(out, key=lambda i: (i.start_ts, i.instance_id))
 
     def report(self, since_ts: float | None = None, until_ts: float | None = None, group_by: str = "function",
                function_name: str | None = None) -> Report:

@@ -18,7 +18,8 @@ DEFAULT_DATA_DIR = Path("~/.slfaas").expanduser()
 def node_summary(server: Any) -> str:
     """What the start line says about the node (the one place the CLI reads node internals)."""
     info = server.node.describe()
-    return f"sandbox {info.sandbox}, device {info.device}"
+    mode = "" if info.backbone_mode == "shared" else f", backbone {info.backbone_mode} (no sharing)"
+    return f"sandbox {info.sandbox}, device {info.device}{mode}"
 
 
 def _warm_pool(warm_pool: int, docker_warm_pool: int | None) -> int:
@@ -79,6 +80,11 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--instance-gpu-mb", type=int, default=1536, show_default=True,
               help="upper bound of an instance's GPU memory for admission control; measured figures "
                    "(NVML) are used below it")
+@click.option("--backbone", type=click.Choice(["shared", "private-checkpoint", "private-host-cache"]),
+              default="shared", show_default=True,
+              help="shared: one backbone per node, borrowed by every instance. For baselines without sharing "
+                   "(benchmarks): private-checkpoint, each instance loads its own with from_pretrained; "
+                   "private-host-cache, each copies it from the node's host-memory cache; no pre-warmed runtimes")
 @click.option("--keep-alive-s", type=float, default=300.0, show_default=True, help="stop instances idle this long")
 @click.option("--max-instances", type=int, default=32, show_default=True, help="instances per node")
 @click.option("--init-timeout-s", type=float, default=300.0, show_default=True, help="cold-start limit")
@@ -116,7 +122,7 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 def server(host: str, port: int, data_dir: str, database_url: str | None, sandbox: str, docker_image: str | None,
            warm_pool: int, docker_warm_pool: int | None, prewarm_min: int, prewarm_budget_mb: int,
            host_tier_mb: int, slot_rank: int, slot_modules: str, device: str, verify_interval_s: float | None,
-           instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
+           instance_gpu_mb: int, backbone: str, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
@@ -140,7 +146,7 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             idle_timeout_s=idle_timeout_s, connection_limit=connection_limit, prewarm_min=prewarm_min,
             prewarm_budget_mb=prewarm_budget_mb, host_tier_mb=host_tier_mb, slot_rank=slot_rank,
             slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip()),
-            metrics_token=metrics_token or None))
+            metrics_token=metrics_token or None, backbone=backbone))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

@@ -63,6 +63,7 @@ class ServerConfig:
     slot_rank: int = 16                      # pre-warmed runtimes' LoRA slots: largest rank ...
     slot_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     metrics_token: str | None = None         # --auth sigv4: a bearer token that may scrape /metrics unsigned
+    backbone: str = "shared"                 # or a baseline without sharing (gpu_node/resources/private_backbone.py)
 
 
 MIN_METRICS_TOKEN_CHARS = 16
@@ -173,16 +174,18 @@ class SlfaasServer:
         built = build_node(
             NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
-                       instance_gpu_mb=config.instance_gpu_mb),
+                       instance_gpu_mb=config.instance_gpu_mb, backbone=config.backbone),
             SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
                             config.insecure_sandbox),
             prices=prices, on_usage=lambda rec: self.service.cost.record(rec),
             on_node_usage=self.registry.put_node_usage, on_integrity=self.registry.record_integrity_event,
             preload=PreloadConfig(min_prewarmed_per_backbone=config.prewarm_min,
                                   prewarm_budget_mb=config.prewarm_budget_mb, host_tier_budget_mb=config.host_tier_mb),
-            slots=SlotSettings(config.slot_rank, tuple(config.slot_modules)))
+            slots=SlotSettings(config.slot_rank, tuple(config.slot_modules)),
+            on_instance_usage=self.registry.record_instance_usage)
         self.node = built.node
-        cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot)
+        cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot,
+                           live_instances=built.meter.live_instances)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
                                        public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost,
                                        max_concurrent_invocations=config.max_concurrent_invocations,

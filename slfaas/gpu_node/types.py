@@ -176,3 +176,4 @@ class NodeInfo:
     pools: tuple[PoolInfo, ...] = ()
     tiers: tuple[TierInfo, ...] = ()
     preload: PreloadInfo | None = None
+    backbone_mode: str = "shared"      # or a baseline's: "private-checkpoint", "private-host-cache"

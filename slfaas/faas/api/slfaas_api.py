@@ -98,6 +98,7 @@ def node_status() -> Response:
         "NodeId": info.node_id,
         "Device": info.device,
         "Sandbox": info.sandbox,
+        "BackboneMode": info.backbone_mode,
         "MaxInstances": info.max_instances,
         "Backbones": [{k: v for k, v in asdict(b).items() if k != "sha256" or v is not None} for b in info.backbones],
         "Instances": [asdict(i) for i in info.instances],
