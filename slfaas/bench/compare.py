@@ -118,7 +118,8 @@ def run_policy(policy: Policy, workload: Workload, spec: CompareSpec, data_dir: 
         c = spec.common
         deploy_functions(server.url, workload.functions, spec.adapters, timeout_s=c.timeout_s, memory_mb=c.memory_mb,
                          environment=policy.function_env)
-        _wait_pools_ready(server.url, say, policy.name)
+        if policy.prewarms:
+            _wait_pools_ready(server.url, say, policy.name)
         if policy.provisioned:
             say(f"{policy.name}: provisioning (one request per function before the window)")
             _provision(server.url, workload)
@@ -164,13 +165,15 @@ def _checks(result: ReplayResult, usage: list[UsageRecord]) -> dict[str, int]:
 
 
 def _wait_pools_ready(endpoint: str, say: Callable[[str], None], name: str) -> None:
-    """A policy with pre-warmed runtimes starts measured in its steady state: its pools full."""
+    """A policy with pre-warmed runtimes starts measured in its steady state: the preloader has
+    planned pre-warmed runtimes for the deployed functions' backbone, and they are all ready."""
     from slfaas.client import api
 
     deadline = time.monotonic() + POOL_READY_TIMEOUT_S
     while True:
         pools = api(endpoint, "GET", "/slfaas/v1/node").get("Pools", [])
-        if all(p["ready"] >= p["target"] for p in pools):
+        planned = any(p["name"] == "prewarmed" and p["target"] > 0 for p in pools)
+        if planned and all(p["ready"] >= p["target"] for p in pools):
             return
         if time.monotonic() > deadline:
             say(f"{name}: warm pools not full after {POOL_READY_TIMEOUT_S:.0f} s; replaying anyway")

@@ -68,12 +68,14 @@ class Policy:
     function_env: Mapping[str, str]
     billing: str                      # slfaas.billing.policy_costs.BILLING_MODELS
     provisioned: bool = False         # every function invoked once before the window (always on)
+    prewarms: bool = False            # keeps runtimes pre-warmed: measured once its pools are full
     complete: bool = True             # False: a feature it needs is missing on this server
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "server_args": list(self.server_args), "function_env": dict(self.function_env),
-                "billing": self.billing, "provisioned": self.provisioned, "complete": self.complete,
+                "billing": self.billing, "provisioned": self.provisioned, "prewarms": self.prewarms,
+                "complete": self.complete,
                 "notes": list(self.notes)}
 
 
@@ -99,7 +101,7 @@ def make_policy(name: str, common: CommonSettings, features: ServerFeatures) -> 
                 env[TTFT_SLO_MS] = str(int(common.slo_ms))
         else:
             notes.append("no SLO-aware scheduler on this server (--scheduler slo): its default scheduler ran")
-        return Policy(name, args, env, "per-request", notes=tuple(notes))
+        return Policy(name, args, env, "per-request", prewarms=True, notes=tuple(notes))
     if name == "no-sharing":
         return Policy(name, (*base, "--backbone", "private-checkpoint", *_NOTHING_PREWARMED), one_at_a_time,
                       "container")
