@@ -39,7 +39,8 @@ def _svg(height: float, body: Sequence[str], label: str) -> str:
 
 
 def _legend(names: Sequence[str], y: float) -> list[str]:
-    out, x = [], L
+    out: list[str] = []
+    x = float(L)
     for i, name in enumerate(names):
         out.append(f'<rect x="{_f(x)}" y="{_f(y - 10)}" width="12" height="12" fill="{PALETTE[i % len(PALETTE)]}"/>')
         out.append(_text(x + 18, y, name))

@@ -63,7 +63,7 @@ def write_pngs(data: Mapping[str, Any], out_dir: Path) -> tuple[dict[str, Path],
             twin = ax.twinx()
             twin.plot([t for t, _ in used], [g for _, g in used], "--", color="tab:red", label="GPU memory used (GiB)")
             twin.set_ylabel("GiB", fontsize=8)
-    axes[-1, 0].set_xlabel("seconds from the window's start (solid: instances; dashed: GPU memory used)")
+    fig.supxlabel("seconds from the window's start (solid: instances; dashed: GPU memory used)", fontsize=9)
     fig.suptitle("Instances and GPU memory over each run")
     fig.tight_layout()
     fig.savefig(paths["timeline_png"], dpi=130)

@@ -55,6 +55,9 @@ _TRACE = "bench/data/AzureLLMInferenceTrace_conv.csv"
 @click.option("--work-dir", type=click.Path(path_type=Path), help="the servers' data dirs (default: a temp dir)")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="write comparison.json, table.md, report.html, PNGs and each policy's records here")
+@click.option("--merge", is_flag=True,
+              help="add these policies to the comparison already in --out (same slice and settings): "
+                   "one comparison run as several commands")
 @output_option
 @click.pass_context
 def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions: int, adapters: tuple[Path, ...],
@@ -63,7 +66,7 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
                 max_output_tokens: int | None, model_dir: Path | None, function_prefix: str, seed: int, device: str,
                 keep_alive_s: float, max_instances: int, memory_mb: int, max_batch_size: int, instance_gpu_mb: int,
                 retry_throttled_s: float, max_in_flight: int, sample_interval_s: float, prices_file: Path | None,
-                server_args: tuple[str, ...], work_dir: Path | None, out_dir: Path, output: str) -> None:
+                server_args: tuple[str, ...], work_dir: Path | None, out_dir: Path, merge: bool, output: str) -> None:
     """Run each policy on a fresh server (same functions, caps, keep-alive and SLO) against
     the same slice, and compare TTFT, SLO attainment, cold starts and cost."""
     from slfaas.bench import BenchError, ReplayOptions, WorkloadSpec, build_workload, load_slice
@@ -100,7 +103,10 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    paths = write_comparison(result, out_dir)
+    try:
+        paths = write_comparison(result, out_dir, merge_existing=merge)
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
     say("wrote " + ", ".join(str(p) for p in paths.values()))
     note = out_dir / "png_note.txt"
     if note.is_file():

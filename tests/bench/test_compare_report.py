@@ -126,3 +126,21 @@ def test_the_sampler_skips_a_failed_read_and_samples_at_the_end() -> None:
     assert len(sampler.samples) == len(calls) - 1 >= 3
     with pytest.raises(ValueError, match="interval"):
         NodeSampler("http://unused", 0)
+
+
+def test_runs_split_over_two_commands_are_reported_together(comparison: Comparison, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    first = replace(comparison, runs=comparison.runs[1:])      # no-sharing, serverful
+    second = replace(comparison, runs=comparison.runs[:1])     # serverlesslora
+    write_comparison(first, tmp_path)
+    paths = write_comparison(second, tmp_path, merge_existing=True)
+    data = json.loads(paths["json"].read_text())
+    assert [p["name"] for p in data["policies"]] == ["serverlesslora", "no-sharing", "serverful"]
+    assert [r["policy"] for r in data["rows"]] == ["serverlesslora", "no-sharing", "serverful (incomplete)"]
+    assert set(data["runs"]) == {"serverlesslora", "no-sharing", "serverful"}
+    assert data["savings_of_serverlesslora"]["no-sharing"]["user_cost"] == pytest.approx(0.95)
+    assert render_html(data).count("serverlesslora") >= 3
+    other = replace(second, common=CommonSettings(slo_ms=900.0))
+    with pytest.raises(Exception, match="different common"):
+        write_comparison(other, tmp_path, merge_existing=True)
