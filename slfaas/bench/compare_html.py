@@ -83,8 +83,10 @@ def ttft_cdf_svg(series: Mapping[str, Sequence[float]]) -> str:
                       "middle"))
     for i, (name, values) in enumerate(data.items()):
         n = len(values)
-        pts = [(x(v), y0 - height * (k + 1) / n) for k, v in enumerate(values)]
-        body.append(_path([(x(values[0]), y0)] + pts, PALETTE[i % len(PALETTE)],
+        pts = [(x(values[0]), y0)]
+        for k, v in enumerate(values):   # a step at each request: the empirical CDF
+            pts += [(x(v), y0 - height * k / n), (x(v), y0 - height * (k + 1) / n)]
+        body.append(_path(pts, PALETTE[i % len(PALETTE)],
                           f"{name}: {n} requests, median {values[n // 2]:,.0f} ms"))
     body += _legend(list(data), y0 + 62)
     return _svg(y0 + 76, body, "TTFT CDF per policy")
@@ -128,7 +130,7 @@ def timeline_svg(runs: Mapping[str, Mapping[str, Any]]) -> str:
         body.append(_text(L, y - 4, name, "start", 13, ' font-weight="600"'))
 
         def px(t: float) -> float:
-            return L + width * (t - since) / span
+            return L + width * max(0.0, t - since) / span
         colour = PALETTE[i % len(PALETTE)]
         if samples:
             body.append(_path([(px(s["ts"]), y0 - panel * s["instances"] / ticks[-1]) for s in samples], colour,

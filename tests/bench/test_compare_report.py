@@ -77,6 +77,11 @@ def test_json_html_and_pngs_are_written(comparison: Comparison, tmp_path: Path) 
     assert html.count("<svg") == 3 and "t&lt;1&gt;.csv" in html and "<script" not in html
     assert "INCOMPLETE" in html and "serverlessllm" not in html and "no-sharing" in html
     assert "median 200 ms" in html    # the CDF's tooltip
+    import re
+    import xml.etree.ElementTree as ET
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):   # each plot is well-formed SVG
+        root = ET.fromstring(svg)
+        assert root.tag.endswith("svg") and len(root) > 5
     paths = write_comparison(comparison, tmp_path)
     for key in ("json", "table", "html", "ttft_cdf_png", "cost_png", "timeline_png"):
         assert paths[key].is_file() and paths[key].stat().st_size > 0, key
