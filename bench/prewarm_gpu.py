@@ -24,11 +24,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gpu_node import GEN_TOKENS, REF_SCRIPT, make_adapters, make_checkpoint, make_prompt, say
+from gpu_assets import GEN_TOKENS, REF_SCRIPT, make_adapters, make_checkpoint, make_prompt, say
 
 from slfaas.client import api, lambda_client, zip_adapter
 from slfaas.testing.serverproc import ServerProcess
@@ -65,13 +67,17 @@ def _stream(client, name: str, event: bytes) -> dict:  # type: ignore[no-untyped
 
 
 def _wait_ready(url: str, n: int, timeout_s: float = 420) -> float:
+    """Until at least ``n`` runtimes are pre-warmed and none is starting: the steady state a
+    cold start meets when its function was not expected this very second (runtimes that
+    import and warm up compete for the CPU and the GPU; the burst measures that case)."""
     t0 = time.time()
     while time.time() - t0 < timeout_s:
-        ready = sum(p["ready"] for p in api(url, "GET", "/slfaas/v1/node")["Pools"] if p["name"] == "prewarmed")
-        if ready >= n:
+        pools = [p for p in api(url, "GET", "/slfaas/v1/node")["Pools"] if p["name"] == "prewarmed"]
+        ready, held, target = (sum(p[k] for p in pools) for k in ("ready", "held", "target"))
+        if ready >= n and ready == held >= target:
             return time.time() - t0
         time.sleep(0.5)
-    raise RuntimeError(f"fewer than {n} pre-warmed runtimes after {timeout_s:.0f} s")
+    raise RuntimeError(f"fewer than {n} pre-warmed runtimes, or some still starting, after {timeout_s:.0f} s")
 
 
 def _records(url: str, name: str) -> list[dict]:
@@ -124,23 +130,43 @@ def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[n
             c.update(preload_tier=u["preload_tier"], adapter_tier=u["adapter_tier"], init_phases_s=u["init_phases_s"],
                      init_device_s=u["init_device_s"], specialise_s=facts.get(name, {}).get("specialise_s"),
                      slot_path=facts.get(name, {}).get("slot_path"))
-        ttfts = [c["ttft_ms"] for c in cold]
-        ratios = [c["runtime_ttft_ms"] / statistics.median(c["warm_runtime_ttft_ms"]) for c in cold]
-        res["sequential"] = {"cold": cold, "ttft_ms_median": statistics.median(ttfts), "ttft_ms_max": max(ttfts),
-                             "first_vs_warm_runtime_ttft_ratio_max": max(ratios),
-                             "specialise_ms": [round(1000 * (c["specialise_s"] or 0), 2) for c in cold],
-                             "greedy_equal": all(c.get("greedy_equal") for c in cold) if ref else None,
-                             "tiers": node["Tiers"]}
+        if cold:
+            ttfts = [c["ttft_ms"] for c in cold]
+            ratios = [c["runtime_ttft_ms"] / statistics.median(c["warm_runtime_ttft_ms"]) for c in cold]
+            res["sequential"] = {"cold": cold, "ttft_ms_median": statistics.median(ttfts), "ttft_ms_max": max(ttfts),
+                                 "first_vs_warm_runtime_ttft_ratio_max": max(ratios),
+                                 "specialise_ms": [round(1000 * (c["specialise_s"] or 0), 2) for c in cold],
+                                 "greedy_equal": all(c.get("greedy_equal") for c in cold) if ref else None,
+                                 "tiers": node["Tiers"]}
         res["refill_s"] = _wait_ready(server.url, n_burst)
+        timeline: list[dict] = []
+        done = threading.Event()
+
+        def sample() -> None:   # the node's pools and instances while the burst runs
+            t0 = time.perf_counter()
+            while not done.wait(0.5):
+                node = api(server.url, "GET", "/slfaas/v1/node")
+                timeline.append({"t_s": round(time.perf_counter() - t0, 2),
+                                 "pools": [(p["name"], p["held"], p["ready"]) for p in node["Pools"]],
+                                 "states": dict(Counter(i["state"] for i in node["Instances"]))})
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         with ThreadPoolExecutor(n_burst) as pool:
             got = list(pool.map(lambda name: _stream(client, name, event), burst))
+        done.set()
+        sampler.join()
         time.sleep(1.0)   # streamed invocations are recorded as their streams close
         usage = _usage(server.url)
-        tiers = [usage.get(r[0]["request_id"], {}).get("preload_tier", "?") if (r := _records(server.url, name)) else "?"
-                 for name in burst]
+        first = [r[0] if (r := _records(server.url, name)) else {} for name in burst]
+        facts = {i["function_name"]: i["init_report"] for i in api(server.url, "GET", "/slfaas/v1/node")["Instances"]}
         res["burst"] = {"n": n_burst, "ttft_ms": [g["ttft_ms"] for g in got], "e2e_ms": [g["e2e_ms"] for g in got],
-                        "ttft_ms_max": max(g["ttft_ms"] or 1e9 for g in got), "preload_tiers": tiers,
-                        "errors": [g["error"] for g in got if g["error"]]}
+                        "ttft_ms_max": max(g["ttft_ms"] or 1e9 for g in got),
+                        "preload_tiers": [usage.get(r.get("request_id"), {}).get("preload_tier", "?") for r in first],
+                        "runtime_ttft_ms": [r.get("ttft_ms") for r in first],
+                        "init_phases_s": [usage.get(r.get("request_id"), {}).get("init_phases_s") for r in first],
+                        "specialise_s": [facts.get(name, {}).get("specialise_s") for name in burst],
+                        "node_timeline": timeline, "errors": [g["error"] for g in got if g["error"]]}
+        tiers = res["burst"]["preload_tiers"]
         say(f"burst of {n_burst}: first tokens max {res['burst']['ttft_ms_max']:.0f} ms, tiers {set(tiers)}")
     finally:
         server.close()
@@ -207,7 +233,7 @@ def main() -> int:
     adapters = make_adapters(work / ("tiny" if args.tiny else "."), base, args.sequential + args.burst)
     (work / "prompt.txt").write_text(prompt)
     ref = None
-    if not args.tiny:
+    if not args.tiny and args.sequential:
         say("reference greedy outputs (in-process PEFT) ...")
         ref_proc = subprocess.Popen([sys.executable, "-c", REF_SCRIPT, str(base), str(work / "prompt.txt"),
                                      *map(str, adapters[: args.sequential])], stdin=subprocess.PIPE,
@@ -228,8 +254,9 @@ def main() -> int:
     p = results.get("prewarmed", {})
     print()
     print(f"{'cold start from':24} {'first token median':>19} {'max':>8}")
-    if p:
+    if p.get("sequential"):
         print(f"{'pre-warmed runtime':24} {p['sequential']['ttft_ms_median']:17.0f}ms {p['sequential']['ttft_ms_max']:6.0f}ms")
+    if p.get("burst"):
         print(f"{'  burst of ' + str(args.burst):24} {statistics.median(p['burst']['ttft_ms']):17.0f}ms "
               f"{p['burst']['ttft_ms_max']:6.0f}ms")
     for key, label in (("imports_only_pool", "imports-only pool"), ("fresh", "fresh process")):

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpu_node import make_adapters, make_checkpoint
+from gpu_assets import make_adapters, make_checkpoint
 
 from slfaas.bench import BenchError, WorkloadSpec, build_workload
 from slfaas.bench.compare import CompareSpec, run_comparison

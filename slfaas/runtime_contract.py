@@ -41,6 +41,8 @@ ENV_SLOT_MODULES = "SLFAAS_SLOT_MODULES"        # ... and modules (comma-separat
 ENV_WARMUP_TOKENS = "SLFAAS_WARMUP_TOKENS"      # its warm-up prefill lengths (comma-separated)
 ENV_ADAPTER_FD = "SLFAAS_ADAPTER_FD"            # the adapter's weights from a node tier (a sealed memfd)
 ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime frees cached GPU memory
+ENV_RUNTIME_CPU_THREADS = "SLFAAS_RUNTIME_CPU_THREADS"  # a GPU runtime's torch CPU threads (default 2)
+GPU_RUNTIME_CPU_THREADS = 2   # its CPU work is tokenising and copying: many runtimes share a host's cores
 # How many invocations the node may hand this runtime at once (its function's validated
 # setting of the same name; 1: one at a time). Above 1 the runtime takes that many through
 # concurrent /next calls and batches their generations.

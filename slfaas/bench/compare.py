@@ -85,7 +85,8 @@ def probe_features() -> ServerFeatures:
     out = subprocess.run([sys.executable, "-m", "slfaas.cli.main", "server", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     return ServerFeatures(slo_scheduler="--scheduler" in out.stdout,
-                          shared_execution="SLFAAS_SHARED_EXECUTION" in SETTING_NAMES)
+                          shared_execution="SLFAAS_SHARED_EXECUTION" in SETTING_NAMES,
+                          shared_batch_size="--shared-batch-size" in out.stdout)
 
 
 def run_comparison(workload: Workload, spec: CompareSpec, *, progress: Progress | None = None,

@@ -57,8 +57,9 @@ class CommonSettings:
 class ServerFeatures:
     """What the server under test can do (probed, so the harness runs on any checkout)."""
 
-    slo_scheduler: bool = False       # `slfaas server --scheduler slo`
+    slo_scheduler: bool = False       # `slfaas server --scheduler slo|fcfs`
     shared_execution: bool = False    # the SLFAAS_SHARED_EXECUTION function setting
+    shared_batch_size: bool = False   # `slfaas server --shared-batch-size N`
 
 
 @dataclass(frozen=True)
@@ -102,15 +103,19 @@ def make_policy(name: str, common: CommonSettings, features: ServerFeatures) -> 
         else:
             notes.append("no SLO-aware scheduler on this server (--scheduler slo): its default scheduler ran")
         return Policy(name, args, env, "per-request", prewarms=True, notes=tuple(notes))
+    # baselines queue nothing on the node: a request with no room is refused and the client waits
+    fcfs = ("--scheduler", "fcfs") if features.slo_scheduler else ()
     if name == "no-sharing":
-        return Policy(name, (*base, "--backbone", "private-checkpoint", *_NOTHING_PREWARMED), one_at_a_time,
+        return Policy(name, (*base, "--backbone", "private-checkpoint", *_NOTHING_PREWARMED, *fcfs), one_at_a_time,
                       "container")
     if name == "serverlessllm-like":
-        return Policy(name, (*base, "--backbone", "private-host-cache", *_NOTHING_PREWARMED), one_at_a_time,
+        return Policy(name, (*base, "--backbone", "private-host-cache", *_NOTHING_PREWARMED, *fcfs), one_at_a_time,
                       "container", notes=("backbones copied from the node's host-memory image (a checkpoint cache)",))
     if name == "serverful":
         always_on = (*common.args(ALWAYS_ON_KEEP_ALIVE_S), "--prewarm-min", "0", "--prewarm-budget-mb", "0")
         if features.shared_execution:
+            if features.shared_batch_size:
+                always_on += ("--shared-batch-size", str(common.max_batch_size))
             return Policy(name, always_on, {**batch, SHARED_EXECUTION: "1"}, "whole-device", provisioned=True)
         return Policy(name, always_on, batch, "whole-device", provisioned=True, complete=False, notes=(
             "INCOMPLETE: this server has no shared execution across adapters (SLFAAS_SHARED_EXECUTION); it ran "

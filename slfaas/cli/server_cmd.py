@@ -1,4 +1,5 @@
-"""``slfaas server``: the control plane and one local node agent in one process."""
+"""``slfaas server``: the control plane and its nodes: one local node agent in the same process
+(the default), one per device (``--devices``), or agents on a Ray cluster (``--cluster``)."""
 from __future__ import annotations
 
 import logging
@@ -16,10 +17,20 @@ DEFAULT_DATA_DIR = Path("~/.slfaas").expanduser()
 
 
 def node_summary(server: Any) -> str:
-    """What the start line says about the node (the one place the CLI reads node internals)."""
+    """What the start line says about the nodes (the one place the CLI reads node internals)."""
     info = server.node.describe()
     mode = "" if info.backbone_mode == "shared" else f", backbone {info.backbone_mode} (no sharing)"
+    if len(info.nodes) > 1:
+        return f"sandbox {info.sandbox}, {len(info.nodes)} nodes on {info.device}{mode}"
     return f"sandbox {info.sandbox}, device {info.device}{mode}"
+
+
+def _devices(devices: str | None, device: str) -> tuple[str, ...]:
+    if devices is None:
+        return ()
+    if device != "auto":
+        raise CliError("give --device or --devices, not both")
+    return tuple(d.strip() for d in devices.split(","))
 
 
 def _warm_pool(warm_pool: int, docker_warm_pool: int | None) -> int:
@@ -48,7 +59,9 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
     "slfaas server --port 0 --data-dir /tmp/sl       # any free port (the URL is printed)",
     "slfaas server --sandbox docker --warm-pool 2    # a container per instance, 2 pre-started",
     "slfaas server --host 0.0.0.0 --auth sigv4 --credentials creds.ini",
-    "slfaas server --device cuda:0 --prices prices.toml"))
+    "slfaas server --device cuda:0 --prices prices.toml",
+    "slfaas server --devices cuda:0,cuda:1            # one node per GPU, one endpoint",
+    "slfaas server --cluster ray --ray-resource slfaas_node   # agents on a Ray cluster (docs/CLUSTER.md)"))
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--port", type=int, default=9000, show_default=True, help="port to bind, 0 for any free port")
 @click.option("--data-dir", default=str(DEFAULT_DATA_DIR), show_default=True, help="registry, code and logs")
@@ -75,6 +88,16 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
               help="modules that get LoRA slots (comma-separated; other adapters load the slow way)")
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:N, or auto = first GPU if present")
+@click.option("--devices", metavar="DEV,DEV",
+              help="one node per device in this process, behind one endpoint (cuda:0,cuda:1; cpu,cpu for tests)")
+@click.option("--cluster", metavar="ray[://HOST:PORT]",
+              help="node agents as Ray actors, one per GPU of each Ray node (one per node on CPU): 'ray' joins the "
+                   "cluster of this host (RAY_ADDRESS or `ray start`), ray://HOST:PORT a Ray Client address; needs "
+                   "pip install 'slfaas[ray]'")
+@click.option("--ray-resource", metavar="NAME",
+              help="with --cluster: only Ray nodes that advertise this custom resource get node agents")
+@click.option("--node-data-dir", metavar="DIR",
+              help="with --cluster: where node agents keep code and logs, on their hosts (default DATA_DIR/nodes)")
 @click.option("--verify-interval-s", type=float, default=None,
               help="backbone integrity check period (default: 60 on CUDA; CPU backbones are sealed)")
 @click.option("--instance-gpu-mb", type=int, default=1536, show_default=True,
@@ -121,15 +144,17 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
               show_default=True)
 def server(host: str, port: int, data_dir: str, database_url: str | None, sandbox: str, docker_image: str | None,
            warm_pool: int, docker_warm_pool: int | None, prewarm_min: int, prewarm_budget_mb: int,
-           host_tier_mb: int, slot_rank: int, slot_modules: str, device: str, verify_interval_s: float | None,
+           host_tier_mb: int, slot_rank: int, slot_modules: str, device: str, devices: str | None,
+           cluster: str | None, ray_resource: str | None, node_data_dir: str | None, verify_interval_s: float | None,
            instance_gpu_mb: int, backbone: str, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
-    """Run the API and a local node agent.
+    """Run the API and its node agents.
 
     The Lambda-compatible API, slfaas's own endpoints and one local node agent, in one
-    process; Ctrl-C stops it."""
+    process (or one per --devices entry, or agents on a Ray cluster with --cluster); Ctrl-C
+    stops it."""
     from slfaas.faas.server import ServerConfig, SlfaasServer
 
     logging.basicConfig(level=getattr(logging, log_level.upper()),
@@ -146,7 +171,9 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             idle_timeout_s=idle_timeout_s, connection_limit=connection_limit, prewarm_min=prewarm_min,
             prewarm_budget_mb=prewarm_budget_mb, host_tier_mb=host_tier_mb, slot_rank=slot_rank,
             slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip()),
-            metrics_token=metrics_token or None, backbone=backbone))
+            metrics_token=metrics_token or None, devices=_devices(devices, device), cluster=cluster,
+            ray_resource=ray_resource, node_data_dir=Path(node_data_dir) if node_data_dir else None,
+            backbone=backbone))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Callable
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from slfaas.billing.budgets import Budget
@@ -76,14 +77,24 @@ class BillingMixin:
             return [_usage(r) for r in s.scalars(stmt)]
 
     def put_node_usage(self, usage: NodeUsage) -> None:
-        with self._session() as s:
-            s.merge(NodeUsageRow(
-                node_id=usage.node_id, device=usage.device, device_type=usage.device_type, start_ts=usage.start_ts,
-                end_ts=usage.end_ts, elapsed_s=usage.elapsed_s, billed_device_s=usage.billed_device_s,
-                overhead_json=json.dumps(dict(usage.overhead_s), sort_keys=True),
-                keep_alive_json=json.dumps(dict(usage.keep_alive_by_function_s), sort_keys=True),
-                backbone_bytes=usage.backbone_bytes, backbone_load_s=usage.backbone_load_s))
-            s.commit()
+        """Insert or update the node's row. Two flushes of one node may race (its meter and a final
+        flush): the loser of the insert finds the row and updates it (PostgreSQL reports the race
+        as a unique violation; SQLite serialises writers)."""
+        for attempt in range(2):
+            with self._session() as s:
+                s.merge(NodeUsageRow(
+                    node_id=usage.node_id, device=usage.device, device_type=usage.device_type,
+                    start_ts=usage.start_ts, end_ts=usage.end_ts, elapsed_s=usage.elapsed_s,
+                    billed_device_s=usage.billed_device_s,
+                    overhead_json=json.dumps(dict(usage.overhead_s), sort_keys=True),
+                    keep_alive_json=json.dumps(dict(usage.keep_alive_by_function_s), sort_keys=True),
+                    backbone_bytes=usage.backbone_bytes, backbone_load_s=usage.backbone_load_s))
+                try:
+                    s.commit()
+                    return
+                except IntegrityError:
+                    if attempt:
+                        raise
 
     def list_node_usage(self, since_ts: float | None = None, until_ts: float | None = None) -> list[NodeUsage]:
         """Node sessions that overlap [since, until)."""

@@ -1,17 +1,17 @@
-"""The embedded default: control plane + one local node agent behind one HTTP server."""
+"""The server: the control plane behind one HTTP server, and its nodes: one in this process
+(the default), one per device (``devices``), or one agent per GPU of a Ray cluster (``cluster``),
+always behind one ``NodeSet``."""
 from __future__ import annotations
 
-import glob
 import ipaddress
 import logging
-import os
-import re
 import resource
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from waitress.server import create_server
 
 from slfaas.billing.prices import default_prices, load_prices
@@ -19,12 +19,10 @@ from slfaas.billing.service import CostService
 from slfaas.faas import auth
 from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS
 from slfaas.faas.api import create_app
-from slfaas.faas.metrics import ControlPlaneMetrics
+from slfaas.faas.metrics import ControlPlaneMetrics, NodesCollector
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
-from slfaas.gpu_node.builder import SandboxSettings, SlotSettings, build_node
-from slfaas.gpu_node.preloader import PreloadConfig
-from slfaas.gpu_node.config import NodeConfig
+from slfaas.faas.node_setup import build_nodes
 
 log = logging.getLogger(__name__)
 
@@ -63,32 +61,14 @@ class ServerConfig:
     slot_rank: int = 16                      # pre-warmed runtimes' LoRA slots: largest rank ...
     slot_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     metrics_token: str | None = None         # --auth sigv4: a bearer token that may scrape /metrics unsigned
+    devices: tuple[str, ...] = ()            # --devices: one node per device in this process (instead of device)
+    cluster: str | None = None               # --cluster ray[://HOST:PORT]: node agents as Ray actors
+    ray_resource: str | None = None          # --cluster: only Ray nodes advertising this resource get agents
+    node_data_dir: Path | None = None        # --cluster: agents' data dirs on their hosts (default DATA_DIR/nodes)
     backbone: str = "shared"                 # or a baseline without sharing (gpu_node/resources/private_backbone.py)
 
 
 MIN_METRICS_TOKEN_CHARS = 16
-
-
-def resolve_device(device: str) -> str:
-    """``cpu``, ``cuda``/``cuda:N``, or ``auto`` (the first GPU if torch sees one, else CPU)."""
-    if device == "cpu":
-        return "cpu"
-    if device == "auto" and (os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not glob.glob("/dev/nvidia[0-9]*")):
-        return "cpu"  # no GPU device node: skip importing torch into the control plane
-    if device != "auto" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    try:
-        import torch
-        has_cuda = torch.cuda.is_available()
-        count = torch.cuda.device_count() if has_cuda else 0
-    except ImportError:
-        has_cuda, count = False, 0
-    if device == "auto":
-        return "cuda:0" if has_cuda else "cpu"
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if not has_cuda or index >= count:
-        raise ValueError(f"--device {device}: no such CUDA device (torch sees {count})")
-    return f"cuda:{index}"
 
 
 def is_loopback(host: str) -> bool:
@@ -166,36 +146,32 @@ class SlfaasServer:
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
-        self.device = device = resolve_device(config.device)
         prices = load_prices(Path(config.prices_file)) if config.prices_file else default_prices()
-        verify_s = config.verify_interval_s
-        if verify_s is None:
-            verify_s = 60.0 if device.startswith("cuda") else 0.0
-        built = build_node(
-            NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
-                       init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
-                       instance_gpu_mb=config.instance_gpu_mb, backbone=config.backbone),
-            SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
-                            config.insecure_sandbox),
-            prices=prices, on_usage=lambda rec: self.service.cost.record(rec),
-            on_node_usage=self.registry.put_node_usage, on_integrity=self.registry.record_integrity_event,
-            preload=PreloadConfig(min_prewarmed_per_backbone=config.prewarm_min,
-                                  prewarm_budget_mb=config.prewarm_budget_mb, host_tier_budget_mb=config.host_tier_mb),
-            slots=SlotSettings(config.slot_rank, tuple(config.slot_modules)),
-            on_instance_usage=self.registry.record_instance_usage)
-        self.node = built.node
-        cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot,
-                           live_instances=built.meter.live_instances)
+        self.nodes = build_nodes(config, data_dir, prices, on_usage=lambda rec: self.service.cost.record(rec),
+                                 on_node_usage=self.registry.put_node_usage,
+                                 on_integrity=self.registry.record_integrity_event,
+                                 on_instance_usage=self.registry.record_instance_usage)
+        self.node = self.nodes.nodes
+        self.device = self.node.describe().device
+        cost = CostService(self.registry, prices, live_nodes=self.node.node_usages,
+                           live_instances=self.node.live_instances)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
                                        public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost,
                                        max_concurrent_invocations=config.max_concurrent_invocations,
-                                       metrics=ControlPlaneMetrics(built.metrics.registry))
+                                       metrics=self._metrics())
         self.app = create_app(self.service)
         if self.verifier is not None:
             auth.install(self.app, self.verifier, config.metrics_token)
         self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas", **options)
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def _metrics(self) -> ControlPlaneMetrics:
+        """One registry for ``/metrics``: the control plane's counters and its nodes' metrics."""
+        registry = CollectorRegistry(auto_describe=True)
+        if self.nodes.metrics:
+            registry.register(NodesCollector(self.nodes.metrics))
+        return ControlPlaneMetrics(registry)
 
     @property
     def port(self) -> int:
@@ -229,7 +205,7 @@ class SlfaasServer:
             self._http.close()
         except Exception:  # already closed by the run loop
             pass
-        self.node.shutdown()
+        self.nodes.close()
         self.registry.close()
         if self._thread is not None:
             self._thread.join(timeout=5)

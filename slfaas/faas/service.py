@@ -24,6 +24,7 @@ from slfaas.faas.adapter_check import check_model_ref
 from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS, DisconnectWatch, InvocationSlots
 from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validate_base_model_dir
 from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
+from slfaas.faas.params import MAX_DESCRIPTION_CHARS, MAX_HANDLER_CHARS, MAX_ROLE_CHARS, text_param
 from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
 from slfaas.faas.event_invoker import EventInvoker
 from slfaas.faas.function_settings import SETTING_NAMES, parse_function_settings
@@ -161,6 +162,8 @@ class FunctionService:
     def add_base_model(self, name: str, path: str) -> dict:
         if not name or "/" in name and Path(name).is_dir():
             raise InvalidParameter("A model name must not be empty or an existing path")
+        if len(name) > 256:
+            raise InvalidParameter("A model name must be at most 256 characters")
         try:
             p = Path(path).expanduser().resolve()
         except (ValueError, OSError, RuntimeError) as exc:  # e.g. an embedded NUL, a symlink loop
@@ -213,6 +216,9 @@ class FunctionService:
         role = params.get("Role")
         if not isinstance(role, str) or not role:
             raise InvalidParameter("Role is required")
+        role = text_param(params, "Role", "", MAX_ROLE_CHARS)
+        description = text_param(params, "Description", "", MAX_DESCRIPTION_CHARS)
+        handler = text_param(params, "Handler", DEFAULT_HANDLER, MAX_HANDLER_CHARS)
         try:
             self.registry.get_function(name)
             raise Conflict(f"Function already exist: {name}")
@@ -222,12 +228,11 @@ class FunctionService:
         tags = validate_tags(params["Tags"]) if params.get("Tags") is not None else {}
         timeout_s = _int_param(params, "Timeout", DEFAULT_TIMEOUT_S, 1, 900)
         memory_mb = _int_param(params, "MemorySize", DEFAULT_MEMORY_MB, 128, 10240)
-        handler = params.get("Handler") or DEFAULT_HANDLER
         with self.code.hold(self._code_bytes(params.get("Code"))) as pkg:   # gone again if refused
             base = self._base_model_for(env, pkg)
             rec = FunctionRecord(
-                name=name, version=LATEST, runtime=RUNTIME, role=role, handler=str(handler),
-                description=str(params.get("Description") or ""), timeout_s=timeout_s, memory_mb=memory_mb,
+                name=name, version=LATEST, runtime=RUNTIME, role=role, handler=handler,
+                description=description, timeout_s=timeout_s, memory_mb=memory_mb,
                 environment=env, code_sha256_hex=pkg.sha256_hex, code_size_bytes=pkg.size_bytes,
                 base_model_path=str(base), state="Pending", state_reason="The function is being created.",
                 state_reason_code="Creating", last_update_status="InProgress",
@@ -300,11 +305,11 @@ class FunctionService:
         if "Runtime" in params and params["Runtime"] != RUNTIME:
             raise InvalidParameter(f"The runtime parameter of {params['Runtime']} is not supported")
         if "Role" in params:
-            changes["role"] = str(params["Role"])
+            changes["role"] = text_param(params, "Role", rec.role, MAX_ROLE_CHARS)
         if "Handler" in params:
-            changes["handler"] = str(params["Handler"] or DEFAULT_HANDLER)
+            changes["handler"] = text_param(params, "Handler", DEFAULT_HANDLER, MAX_HANDLER_CHARS)
         if "Description" in params:
-            changes["description"] = str(params["Description"] or "")
+            changes["description"] = text_param(params, "Description", "", MAX_DESCRIPTION_CHARS)
         if "Timeout" in params:
             changes["timeout_s"] = _int_param(params, "Timeout", rec.timeout_s, 1, 900)
         if "MemorySize" in params:

@@ -1,7 +1,10 @@
-"""SQLAlchemy 2 table definitions for the registry (SQLite by default, any SQLAlchemy URL)."""
+"""SQLAlchemy 2 table definitions for the registry (SQLite by default, any SQLAlchemy URL).
+
+Sizes and token counts are 64-bit (``BigInteger``): PostgreSQL's INTEGER is 32 bits, and a 7B
+backbone has more bytes than that (SQLite's INTEGER is 64 bits either way)."""
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -22,7 +25,7 @@ class FunctionRow(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     environment_json: Mapped[str] = mapped_column(Text, default="{}")
     code_sha256_hex: Mapped[str] = mapped_column(String(64))
-    code_size_bytes: Mapped[int] = mapped_column(Integer)
+    code_size_bytes: Mapped[int] = mapped_column(BigInteger)
     base_model_path: Mapped[str] = mapped_column(String(4096))
     state: Mapped[str] = mapped_column(String(16))
     state_reason: Mapped[str] = mapped_column(Text, default="")
@@ -59,8 +62,8 @@ class InvocationRow(Base):
     cold_start: Mapped[bool] = mapped_column(Boolean, default=False)
     error_type: Mapped[str] = mapped_column(String(128), default="")
     error_message: Mapped[str] = mapped_column(Text, default="")
-    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -171,8 +174,8 @@ class UsageRow(Base):
     init_device_s: Mapped[float] = mapped_column(Float)
     runtime_overhead_s: Mapped[float] = mapped_column(Float)
     queue_s: Mapped[float] = mapped_column(Float)
-    tokens_in: Mapped[int] = mapped_column(Integer)
-    tokens_out: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(BigInteger)
+    tokens_out: Mapped[int] = mapped_column(BigInteger)
     memory_mb: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[str] = mapped_column(String(40))
     init_phases_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -191,7 +194,7 @@ class NodeUsageRow(Base):
     billed_device_s: Mapped[float] = mapped_column(Float)
     overhead_json: Mapped[str] = mapped_column(Text)
     keep_alive_json: Mapped[str] = mapped_column(Text)
-    backbone_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    backbone_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     backbone_load_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
@@ -224,3 +227,16 @@ class BudgetRow(Base):
     hard: Mapped[bool] = mapped_column(Boolean)
     function_name: Mapped[str | None] = mapped_column(String(170), nullable=True)
     created_ts: Mapped[float] = mapped_column(Float)
+
+
+def clip_to_columns(row_type: type[Base], values: dict) -> dict:
+    """``values`` with each string cut to its column's length. For what a function itself reports
+    (an error type from its runtime can be any length): SQLite would keep it whole, PostgreSQL
+    would refuse the row and lose the record."""
+    columns = row_type.__table__.columns   # type: ignore[attr-defined]
+    out = dict(values)
+    for key, value in values.items():
+        length = getattr(columns[key].type, "length", None) if key in columns else None
+        if isinstance(value, str) and length is not None and len(value) > length:
+            out[key] = value[:length]
+    return out

@@ -16,7 +16,7 @@ from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
 from slfaas.functions.backbone_source import BackboneSource, build_borrowed_model
-from slfaas.runtime_contract import ENV_GPU_TRIM_IDLE_S
+from slfaas.runtime_contract import ENV_GPU_TRIM_IDLE_S, ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS
 
 if TYPE_CHECKING:
     from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
@@ -66,6 +66,9 @@ class LoraEngine:
         self._torch = torch
         self.device = torch.device(backbone.device)
         if self.device.type == "cuda":
+            # torch's default is a thread per core in every runtime; a GPU runtime's CPU work is
+            # small, and dozens of runtimes share the host's cores
+            torch.set_num_threads(max(1, int(os.environ.get(ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS))))
             torch.cuda.set_device(self.device)
             torch.zeros(1, device=self.device)  # creates the CUDA context now: timed as device init
         t_dev = time.perf_counter()
@@ -130,6 +133,7 @@ class LoraEngine:
         t0 = time.perf_counter()
         try:
             self.slots.load(source)
+            self.slots.release_mirror()
             if self.device.type == "cuda":
                 self._torch.cuda.synchronize(self.device)
             path, reasons = "slots", ()

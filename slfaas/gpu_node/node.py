@@ -13,6 +13,7 @@ from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.dispatch import Dispatcher, Placed
 from slfaas.gpu_node.events import (BackbonesChanged, EventBus, FunctionPrepared, IntegrityChecked,
                                     InvocationSubmitted)
+from slfaas.gpu_node.introspect import describe_node, summarize_node
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
@@ -26,10 +27,9 @@ from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.resources.integrity import IntegrityMonitor
 from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.sandboxes.base import SandboxFactory
-from slfaas.gpu_node.sandboxes.pools import Pools
 from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
-                                   LogChunk, NodeInfo)
+                                   LogChunk, NodeInfo, NodeSummary)
 
 if TYPE_CHECKING:
     from slfaas.gpu_node.preloader import Preloader
@@ -125,25 +125,11 @@ class Node:
         return stopped
 
     def describe(self, checksums: bool = False) -> NodeInfo:
-        from dataclasses import replace
+        return describe_node(self, checksums)
 
-        backbones = tuple(replace(b, sha256=self.backbones.checksum(Path(b.model_path))) if checksums else b
-                          for b in self.backbones.loaded())
-        measured = {i.instance_id: mb for i in self.table.all() if (mb := self.ledger.measured(i.instance_id))}
-        infos = self.table.infos(measured)
-        gpu = None
-        if self.config.device.startswith("cuda"):
-            from slfaas.gpu_node.resources.gpu_stats import gpu_memory_report
-            gpu = gpu_memory_report(self.config.device, {i.pid: i.instance_id for i in infos if i.pid},
-                                    sum(b.size_bytes for b in backbones if b.device == self.config.device),
-                                    sum(i.adapter_bytes or 0 for i in infos),
-                                    int(self.ledger.instance_estimate_mb()))
-        pool = self.sandboxes.pool
-        pools = pool.describe() if isinstance(pool, Pools) else ()
-        return NodeInfo(self.node_id, self.config.device, self.sandboxes.name, self.config.max_instances,
-                        pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu,
-                        pools, (self.tiers.info(),), self.preloader.last if self.preloader is not None else None,
-                        self.config.backbone)
+    def summary(self) -> NodeSummary:
+        """What a NodeSet's placement needs of this node: a few numbers, no instance details."""
+        return summarize_node(self)
 
     def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
              since_ts: float | None = None) -> LogChunk:

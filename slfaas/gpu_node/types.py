@@ -176,4 +176,29 @@ class NodeInfo:
     pools: tuple[PoolInfo, ...] = ()
     tiers: tuple[TierInfo, ...] = ()
     preload: PreloadInfo | None = None
+    # several nodes behind one control plane (a NodeSet): each one's own report; the fields
+    # above then add theirs up (instances, backbones, limits) and ``device`` lists their devices
+    nodes: tuple["NodeInfo", ...] = ()
+    state: str = "alive"               # "alive", or "lost": the node died and takes no work
+    host: str = ""                     # where the node runs (Ray: its node's address)
     backbone_mode: str = "shared"      # or a baseline's: "private-checkpoint", "private-host-cache"
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    """A node in a few numbers, for choosing among several nodes (cheap to make and to send:
+    no per-instance details). ``adapter_tiers``: the adapters (code digests) in the node's host
+    tier; ``tier_bytes_per_s`` stays empty (a host-tier copy is not measured: counted as free)."""
+
+    node_id: str
+    device: str
+    warm_free: Mapping[tuple[str, str], int]   # (function, revision) → instances with room now
+    backbones: Mapping[str, int]               # resident model path → size in bytes
+    live_instances: int
+    idle_instances: int
+    max_instances: int
+    load_bytes_per_s: float                    # measured backbone load bandwidth (0: nothing loaded yet)
+    free_mb: float | None = None               # device memory free (None: no admission, CPU)
+    instance_mb: float = 0.0
+    adapter_tiers: Mapping[str, str] = field(default_factory=dict)
+    tier_bytes_per_s: Mapping[str, float] = field(default_factory=dict)

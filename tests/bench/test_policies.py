@@ -44,7 +44,16 @@ def test_serverlesslora_batches_and_takes_the_slo_scheduler_where_there_is_one()
     assert slo.function_env == {"SLFAAS_MAX_BATCH_SIZE": "8", "SLFAAS_TTFT_SLO_MS": "2000"}
 
 
+def test_baselines_queue_nothing_on_a_node_with_the_slo_scheduler() -> None:
+    features = ServerFeatures(slo_scheduler=True)
+    for name in ("no-sharing", "serverlessllm-like"):
+        assert _opt(make_policy(name, COMMON, features).server_args, "--scheduler") == ["fcfs"]
+        assert "--scheduler" not in make_policy(name, COMMON, ServerFeatures()).server_args
+
+
 def test_serverful_is_always_on_and_says_when_shared_execution_is_missing() -> None:
+    assert _opt(make_policy("serverful", COMMON, ServerFeatures(shared_execution=True, shared_batch_size=True))
+                .server_args, "--shared-batch-size") == ["8"]
     full = make_policy("serverful", COMMON, ServerFeatures(shared_execution=True))
     assert full.provisioned and full.complete and full.billing == "whole-device"
     assert full.function_env == {"SLFAAS_MAX_BATCH_SIZE": "8", "SLFAAS_SHARED_EXECUTION": "1"}

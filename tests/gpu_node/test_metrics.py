@@ -79,3 +79,30 @@ def test_state_is_read_at_scrape_time_and_a_failing_read_fails_no_scrape() -> No
     assert s[("slfaas_warm_pool_runtimes", ())] == 1
     state["broken"] = True
     assert not any(k[0] == "slfaas_instances" for k in _samples(m))   # the rest still renders
+
+
+def test_several_nodes_scrape_as_one_with_a_node_label() -> None:
+    """The server's /metrics over two nodes' registries: one family each, every sample
+    labelled with its node (the same function may run on both); one node stays unlabelled."""
+    from prometheus_client import CollectorRegistry
+
+    from slfaas.faas.metrics import ControlPlaneMetrics, NodesCollector
+
+    a, b = NodeMetrics(), NodeMetrics()
+    a.on_event(_ended("r1", "f", 1, None))
+    b.on_event(_ended("r2", "f", 1, None))
+    b.on_event(_ended("r3", "f", 1, None))
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(NodesCollector([("n-a", a.registry), ("n-b", b.registry)]))
+    plane = ControlPlaneMetrics(registry)
+    plane.throttled("f", "ConcurrentInvocationLimitExceeded")
+    text = plane.render().decode()
+    families = [f.name for f in text_string_to_metric_families(text)]
+    assert families.count("slfaas_invocations") == 1 and "slfaas_throttles" in families
+    got = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+           if f.name == "slfaas_invocations" for s in f.samples if s.name == "slfaas_invocations_total"}
+    assert got == {(("function", "f"), ("node", "n-a"), ("status", "success")): 1,
+                   (("function", "f"), ("node", "n-b"), ("status", "success")): 2}
+    single = CollectorRegistry(auto_describe=True)
+    single.register(NodesCollector([("n-a", a.registry)]))
+    assert all("node" not in s.labels for f in single.collect() for s in f.samples)
