@@ -28,7 +28,7 @@ from slfaas.bench.server import deploy_functions
 
 log = logging.getLogger(__name__)
 
-POOL_READY_TIMEOUT_S = 300.0
+POOL_READY_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
