@@ -27,6 +27,13 @@ ENV_BACKBONE_PATH = "SLFAAS_BACKBONE_PATH"      # a file, or a socket that hands
 ENV_BACKBONE_IPC = "SLFAAS_BACKBONE_IPC"        # a file holding a CUDA IPC handle + tensor table
 ENV_BACKBONE_VMM_FD = "SLFAAS_BACKBONE_VMM_FD"  # an inherited descriptor of the GPU arena (CUDA VMM) ...
 ENV_BACKBONE_TABLE_FD = "SLFAAS_BACKBONE_TABLE_FD"  # ... and of its tensor table (a sealed memfd)
+# A node run without backbone sharing (a baseline): the instance holds a private copy of the
+# backbone, loaded from the checkpoint (the base model dir's weight files, then visible to it)
+# or copied from the node's host image (SLFAAS_BACKBONE_FD/_PATH) into its own device memory.
+ENV_BACKBONE_PRIVATE = "SLFAAS_BACKBONE_PRIVATE"
+PRIVATE_CHECKPOINT = "checkpoint"
+PRIVATE_COPY = "copy"
+PRIVATE_BACKBONES = (PRIVATE_CHECKPOINT, PRIVATE_COPY)
 ENV_POOL_SOCKET = "SLFAAS_POOL_SOCKET"          # a warm-pool runtime waits for its function here
 ENV_PREWARM = "SLFAAS_PREWARM"                  # "1": a pool runtime pre-warms for its backbone (slots, kernels)
 ENV_SLOT_RANK = "SLFAAS_SLOT_RANK"              # its LoRA slots' rank ...

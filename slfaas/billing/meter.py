@@ -12,13 +12,13 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from slfaas.billing.ledger import compute_share, init_phases
 from slfaas.billing.prices import (PriceSheet, default_prices, device_second_usd, device_type_for,
                                   invocation_cost_usd)
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.billing.sharing import InstanceActivities
 from slfaas.billing.timeline import DeviceTimeline
 
@@ -77,7 +77,8 @@ class Meter:
     def __init__(self, node_id: str, device: str, sheet: PriceSheet | None = None, gpu_name: str | None = None,
                  on_usage: Callable[[UsageRecord], None] | None = None,
                  on_node_usage: Callable[[NodeUsage], None] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 on_instance_usage: Callable[[InstanceUsage], None] | None = None):
         self.node_id = node_id
         self.device = device
         self.device_type = device_type_for(device, gpu_name)
@@ -86,6 +87,7 @@ class Meter:
         device_second_usd(self.sheet, self.device_type, 2048)
         self.on_usage = on_usage
         self.on_node_usage = on_node_usage
+        self.on_instance_usage = on_instance_usage
         self._clock = clock
         self.start_ts = clock()
         self.timeline = DeviceTimeline(self.start_ts)
@@ -93,6 +95,7 @@ class Meter:
         self._lock = threading.Lock()
         self._init_accrued: dict[str, float] = {}   # instance → init share not billed yet
         self._init_wall: dict[str, float] = {}
+        self._lives: dict[str, InstanceUsage] = {}   # instances alive now
         self._billed_s = 0.0
         self._runtime_overhead_s = 0.0
         self._backbone_bytes = 0
@@ -130,11 +133,34 @@ class Meter:
                 self._backbone_bytes, self._backbone_load_s = size_bytes, load_s
 
     # instances
-    def instance_starting(self, instance_id: str, ts: float) -> None:
+    def instance_starting(self, instance_id: str, ts: float, function_name: str = "", version: str = "",
+                          memory_mb: int = 0) -> None:
         self.timeline.start_activity(f"init:{instance_id}", "init", ts)
+        with self._lock:
+            self._lives[instance_id] = InstanceUsage(instance_id, function_name, version, self.node_id, self.device,
+                                                     self.device_type, memory_mb, ts)
+
+    def instance_measured(self, instance_id: str, device_mb: float, measured: bool) -> None:
+        """The device memory an instance holds (the node's measure, or its estimate)."""
+        self._update_life(instance_id, device_mb=_num(device_mb), device_mb_measured=measured)
+
+    def _update_life(self, instance_id: str, **changes: object) -> None:
+        with self._lock:
+            life = self._lives.get(instance_id)
+            if life is not None:
+                self._lives[instance_id] = replace(life, **changes)  # type: ignore[arg-type]
+
+    def live_instances(self) -> list[InstanceUsage]:
+        """Instances alive now (``end_ts`` None), oldest first."""
+        with self._lock:
+            return sorted(self._lives.values(), key=lambda i: (i.start_ts, i.instance_id))
 
     def instance_ready(self, instance_id: str, ts: float, init_wall_s: float | None = None) -> None:
         """Init ended (ready, failed or abandoned): its share waits for the invocation it serves."""
+        with self._lock:
+            life = self._lives.get(instance_id)
+            if life is not None and life.ready_ts is None and init_wall_s is not None:
+                self._lives[instance_id] = replace(life, ready_ts=ts)
         accrued = self.timeline.end_activity_if_active(f"init:{instance_id}", ts)
         if accrued is None:
             return
@@ -151,11 +177,22 @@ class Meter:
         # when it ends, even when the instance died (every cold start serves one invocation).
         self.instance_ready(instance_id, ts)
         self.timeline.instance_busy(instance_id, ts)
+        with self._lock:
+            life = self._lives.pop(instance_id, None)
+        if life is not None and self.on_instance_usage is not None:
+            try:
+                self.on_instance_usage(replace(life, end_ts=max(ts, life.start_ts)))
+            except Exception:
+                log.exception("storing instance usage %s failed", instance_id)
 
     # invocations
     def invocation_started(self, request_id: str, instance_id: str, ts: float) -> None:
         self.timeline.instance_busy(instance_id, ts)
         self.activities.start(request_id, instance_id, ts)
+        with self._lock:
+            life = self._lives.get(instance_id)
+            if life is not None:
+                self._lives[instance_id] = replace(life, invocations=life.invocations + 1)
 
     def invocation_aborted(self, request_id: str, ts: float) -> None:
         """The invocation ended without ``invocation_finished`` (an exception in the node): its

@@ -82,3 +82,30 @@ class NodeUsage:
     @property
     def overhead_total_s(self) -> float:
         return sum(self.overhead_s.values())
+
+
+@dataclass(frozen=True)
+class InstanceUsage:
+    """One instance's life on a node, from its start to its end: what a serverless platform
+    without sharing bills (each container pays for every second it is alive, cold start and
+    keep-alive included, in proportion to the device memory it holds; ``billing.policy_costs``).
+    ``end_ts`` is None while it is alive (a live listing)."""
+
+    instance_id: str
+    function_name: str
+    version: str
+    node_id: str
+    device: str
+    device_type: str
+    memory_mb: int              # the function's MemorySize
+    start_ts: float
+    end_ts: float | None = None
+    ready_ts: float | None = None   # its init ended (None: never ready)
+    device_mb: float | None = None  # device memory it held (NVML after its first invocation; None on CPU)
+    device_mb_measured: bool = False   # False: the node's admission estimate stood in for a measure
+    invocations: int = 0
+
+    def alive_s(self, since_ts: float, until_ts: float) -> float:
+        """Seconds it was alive within [since_ts, until_ts] (a live one: up to ``until_ts``)."""
+        end = until_ts if self.end_ts is None else min(self.end_ts, until_ts)
+        return max(0.0, end - max(self.start_ts, since_ts))

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from slfaas.billing.budgets import Budget, BudgetGuard, BudgetStatus, period_window
 from slfaas.billing.prices import PriceSheet, default_prices
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.billing.reports import Report, build_report
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,13 @@ class CostService:
                  live_node: Callable[[], NodeUsage] | None = None,
                  on_budget_warning: Callable[[str | None, str], None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 live_nodes: Callable[[], Sequence[NodeUsage]] | None = None):
+                 live_nodes: Callable[[], Sequence[NodeUsage]] | None = None,
+                 live_instances: Callable[[], list[InstanceUsage]] | None = None):
         """``live_nodes``: the usage so far of every node running now (nodes join and leave);
-        ``live_node``: the same for a single node."""
+        ``live_node``: the same for a single node; ``live_instances``: the instances alive on
+        the live nodes now (their meters')."""
         self.registry = registry
+        self.live_instances = live_instances
         self.sheet = sheet or default_prices()
         if live_nodes is None and live_node is not None:
             one = live_node
@@ -141,6 +144,16 @@ class CostService:
             if until_ts is None or n.start_ts < until_ts:
                 nodes[n.node_id] = n
         return sorted(nodes.values(), key=lambda n: n.start_ts)
+
+    def instances(self, since_ts: float | None, until_ts: float | None,
+                  function_name: str | None = None) -> list[InstanceUsage]:
+        """Instances alive at some time in [since, until): ended ones from the registry, live
+        ones (``end_ts`` None) from the live nodes; oldest first."""
+        out = list(self.registry.list_instance_usage(since_ts, until_ts, function_name))
+        if self.live_instances is not None:
+            out += [i for i in self.live_instances() if (until_ts is None or i.start_ts < until_ts)
+                    and (function_name is None or i.function_name == function_name)]
+        return sorted(out, key=lambda i: (i.start_ts, i.instance_id))
 
     def report(self, since_ts: float | None = None, until_ts: float | None = None, group_by: str = "function",
                function_name: str | None = None) -> Report:

@@ -19,9 +19,10 @@ DEFAULT_DATA_DIR = Path("~/.slfaas").expanduser()
 def node_summary(server: Any) -> str:
     """What the start line says about the nodes (the one place the CLI reads node internals)."""
     info = server.node.describe()
+    mode = "" if info.backbone_mode == "shared" else f", backbone {info.backbone_mode} (no sharing)"
     if len(info.nodes) > 1:
-        return f"sandbox {info.sandbox}, {len(info.nodes)} nodes on {info.device}"
-    return f"sandbox {info.sandbox}, device {info.device}"
+        return f"sandbox {info.sandbox}, {len(info.nodes)} nodes on {info.device}{mode}"
+    return f"sandbox {info.sandbox}, device {info.device}{mode}"
 
 
 def _devices(devices: str | None, device: str) -> tuple[str, ...]:
@@ -102,6 +103,11 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--instance-gpu-mb", type=int, default=1536, show_default=True,
               help="upper bound of an instance's GPU memory for admission control; measured figures "
                    "(NVML) are used below it")
+@click.option("--backbone", type=click.Choice(["shared", "private-checkpoint", "private-host-cache"]),
+              default="shared", show_default=True,
+              help="shared: one backbone per node, borrowed by every instance. For baselines without sharing "
+                   "(benchmarks): private-checkpoint, each instance loads its own with from_pretrained; "
+                   "private-host-cache, each copies it from the node's host-memory cache; no pre-warmed runtimes")
 @click.option("--keep-alive-s", type=float, default=300.0, show_default=True, help="stop instances idle this long")
 @click.option("--max-instances", type=int, default=32, show_default=True, help="instances per node")
 @click.option("--init-timeout-s", type=float, default=300.0, show_default=True, help="cold-start limit")
@@ -140,7 +146,7 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
            warm_pool: int, docker_warm_pool: int | None, prewarm_min: int, prewarm_budget_mb: int,
            host_tier_mb: int, slot_rank: int, slot_modules: str, device: str, devices: str | None,
            cluster: str | None, ray_resource: str | None, node_data_dir: str | None, verify_interval_s: float | None,
-           instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
+           instance_gpu_mb: int, backbone: str, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
@@ -166,7 +172,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             prewarm_budget_mb=prewarm_budget_mb, host_tier_mb=host_tier_mb, slot_rank=slot_rank,
             slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip()),
             metrics_token=metrics_token or None, devices=_devices(devices, device), cluster=cluster,
-            ray_resource=ray_resource, node_data_dir=Path(node_data_dir) if node_data_dir else None))
+            ray_resource=ray_resource, node_data_dir=Path(node_data_dir) if node_data_dir else None,
+            backbone=backbone))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from prometheus_client import CollectorRegistry
 
 from slfaas.billing.prices import PriceSheet
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.gpu_node.builder import SandboxSettings, SlotSettings, build_node
 from slfaas.gpu_node.cluster.handle import LocalNode
 from slfaas.gpu_node.cluster.nodeset import NodeSet
@@ -85,12 +85,15 @@ def _preload(config: "ServerConfig") -> tuple[PreloadConfig, SlotSettings]:
 
 def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
                 on_usage: Callable[[UsageRecord], None], on_node_usage: Callable[[NodeUsage], None],
-                on_integrity: Callable[[IntegrityEvent], None]) -> ServerNodes:
+                on_integrity: Callable[[IntegrityEvent], None],
+                on_instance_usage: Callable[[InstanceUsage], None] | None = None) -> ServerNodes:
     sandbox = SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
                               config.insecure_sandbox)
     if config.cluster:
         if config.devices:
             raise ValueError("--devices and --cluster do not go together: a Ray cluster's agents take one GPU each")
+        if config.backbone != "shared":
+            raise ValueError(f"--backbone {config.backbone} is for a baseline on local nodes, not --cluster")
         return _ray_nodes(config, data_dir, prices, sandbox, on_usage, on_node_usage, on_integrity)
     devices = resolve_devices(config.devices) if config.devices else (resolve_device(config.device),)
     nodes = NodeSet()
@@ -106,9 +109,9 @@ def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
             built = build_node(
                 NodeConfig(data_dir=node_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                            init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
-                           instance_gpu_mb=config.instance_gpu_mb),
+                           instance_gpu_mb=config.instance_gpu_mb, backbone=config.backbone),
                 sandbox, prices=prices, on_usage=on_usage, on_node_usage=on_node_usage, on_integrity=on_integrity,
-                preload=preload, slots=slots)
+                preload=preload, slots=slots, on_instance_usage=on_instance_usage)
             nodes.add(LocalNode(built.node, built.meter))
             metrics.append((built.node.node_id, built.metrics.registry))
     except BaseException:

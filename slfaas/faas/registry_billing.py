@@ -10,13 +10,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from slfaas.billing.budgets import Budget
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.errors import NotFound
-from slfaas.faas.tables import BudgetRow, NodeUsageRow, UsageRow
+from slfaas.faas.tables import BudgetRow, InstanceUsageRow, NodeUsageRow, UsageRow
 
 _PLAIN = ("request_id", "function_name", "version", "node_id", "device", "device_type", "start_ts", "end_ts",
           "status", "cold_start", "preload_tier", "batch_size", "batch_device_s", "compute_device_s",
           "init_device_s", "runtime_overhead_s", "queue_s", "tokens_in", "tokens_out", "memory_mb", "adapter_tier")
+
+_INSTANCE = ("instance_id", "function_name", "version", "node_id", "device", "device_type", "memory_mb", "start_ts",
+             "end_ts", "ready_ts", "device_mb", "device_mb_measured", "invocations")
 
 
 def _usage_row(rec: UsageRecord) -> UsageRow:
@@ -102,6 +105,27 @@ class BillingMixin:
             if until_ts is not None:
                 stmt = stmt.where(NodeUsageRow.start_ts < until_ts)
             return [_node_usage(r) for r in s.scalars(stmt)]
+
+    def record_instance_usage(self, life: InstanceUsage) -> None:
+        """An instance that ended (``end_ts`` set)."""
+        if life.end_ts is None:
+            raise ValueError(f"instance {life.instance_id} has not ended: only ended instances are stored")
+        with self._session() as s:
+            s.merge(InstanceUsageRow(**{k: getattr(life, k) for k in _INSTANCE}))
+            s.commit()
+
+    def list_instance_usage(self, since_ts: float | None = None, until_ts: float | None = None,
+                            function_name: str | None = None) -> list[InstanceUsage]:
+        """Ended instances alive at some time in [since, until), oldest first."""
+        with self._session() as s:
+            stmt = select(InstanceUsageRow).order_by(InstanceUsageRow.start_ts, InstanceUsageRow.instance_id)
+            if since_ts is not None:
+                stmt = stmt.where(InstanceUsageRow.end_ts >= since_ts)
+            if until_ts is not None:
+                stmt = stmt.where(InstanceUsageRow.start_ts < until_ts)
+            if function_name is not None:
+                stmt = stmt.where(InstanceUsageRow.function_name == function_name)
+            return [InstanceUsage(**{k: getattr(r, k) for k in _INSTANCE}) for r in s.scalars(stmt)]
 
     def put_budget(self, budget: Budget, created_ts: float) -> None:
         with self._session() as s:

@@ -65,6 +65,7 @@ class ServerConfig:
     cluster: str | None = None               # --cluster ray[://HOST:PORT]: node agents as Ray actors
     ray_resource: str | None = None          # --cluster: only Ray nodes advertising this resource get agents
     node_data_dir: Path | None = None        # --cluster: agents' data dirs on their hosts (default DATA_DIR/nodes)
+    backbone: str = "shared"                 # or a baseline without sharing (gpu_node/resources/private_backbone.py)
 
 
 MIN_METRICS_TOKEN_CHARS = 16
@@ -148,10 +149,12 @@ class SlfaasServer:
         prices = load_prices(Path(config.prices_file)) if config.prices_file else default_prices()
         self.nodes = build_nodes(config, data_dir, prices, on_usage=lambda rec: self.service.cost.record(rec),
                                  on_node_usage=self.registry.put_node_usage,
-                                 on_integrity=self.registry.record_integrity_event)
+                                 on_integrity=self.registry.record_integrity_event,
+                                 on_instance_usage=self.registry.record_instance_usage)
         self.node = self.nodes.nodes
         self.device = self.node.describe().device
-        cost = CostService(self.registry, prices, live_nodes=self.node.node_usages)
+        cost = CostService(self.registry, prices, live_nodes=self.node.node_usages,
+                           live_instances=self.node.live_instances)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
                                        public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost,
                                        max_concurrent_invocations=config.max_concurrent_invocations,

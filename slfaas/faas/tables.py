@@ -198,6 +198,26 @@ class NodeUsageRow(Base):
     backbone_load_s: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class InstanceUsageRow(Base):
+    """One instance's life (start to end) on a node: a serverless baseline's billing unit."""
+
+    __tablename__ = "instance_usage"
+
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    function_name: Mapped[str] = mapped_column(String(170), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    node_id: Mapped[str] = mapped_column(String(32), index=True)
+    device: Mapped[str] = mapped_column(String(32))
+    device_type: Mapped[str] = mapped_column(String(64))
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    start_ts: Mapped[float] = mapped_column(Float, index=True)
+    end_ts: Mapped[float] = mapped_column(Float, index=True)
+    ready_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    device_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    device_mb_measured: Mapped[bool] = mapped_column(Boolean, default=False)
+    invocations: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class BudgetRow(Base):
     __tablename__ = "budgets"
 

@@ -1,5 +1,6 @@
-"""The LoRA engine inside an instance: the node's backbone borrowed zero-copy, this function's
-adapter on top, unmerged (x·W + x·A·B·s), so the shared weights are never written."""
+"""The LoRA engine inside an instance: the node's backbone borrowed zero-copy (or, in a baseline
+node without sharing, a private copy: ``backbone_source``), this function's adapter on top,
+unmerged (x·W + x·A·B·s), so the shared weights are never written."""
 from __future__ import annotations
 
 import logging
@@ -14,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
-from slfaas.runtime_contract import (ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_PATH, ENV_BACKBONE_TABLE_FD,
-                                     ENV_BACKBONE_VMM_FD, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S, ENV_RUNTIME_CPU_THREADS,
-                                     GPU_RUNTIME_CPU_THREADS)
+from slfaas.functions.backbone_source import BackboneSource, build_borrowed_model
+from slfaas.runtime_contract import ENV_GPU_TRIM_IDLE_S, ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS
 
 if TYPE_CHECKING:
     from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
 
 log = logging.getLogger(__name__)
+__all__ = ["AttachTimings", "BackboneSource", "Generation", "LoraEngine", "build_borrowed_model"]
 
 
 @dataclass(frozen=True)
@@ -44,75 +45,6 @@ class AttachTimings:
     backbone_attach_s: float
     adapter_load_s: float
     device_init_s: float = 0.0   # CUDA context creation (0 on CPU)
-
-
-@dataclass(frozen=True)
-class BackboneSource:
-    """Where this instance borrows its backbone from, as the node told it (environment).
-
-    CPU: a sealed memfd inherited as ``fd`` (process sandbox) or a ``path`` (a container:
-    see ``open_image_path``); CUDA: ``vmm_fd`` and ``table_fd``, the node's arena as a CUDA
-    VMM descriptor mapped read-only plus its tensor table, or (legacy) ``ipc_file``, holding
-    one CUDA IPC handle of the arena plus the table."""
-
-    device: str = "cpu"
-    fd: int | None = None
-    path: str | None = None
-    ipc_file: str | None = None
-    vmm_fd: int | None = None
-    table_fd: int | None = None
-
-    @classmethod
-    def from_env(cls, env: "os._Environ[str] | dict[str, str]" = os.environ) -> "BackboneSource":
-        def number(name: str) -> int | None:
-            value = env.get(name)
-            return int(value) if value else None
-        return cls(device=env.get(ENV_DEVICE, "cpu"), fd=number(ENV_BACKBONE_FD),
-                   path=env.get(ENV_BACKBONE_PATH) or None, ipc_file=env.get(ENV_BACKBONE_IPC) or None,
-                   vmm_fd=number(ENV_BACKBONE_VMM_FD), table_fd=number(ENV_BACKBONE_TABLE_FD))
-
-    def tensors(self) -> tuple[dict[str, Any], Any]:
-        """(name → tensor viewing the shared backbone, object that must outlive them)."""
-        if self.vmm_fd is not None and self.table_fd is not None:
-            from slfaas.weights.cuda_vmm import open_vmm_backbone
-            return open_vmm_backbone(self.vmm_fd, self.table_fd, self.device)
-        if self.ipc_file:
-            from slfaas.weights.cuda_ipc import open_exported_arena
-            return open_exported_arena(Path(self.ipc_file))
-        from slfaas.weights.image import iter_tensors, map_image, open_image_path
-        if self.fd is not None:
-            mapping = map_image(self.fd)
-        elif self.path:
-            fd = open_image_path(self.path)
-            try:
-                mapping = map_image(fd)
-            finally:
-                os.close(fd)  # the mapping keeps the pages
-        else:
-            raise RuntimeError(f"no backbone given: {ENV_BACKBONE_FD}, {ENV_BACKBONE_PATH} or {ENV_BACKBONE_IPC} "
-                               f"must be set")
-        return dict(iter_tensors(mapping)), mapping
-
-
-def build_borrowed_model(state: dict[str, Any], base_model_dir: Path) -> Any:
-    """Skeleton on ``meta``, then every parameter assigned a view of the shared backbone
-    (``assign=True``: the views become the parameters, nothing is copied)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(base_model_dir))
-    with init_empty_weights(include_buffers=False):  # buffers (rotary tables) stay real
-        model = AutoModelForCausalLM.from_config(config)
-    _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    if still_meta:
-        raise RuntimeError(f"backbone image lacks parameters: {still_meta[:5]}")
-    if unexpected:
-        log.warning("backbone image has tensors the model does not use: %s", unexpected[:5])
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 class LoraEngine:
@@ -140,9 +72,7 @@ class LoraEngine:
             torch.cuda.set_device(self.device)
             torch.zeros(1, device=self.device)  # creates the CUDA context now: timed as device init
         t_dev = time.perf_counter()
-        state, self._backbone_keepalive = backbone.tensors()
-        self.model_base = build_borrowed_model(state, base_model_dir)
-        del state
+        self.model_base, self._backbone_keepalive = backbone.model(base_model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
         t2 = time.perf_counter()
         self.slots: LoraSlots | None = None

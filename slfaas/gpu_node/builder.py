@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from slfaas.billing.meter import Meter
 from slfaas.billing.prices import PriceSheet
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.events import IntegrityChecked, NodeEvent
 from slfaas.gpu_node.metering import meter_subscriber
@@ -19,6 +19,7 @@ from slfaas import runtime_contract as rc
 from slfaas.gpu_node.metrics import NodeMetrics
 from slfaas.gpu_node.node import Node
 from slfaas.gpu_node.preloader import PreloadConfig, Preloader
+from slfaas.gpu_node.resources import private_backbone
 from slfaas.gpu_node.resources.adapters import AdapterTiers
 from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.resources.memory import MemoryLedger
@@ -163,10 +164,14 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
                on_usage: Callable[[UsageRecord], None] | None = None,
                on_node_usage: Callable[[NodeUsage], None] | None = None,
                on_integrity: Callable[[IntegrityEvent], None] | None = None,
-               preload: PreloadConfig | None = None, slots: SlotSettings | None = None) -> BuiltNode:
+               preload: PreloadConfig | None = None, slots: SlotSettings | None = None,
+               on_instance_usage: Callable[[InstanceUsage], None] | None = None) -> BuiltNode:
     from slfaas.gpu_node.resources.gpu_stats import gpu_name
 
     preload = preload or PreloadConfig()
+    shared = private_backbone.check_mode(config.backbone) == private_backbone.SHARED
+    if not shared:   # a pre-warmed runtime is built around the node's shared backbone: none here
+        preload = replace(preload, min_prewarmed_per_backbone=0, prewarm_budget_mb=0)
     factory = make_sandbox_factory(sandbox, config.data_dir)
     metrics = NodeMetrics()
 
@@ -177,15 +182,15 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
     try:
         node_id = uuid.uuid4().hex[:12]
         meter = Meter(node_id, config.device, prices, gpu_name=gpu_name(config.device), on_usage=usage,
-                      on_node_usage=on_node_usage)
+                      on_node_usage=on_node_usage, on_instance_usage=on_instance_usage)
         generic = generic_pool(factory, sandbox.warm_pool, config.device)
     except BaseException:
         factory.close()
         raise
     ledger = _ledger(config)
-    node = Node(config, factory, BackboneOwner(config.device), ledger=ledger, node_id=node_id,
-                tiers=AdapterTiers(preload.host_tier_budget_mb << 20))
-    pools = Pools(generic, _prewarmed_pools(node, factory, slots or SlotSettings()))
+    node = Node(config, factory, BackboneOwner(private_backbone.owner_device(config.backbone, config.device)),
+                ledger=ledger, node_id=node_id, tiers=AdapterTiers(preload.host_tier_budget_mb << 20))
+    pools = Pools(generic, _prewarmed_pools(node, factory, slots or SlotSettings()) if shared else None)
     factory.attach_pool(pools)
     node.preloader = Preloader(preload, config.device, pools, node.tiers, node.backbones.loaded,
                                ledger.instance_estimate_mb)

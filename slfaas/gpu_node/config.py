@@ -16,3 +16,6 @@ class NodeConfig:
     python: str = sys.executable
     verify_interval_s: float = 0.0      # backbone integrity checks; 0 = only on demand
     instance_gpu_mb: int = 1536         # upper bound of an instance's GPU memory (context, adapter, KV)
+    # "shared" (slfaas), or a baseline without sharing: "private-checkpoint" (each instance loads
+    # its own from the checkpoint), "private-host-cache" (each copies the node's host image)
+    backbone: str = "shared"

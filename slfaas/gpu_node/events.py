@@ -34,6 +34,18 @@ class BackbonesChanged(NodeEvent):
 class InstanceStarting(NodeEvent):
     instance_id: str
     function_name: str
+    version: str = ""
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceMeasured(NodeEvent):
+    """The device memory an instance holds, after its first invocation: measured (NVML), or
+    the node's admission estimate where it cannot be measured (``measured`` False)."""
+
+    instance_id: str
+    device_mb: float
+    measured: bool
 
 
 @dataclass(frozen=True)

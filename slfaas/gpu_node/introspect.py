@@ -24,13 +24,15 @@ def describe_node(node: "Node", checksums: bool = False) -> NodeInfo:
     if node.config.device.startswith("cuda"):
         from slfaas.gpu_node.resources.gpu_stats import gpu_memory_report
         gpu = gpu_memory_report(node.config.device, {i.pid: i.instance_id for i in infos if i.pid},
-                                sum(b.size_bytes for b in backbones), sum(i.adapter_bytes or 0 for i in infos),
+                                sum(b.size_bytes for b in backbones if b.device == node.config.device),
+                                sum(i.adapter_bytes or 0 for i in infos),
                                 int(node.ledger.instance_estimate_mb()))
     pool = node.sandboxes.pool
     pools = pool.describe() if isinstance(pool, Pools) else ()
     return NodeInfo(node.node_id, node.config.device, node.sandboxes.name, node.config.max_instances,
                     pool.size if pool is not None else 0, node.sandboxes.warm_count(), backbones, infos, gpu,
-                    pools, (node.tiers.info(),), node.preloader.last if node.preloader is not None else None)
+                    pools, (node.tiers.info(),), node.preloader.last if node.preloader is not None else None,
+                    backbone_mode=node.config.backbone)
 
 
 def summarize_node(node: "Node") -> NodeSummary:
@@ -40,7 +42,7 @@ def summarize_node(node: "Node") -> NodeSummary:
     for v in snap.instances:
         if v.has_room:
             warm[v.pool_key] = warm.get(v.pool_key, 0) + 1
-    loaded = node.backbones.loaded()
+    loaded = [b for b in node.backbones.loaded() if node.config.backbone == "shared"]   # none to borrow otherwise
     load_s = sum(b.load_s for b in loaded)
     return NodeSummary(node.node_id, node.config.device, warm, {b.model_path: b.size_bytes for b in loaded},
                        sum(1 for v in snap.instances if v.alive),

@@ -137,10 +137,20 @@ class InvocationRunner:
             if inst.state is InstanceState.IDLE:
                 self._bus.publish(ev.InstanceIdle(time.time(), inst.instance_id, inst.function.name))
             if cold and inst.sandbox is not None:
-                self._ledger.observe(inst.instance_id, inst.sandbox.pid)   # what one instance costs, served
+                self._measure(inst, inst.sandbox.pid)
             self._dispatcher.finished(request.request_id, inst.instance_id, ok)
             if self._table.stale(inst) and inst.claim_idle():
                 self._launcher.stop(inst)
+
+    def _measure(self, inst: Instance, pid: int | None) -> None:
+        """What one instance costs in device memory, once served (admission's estimate where
+        the device has memory but the process cannot be measured)."""
+        mb = self._ledger.observe(inst.instance_id, pid)
+        measured = mb is not None
+        if mb is None and self._ledger.tracks_device:
+            mb = self._ledger.instance_estimate_mb()
+        if mb is not None:
+            self._bus.publish(ev.InstanceMeasured(time.time(), inst.instance_id, mb, measured))
 
     def _finish(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool, submitted_ts: float,
                 dispatch_ts: float, report: bool = True) -> InvocationResult:

@@ -26,7 +26,9 @@ def meter_subscriber(meter: Meter) -> ev.Subscriber:
         elif isinstance(event, ev.InvocationAborted):
             meter.invocation_aborted(event.request_id, event.ts)
         elif isinstance(event, ev.InstanceStarting):
-            meter.instance_starting(event.instance_id, event.ts)
+            meter.instance_starting(event.instance_id, event.ts, event.function_name, event.version, event.memory_mb)
+        elif isinstance(event, ev.InstanceMeasured):
+            meter.instance_measured(event.instance_id, event.device_mb, event.measured)
         elif isinstance(event, ev.InstanceReady):
             meter.instance_ready(event.instance_id, event.ts, event.init_wall_s)
         elif isinstance(event, ev.InstanceIdle):

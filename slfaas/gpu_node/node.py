@@ -22,6 +22,7 @@ from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
 from slfaas.gpu_node.reporting import Reporter
 from slfaas.gpu_node.resources.adapters import AdapterTiers
+from slfaas.gpu_node.resources import private_backbone
 from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.resources.integrity import IntegrityMonitor
 from slfaas.gpu_node.resources.memory import MemoryLedger
@@ -44,7 +45,7 @@ class Node:
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.bus = bus or EventBus()
         self.sandboxes = sandboxes
-        self.backbones = backbones or BackboneOwner(config.device)
+        self.backbones = backbones or BackboneOwner(private_backbone.owner_device(config.backbone, config.device))
         self.backbones.on_change = self._backbones_changed
         self.ledger = ledger or MemoryLedger(config.instance_gpu_mb)
         self._logs = FunctionLogs(Path(config.data_dir) / "logs")
@@ -52,7 +53,8 @@ class Node:
         self.preloader: "Preloader | None" = None   # the builder's: sizes pools and tiers
         self.table = InstanceTable()
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
-                                 self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers)
+                                 self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers,
+                                 backbone_mode=config.backbone)
         self.dispatcher = Dispatcher(scheduler or FcfsScheduler(), self.table, config.max_instances,
                                      self.launcher.stop, self.ledger.gpu_view)
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
@@ -64,10 +66,10 @@ class Node:
 
     # NodeApi
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
-        self.backbones.acquire(function.base_model_path)
+        info = private_backbone.prepare(self.config.backbone, self.backbones, self.ledger, function.base_model_path)
         self.bus.publish(FunctionPrepared(time.time(), function.name, function.version, str(function.base_model_path),
                                           str(function.code_dir)))
-        return self.backbones.info(function.base_model_path)
+        return info
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         submitted_ts = self._submitted(request)

@@ -181,6 +181,7 @@ class NodeInfo:
     nodes: tuple["NodeInfo", ...] = ()
     state: str = "alive"               # "alive", or "lost": the node died and takes no work
     host: str = ""                     # where the node runs (Ray: its node's address)
+    backbone_mode: str = "shared"      # or a baseline's: "private-checkpoint", "private-host-cache"
 
 
 @dataclass(frozen=True)

@@ -187,3 +187,33 @@ def test_a_batch_never_bills_more_than_it_accrued_and_members_come_and_go() -> N
     assert snap.billed_device_s == pytest.approx(3.0)
     assert snap.overhead_s["runtime"] == pytest.approx(0.5) and snap.overhead_s["in_flight"] == pytest.approx(0.0)
     assert snap.billed_device_s + snap.overhead_total_s == pytest.approx(snap.elapsed_s)
+
+
+def test_instance_lives_are_recorded_from_start_to_end() -> None:
+    """What a serverless baseline bills: each instance's life, its init end, the device memory
+    it held and how many invocations it served; emitted when it ends, listed while alive."""
+    clock = Clock()
+    ended = []
+    m = Meter("n1", "cpu", default_prices(), clock=clock, on_instance_usage=ended.append)
+    m.instance_starting("i1", 1001.0, "fa", "$LATEST", 2048)
+    m.instance_starting("i2", 1002.0, "fb", "3", 1024)
+    m.instance_ready("i1", 1005.0, 4.0)
+    m.invocation_started("r1", "i1", 1005.0)
+    m.invocation_finished(facts("r1", "i1", True, 1005.0, 1006.0), {})
+    m.instance_measured("i1", 13_500.0, measured=True)
+    m.invocation_started("r2", "i1", 1007.0)
+    m.invocation_finished(facts("r2", "i1", False, 1007.0, 1008.0), {})
+    live = m.live_instances()
+    assert [i.instance_id for i in live] == ["i1", "i2"] and all(i.end_ts is None for i in live)
+    m.instance_gone("i1", 1020.0)
+    m.instance_gone("i2", 1003.0)     # never ready: its init ended with it
+    m.instance_gone("nobody", 1004.0)  # not known: nothing recorded
+    assert m.live_instances() == []
+    by_id = {i.instance_id: i for i in ended}
+    assert set(by_id) == {"i1", "i2"}
+    i1, i2 = by_id["i1"], by_id["i2"]
+    assert (i1.function_name, i1.version, i1.memory_mb, i1.node_id) == ("fa", "$LATEST", 2048, "n1")
+    assert (i1.start_ts, i1.ready_ts, i1.end_ts) == (1001.0, 1005.0, 1020.0)
+    assert i1.device_mb == 13_500.0 and i1.device_mb_measured and i1.invocations == 2
+    assert i2.ready_ts is None and i2.end_ts == 1003.0 and i2.device_mb is None and i2.invocations == 0
+    assert i1.alive_s(1000.0, 1010.0) == pytest.approx(9.0) and i1.alive_s(1030.0, 1040.0) == 0.0

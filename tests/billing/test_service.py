@@ -167,3 +167,24 @@ def test_a_node_flushing_its_usage_from_two_threads_keeps_one_row(registry) -> N
         t.join()
     assert errors == []
     assert [n.node_id for n in registry.list_node_usage()] == ["racer"]
+
+
+def test_instance_lives_are_kept_and_listed_with_the_live_ones(registry) -> None:  # type: ignore[no-untyped-def]
+    from slfaas.billing.records import InstanceUsage
+
+    def life(iid: str, start: float, end: float | None, fn: str = "f") -> InstanceUsage:
+        return InstanceUsage(iid, fn, "$LATEST", "n", "cuda:0", "H200", 2048, start, end, start + 1,
+                             13_824.0, True, 3)
+
+    registry.record_instance_usage(life("old", DAY0 - 100, DAY0 - 50))
+    registry.record_instance_usage(life("a", DAY0, DAY0 + 10))
+    registry.record_instance_usage(life("b", DAY0 + 5, DAY0 + 30, fn="g"))
+    with pytest.raises(ValueError, match="has not ended"):
+        registry.record_instance_usage(life("alive", DAY0, None))
+    live = [life("c", DAY0 + 20, None)]
+    svc = CostService(registry, clock=Clock(DAY0 + 40), live_instances=lambda: live)
+    got = svc.instances(DAY0, DAY0 + 40)
+    assert [i.instance_id for i in got] == ["a", "b", "c"]
+    assert got[0] == life("a", DAY0, DAY0 + 10)     # every field kept
+    assert [i.instance_id for i in svc.instances(DAY0, DAY0 + 40, "g")] == ["b"]
+    assert [i.instance_id for i in svc.instances(DAY0 + 11, DAY0 + 19)] == ["b"]

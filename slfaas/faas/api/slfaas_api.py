@@ -112,6 +112,7 @@ def _node_report(info: NodeInfo) -> dict:
         "NodeId": info.node_id,
         "Device": info.device,
         "Sandbox": info.sandbox,
+        "BackboneMode": info.backbone_mode,
         "MaxInstances": info.max_instances,
         "Backbones": [{k: v for k, v in asdict(b).items() if k != "sha256" or v is not None} for b in info.backbones],
         "Gpu": asdict(info.gpu) if info.gpu is not None else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Protocol, runtime_checkable
 
 from slfaas.billing.meter import Meter
-from slfaas.billing.records import NodeUsage
+from slfaas.billing.records import InstanceUsage, NodeUsage
 from slfaas.errors import NodeError
 from slfaas.gpu_node.api import NodeApi, NodeStream
 from slfaas.gpu_node.node import Node
@@ -44,6 +44,10 @@ class NodeHandle(NodeApi, Protocol):
         """The node's usage so far (its meter's snapshot), for the live cost report."""
         ...
 
+    def live_instances(self) -> list[InstanceUsage]:
+        """The instances alive on the node now (its meter's), for the live instance listing."""
+        ...
+
 
 LostCallback = Callable[[str, str], None]   # (node id, why): a handle that noticed its node die
 
@@ -73,6 +77,9 @@ class LocalNode:
 
     def node_usage(self) -> NodeUsage | None:
         return self.meter.snapshot() if self.meter is not None else None
+
+    def live_instances(self) -> list[InstanceUsage]:
+        return self.meter.live_instances() if self.meter is not None else []
 
     # NodeApi
     def prepare(self, function: FunctionSpec) -> BackboneInfo:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, TypeVar
 
-from slfaas.billing.records import NodeUsage
+from slfaas.billing.records import InstanceUsage, NodeUsage
 from slfaas.errors import NodeError, TooManyRequests
 from slfaas.gpu_node.api import NodeStream
 from slfaas.gpu_node.cluster.handle import NodeHandle, NodeLost
@@ -131,6 +131,10 @@ class NodeSet:
     def node_usages(self) -> list[NodeUsage]:
         """Every live node's usage now (billing's live view; lost nodes' last flushes are stored)."""
         return [u for u in self._each(lambda h: h.node_usage()) if u is not None]
+
+    def live_instances(self) -> list[InstanceUsage]:
+        """The instances alive on every live node now (billing's live instance listing)."""
+        return [i for lives in self._each(lambda h: h.live_instances()) for i in lives]
 
     # placement
     def _want(self, function: FunctionSpec) -> Want:

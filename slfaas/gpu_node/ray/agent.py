@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from slfaas.billing.prices import PriceSheet
-from slfaas.billing.records import NodeUsage
+from slfaas.billing.records import InstanceUsage, NodeUsage
 from slfaas.errors import NodeError
 from slfaas.gpu_node.builder import SandboxSettings, SlotSettings, build_node
 from slfaas.gpu_node.cluster.code_cache import CodeCache
@@ -137,6 +137,10 @@ class NodeAgent:
     def node_usage(self) -> NodeUsage:
         """The node's usage now (a live cost report), leaving the integrity checks to ``drain``."""
         return self.meter.snapshot()
+
+    def live_instances(self) -> list[InstanceUsage]:
+        """The instances alive on the node now (their lives so far)."""
+        return self.meter.live_instances()
 
     def shutdown(self) -> NodeUsage:
         """Stop every instance; the node's final usage."""

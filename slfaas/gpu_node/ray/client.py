@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.errors import NodeError
 from slfaas.gpu_node.cluster.handle import LostCallback, NodeLost
 from slfaas.gpu_node.ray.agent import AgentIdentity, StreamEnded, StreamStarted
@@ -151,6 +151,12 @@ class RayNodeClient:
         except NodeError:    # slow or gone: the last one seen (lost nodes are left out by the set)
             pass
         return self._usage
+
+    def live_instances(self) -> list[InstanceUsage]:
+        try:
+            return list(self._call("live_instances", timeout_s=10.0))
+        except NodeError:    # slow or gone: none listed now
+            return []
 
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
         info = self._call("prepare", function, timeout_s=None)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
-from slfaas.runtime_contract import ENV_BASE_MODEL_DIR
+from slfaas.runtime_contract import ENV_BACKBONE_PRIVATE, ENV_BASE_MODEL_DIR, PRIVATE_CHECKPOINT
 
 
 class PoolSandbox(Protocol):
@@ -98,11 +98,13 @@ class PoolLauncher(ABC):
 
 def file_handover(spec: SandboxSpec) -> Handover:
     """The function's code files and the base model's non-weight files (config, tokenizer), for
-    a sandbox that has none of them mounted; the weights come as the backbone descriptor."""
+    a sandbox that has none of them mounted; the weights come as the backbone descriptor (or,
+    for an instance that loads its own from the checkpoint, as files too)."""
     from slfaas.gpu_node.sandboxes.bwrap import model_files
 
     model_dir = Path(spec.env.get(ENV_BASE_MODEL_DIR, ""))
-    names = tuple(p.name for p in model_files(model_dir))   # what a cold-started sandbox mounts
+    weights = spec.env.get(ENV_BACKBONE_PRIVATE) == PRIVATE_CHECKPOINT
+    names = tuple(p.name for p in model_files(model_dir, weights))   # what a cold-started sandbox mounts
     return Handover(True, spec.code_dir, tuple(_files(spec.code_dir)), model_dir, names)
 
 

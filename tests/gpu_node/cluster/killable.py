@@ -90,6 +90,9 @@ class KillableNode(LocalNode):
     def node_usage(self):  # type: ignore[no-untyped-def]
         return self._guard(super().node_usage)
 
+    def live_instances(self):  # type: ignore[no-untyped-def]
+        return self._guard(super().live_instances)
+
     def verify(self):  # type: ignore[no-untyped-def]
         return self._guard(super().verify)
 

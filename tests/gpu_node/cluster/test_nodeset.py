@@ -239,3 +239,24 @@ def test_usage_and_verify_cover_every_live_node(cluster, base, code_dir) -> None
     assert cluster.set.node_usages() == []          # no meters in this test: nothing to report
     b.kill()
     assert len(cluster.set.verify()) == 1
+
+
+def test_live_instances_of_every_node_are_listed_together(cluster, base, code_dir) -> None:  # type: ignore[no-untyped-def]
+    """What a baseline's container billing reads while its instances are alive: each node's
+    meter knows its own, the set lists them all."""
+    from slfaas.billing.meter import Meter
+    from slfaas.gpu_node.metering import meter_subscriber
+
+    a, b = cluster.add(), cluster.add()
+    for n in (a, b):
+        n.meter = Meter(n.node_id, "cpu")
+        n.node.bus.subscribe(meter_subscriber(n.meter))
+    f, g = make_spec(base, code_dir, name="f"), make_spec(base, code_dir, name="g")
+    cluster.set.prepare(f)
+    cluster.set.prepare(g)
+    cluster.set.invoke(make_request(f))
+    cluster.set.invoke(make_request(g))
+    lives = cluster.set.live_instances()
+    assert sorted(i.function_name for i in lives) == ["f", "g"]
+    assert {i.node_id for i in lives} <= {a.node_id, b.node_id} and all(i.end_ts is None for i in lives)
+    assert all(i.invocations == 1 and i.ready_ts is not None for i in lives)
