@@ -63,6 +63,11 @@ class ServerConfig:
     slot_rank: int = 16                      # pre-warmed runtimes' LoRA slots: largest rank ...
     slot_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     metrics_token: str | None = None         # --auth sigv4: a bearer token that may scrape /metrics unsigned
+    scheduler: str = "slo"                   # "slo": per-function queues, SLO-aware batches; "fcfs": no queues
+    ttft_slo_ms: float = 1000.0              # a function's TTFT SLO unless it sets SLFAAS_TTFT_SLO_MS
+    max_queue_per_function: int = 64         # slo: requests waiting per function; beyond, 429
+    max_queue_s: float = 30.0                # slo: the longest a request waits for an instance; then 429
+    max_running_batches: int = 0             # slo: batches running at once on the device (0: --max-instances)
 
 
 MIN_METRICS_TOKEN_CHARS = 16
@@ -173,7 +178,9 @@ class SlfaasServer:
         built = build_node(
             NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
-                       instance_gpu_mb=config.instance_gpu_mb),
+                       instance_gpu_mb=config.instance_gpu_mb, scheduler=config.scheduler,
+                       ttft_slo_ms=config.ttft_slo_ms, max_queue_per_function=config.max_queue_per_function,
+                       max_queue_s=config.max_queue_s, max_running_batches=config.max_running_batches),
             SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
                             config.insecure_sandbox),
             prices=prices, on_usage=lambda rec: self.service.cost.record(rec),

@@ -350,13 +350,15 @@ class FunctionService:
 
     # invocation
     def spec(self, rec: FunctionRecord) -> FunctionSpec:
+        settings = parse_function_settings(rec.environment)
         return FunctionSpec(
             name=rec.name, version=rec.version, revision_id=rec.revision_id,
             arn=function_arn(self.region, rec.name, None if rec.version == LATEST else rec.version),
             code_dir=self.code.root / rec.code_sha256_hex,
             base_model_path=Path(rec.base_model_path), handler=rec.handler, timeout_s=rec.timeout_s,
             memory_mb=rec.memory_mb, environment=rec.environment,
-            max_batch_size=parse_function_settings(rec.environment).max_batch_size or 1)
+            max_batch_size=settings.max_batch_size or 1, ttft_slo_ms=settings.ttft_slo_ms,
+            shared_execution=settings.shared_execution)
 
     def select_version(self, ref: str, qualifier: str | None) -> tuple[FunctionRecord, str]:
         """The version one invocation of ``ref``/``qualifier`` runs (an alias's routing draws

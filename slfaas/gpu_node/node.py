@@ -18,7 +18,9 @@ from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
-from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
+from slfaas.gpu_node.lifecycle.shared_runtime import shared_spec_factory
+from slfaas.gpu_node.policy.scheduling import Scheduler
+from slfaas.gpu_node.schedulers import make_scheduler, submit_timeout_s
 from slfaas.gpu_node.reporting import Reporter
 from slfaas.gpu_node.resources.adapters import AdapterTiers
 from slfaas.gpu_node.resources.backbone import BackboneOwner
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
     from slfaas.gpu_node.preloader import Preloader
 
 log = logging.getLogger(__name__)
-
 
 class Node:
     def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None,
@@ -53,8 +54,9 @@ class Node:
         self.table = InstanceTable()
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
                                  self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers)
-        self.dispatcher = Dispatcher(scheduler or FcfsScheduler(), self.table, config.max_instances,
-                                     self.launcher.stop, self.ledger.gpu_view)
+        self.scheduler = scheduler or make_scheduler(config)
+        self.dispatcher = Dispatcher(self.scheduler, self.table, config.max_instances, self.launcher.stop,
+                                     self.ledger.gpu_view, shared_spec=shared_spec_factory(config))
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
                                        Reporter(self._logs), self.ledger, self.bus)
         self.integrity = IntegrityMonitor(self.backbones, self._stop_borrowers, self._integrity_checked,
@@ -75,7 +77,7 @@ class Node:
 
     def invoke_stream(self, request: InvocationRequest) -> ResponseStream:
         submitted_ts = self._submitted(request)
-        placed = self.dispatcher.submit(request)   # capacity errors raise here, before the stream starts
+        placed = self._submit(request)   # capacity errors raise here, before the stream starts
         stream = ResponseStream()
         threading.Thread(target=stream.run, daemon=True, name=f"stream-{request.request_id[:8]}",
                          args=(lambda: self._run(request, submitted_ts, stream.put, placed),)).start()
@@ -93,11 +95,14 @@ class Node:
         """Place and run; a warm instance that died before the runtime received the request
         (so nothing ran) is replaced once, by a fresh placement."""
         try:
-            return self.runner.run(placed or self.dispatcher.submit(request), request, submitted_ts, on_chunk,
+            return self.runner.run(placed or self._submit(request), request, submitted_ts, on_chunk,
                                    redeliverable=True)
         except NotDelivered as exc:
             log.info("instance %s died before receiving %s; placing it again", exc, request.request_id)
-        return self.runner.run(self.dispatcher.submit(request), request, submitted_ts, on_chunk, redeliverable=False)
+        return self.runner.run(self._submit(request), request, submitted_ts, on_chunk, redeliverable=False)
+
+    def _submit(self, request: InvocationRequest) -> Placed:
+        return self.dispatcher.submit(request, timeout_s=submit_timeout_s(self.config))
 
     def cancel(self, request_id: str) -> bool:
         """Not placed yet: dropped. Placed: never handed over, or (handed over) its instance is
@@ -167,6 +172,7 @@ class Node:
         return self.integrity.verify()
 
     def shutdown(self) -> None:
+        self.dispatcher.close()
         if self.preloader is not None:
             self.preloader.close()
         self.integrity.close()
