@@ -18,7 +18,7 @@ from typing import Callable
 
 from slfaas.errors import TooManyRequests
 from slfaas.gpu_node.lifecycle.instance import Instance
-from slfaas.gpu_node.lifecycle.table import InstanceTable
+from slfaas.gpu_node.lifecycle.table import InstanceTable, Valuer
 from slfaas.gpu_node.policy.scheduling import Finished, PendingRequest, Scheduler, SchedulerOutput
 from slfaas.gpu_node.policy.view import GpuView
 from slfaas.gpu_node.types import SHARED_REVISION, FunctionSpec, InvocationRequest
@@ -108,11 +108,16 @@ class Dispatcher:
     def __init__(self, scheduler: Scheduler, table: InstanceTable, max_instances: int,
                  stop: Callable[[Instance], None], gpu_view: Callable[[], GpuView | None] = lambda: None,
                  clock: Callable[[], float] = time.time,
-                 shared_spec: Callable[[FunctionSpec], FunctionSpec] | None = None):
+                 shared_spec: Callable[[FunctionSpec], FunctionSpec] | None = None, max_wait_s: float | None = None,
+                 value: Valuer | None = None):
         """``stop``: stops an instance claimed for eviction (called outside the lock).
-        ``shared_spec``: the platform runtime's spec for a function in shared execution."""
+        ``shared_spec``: the platform runtime's spec for a function in shared execution.
+        ``max_wait_s``: how long a caller waits for a placement unless it says otherwise.
+        ``value``: an instance's device MB and its function's arrival rate (for offloading)."""
         self._scheduler = scheduler
         self._shared_spec = shared_spec
+        self._max_wait_s = max_wait_s
+        self._value = value
         self._table = table
         self._max_instances = max_instances
         self._stop = stop
@@ -131,7 +136,7 @@ class Dispatcher:
             self._scheduler.add_request(ticket.pending)
             self._schedule()
         self._stop_claimed()
-        if not ticket.done.wait(timeout_s):
+        if not ticket.done.wait(timeout_s if timeout_s is not None else self._max_wait_s):
             self.abort(request.request_id)
             raise TooManyRequests("The request waited too long for an instance", reason="QueueTimeout")
         if ticket.error is not None:
@@ -179,7 +184,7 @@ class Dispatcher:
         requeued: set[str] = set()
         for _ in range(_MAX_ROUNDS):
             snapshot = self._table.snapshot(self._clock(), self._max_instances, self._gpu_view(),
-                                            self._scheduler.waiting_keys())
+                                            self._scheduler.waiting_keys(), self._value)
             requeued = self._apply(self._scheduler.schedule(snapshot))
             if not requeued:
                 break

@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.config import NodeConfig
-from slfaas.gpu_node.dispatch import Dispatcher, Placed
+from slfaas.gpu_node.dispatch import Placed
 from slfaas.gpu_node.events import (BackbonesChanged, EventBus, FunctionPrepared, IntegrityChecked,
                                     InvocationSubmitted)
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
+from slfaas.gpu_node.lifecycle.instance import Instance
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
-from slfaas.gpu_node.lifecycle.shared_runtime import shared_spec_factory
 from slfaas.gpu_node.policy.scheduling import Scheduler
-from slfaas.gpu_node.schedulers import make_scheduler, submit_timeout_s
+from slfaas.gpu_node.schedulers import build_dispatcher
 from slfaas.gpu_node.reporting import Reporter
 from slfaas.gpu_node.resources.adapters import AdapterTiers
 from slfaas.gpu_node.resources.backbone import BackboneOwner
@@ -54,9 +54,8 @@ class Node:
         self.table = InstanceTable()
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
                                  self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers)
-        self.scheduler = scheduler or make_scheduler(config)
-        self.dispatcher = Dispatcher(self.scheduler, self.table, config.max_instances, self.launcher.stop,
-                                     self.ledger.gpu_view, shared_spec=shared_spec_factory(config))
+        self.dispatcher = build_dispatcher(config, scheduler, self.table, self.launcher.stop, self.ledger.gpu_view,
+                                           self._value)
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
                                        Reporter(self._logs), self.ledger, self.bus)
         self.integrity = IntegrityMonitor(self.backbones, self._stop_borrowers, self._integrity_checked,
@@ -77,7 +76,7 @@ class Node:
 
     def invoke_stream(self, request: InvocationRequest) -> ResponseStream:
         submitted_ts = self._submitted(request)
-        placed = self._submit(request)   # capacity errors raise here, before the stream starts
+        placed = self.dispatcher.submit(request)   # capacity errors raise here, before the stream starts
         stream = ResponseStream()
         threading.Thread(target=stream.run, daemon=True, name=f"stream-{request.request_id[:8]}",
                          args=(lambda: self._run(request, submitted_ts, stream.put, placed),)).start()
@@ -95,14 +94,11 @@ class Node:
         """Place and run; a warm instance that died before the runtime received the request
         (so nothing ran) is replaced once, by a fresh placement."""
         try:
-            return self.runner.run(placed or self._submit(request), request, submitted_ts, on_chunk,
+            return self.runner.run(placed or self.dispatcher.submit(request), request, submitted_ts, on_chunk,
                                    redeliverable=True)
         except NotDelivered as exc:
             log.info("instance %s died before receiving %s; placing it again", exc, request.request_id)
-        return self.runner.run(self._submit(request), request, submitted_ts, on_chunk, redeliverable=False)
-
-    def _submit(self, request: InvocationRequest) -> Placed:
-        return self.dispatcher.submit(request, timeout_s=submit_timeout_s(self.config))
+        return self.runner.run(self.dispatcher.submit(request), request, submitted_ts, on_chunk, redeliverable=False)
 
     def cancel(self, request_id: str) -> bool:
         """Not placed yet: dropped. Placed: never handed over, or (handed over) its instance is
@@ -194,6 +190,10 @@ class Node:
 
     def _integrity_checked(self, event: IntegrityEvent) -> None:
         self.bus.publish(IntegrityChecked(event.ts, event))
+
+    def _value(self, inst: Instance) -> tuple[float | None, float]:   # what offloading weighs
+        f = inst.function
+        return self.ledger.measured(inst.instance_id), self.preloader.rate_per_s(f.name, f.version) if self.preloader else 0.0
 
     def _stop_borrowers(self, model_path: Path, reason: str) -> tuple[str, ...]:
         return self.launcher.kill(self.table.borrowers(model_path), reason)

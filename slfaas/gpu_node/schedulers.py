@@ -1,11 +1,21 @@
-"""The scheduler a node's settings ask for (``--scheduler``): first come first served, or the
-SLO-aware batching scheduler with its latency model for the node's device."""
+"""The dispatcher a node's settings ask for: its scheduler (``--scheduler``: first come first
+served, or SLO-aware batching with a latency model for the node's device), the shared runtime
+spec for functions in shared execution, and how long a caller waits for a placement."""
 from __future__ import annotations
 
+from typing import Callable
+
 from slfaas.gpu_node.config import NodeConfig
+from slfaas.gpu_node.dispatch import Dispatcher
+from slfaas.gpu_node.lifecycle.instance import Instance
+from slfaas.gpu_node.lifecycle.shared_runtime import shared_spec_factory
+from slfaas.gpu_node.lifecycle.table import InstanceTable, Valuer
 from slfaas.gpu_node.policy.latency import LatencyModel
 from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
 from slfaas.gpu_node.policy.slo_scheduler import SloConfig, SloScheduler
+from slfaas.gpu_node.policy.view import GpuView
+
+QUEUE_GRACE_S = 10.0
 
 
 def make_scheduler(config: NodeConfig) -> Scheduler:
@@ -17,10 +27,14 @@ def make_scheduler(config: NodeConfig) -> Scheduler:
                         LatencyModel(config.device))
 
 
-QUEUE_GRACE_S = 10.0
-
-
 def submit_timeout_s(config: NodeConfig) -> float:
     """How long a caller waits for its request's placement at most: a safety net past the
     scheduler's own queue-time bound (which answers first, with its Retry-After)."""
     return config.max_queue_s + QUEUE_GRACE_S
+
+
+def build_dispatcher(config: NodeConfig, scheduler: Scheduler | None, table: InstanceTable,
+                     stop: Callable[[Instance], None], gpu_view: Callable[[], GpuView | None],
+                     value: Valuer | None = None) -> Dispatcher:
+    return Dispatcher(scheduler or make_scheduler(config), table, config.max_instances, stop, gpu_view,
+                      shared_spec=shared_spec_factory(config), max_wait_s=submit_timeout_s(config), value=value)
