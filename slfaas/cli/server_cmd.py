@@ -94,6 +94,8 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--max-running-batches", type=click.IntRange(0, 10_000), default=0, show_default=True, metavar="N",
               help="slo: batches running at once on the device, at most (adapted below it from observed TTFT); "
                    "0: --max-instances")
+@click.option("--shared-batch-size", type=click.IntRange(1, 64), default=16, show_default=True, metavar="N",
+              help="invocations a shared runtime (functions with SLFAAS_SHARED_EXECUTION=1) batches at once")
 @click.option("--max-concurrent-invocations", type=int, default=64, show_default=True, metavar="N",
               help="invocations in flight at once; beyond, 429 TooManyRequestsException with Retry-After")
 @click.option("--idle-timeout-s", type=int, default=30, show_default=True,
@@ -132,7 +134,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str, scheduler: str,
-           ttft_slo_ms: float, max_queue_per_function: int, max_queue_s: float, max_running_batches: int) -> None:
+           ttft_slo_ms: float, max_queue_per_function: int, max_queue_s: float, max_running_batches: int,
+           shared_batch_size: int) -> None:
     """Run the API and a local node agent.
 
     The Lambda-compatible API, slfaas's own endpoints and one local node agent, in one
@@ -155,7 +158,7 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip()),
             metrics_token=metrics_token or None, scheduler=scheduler, ttft_slo_ms=ttft_slo_ms,
             max_queue_per_function=max_queue_per_function, max_queue_s=max_queue_s,
-            max_running_batches=max_running_batches))
+            max_running_batches=max_running_batches, shared_max_batch_size=shared_batch_size))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

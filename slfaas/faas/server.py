@@ -68,6 +68,7 @@ class ServerConfig:
     max_queue_per_function: int = 64         # slo: requests waiting per function; beyond, 429
     max_queue_s: float = 30.0                # slo: the longest a request waits for an instance; then 429
     max_running_batches: int = 0             # slo: batches running at once on the device (0: --max-instances)
+    shared_max_batch_size: int = 16          # a shared runtime's capacity (functions in shared execution)
 
 
 MIN_METRICS_TOKEN_CHARS = 16
@@ -180,7 +181,8 @@ class SlfaasServer:
                        init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
                        instance_gpu_mb=config.instance_gpu_mb, scheduler=config.scheduler,
                        ttft_slo_ms=config.ttft_slo_ms, max_queue_per_function=config.max_queue_per_function,
-                       max_queue_s=config.max_queue_s, max_running_batches=config.max_running_batches),
+                       max_queue_s=config.max_queue_s, max_running_batches=config.max_running_batches,
+                       shared_max_batch_size=config.shared_max_batch_size),
             SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
                             config.insecure_sandbox),
             prices=prices, on_usage=lambda rec: self.service.cost.record(rec),

@@ -180,6 +180,10 @@ class FunctionService:
                 f"in adapter_config.json")
         base = self.resolve_base_model(ref)
         check_adapter_fits(pkg.dir_path, base)
+        if parse_function_settings(env).shared_execution and pkg.has_handler:
+            raise InvalidParameter("SLFAAS_SHARED_EXECUTION=1 runs the function in a runtime shared with other "
+                                   "functions, which runs the built-in handler only: remove handler.py from the "
+                                   "code or set SLFAAS_SHARED_EXECUTION=0")
         return base
 
     def _code_bytes(self, code: Any) -> bytes:

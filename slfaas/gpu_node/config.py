@@ -26,7 +26,7 @@ class NodeConfig:
     max_queue_s: float = 30.0           # slo: the longest a request waits for an instance; then 429
     max_running_batches: int = 0        # slo: batches running at once on the device, at most (0: max_instances)
     shared_max_batch_size: int = 16     # a shared runtime's capacity (functions in shared execution)
-    shared_memory_mb: int = 4096        # a shared runtime's memory bound
+    shared_memory_mb: int = 8192        # a shared runtime's memory bound
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:

@@ -47,11 +47,11 @@ def prompt_tokens_estimate(payload: bytes) -> int:
 
 
 class _Ticket:
-    def __init__(self, request: InvocationRequest, arrival_s: float):
+    def __init__(self, request: InvocationRequest, arrival_s: float, capacity: int):
         self.request = request
         f = request.function
-        self.pending = PendingRequest(request.request_id, f.pool_key, arrival_s, f.ttft_slo_ms,
-                                      max(1, f.max_batch_size), prompt_tokens_estimate(request.payload))
+        self.pending = PendingRequest(request.request_id, f.pool_key, arrival_s, f.ttft_slo_ms, capacity,
+                                      prompt_tokens_estimate(request.payload))
         self.done = threading.Event()
         self.placed: Placed | None = None
         self.error: BaseException | None = None
@@ -130,7 +130,7 @@ class Dispatcher:
 
     def submit(self, request: InvocationRequest, timeout_s: float | None = None) -> Placed:
         """Place ``request``; raises ``TooManyRequests`` when the scheduler refuses it."""
-        ticket = _Ticket(request, self._clock())
+        ticket = _Ticket(request, self._clock(), self._runtime_spec(request.function).max_batch_size)
         with self._lock:
             self._tickets[request.request_id] = ticket
             self._scheduler.add_request(ticket.pending)
@@ -159,6 +159,11 @@ class Dispatcher:
 
     def close(self) -> None:
         self._waker.close()
+
+    def poke(self) -> None:
+        """Something the scheduler waits for happened (an instance became ready): a round now."""
+        if self.waiting():
+            self._tick()
 
     def _tick(self) -> None:
         with self._lock:
@@ -221,12 +226,20 @@ class Dispatcher:
                 self._settle(rid, placed=Placed(inst, cold=False))
         return again
 
+    def _runtime_spec(self, function: FunctionSpec) -> FunctionSpec:
+        """The spec of the runtime that serves ``function``: its own, or (shared execution) its
+        backbone's shared runtime."""
+        if not function.shared_execution:
+            return function
+        if self._shared_spec is None:
+            raise TooManyRequests("This node runs no shared runtime; deploy the function without "
+                                  "SLFAAS_SHARED_EXECUTION", reason="SharedExecutionUnavailable")
+        shared = self._shared_spec(function)
+        assert shared.revision_id == SHARED_REVISION and shared.pool_key == function.pool_key
+        return shared
+
     def _new_instance(self, function: FunctionSpec, request_ids: list[str]) -> Instance:
-        if function.shared_execution:
-            if self._shared_spec is None:
-                raise RuntimeError("this node has no shared runtime for functions in shared execution")
-            function = self._shared_spec(function)
-            assert function.revision_id == SHARED_REVISION
+        function = self._runtime_spec(function)
         inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function, reserved_for=request_ids[0],
                         capacity=max(1, function.max_batch_size), riders=tuple(request_ids[1:]))
         self._table.add(inst)

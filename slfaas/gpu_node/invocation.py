@@ -132,6 +132,7 @@ class InvocationRunner:
                 ready = inst.wait_ready(self._init_timeout_s)
                 now = time.time()
                 self._bus.publish(ev.InstanceReady(now, inst.instance_id, now - inst.started_ts))
+                self._dispatcher.poke()   # requests waiting for this instance may join it now
                 if not ready:
                     outcome = inst.init_error or Outcome(
                         error_payload("Runtime.InitTimeout", f"Init did not finish within {self._init_timeout_s:.0f} s"),

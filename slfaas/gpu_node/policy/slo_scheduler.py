@@ -267,8 +267,10 @@ class SloScheduler:
         b = min(n, b_max)
         hold_until = self._deadline_s(queue[0]) - est_ms(n) / 1000
         expecting = self._rate_per_s(key, now) * (hold_until - now) >= 1.0
-        if kind == "start" and any(i.alive for i in mine):   # scale out: a full batch waits, or no slack is left
-            ready = n >= cap or now >= hold_until
+        if kind == "start" and any(i.alive for i in mine):
+            # scale out for a full batch, or once the slack runs out if a new instance can meet this SLO at all
+            # (else the instances it has, one of them maybe starting, will be ready sooner than a new one)
+            ready = n >= cap or (now >= hold_until and est_ms(1) <= self._slo_ms(queue[0]))
         else:
             ready = kind == "join" or n >= b_max or now >= hold_until or not expecting
         return _Candidate(key, tuple(queue[:b]), kind, target.instance_id if target else None,
@@ -287,6 +289,6 @@ class SloScheduler:
         running = sum(1 for i in view if i.alive and i.inflight > 0)
         for key, queue in self._queues.items():
             c = self._candidate(key, queue, view, running, now)
-            if not c.ready:
+            if not c.ready and c.hold_until_s > now:   # past it, only an arrival or an end changes anything
                 times.append(c.hold_until_s)
         return min(times) if times else None

@@ -60,8 +60,10 @@ def test_a_burst_batch_closes_at_the_largest_size_that_meets_the_tightest_slack(
     out = s.schedule(snap(10.0, idle("a1")))
     assert [a.request_id for a in out.assign] == [f"r{i}" for i in range(7)]
     assert {a.instance_id for a in out.assign} == {"a1"}
-    # the rest does not join the batch just sized: with no slack left, it scales out
-    assert out.start == (StartFor("r7", (), ("r8",)),)
+    # the rest neither joins the batch just sized nor starts an instance that cannot meet its SLO
+    assert out.start == () and s.waiting_keys() == frozenset({A})
+    out = s.schedule(snap(10.01, busy("a1", A, inflight=7)))
+    assert out.assign == (Assign("r7", "a1"),)            # next round: it joins the running batch
 
 
 def test_a_held_batch_closes_when_its_slack_runs_out() -> None:
@@ -145,6 +147,17 @@ def test_a_lone_request_behind_a_full_instance_scales_out_when_its_slack_runs_ou
     deadline = s.next_deadline_s()
     assert deadline == pytest.approx(10.0 + 5.0 - 1.0 - 0.1)   # SLO − cold start − T(1)
     assert s.schedule(snap(deadline, full)).start == (StartFor("r1"),)
+
+
+def test_a_new_instance_that_cannot_meet_the_slo_is_not_started_while_one_is_starting() -> None:
+    s = sched()                                           # cold start 1000 ms > the 400 ms SLO
+    s.add_request(req("r1", t=10.0))
+    s.add_request(req("r2", t=10.0))
+    starting = InstanceView("new", A, "STARTING", 10.0, inflight=1, capacity=8)
+    out = s.schedule(snap(10.5, starting))
+    assert out.start == () and s.next_deadline_s() == pytest.approx(40.0)   # only the queue bound
+    out = s.schedule(snap(11.0, busy("new", A, inflight=1)))             # it is ready: they join it
+    assert out.assign == (Assign("r1", "new"), Assign("r2", "new"))
 
 
 def test_an_idle_instance_another_queued_request_will_use_is_not_evicted() -> None:
