@@ -16,7 +16,11 @@ three modes, one after another:
 * ``batched``: ``--scheduler slo``, ``SLFAAS_MAX_BATCH_SIZE=--max-batch``: per-function
   queues, SLO-aware batches, least-slack arbitration across functions;
 * ``cobatched``: ``--scheduler slo`` and every function in shared execution: one platform
-  runtime batches requests of all adapters together.
+  runtime batches requests of all adapters together;
+* ``queued`` (only when ``--modes`` names it): ``--scheduler slo`` with batching off, which
+  separates what the queues and arbitration are worth from what batching is worth (an FCFS
+  node at its instance limit refuses, and evicts one function's idle instance for another's
+  request, which the retrying client then pays for in cold starts).
 
 The client retries a 429 after a short pause (as boto3 would; TTFT counts from the burst).
 Per mode: goodput (requests meeting the SLO per second), SLO attainment, output tokens/s,
@@ -51,7 +55,8 @@ from slfaas.testing.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT / "bench" / "data" / "AzureLLMInferenceTrace_conv.csv"
-MODES = ("unbatched", "batched", "cobatched")
+MODES = ("unbatched", "queued", "batched", "cobatched")
+DEFAULT_MODES = ("unbatched", "batched", "cobatched")
 PROBES = 8
 
 
@@ -116,8 +121,17 @@ def _deploy(client: Any, names: list[str], adapters: list[Path], env: dict[str, 
         client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.5, "MaxAttempts": 1200})
 
 
-def _invoke(client: Any, name: str, event: dict) -> dict:
-    resp = client.invoke(FunctionName=name, Payload=json.dumps(event))
+def _invoke(client: Any, name: str, event: dict, give_up_s: float = 300.0) -> dict:
+    """A buffered invoke, sent again after a 429 (an FCFS node refuses beyond its instances)."""
+    deadline = time.monotonic() + give_up_s
+    while True:
+        try:
+            resp = client.invoke(FunctionName=name, Payload=json.dumps(event))
+            break
+        except client.exceptions.TooManyRequestsException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     body = json.loads(resp["Payload"].read() or b"null")
     if "FunctionError" in resp:
         raise RuntimeError(f"{name}: {body}")
@@ -227,7 +241,7 @@ def main() -> int:
     ap.add_argument("--max-output", type=int, default=None)
     ap.add_argument("--memory-mb", type=int, default=None, help="MemorySize of the functions")
     ap.add_argument("--give-up-s", type=float, default=300.0, help="the client stops retrying 429s after this")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"of {', '.join(MODES)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--server-arg", action="append", default=[], help="one more server flag (repeatable)")
     args = ap.parse_args()

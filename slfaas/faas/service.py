@@ -126,8 +126,9 @@ class FunctionService:
         self.public_url = public_url
         self.versions = Versions(self)
         self.tags = Tags(self)
-        # The account's concurrency limit is what the node can run at once: one invocation per instance.
-        self.limits = Limits(self, node.describe().max_instances)
+        # The account's concurrency limit is what the node can hold at once (one invocation per
+        # instance, or more where its scheduler queues and batches them).
+        self.limits = Limits(self, node.describe().max_concurrency)
         self.cost = cost or CostService(registry)
         self.metrics = metrics or ControlPlaneMetrics()   # the server passes one on the node's registry
         self.cost.on_budget_warning = self._budget_warning

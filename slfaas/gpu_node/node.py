@@ -14,13 +14,12 @@ from slfaas.gpu_node.dispatch import Placed
 from slfaas.gpu_node.events import (BackbonesChanged, EventBus, FunctionPrepared, IntegrityChecked,
                                     InvocationSubmitted)
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
-from slfaas.gpu_node.lifecycle.instance import Instance
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.policy.scheduling import Scheduler
-from slfaas.gpu_node.schedulers import build_dispatcher
+from slfaas.gpu_node.schedulers import build_dispatcher, concurrency_limit
 from slfaas.gpu_node.reporting import Reporter
 from slfaas.gpu_node.resources.adapters import AdapterTiers
 from slfaas.gpu_node.resources.backbone import BackboneOwner
@@ -54,8 +53,8 @@ class Node:
         self.table = InstanceTable()
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
                                  self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers)
-        self.dispatcher = build_dispatcher(config, scheduler, self.table, self.launcher.stop, self.ledger.gpu_view,
-                                           self._value)
+        self.dispatcher = build_dispatcher(config, scheduler, self.table, self.launcher.stop, self.ledger,
+                                           lambda: self.preloader)
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
                                        Reporter(self._logs), self.ledger, self.bus)
         self.integrity = IntegrityMonitor(self.backbones, self._stop_borrowers, self._integrity_checked,
@@ -140,7 +139,8 @@ class Node:
         pools = pool.describe() if isinstance(pool, Pools) else ()
         return NodeInfo(self.node_id, self.config.device, self.sandboxes.name, self.config.max_instances,
                         pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu,
-                        pools, (self.tiers.info(),), self.preloader.last if self.preloader is not None else None)
+                        pools, (self.tiers.info(),), self.preloader.last if self.preloader is not None else None,
+                        concurrency_limit(self.config))
 
     def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
              since_ts: float | None = None) -> LogChunk:
@@ -190,10 +190,6 @@ class Node:
 
     def _integrity_checked(self, event: IntegrityEvent) -> None:
         self.bus.publish(IntegrityChecked(event.ts, event))
-
-    def _value(self, inst: Instance) -> tuple[float | None, float]:   # what offloading weighs
-        f = inst.function
-        return self.ledger.measured(inst.instance_id), self.preloader.rate_per_s(f.name, f.version) if self.preloader else 0.0
 
     def _stop_borrowers(self, model_path: Path, reason: str) -> tuple[str, ...]:
         return self.launcher.kill(self.table.borrowers(model_path), reason)

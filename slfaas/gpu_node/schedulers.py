@@ -3,17 +3,21 @@ served, or SLO-aware batching with a latency model for the node's device), the s
 spec for functions in shared execution, and how long a caller waits for a placement."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.dispatch import Dispatcher
 from slfaas.gpu_node.lifecycle.instance import Instance
 from slfaas.gpu_node.lifecycle.shared_runtime import shared_spec_factory
-from slfaas.gpu_node.lifecycle.table import InstanceTable, Valuer
+from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.policy.latency import LatencyModel
 from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
 from slfaas.gpu_node.policy.slo_scheduler import SloConfig, SloScheduler
-from slfaas.gpu_node.policy.view import GpuView
+from slfaas.gpu_node.resources.memory import MemoryLedger
+from slfaas.runtime_contract import MAX_BATCH_SIZE_LIMIT
+
+if TYPE_CHECKING:
+    from slfaas.gpu_node.preloader import Preloader
 
 QUEUE_GRACE_S = 10.0
 
@@ -33,8 +37,18 @@ def submit_timeout_s(config: NodeConfig) -> float:
     return config.max_queue_s + QUEUE_GRACE_S
 
 
+def concurrency_limit(config: NodeConfig) -> int | None:
+    """Invocations the node holds at once: FCFS, one per instance; the SLO scheduler queues and
+    batches, so as many as its instances' batches can hold (its queues answer 429 beyond)."""
+    return None if config.scheduler == "fcfs" else config.max_instances * MAX_BATCH_SIZE_LIMIT
+
+
 def build_dispatcher(config: NodeConfig, scheduler: Scheduler | None, table: InstanceTable,
-                     stop: Callable[[Instance], None], gpu_view: Callable[[], GpuView | None],
-                     value: Valuer | None = None) -> Dispatcher:
-    return Dispatcher(scheduler or make_scheduler(config), table, config.max_instances, stop, gpu_view,
+                     stop: Callable[[Instance], None], ledger: MemoryLedger,
+                     preloader: Callable[[], "Preloader | None"]) -> Dispatcher:
+    """``preloader``: the node's, once the builder made one (arrival rates for offloading)."""
+    def value(inst: Instance) -> tuple[float | None, float]:   # what offloading weighs
+        f, planner = inst.function, preloader()
+        return ledger.measured(inst.instance_id), planner.rate_per_s(f.name, f.version) if planner else 0.0
+    return Dispatcher(scheduler or make_scheduler(config), table, config.max_instances, stop, ledger.gpu_view,
                       shared_spec=shared_spec_factory(config), max_wait_s=submit_timeout_s(config), value=value)

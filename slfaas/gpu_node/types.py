@@ -203,3 +203,8 @@ class NodeInfo:
     pools: tuple[PoolInfo, ...] = ()
     tiers: tuple[TierInfo, ...] = ()
     preload: PreloadInfo | None = None
+    concurrency_limit: int | None = None   # invocations it may hold at once (None: one per instance)
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.concurrency_limit if self.concurrency_limit is not None else self.max_instances
