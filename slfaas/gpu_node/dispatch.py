@@ -158,7 +158,12 @@ class Dispatcher:
         self._stop_claimed()
 
     def close(self) -> None:
+        """No more rounds; requests still waiting are refused (the node is going away)."""
         self._waker.close()
+        with self._lock:
+            for rid in list(self._tickets):
+                self._scheduler.abort(rid)
+                self._settle(rid, error=TooManyRequests("The node is shutting down", reason="NodeShuttingDown"))
 
     def poke(self) -> None:
         """Something the scheduler waits for happened (an instance became ready): a round now."""

@@ -125,3 +125,15 @@ def test_a_full_node_queues_a_request_until_an_instance_frees_instead_of_refusin
         assert node.queued() == {}
     finally:
         node.shutdown()
+
+
+def test_closing_refuses_the_requests_still_waiting() -> None:
+    table = InstanceTable()
+    _full_instance(table)
+    d = Dispatcher(_scheduler(max_queue_s=600), table, 1, stop=lambda i: None)
+    t, got = _submit_in_thread(d, make_request(replace(SPEC, ttft_slo_ms=600_000)))
+    assert wait_until(lambda: d.waiting() == 1)
+    d.close()
+    t.join(10)
+    [err] = got
+    assert isinstance(err, TooManyRequests) and err.reason == "NodeShuttingDown"
