@@ -48,6 +48,11 @@ GPU_RUNTIME_CPU_THREADS = 2   # its CPU work is tokenising and copying: many run
 # concurrent /next calls and batches their generations.
 ENV_MAX_BATCH_SIZE = "SLFAAS_MAX_BATCH_SIZE"
 MAX_BATCH_SIZE_LIMIT = 64
+# "1": this runtime is the platform's shared runtime of its backbone: it serves several
+# functions (those that opted into shared execution, a setting of the same name), loads each
+# one's adapter from the node (PATH_ADAPTER) and batches their requests together. Set by the
+# node for every runtime ("0" for a function's own), never by a function.
+ENV_SHARED_EXECUTION = "SLFAAS_SHARED_EXECUTION"
 ENV_HANDLER = "_HANDLER"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 ENV_FUNCTION_VERSION = "AWS_LAMBDA_FUNCTION_VERSION"
@@ -59,6 +64,11 @@ API_PREFIX = "/2018-06-01/runtime"
 PATH_NEXT = f"{API_PREFIX}/invocation/next"
 PATH_INIT_ERROR = f"{API_PREFIX}/init/error"
 PATH_INIT_REPORT = f"{API_PREFIX}/slfaas/init-report"   # slfaas: init phase timings, adapter bytes
+PATH_ADAPTER = f"{API_PREFIX}/slfaas/adapter/"   # slfaas: + adapter id: a shared runtime fetches an adapter
+
+
+def adapter_path(adapter_id: str) -> str:
+    return PATH_ADAPTER + adapter_id
 
 
 def invocation_path(request_id: str, kind: str) -> str:
@@ -75,6 +85,8 @@ H_CLIENT_CONTEXT = "Lambda-Runtime-Client-Context"
 H_COLD_START = "Slfaas-Cold-Start"          # slfaas: "1" for the invocation that caused a cold start
 H_QUEUE_MS = "Slfaas-Queue-Ms"              # slfaas: time from the node's dispatch to delivery
 H_RESPONSE_MODE = "Slfaas-Response-Mode"    # slfaas: "streaming" when the caller reads a stream
+H_ADAPTER_ID = "Slfaas-Adapter-Id"          # slfaas, shared runtimes: the adapter this invocation runs with
+H_ADAPTER_CONFIG = "Slfaas-Adapter-Config"  # slfaas: PATH_ADAPTER's answer: adapter_config.json (the body: weights)
 # Headers and trailers of responses (runtime → node)
 H_FUNCTION_RESPONSE_MODE = "Lambda-Runtime-Function-Response-Mode"
 H_ERROR_TYPE = "Lambda-Runtime-Function-Error-Type"
@@ -128,6 +140,7 @@ class Delivery:
     cold_start: bool
     queue_ms: float
     response_stream: bool = False   # the caller reads the response as a stream of chunks
+    adapter_id: str | None = None   # a shared runtime's: whose adapter the invocation runs with
 
     def headers(self) -> dict[str, str]:
         out = {
@@ -143,6 +156,8 @@ class Delivery:
             out[H_CLIENT_CONTEXT] = self.client_context
         if self.response_stream:
             out[H_RESPONSE_MODE] = STREAMING
+        if self.adapter_id:
+            out[H_ADAPTER_ID] = self.adapter_id
         return out
 
     @classmethod
@@ -157,4 +172,5 @@ class Delivery:
             cold_start=headers.get(H_COLD_START.lower()) == "1",
             queue_ms=float(headers.get(H_QUEUE_MS.lower(), "0")),
             response_stream=headers.get(H_RESPONSE_MODE.lower()) == STREAMING,
+            adapter_id=headers.get(H_ADAPTER_ID.lower()) or None,
         )

@@ -111,6 +111,20 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--keep-alive-s", type=float, default=300.0, show_default=True, help="stop instances idle this long")
 @click.option("--max-instances", type=int, default=32, show_default=True, help="instances per node")
 @click.option("--init-timeout-s", type=float, default=300.0, show_default=True, help="cold-start limit")
+@click.option("--scheduler", type=click.Choice(["slo", "fcfs"]), default="slo", show_default=True,
+              help="slo: requests wait in per-function queues and run in batches sized to their TTFT SLO, "
+                   "least slack first across functions; fcfs: placed at once or refused (429), no queues")
+@click.option("--ttft-slo-ms", type=click.FloatRange(1, 600_000), default=1000.0, show_default=True,
+              help="time-to-first-token target of functions that do not set SLFAAS_TTFT_SLO_MS (slo scheduler)")
+@click.option("--max-queue-per-function", type=click.IntRange(1, 100_000), default=64, show_default=True,
+              metavar="N", help="slo: requests of one function waiting on the node; beyond, 429 with Retry-After")
+@click.option("--max-queue-s", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="slo: the longest a request waits for an instance; then 429 with Retry-After")
+@click.option("--max-running-batches", type=click.IntRange(0, 10_000), default=0, show_default=True, metavar="N",
+              help="slo: batches running at once on the device, at most (adapted below it from observed TTFT); "
+                   "0: --max-instances")
+@click.option("--shared-batch-size", type=click.IntRange(1, 64), default=16, show_default=True, metavar="N",
+              help="invocations a shared runtime (functions with SLFAAS_SHARED_EXECUTION=1) batches at once")
 @click.option("--max-concurrent-invocations", type=int, default=64, show_default=True, metavar="N",
               help="invocations in flight at once; beyond, 429 TooManyRequestsException with Retry-After")
 @click.option("--idle-timeout-s", type=int, default=30, show_default=True,
@@ -149,7 +163,9 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
            instance_gpu_mb: int, backbone: str, keep_alive_s: float, max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
-           insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
+           insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str, scheduler: str,
+           ttft_slo_ms: float, max_queue_per_function: int, max_queue_s: float, max_running_batches: int,
+           shared_batch_size: int) -> None:
     """Run the API and its node agents.
 
     The Lambda-compatible API, slfaas's own endpoints and one local node agent, in one
@@ -173,7 +189,9 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             slot_modules=tuple(m.strip() for m in slot_modules.split(",") if m.strip()),
             metrics_token=metrics_token or None, devices=_devices(devices, device), cluster=cluster,
             ray_resource=ray_resource, node_data_dir=Path(node_data_dir) if node_data_dir else None,
-            backbone=backbone))
+            backbone=backbone, scheduler=scheduler, ttft_slo_ms=ttft_slo_ms,
+            max_queue_per_function=max_queue_per_function, max_queue_s=max_queue_s,
+            max_running_batches=max_running_batches, shared_max_batch_size=shared_batch_size))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

@@ -83,6 +83,13 @@ def _preload(config: "ServerConfig") -> tuple[PreloadConfig, SlotSettings]:
             SlotSettings(config.slot_rank, tuple(config.slot_modules)))
 
 
+def _scheduling(config: "ServerConfig") -> dict[str, Any]:
+    """The nodes' scheduling settings (``NodeConfig`` fields)."""
+    return dict(scheduler=config.scheduler, ttft_slo_ms=config.ttft_slo_ms,
+                max_queue_per_function=config.max_queue_per_function, max_queue_s=config.max_queue_s,
+                max_running_batches=config.max_running_batches, shared_max_batch_size=config.shared_max_batch_size)
+
+
 def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
                 on_usage: Callable[[UsageRecord], None], on_node_usage: Callable[[NodeUsage], None],
                 on_integrity: Callable[[IntegrityEvent], None],
@@ -109,7 +116,8 @@ def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
             built = build_node(
                 NodeConfig(data_dir=node_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
                            init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
-                           instance_gpu_mb=config.instance_gpu_mb, backbone=config.backbone),
+                           instance_gpu_mb=config.instance_gpu_mb, backbone=config.backbone,
+                           **_scheduling(config)),
                 sandbox, prices=prices, on_usage=on_usage, on_node_usage=on_node_usage, on_integrity=on_integrity,
                 preload=preload, slots=slots, on_instance_usage=on_instance_usage)
             nodes.add(LocalNode(built.node, built.meter))
@@ -134,7 +142,7 @@ def _ray_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet, sandb
         sandbox=sandbox, prices=prices, device=device, resource=config.ray_resource,
         keep_alive_s=config.keep_alive_s, max_instances=config.max_instances, init_timeout_s=config.init_timeout_s,
         verify_interval_s=config.verify_interval_s, instance_gpu_mb=config.instance_gpu_mb,
-        preload=_preload(config)[0], slots=_preload(config)[1])
+        preload=_preload(config)[0], slots=_preload(config)[1], scheduling=_scheduling(config))
     code_root = data_dir / "code"
     nodes = NodeSet()
     ray_nodes = RayNodes(settings, nodes, lambda digest: (code_root / f"{digest}.zip").read_bytes(),

@@ -66,6 +66,12 @@ class ServerConfig:
     ray_resource: str | None = None          # --cluster: only Ray nodes advertising this resource get agents
     node_data_dir: Path | None = None        # --cluster: agents' data dirs on their hosts (default DATA_DIR/nodes)
     backbone: str = "shared"                 # or a baseline without sharing (gpu_node/resources/private_backbone.py)
+    scheduler: str = "slo"                   # "slo": per-function queues, SLO-aware batches; "fcfs": no queues
+    ttft_slo_ms: float = 1000.0              # a function's TTFT SLO unless it sets SLFAAS_TTFT_SLO_MS
+    max_queue_per_function: int = 64         # slo: requests waiting per function; beyond, 429
+    max_queue_s: float = 30.0                # slo: the longest a request waits for an instance; then 429
+    max_running_batches: int = 0             # slo: batches running at once on the device (0: --max-instances)
+    shared_max_batch_size: int = 16          # a shared runtime's capacity (functions in shared execution)
 
 
 MIN_METRICS_TOKEN_CHARS = 16

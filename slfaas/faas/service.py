@@ -127,8 +127,9 @@ class FunctionService:
         self.public_url = public_url
         self.versions = Versions(self)
         self.tags = Tags(self)
-        # The account's concurrency limit is what the node can run at once: one invocation per instance.
-        self.limits = Limits(self, node.describe().max_instances)
+        # The account's concurrency limit is what the node can hold at once (one invocation per
+        # instance, or more where its scheduler queues and batches them).
+        self.limits = Limits(self, node.describe().max_concurrency)
         self.cost = cost or CostService(registry)
         self.metrics = metrics or ControlPlaneMetrics()   # the server passes one on the node's registry
         self.cost.on_budget_warning = self._budget_warning
@@ -183,6 +184,10 @@ class FunctionService:
                 f"in adapter_config.json")
         base = self.resolve_base_model(ref)
         check_adapter_fits(pkg.dir_path, base)
+        if parse_function_settings(env).shared_execution and pkg.has_handler:
+            raise InvalidParameter("SLFAAS_SHARED_EXECUTION=1 runs the function in a runtime shared with other "
+                                   "functions, which runs the built-in handler only: remove handler.py from the "
+                                   "code or set SLFAAS_SHARED_EXECUTION=0")
         return base
 
     def _code_bytes(self, code: Any) -> bytes:
@@ -355,13 +360,15 @@ class FunctionService:
 
     # invocation
     def spec(self, rec: FunctionRecord) -> FunctionSpec:
+        settings = parse_function_settings(rec.environment)
         return FunctionSpec(
             name=rec.name, version=rec.version, revision_id=rec.revision_id,
             arn=function_arn(self.region, rec.name, None if rec.version == LATEST else rec.version),
             code_dir=self.code.root / rec.code_sha256_hex,
             base_model_path=Path(rec.base_model_path), handler=rec.handler, timeout_s=rec.timeout_s,
             memory_mb=rec.memory_mb, environment=rec.environment,
-            max_batch_size=parse_function_settings(rec.environment).max_batch_size or 1)
+            max_batch_size=settings.max_batch_size or 1, ttft_slo_ms=settings.ttft_slo_ms,
+            shared_execution=settings.shared_execution)
 
     def select_version(self, ref: str, qualifier: str | None) -> tuple[FunctionRecord, str]:
         """The version one invocation of ``ref``/``qualifier`` runs (an alias's routing draws

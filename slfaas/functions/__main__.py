@@ -19,12 +19,13 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient
 from slfaas.runtime_contract import (ENV_ADAPTER_FD, ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID,
-                                     ENV_RUNTIME_SOCKET, LOG_SYNC_MARKER, max_batch_size)
+                                     ENV_RUNTIME_SOCKET, ENV_SHARED_EXECUTION, LOG_SYNC_MARKER, max_batch_size)
 
 log = logging.getLogger("slfaas.functions")
 
@@ -97,13 +98,18 @@ def main(engine: Any = None) -> int:
     _one_output_stream()
     _die_with_node()
     client = RuntimeClient(os.environ[ENV_RUNTIME_SOCKET])
+    shared = os.environ.get(ENV_SHARED_EXECUTION) == "1"
     try:
         from slfaas.functions.engine import BackboneSource, LoraEngine
 
         t0 = time.perf_counter()
         code_dir = Path(os.environ[ENV_CODE_DIR])
         facts: dict[str, Any] = {}
-        if engine is None:
+        if shared:   # the platform's runtime of this backbone: adapters come per invocation
+            from slfaas.functions.shared import SharedEngine
+            engine = SharedEngine.from_env(Path(os.environ[ENV_BASE_MODEL_DIR]), engine)
+            facts = {"shared_execution": 1}
+        elif engine is None:
             engine = LoraEngine(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]), code_dir)
         else:
             facts = _specialise(engine, code_dir)
@@ -131,16 +137,18 @@ def main(engine: Any = None) -> int:
         return 1
 
     capacity = max_batch_size(os.environ)
-    if capacity == 1:
-        _serve(client, engine, handler)
+    if capacity == 1 and not shared:
+        _serve(client, lambda _inv: nullcontext(engine), handler)
         return 0
     # Several invocations at once: one worker per place, each taking its own from /next (as
     # Lambda's runtimes do), their generations batched by one loop (BatchEngine). A handler
     # of the function's own then runs in several threads at once.
     from slfaas.functions.batching import BatchEngine
     batched = BatchEngine(engine, capacity)
-    log.info("serving up to %d invocations at once, batched", capacity)
-    workers = [threading.Thread(target=_serve, args=(client, batched, handler), name=f"worker-{i}", daemon=True)
+    log.info("serving up to %d invocations at once, batched%s", capacity, " (shared: adapters per invocation)"
+             if shared else "")
+    scope = _shared_scope(client, engine, batched) if shared else (lambda _inv: nullcontext(batched))
+    workers = [threading.Thread(target=_serve, args=(client, scope, handler), name=f"worker-{i}", daemon=True)
                for i in range(capacity)]
     for w in workers:
         w.start()
@@ -149,45 +157,66 @@ def main(engine: Any = None) -> int:
     return 0
 
 
-def _serve(client: RuntimeClient, engine: Any, handler: Callable[[Any, Any], Any]) -> None:
-    """/next → handler → response, until the node goes (or stops this instance)."""
-    from slfaas.functions.context import LambdaContext
+def _shared_scope(client: RuntimeClient, shared: Any, batched: Any) -> Callable[[Any], Any]:
+    """A shared runtime's engine for one invocation: its adapter held loaded (fetched from the
+    node the first time) while the invocation runs, every request tagged with it."""
+    from slfaas.functions.shared import AdapterUnavailable, AdapterView
 
+    @contextmanager
+    def scope(inv: Any) -> Iterator[Any]:
+        if not inv.adapter_id:
+            raise AdapterUnavailable("a shared runtime's invocation must name its adapter")
+        with shared.using(inv.adapter_id, client.adapter):
+            yield AdapterView(batched, inv.adapter_id)
+    return scope
+
+
+def _serve(client: RuntimeClient, scope: Callable[[Any], Any], handler: Callable[[Any, Any], Any]) -> None:
+    """/next → handler → response, until the node goes (or stops this instance). ``scope``:
+    the engine an invocation's handler uses, as a context held while the invocation runs."""
     while True:
         try:
             inv = client.next()
         except NodeGone:
             return
-        context = LambdaContext(engine, inv)
+        with ExitStack() as held:
+            _serve_one(client, inv, held, scope, handler)
+
+
+def _serve_one(client: RuntimeClient, inv: Any, held: ExitStack, scope: Callable[[Any], Any],
+               handler: Callable[[Any, Any], Any]) -> None:
+    from slfaas.functions.context import LambdaContext
+
+    try:
+        context = LambdaContext(held.enter_context(scope(inv)), inv)
         try:
-            try:
-                event = json.loads(inv.payload) if inv.payload else {}
-            except ValueError as exc:
-                raise ValueError(f"event is not JSON: {exc}") from exc
-            result = handler(event, context)
-            if inv.response_stream:
-                pieces = _pieces(result)
-                first = next(pieces, b"")  # a failure before the first piece is a plain /error
-            else:
-                body = b"".join(_pieces(result)) if isinstance(result, Iterator) else json.dumps(result).encode()
-        except Exception as exc:
-            traceback.print_exc()
-            _log_sync(inv.request_id)
-            try:
-                client.error(inv.request_id, _error_body(exc))
-            except NodeGone:
-                pass   # this invocation is gone (cancelled, timed out) or the node is: /next tells
-            if _device_lost(exc):
-                _exit_device_lost()
-            continue
+            event = json.loads(inv.payload) if inv.payload else {}
+        except ValueError as exc:
+            raise ValueError(f"event is not JSON: {exc}") from exc
+        result = handler(event, context)
+        if inv.response_stream:
+            pieces = _pieces(result)
+            first = next(pieces, b"")  # a failure before the first piece is a plain /error
+        else:
+            body = b"".join(_pieces(result)) if isinstance(result, Iterator) else json.dumps(result).encode()
+    except Exception as exc:
+        traceback.print_exc()
+        _log_sync(inv.request_id)
         try:
-            if inv.response_stream:
-                _stream(client, inv.request_id, first, pieces, context)
-            else:
-                _log_sync(inv.request_id)
-                client.respond(inv.request_id, body, metrics=context.usage.metrics())
+            client.error(inv.request_id, _error_body(exc))
         except NodeGone:
-            pass
+            pass   # this invocation is gone (cancelled, timed out) or the node is: /next tells
+        if _device_lost(exc):
+            _exit_device_lost()
+        return
+    try:
+        if inv.response_stream:
+            _stream(client, inv.request_id, first, pieces, context)
+        else:
+            _log_sync(inv.request_id)
+            client.respond(inv.request_id, body, metrics=context.usage.metrics())
+    except NodeGone:
+        pass
 
 
 def _specialise(engine: Any, code_dir: Path) -> dict[str, Any]:

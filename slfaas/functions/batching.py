@@ -30,10 +30,13 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from slfaas.functions.engine import Generation, LoraEngine
 from slfaas.functions.events import GenerationRequest
+
+if TYPE_CHECKING:
+    from slfaas.functions.shared import SharedEngine
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class _Seq:
     req: GenerationRequest
     ids: Any                    # the prompt, (1, n) on the CPU
     generator: Any
+    adapter: str | None = None  # a shared runtime's: the adapter this row runs with
     out: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     emitted: int = 0
@@ -125,7 +129,7 @@ class BatchEngine:
     """Runs ``engine``'s model on up to ``max_batch_size`` requests at once. Thread-safe:
     any number of threads may call ``stream``/``generate``; one loop thread does the work."""
 
-    def __init__(self, engine: LoraEngine, max_batch_size: int):
+    def __init__(self, engine: "LoraEngine | SharedEngine", max_batch_size: int):
         from slfaas.functions.batch_cache import supports_padding
 
         if max_batch_size < 1:
@@ -167,10 +171,11 @@ class BatchEngine:
     def stream(self, req: GenerationRequest) -> TokenStream:
         return self.open([req])[0]
 
-    def open(self, reqs: list[GenerationRequest]) -> list[TokenStream]:
+    def open(self, reqs: list[GenerationRequest], adapter: str | None = None) -> list[TokenStream]:
         """Queue several requests at once: they are prefilled in the same forward pass (as
-        far as the batch has room), as a batch delivered together would be."""
-        seqs = [_Seq(r, self.engine.encode(r), self.engine.generator_for(r)) for r in reqs]
+        far as the batch has room), as a batch delivered together would be. ``adapter``: in a
+        shared runtime (``slfaas.functions.shared``), the adapter their rows run with."""
+        seqs = [_Seq(r, self.engine.encode(r), self.engine.generator_for(r), adapter) for r in reqs]
         with self._cond:
             if self._closed:
                 raise EngineClosed("the batching engine is closed")
@@ -325,8 +330,9 @@ class BatchEngine:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
         t0 = time.perf_counter()
+        per_row = {"adapter_names": [s.adapter for s in seqs]} if any(s.adapter for s in seqs) else {}
         with torch.inference_mode():
-            logits = self.engine.forward(ids, mask, cache, position_ids=positions).logits[:, -1, :]
+            logits = self.engine.forward(ids, mask, cache, position_ids=positions, **per_row).logits[:, -1, :]
             picked = logits.argmax(dim=-1)
             for row, s in enumerate(seqs):
                 if not s.req.greedy:   # its own generator, on a (1, vocab) row: as it would alone

@@ -27,6 +27,7 @@ class InvocationUsage:
     batch_device_ms: float = 0.0
     batch_size: int = 1
     ttft_ms: float | None = None
+    prompt_tokens: int | None = None   # the first generation's (the node's latency model buckets by it)
     generations: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -37,6 +38,7 @@ class InvocationUsage:
             self.batch_size = max(self.batch_size, gen.batch_size)
             if self.ttft_ms is None:
                 self.ttft_ms = gen.ttft_ms
+                self.prompt_tokens = gen.prompt_tokens
             self.generations += 1
 
     def metrics(self) -> dict:
@@ -44,6 +46,8 @@ class InvocationUsage:
                      "batch_size": self.batch_size}
         if self.ttft_ms is not None:
             out["ttft_ms"] = round(self.ttft_ms, 3)
+        if self.prompt_tokens is not None:
+            out["prompt_tokens"] = self.prompt_tokens
         return out
 
 

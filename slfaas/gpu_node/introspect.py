@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slfaas.gpu_node.sandboxes.pools import Pools
+from slfaas.gpu_node.schedulers import concurrency_limit
 from slfaas.gpu_node.types import NodeInfo, NodeSummary
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def describe_node(node: "Node", checksums: bool = False) -> NodeInfo:
     return NodeInfo(node.node_id, node.config.device, node.sandboxes.name, node.config.max_instances,
                     pool.size if pool is not None else 0, node.sandboxes.warm_count(), backbones, infos, gpu,
                     pools, (node.tiers.info(),), node.preloader.last if node.preloader is not None else None,
-                    backbone_mode=node.config.backbone)
+                    backbone_mode=node.config.backbone, concurrency_limit=concurrency_limit(node.config))
 
 
 def summarize_node(node: "Node") -> NodeSummary:

@@ -12,6 +12,7 @@ from slfaas.gpu_node.dispatch import Dispatcher, Placed
 from slfaas.gpu_node.lifecycle.instance import Instance, InstanceState, Outcome, error_payload
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.table import InstanceTable
+from slfaas.gpu_node.policy.scheduling import Finished
 from slfaas.gpu_node.reporting import Reporter
 from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
@@ -78,6 +79,26 @@ def batch_size(metrics: Mapping[str, object] | None, capacity: int) -> int:
     return int(min(max(value, 1), capacity))
 
 
+def _metric(metrics: Mapping[str, object] | None, key: str) -> float | None:
+    value = (metrics or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        return None
+    return float(value)
+
+
+def measured(request_id: str, inst: Instance, outcome: Outcome | None, cold: bool, submitted_ts: float) -> Finished:
+    """What the scheduler learns from a request's end: its batch, prompt length and time to
+    first token as the runtime reported them, its wait as the node saw it, the init it caused."""
+    ok = outcome is not None and outcome.error_type is None
+    metrics = outcome.metrics if outcome is not None else None
+    delivered = outcome.delivered_ts if outcome is not None else None
+    prompt = _metric(metrics, "prompt_tokens")
+    return Finished(request_id, inst.instance_id, ok, batch_size(metrics, inst.capacity),
+                    int(prompt) if prompt is not None else None, _metric(metrics, "ttft_ms"),
+                    (delivered - submitted_ts) * 1000 if delivered is not None else None,
+                    inst.init_duration_ms if cold else None)
+
+
 class NotDelivered(Exception):
     """A warm instance died before the runtime received the request: nothing ran, so the
     request may be placed again (on a fresh instance)."""
@@ -105,12 +126,13 @@ class InvocationRunner:
                 log.info("evicting idle instance %s to make room", victim.instance_id)
                 self._launcher.stop(victim)
             self._launcher.start(inst)
-        ok = False
+        outcome: Outcome | None = None
         try:
             if cold:
                 ready = inst.wait_ready(self._init_timeout_s)
                 now = time.time()
                 self._bus.publish(ev.InstanceReady(now, inst.instance_id, now - inst.started_ts))
+                self._dispatcher.poke()   # requests waiting for this instance may join it now
                 if not ready:
                     outcome = inst.init_error or Outcome(
                         error_payload("Runtime.InitTimeout", f"Init did not finish within {self._init_timeout_s:.0f} s"),
@@ -128,7 +150,6 @@ class InvocationRunner:
             if outcome.from_runtime and inst.init_facts.get("log_sync"):
                 # its output reaches the log through a pipe: wait until all of it has
                 inst.wait_log_synced(request.request_id, LOG_SYNC_TIMEOUT_S)
-            ok = outcome.error_type is None
             return self._finish(request, inst, outcome, cold, submitted_ts, dispatch_ts)
         finally:
             self.gate.end(request.request_id)
@@ -137,8 +158,8 @@ class InvocationRunner:
             if inst.state is InstanceState.IDLE:
                 self._bus.publish(ev.InstanceIdle(time.time(), inst.instance_id, inst.function.name))
             if cold and inst.sandbox is not None:
-                self._measure(inst, inst.sandbox.pid)
-            self._dispatcher.finished(request.request_id, inst.instance_id, ok)
+                self._measure(inst, inst.sandbox.pid)   # what one instance costs, served
+            self._dispatcher.finished(measured(request.request_id, inst, outcome, cold, submitted_ts))
             if self._table.stale(inst) and inst.claim_idle():
                 self._launcher.stop(inst)
 
@@ -146,11 +167,11 @@ class InvocationRunner:
         """What one instance costs in device memory, once served (admission's estimate where
         the device has memory but the process cannot be measured)."""
         mb = self._ledger.observe(inst.instance_id, pid)
-        measured = mb is not None
+        observed = mb is not None
         if mb is None and self._ledger.tracks_device:
             mb = self._ledger.instance_estimate_mb()
         if mb is not None:
-            self._bus.publish(ev.InstanceMeasured(time.time(), inst.instance_id, mb, measured))
+            self._bus.publish(ev.InstanceMeasured(time.time(), inst.instance_id, mb, observed))
 
     def _finish(self, request: InvocationRequest, inst: Instance, outcome: Outcome, cold: bool, submitted_ts: float,
                 dispatch_ts: float, report: bool = True) -> InvocationResult:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.config import NodeConfig
-from slfaas.gpu_node.dispatch import Dispatcher, Placed
+from slfaas.gpu_node.dispatch import Placed
 from slfaas.gpu_node.events import (BackbonesChanged, EventBus, FunctionPrepared, IntegrityChecked,
                                     InvocationSubmitted)
 from slfaas.gpu_node.introspect import describe_node, summarize_node
@@ -19,7 +19,8 @@ from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
-from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
+from slfaas.gpu_node.policy.scheduling import Scheduler
+from slfaas.gpu_node.schedulers import build_dispatcher
 from slfaas.gpu_node.reporting import Reporter
 from slfaas.gpu_node.resources.adapters import AdapterTiers
 from slfaas.gpu_node.resources import private_backbone
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from slfaas.gpu_node.preloader import Preloader
 
 log = logging.getLogger(__name__)
-
 
 class Node:
     def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None,
@@ -55,8 +55,8 @@ class Node:
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
                                  self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers,
                                  backbone_mode=config.backbone)
-        self.dispatcher = Dispatcher(scheduler or FcfsScheduler(), self.table, config.max_instances,
-                                     self.launcher.stop, self.ledger.gpu_view)
+        self.dispatcher = build_dispatcher(config, scheduler, self.table, self.launcher.stop, self.ledger,
+                                           lambda: self.preloader)
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
                                        Reporter(self._logs), self.ledger, self.bus)
         self.integrity = IntegrityMonitor(self.backbones, self._stop_borrowers, self._integrity_checked,
@@ -157,6 +157,7 @@ class Node:
         return self.integrity.verify()
 
     def shutdown(self) -> None:
+        self.dispatcher.close()
         if self.preloader is not None:
             self.preloader.close()
         self.integrity.close()

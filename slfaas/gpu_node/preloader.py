@@ -78,6 +78,13 @@ class Preloader:
                 if isinstance(event, ev.InvocationSubmitted):
                     seen.arrivals.append(event.ts)
 
+    def rate_per_s(self, function_name: str, version: str) -> float:
+        """A function version's arrivals per second, as the plan estimates them (0: not seen)."""
+        with self._lock:
+            seen = self._seen.get(f"{function_name}:{version}")
+            arrivals = tuple(seen.arrivals) if seen is not None else ()
+        return estimate_rate_per_s(arrivals, self._clock(), self.config.rate_time_constant_s) if arrivals else 0.0
+
     def snapshot(self) -> PreloadSnapshot:
         now = self._clock()
         cfg = self.config

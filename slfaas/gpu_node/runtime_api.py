@@ -26,9 +26,10 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from slfaas.runtime_contract import (API_PREFIX, H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE, H_FUNCTION_RESPONSE_MODE,
-                                     H_RESULT_METRICS, MAX_RESPONSE_BYTES, MAX_STREAMED_RESPONSE_BYTES, PATH_INIT_ERROR,
-                                     PATH_INIT_REPORT, PATH_NEXT, RESULT_METRIC_KEYS, STREAMING, Delivery)
+from slfaas.runtime_contract import (API_PREFIX, H_ADAPTER_CONFIG, H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE,
+                                     H_FUNCTION_RESPONSE_MODE, H_RESULT_METRICS, MAX_RESPONSE_BYTES,
+                                     MAX_STREAMED_RESPONSE_BYTES, PATH_ADAPTER, PATH_INIT_ERROR, PATH_INIT_REPORT,
+                                     PATH_NEXT, RESULT_METRIC_KEYS, STREAMING, Delivery)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class RuntimeEndpoint(Protocol):
     def init_failed(self, body: bytes, error_type: str) -> None: ...
     def init_report(self, report: dict) -> None: ...
     def delivery_failed(self, request_id: str) -> None: ...
+    def adapter_dir(self, adapter_id: str) -> Path | None: ...
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -145,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def do_GET(self) -> None:
+        if self.path.startswith(PATH_ADAPTER):
+            self._adapter(self.path[len(PATH_ADAPTER):])
+            return
         if self.path != PATH_NEXT:
             self._error(404, "NotFound", self.path)
             return
@@ -159,6 +164,22 @@ class _Handler(BaseHTTPRequestHandler):
             # received the request, so the node may place it elsewhere once the exit is seen.
             self.endpoint.delivery_failed(delivery.request_id)
             self.close_connection = True
+
+    def _adapter(self, adapter_id: str) -> None:
+        """slfaas extension, shared runtimes: the weights of an adapter whose invocation this
+        instance was handed (the body) and its config (a header)."""
+        directory = self.endpoint.adapter_dir(adapter_id)
+        if directory is None:
+            self._error(404, "AdapterNotFound", f"no invocation of this instance uses adapter {adapter_id!r}")
+            return
+        try:
+            config = json.loads((directory / "adapter_config.json").read_bytes())
+            weights = (directory / "adapter_model.safetensors").read_bytes()
+        except (OSError, ValueError) as exc:
+            self._error(500, "AdapterUnreadable", f"adapter {adapter_id}: {exc}")
+            return
+        self._reply(200, weights, {"Content-Type": "application/octet-stream",
+                                   H_ADAPTER_CONFIG: json.dumps(config, separators=(",", ":"))})
 
     def do_POST(self) -> None:
         m = _INVOCATION_PATH.match(self.path)

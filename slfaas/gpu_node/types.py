@@ -1,6 +1,7 @@
 """Values that cross between the control plane and a node (``NodeApi``): frozen, plain data."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,10 +23,36 @@ class FunctionSpec:
     memory_mb: int
     environment: Mapping[str, str] = field(default_factory=dict)
     max_batch_size: int = 1     # invocations one instance may hold at once (its runtime batches them)
+    ttft_slo_ms: int | None = None   # the batcher's time-to-first-token target; None: the node's default
+    shared_execution: bool = False   # co-batched with other adapters of its backbone in a platform runtime
 
     @property
     def pool_key(self) -> tuple[str, str]:
+        """Instances of one key are interchangeable. A function in shared execution runs in its
+        backbone's shared runtime, so its key is that runtime's (revision ids are UUIDs: no
+        function's key is ever ``SHARED_REVISION``)."""
+        if self.shared_execution:
+            return shared_pool_key(self.base_model_path)
         return (self.name, self.revision_id)
+
+    @property
+    def is_shared_runtime(self) -> bool:
+        """The platform runtime that co-batches a backbone's functions in shared execution."""
+        return self.revision_id == SHARED_REVISION and self.name.startswith(SHARED_NAME_PREFIX)
+
+    @property
+    def adapter_id(self) -> str:
+        """Names this revision's adapter inside a shared runtime."""
+        return hashlib.sha256(f"{self.code_dir}\0{self.revision_id}".encode()).hexdigest()[:32]
+
+
+SHARED_REVISION = "shared"
+SHARED_NAME_PREFIX = "slfaas-shared-"
+
+
+def shared_pool_key(base_model_path: Path) -> tuple[str, str]:
+    digest = hashlib.sha256(str(Path(base_model_path)).encode()).hexdigest()[:12]
+    return (f"{SHARED_NAME_PREFIX}{digest}", SHARED_REVISION)
 
 
 @dataclass(frozen=True)
@@ -182,6 +209,11 @@ class NodeInfo:
     state: str = "alive"               # "alive", or "lost": the node died and takes no work
     host: str = ""                     # where the node runs (Ray: its node's address)
     backbone_mode: str = "shared"      # or a baseline's: "private-checkpoint", "private-host-cache"
+    concurrency_limit: int | None = None   # invocations it may hold at once (None: one per instance)
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.concurrency_limit if self.concurrency_limit is not None else self.max_instances
 
 
 @dataclass(frozen=True)

@@ -348,4 +348,6 @@ def aggregate(set_id: str, infos: list[NodeInfo]) -> NodeInfo:
                     sum(i.max_instances for i in live), sum(i.warm_pool_target for i in live),
                     sum(i.warm_pool_held for i in live), tuple(b for i in live for b in i.backbones),
                     tuple(x for i in live for x in i.instances), None, tuple(p for i in live for p in i.pools),
-                    tuple(t for i in live for t in i.tiers), None, nodes=tuple(infos))
+                    tuple(t for i in live for t in i.tiers), None, nodes=tuple(infos),
+                    concurrency_limit=(sum(i.max_concurrency for i in live)
+                                       if any(i.concurrency_limit is not None for i in live) else None))

@@ -46,5 +46,6 @@ def runtime_env(function: FunctionSpec, instance_id: str, socket_path: Path, dev
         rc.ENV_DEVICE: device,
         rc.ENV_NODE_PID: str(os.getpid()),
         rc.ENV_MAX_BATCH_SIZE: str(max(1, function.max_batch_size)),
+        rc.ENV_SHARED_EXECUTION: "1" if function.is_shared_runtime else "0",
     })
     return env

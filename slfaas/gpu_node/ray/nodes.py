@@ -16,7 +16,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -64,6 +64,7 @@ class RayClusterSettings:
     instance_gpu_mb: int = 1536
     preload: PreloadConfig | None = None        # the agents' preloaders (None: the defaults)
     slots: SlotSettings | None = None           # pre-warmed runtimes' LoRA slots (None: the defaults)
+    scheduling: Mapping[str, Any] = field(default_factory=dict)   # NodeConfig's scheduling fields
     watch_interval_s: float = 5.0               # how often new Ray nodes are looked for
     start_timeout_s: float = 300.0              # an agent's start (its sandbox backend, warm pool)
     poll_s: float = 2.0                         # how often each agent's usage is collected
@@ -143,7 +144,7 @@ class RayNodes:
             config = NodeConfig(data_dir=Path(s.node_data_dir) / f"{ray_node_id[:12]}-{index}",
                                 keep_alive_s=s.keep_alive_s, max_instances=s.max_instances,
                                 init_timeout_s=s.init_timeout_s, device=device, verify_interval_s=verify_s,
-                                instance_gpu_mb=s.instance_gpu_mb)
+                                instance_gpu_mb=s.instance_gpu_mb, **s.scheduling)
             actor = ray.remote(NodeAgent).options(
                 name=agent_name(ray_node_id, index), num_cpus=0, max_concurrency=MAX_CONCURRENT_CALLS,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(ray_node_id, soft=False), **options,
