@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gpu_node import make_adapters, make_checkpoint, say
+from gpu_assets import make_adapters, make_checkpoint, say
 
 from slfaas.bench.prompts import PromptBuilder, load_tokenizer
 from slfaas.bench.records import RequestRecord
