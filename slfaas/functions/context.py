@@ -47,7 +47,8 @@ class InvocationUsage:
         if self.ttft_ms is not None:
             out["ttft_ms"] = round(self.ttft_ms, 3)
         if self.prompt_tokens is not None:
-            out["prompt_tokens"] = self.prompt_tokens
+            # not "prompt_tokens": billing reads token counts from metrics that carry them both
+            out["first_prompt_tokens"] = self.prompt_tokens
         return out
 
 

@@ -92,7 +92,9 @@ def measured(request_id: str, inst: Instance, outcome: Outcome | None, cold: boo
     ok = outcome is not None and outcome.error_type is None
     metrics = outcome.metrics if outcome is not None else None
     delivered = outcome.delivered_ts if outcome is not None else None
-    prompt = _metric(metrics, "prompt_tokens")
+    prompt = _metric(metrics, "first_prompt_tokens")
+    if prompt is None:
+        prompt = _metric(metrics, "prompt_tokens")   # a stream's trailer
     return Finished(request_id, inst.instance_id, ok, batch_size(metrics, inst.capacity),
                     int(prompt) if prompt is not None else None, _metric(metrics, "ttft_ms"),
                     (delivered - submitted_ts) * 1000 if delivered is not None else None,
