@@ -57,7 +57,7 @@ class Settings:
 
 
 GPU = Settings(functions=16, start_s=600.0, duration_s=60.0, max_prompt=512, max_output=64, slo_ms=2000.0,
-               keep_alive_s=60.0, max_instances=64, memory_mb=16384, instance_gpu_mb=4096)
+               keep_alive_s=60.0, max_instances=64, memory_mb=10240, instance_gpu_mb=4096)
 TINY = Settings(functions=4, start_s=0.0, duration_s=8.0, max_prompt=32, max_output=6, slo_ms=20000.0,
                 keep_alive_s=30.0, max_instances=8, memory_mb=1024, instance_gpu_mb=1536)
 
