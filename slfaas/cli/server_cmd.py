@@ -67,7 +67,13 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--instance-gpu-mb", type=int, default=1536, show_default=True,
               help="upper bound of an instance's GPU memory for admission control; measured figures "
                    "(NVML) are used below it")
-@click.option("--keep-alive-s", type=float, default=300.0, show_default=True, help="stop instances idle this long")
+@click.option("--keep-alive-s", type=float, default=300.0, show_default=True,
+              help="stop instances idle this long (the histogram policy's fallback when it has too little history)")
+@click.option("--keep-alive-policy", type=click.Choice(["fixed", "histogram"]), default="fixed", show_default=True,
+              help="fixed: a TTL; histogram: per function, unload and pre-warm from its idle-time histogram "
+                   "(hybrid histogram policy). A function may choose its own (SLFAAS_KEEP_ALIVE_POLICY)")
+@click.option("--keep-alive-bin-s", type=float, default=1.0, show_default=True,
+              help="with the histogram policy: width of an idle-time bin in seconds")
 @click.option("--max-instances", type=int, default=32, show_default=True, help="instances per node")
 @click.option("--init-timeout-s", type=float, default=300.0, show_default=True, help="cold-start limit")
 @click.option("--max-concurrent-invocations", type=int, default=64, show_default=True, metavar="N",
@@ -99,7 +105,8 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
               show_default=True)
 def server(host: str, port: int, data_dir: str, database_url: str | None, sandbox: str, docker_image: str | None,
            warm_pool: int, docker_warm_pool: int | None, device: str, verify_interval_s: float | None,
-           instance_gpu_mb: int, keep_alive_s: float, max_instances: int, init_timeout_s: float,
+           instance_gpu_mb: int, keep_alive_s: float, keep_alive_policy: str, keep_alive_bin_s: float,
+           max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str) -> None:
@@ -114,7 +121,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
     try:
         srv = SlfaasServer(ServerConfig(
             data_dir=Path(data_dir), host=host, port=port, database_url=database_url, sandbox=sandbox,
-            keep_alive_s=keep_alive_s, max_instances=max_instances, init_timeout_s=init_timeout_s, device=device,
+            keep_alive_s=keep_alive_s, keep_alive_policy=keep_alive_policy, keep_alive_bin_s=keep_alive_bin_s,
+            max_instances=max_instances, init_timeout_s=init_timeout_s, device=device,
             verify_interval_s=verify_interval_s, instance_gpu_mb=instance_gpu_mb, docker_image=docker_image,
             warm_pool=_warm_pool(warm_pool, docker_warm_pool), s3_endpoint_url=s3_endpoint_url, auth=auth,
             credentials_file=Path(credentials) if credentials else None, insecure=insecure,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import ipaddress
 import logging
+import math
 import os
 import re
 import resource
@@ -35,6 +36,8 @@ class ServerConfig:
     database_url: str | None = None
     sandbox: str = "process"
     keep_alive_s: float = 300.0
+    keep_alive_policy: str = "fixed"         # or "histogram": the hybrid histogram policy (a function may set its own)
+    keep_alive_bin_s: float = 1.0            # the histogram's bin width
     max_instances: int = 32
     init_timeout_s: float = 300.0
     device: str = "cpu"
@@ -139,11 +142,25 @@ def _connection_room(wanted: int, reserve: int = 256) -> int:
     return wanted
 
 
+def check_keep_alive(config: NodeConfig) -> None:
+    """The keep-alive flags, checked before anything starts (a ValueError names the flag)."""
+    for flag, value, low in (("--keep-alive-s", config.keep_alive_s, 0.0),
+                             ("--keep-alive-bin-s", config.keep_alive_bin_s, 0.01)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+            raise ValueError(f"{flag} must be a number of seconds >= {low:g}, got {value!r}")
+    try:
+        config.keep_alive_default()
+    except ValueError as exc:
+        raise ValueError(f"keep-alive settings (--keep-alive-policy/--keep-alive-bin-s): {exc}") from None
+
+
 class SlfaasServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.verifier = check_auth_config(config)
         options = http_options(config)   # checked before anything starts
+        check_keep_alive(NodeConfig(Path(config.data_dir), keep_alive_s=config.keep_alive_s,
+                                    keep_alive_policy=config.keep_alive_policy, keep_alive_bin_s=config.keep_alive_bin_s))
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
@@ -152,10 +169,13 @@ class SlfaasServer:
         verify_s = config.verify_interval_s
         if verify_s is None:
             verify_s = 60.0 if device.startswith("cuda") else 0.0
+        node_config = NodeConfig(
+            data_dir=data_dir, keep_alive_s=config.keep_alive_s, keep_alive_policy=config.keep_alive_policy,
+            keep_alive_bin_s=config.keep_alive_bin_s, max_instances=config.max_instances,
+            init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
+            instance_gpu_mb=config.instance_gpu_mb)
         built = build_node(
-            NodeConfig(data_dir=data_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
-                       init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
-                       instance_gpu_mb=config.instance_gpu_mb),
+            node_config,
             SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
                             config.insecure_sandbox),
             prices=prices, on_usage=lambda rec: self.service.cost.record(rec),

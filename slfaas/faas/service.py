@@ -33,7 +33,7 @@ from slfaas.faas.tags import Tags, validate_tags
 from slfaas.faas.versions import Versions, precondition_failed
 from slfaas.faas.s3code import S3CodeFetcher, wants_s3
 from slfaas.gpu_node.api import NodeApi
-from slfaas.gpu_node.types import FunctionSpec, InvocationRequest, InvocationResult
+from slfaas.gpu_node.types import FunctionSpec, InvocationRequest, InvocationResult, KeepAliveSpec
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class FunctionService:
         n = self.events.resume()
         if n:
             log.info("resuming %d queued asynchronous invocation(s)", n)
+        self.limits.sync()   # provisioned concurrency configured before a restart is held again
 
     # base models
     def resolve_base_model(self, ref: str) -> Path:
@@ -348,12 +349,14 @@ class FunctionService:
 
     # invocation
     def spec(self, rec: FunctionRecord) -> FunctionSpec:
+        settings = parse_function_settings(rec.environment)   # validated when stored
         return FunctionSpec(
             name=rec.name, version=rec.version, revision_id=rec.revision_id,
             arn=function_arn(self.region, rec.name, None if rec.version == LATEST else rec.version),
             code_dir=self.code.root / rec.code_sha256_hex,
             base_model_path=Path(rec.base_model_path), handler=rec.handler, timeout_s=rec.timeout_s,
-            memory_mb=rec.memory_mb, environment=rec.environment)
+            memory_mb=rec.memory_mb, environment=rec.environment,
+            keep_alive=KeepAliveSpec(settings.keep_alive_policy, settings.keep_alive_s, settings.keep_alive_bin_s))
 
     def select_version(self, ref: str, qualifier: str | None) -> tuple[FunctionRecord, str]:
         """The version one invocation of ``ref``/``qualifier`` runs (an alias's routing draws

@@ -7,6 +7,17 @@ from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
+class KeepAliveSpec:
+    """A function's own keep-alive settings (validated by the control plane); None: the
+    node's default. ``policy``: "fixed" or "histogram"; ``ttl_s``: the fixed TTL, or the
+    histogram policy's fallback TTL; ``bin_width_s``: the idle-time histogram's bin width."""
+
+    policy: str | None = None
+    ttl_s: float | None = None
+    bin_width_s: float | None = None
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """Everything the node needs to run one function version. ``revision_id`` changes with
     every code or configuration update, so instances of an old revision are never reused."""
@@ -21,6 +32,7 @@ class FunctionSpec:
     timeout_s: int
     memory_mb: int
     environment: Mapping[str, str] = field(default_factory=dict)
+    keep_alive: KeepAliveSpec = KeepAliveSpec()
 
     @property
     def pool_key(self) -> tuple[str, str]:
@@ -69,6 +81,7 @@ class InstanceInfo:
     adapter_bytes: int | None = None   # the adapter's weights as loaded (device dtype)
     init_report: dict = field(default_factory=dict)
     gpu_mb: float | None = None        # measured device memory of this instance (CUDA)
+    provisioned: bool = False          # held for a provisioned-concurrency target: never reaped or evicted
 
     @property
     def alive(self) -> bool:
@@ -124,6 +137,21 @@ class IntegrityEvent:
 
 
 @dataclass(frozen=True)
+class ProvisionedInfo:
+    """One provisioned-concurrency target on the node: ``ready`` of ``requested`` instances of
+    the version are up (initialised, idle or busy). ``failure``: why the last start failed."""
+
+    function_name: str
+    version: str
+    revision_id: str
+    requested: int
+    ready: int
+    starting: int = 0
+    failure: str | None = None
+    failures: int = 0                  # consecutive failed starts (retried with a backoff)
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     node_id: str
     device: str
@@ -134,3 +162,5 @@ class NodeInfo:
     backbones: tuple[BackboneInfo, ...]
     instances: tuple[InstanceInfo, ...]
     gpu: GpuMemory | None = None
+    provisioned: tuple[ProvisionedInfo, ...] = ()
+    keep_alive_policy: str = "fixed"   # the node's default (a function may set its own)

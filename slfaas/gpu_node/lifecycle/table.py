@@ -73,7 +73,8 @@ class InstanceTable:
                  waiting_keys: frozenset[PoolKey] = frozenset()) -> NodeSnapshot:
         with self._lock:
             views = tuple(InstanceView(i.instance_id, i.function.pool_key, i.state.value, i.last_used_ts,
-                                       i.inflight, i.capacity, self._stale(i)) for i in self._instances.values())
+                                       i.inflight, i.capacity, self._stale(i), i.provisioned)
+                          for i in self._instances.values())
         return NodeSnapshot(now_s, views, max_instances, gpu, waiting_keys)
 
     def infos(self, gpu_mb: dict[str, float] | None = None) -> tuple[InstanceInfo, ...]:
@@ -81,4 +82,4 @@ class InstanceTable:
         return tuple(InstanceInfo(i.instance_id, i.function.name, i.function.version, i.function.revision_id,
                                   i.state.value, i.sandbox.pid if i.sandbox else None, i.started_ts,
                                   i.last_used_ts, i.invocations, i.init_facts.get("adapter_bytes"),
-                                  dict(i.init_facts), gpu_mb.get(i.instance_id)) for i in self.all())
+                                  dict(i.init_facts), gpu_mb.get(i.instance_id), i.provisioned) for i in self.all())

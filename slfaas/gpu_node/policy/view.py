@@ -15,6 +15,7 @@ class InstanceView:
     inflight: int = 0        # requests assigned to it and not finished
     capacity: int = 1        # requests it may hold at once
     stale: bool = False      # of a retired revision: finishes what it has, never gets more
+    provisioned: bool = False  # held for provisioned concurrency: no keep-alive expiry, never evicted
 
     @property
     def alive(self) -> bool:
