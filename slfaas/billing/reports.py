@@ -10,8 +10,10 @@ Two views of one window:
 - user view: Σ billed device seconds and stored costs of the (filtered) invocations;
 - node view: the ``NodeUsage`` sessions as given (the caller picks the ones of the window),
   priced at each node's device rate; what the nodes spent beyond billed work (keep-alive,
-  pre-loading, idle backbone, runtime overhead) is the platform overhead. Conservation checks
-  billed (all records of the window on those nodes) + overhead against the nodes' elapsed time.
+  pre-loading, idle backbone, runtime overhead) is the platform overhead. Instances held for
+  provisioned concurrency are billed to their function (``provisioned_s``, priced at the node's
+  rate), not overhead. Conservation checks billed (all records of the window on those nodes) +
+  provisioned + overhead against the nodes' elapsed time.
 
 Renderers: ``render_table`` / ``render_csv`` / ``render_json`` here, ``render_html`` in
 ``report_html`` (inline SVG, no scripts, viewable offline).
@@ -58,6 +60,8 @@ class ReportRow:
     cost_usd: Decimal           # Σ stored record costs, exact
     compute_cost_usd: Decimal   # request fees + compute's share of device cost
     init_cost_usd: Decimal      # init's share; compute + init == cost exactly
+    provisioned_s: float = 0.0  # device time held for its provisioned concurrency (group-by function only)
+    provisioned_cost_usd: Decimal = Decimal(0)   # billed beside the invocations' cost_usd
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Report:
     node_cost_usd: Decimal
     platform_overhead_s: float
     platform_overhead_usd: Decimal
-    conservation_error: float           # |records billed + overhead − elapsed| / elapsed
+    conservation_error: float           # |records billed + provisioned + overhead − elapsed| / elapsed
     # what the same invocations would have cost
     counterfactuals: tuple[Counterfactual, ...]       # actual, no_sharing, serverful
     savings: Mapping[str, tuple[Decimal, float]]       # name → ($ saved, fraction saved)
@@ -102,6 +106,7 @@ class Report:
     series_step_s: int
     series_buckets: tuple[str, ...]
     series: Mapping[str, tuple[Decimal, ...]]
+    node_provisioned_s: float = 0.0     # what the nodes held for provisioned concurrency (billed)
 
     # user view: what the invocations were billed
     @property
@@ -110,7 +115,8 @@ class Report:
 
     @property
     def billed_cost_usd(self) -> Decimal:
-        return self.total.cost_usd
+        """Invocations plus provisioned concurrency."""
+        return self.total.cost_usd + self.total.provisioned_cost_usd
 
     @property
     def node_gap_usd(self) -> Decimal:
@@ -162,7 +168,8 @@ def split_cost(rec: UsageRecord, request_usd: Decimal) -> tuple[Decimal, Decimal
         return cost - init, init
 
 
-def _row(key: str, recs: Sequence[UsageRecord], request_usd: Decimal, keep_alive_s: float = 0.0) -> ReportRow:
+def _row(key: str, recs: Sequence[UsageRecord], request_usd: Decimal, keep_alive_s: float = 0.0,
+         provisioned: tuple[float, Decimal] = (0.0, _ZERO)) -> ReportRow:
     compute_usd = init_usd = _ZERO
     for r in recs:
         c, i = split_cost(r, request_usd)
@@ -176,12 +183,14 @@ def _row(key: str, recs: Sequence[UsageRecord], request_usd: Decimal, keep_alive
         init_device_s=math.fsum(r.init_device_s for r in recs),
         billed_device_s=math.fsum(r.billed_device_s for r in recs),
         keep_alive_s=keep_alive_s, cost_usd=sum((r.cost_usd for r in recs), _ZERO),
-        compute_cost_usd=compute_usd, init_cost_usd=init_usd)
+        compute_cost_usd=compute_usd, init_cost_usd=init_usd, provisioned_s=provisioned[0],
+        provisioned_cost_usd=provisioned[1])
 
 
 def _total(rows: Sequence[ReportRow], recs: Sequence[UsageRecord], request_usd: Decimal) -> ReportRow:
     # Per-record splits make the rows additive: the TOTAL split is the rows' split.
-    return _row("TOTAL", recs, request_usd, math.fsum(r.keep_alive_s for r in rows))
+    return _row("TOTAL", recs, request_usd, math.fsum(r.keep_alive_s for r in rows),
+                (math.fsum(r.provisioned_s for r in rows), sum((r.provisioned_cost_usd for r in rows), _ZERO)))
 
 
 def _median_memory_mb(recs: Iterable[UsageRecord]) -> int:
@@ -237,28 +246,33 @@ def build_report(records: Sequence[UsageRecord], nodes: Sequence[NodeUsage], she
     recs = [r for r in window if function_name is None or r.function_name == function_name]
     fee = sheet.request_usd
 
-    keep_alive_fn: dict[str, float] = {}
-    for n in nodes:
-        for fn, s in n.keep_alive_by_function_s.items():
-            keep_alive_fn[fn] = keep_alive_fn.get(fn, 0.0) + s
-    groups: dict[str, list[UsageRecord]] = {}
-    for r in recs:
-        groups.setdefault(_group_key(r, group_by), []).append(r)
-    if group_by == "function":  # functions that only held instances cost the platform too
-        for fn, s in keep_alive_fn.items():
-            if s > 0 and (function_name is None or fn == function_name):
-                groups.setdefault(fn, [])
-    rows = tuple(_row(k, groups[k], fee, keep_alive_fn.get(k, 0.0) if group_by == "function" else 0.0)
-                 for k in sorted(groups))
-    total = _total(rows, recs, fee)
-
-    # node view
     node_ids = {n.node_id for n in nodes}
     on_nodes = [r for r in window if r.node_id in node_ids]
     rates = {}
     for n in nodes:  # a node's time is priced at its records' median memory (matters on CPU)
         mine = [r for r in on_nodes if r.node_id == n.node_id]
         rates[n.node_id] = device_second_usd(sheet, n.device_type, _median_memory_mb(mine or window))
+    keep_alive_fn: dict[str, float] = {}
+    provisioned_fn: dict[str, tuple[float, Decimal]] = {}
+    for n in nodes:
+        for fn, s in n.keep_alive_by_function_s.items():
+            keep_alive_fn[fn] = keep_alive_fn.get(fn, 0.0) + s
+        for fn, s in n.provisioned_by_function_s.items():
+            held_s, usd_ = provisioned_fn.get(fn, (0.0, _ZERO))
+            provisioned_fn[fn] = (held_s + s, usd_ + _price_s(s, rates[n.node_id]))
+    groups: dict[str, list[UsageRecord]] = {}
+    for r in recs:
+        groups.setdefault(_group_key(r, group_by), []).append(r)
+    if group_by == "function":  # functions that only held instances cost the platform (or themselves) too
+        for fn, s in [*keep_alive_fn.items(), *((f, p[0]) for f, p in provisioned_fn.items())]:
+            if s > 0 and (function_name is None or fn == function_name):
+                groups.setdefault(fn, [])
+    by_fn = group_by == "function"
+    rows = tuple(_row(k, groups[k], fee, keep_alive_fn.get(k, 0.0) if by_fn else 0.0,
+                      provisioned_fn.get(k, (0.0, _ZERO)) if by_fn else (0.0, _ZERO)) for k in sorted(groups))
+    total = _total(rows, recs, fee)
+
+    # node view
     elapsed_s = math.fsum(n.elapsed_s for n in nodes)
     overhead: dict[str, float] = {}
     for n in nodes:
@@ -268,7 +282,9 @@ def build_report(records: Sequence[UsageRecord], nodes: Sequence[NodeUsage], she
     overhead_usd = sum((_price_s(n.overhead_total_s, rates[n.node_id]) for n in nodes), _ZERO)
     node_cost = sum((_price_s(n.elapsed_s, rates[n.node_id]) for n in nodes), _ZERO) + fee * len(on_nodes)
     records_billed = math.fsum(r.billed_device_s for r in on_nodes)
-    conservation = 0.0 if elapsed_s == 0 else abs(records_billed + overhead_s - elapsed_s) / elapsed_s
+    provisioned_s = math.fsum(n.provisioned_s for n in nodes)
+    conservation = (0.0 if elapsed_s == 0 else
+                    abs(records_billed + provisioned_s + overhead_s - elapsed_s) / elapsed_s)
 
     # counterfactuals over the (filtered) invocations
     actual = cf.actual(recs)
@@ -286,7 +302,7 @@ def build_report(records: Sequence[UsageRecord], nodes: Sequence[NodeUsage], she
         conservation_error=conservation, counterfactuals=(actual, *others), savings=savings,
         batching_saved_device_s=cf.batching_saved_device_s(recs), preload_saved_s=cf.preload_saved_s(recs),
         budgets=tuple(budgets), function_splits=splits,
-        series_step_s=step, series_buckets=buckets, series=series)
+        series_step_s=step, series_buckets=buckets, series=series, node_provisioned_s=provisioned_s)
 
 
 def _function_splits(recs: Sequence[UsageRecord], on_nodes: Sequence[UsageRecord], nodes: Sequence[NodeUsage],
@@ -362,6 +378,7 @@ def report_to_dict(report: Report) -> dict:
                       "billed_cost_usd": _usd_str(report.billed_cost_usd)},
         "node_view": {"node_ids": list(report.node_ids), "node_elapsed_s": report.node_elapsed_s,
                       "node_billed_device_s": report.node_billed_device_s,
+                      "provisioned_s": report.node_provisioned_s,
                       "records_billed_device_s": report.records_billed_device_s,
                       "billed_mismatch": report.billed_mismatch,
                       "overhead_by_kind_s": dict(report.overhead_by_kind_s),
@@ -399,7 +416,8 @@ def report_from_dict(d: Mapping[str, Any]) -> Report:
         budgets=tuple(_budget_from_dict(b) for b in d["budgets"]),
         function_splits=tuple(_row_from_dict(FunctionSplit, s) for s in d["function_splits"]),
         series_step_s=d["series"]["step_s"], series_buckets=tuple(d["series"]["buckets"]),
-        series={fn: tuple(Decimal(v) for v in vs) for fn, vs in d["series"]["cost_usd"].items()})
+        series={fn: tuple(Decimal(v) for v in vs) for fn, vs in d["series"]["cost_usd"].items()},
+        node_provisioned_s=node.get("provisioned_s", 0.0))
 
 
 def render_json(report: Report) -> str:
@@ -441,6 +459,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, Callable[[ReportRow], str]], ...] = (
     ("compute_device_s", "compute_s", lambda r: f"{r.compute_device_s:.3f}"),
     ("init_device_s", "init_s", lambda r: f"{r.init_device_s:.3f}"),
     ("keep_alive_s", "keepalive_s", lambda r: f"{r.keep_alive_s:.3f}"),
+    ("provisioned_s", "prov_s", lambda r: f"{r.provisioned_s:.3f}"),
     ("compute_cost_usd", "compute", lambda r: usd(r.compute_cost_usd)),
     ("init_cost_usd", "init", lambda r: usd(r.init_cost_usd)),
     ("cost_usd", "cost", lambda r: usd(r.cost_usd)),
@@ -456,12 +475,15 @@ def summary_lines(report: Report) -> list[tuple[str, str]]:
     lines = [
         ("User view", f"{t.invocations} invocations billed {t.billed_device_s:.3f} device-s, "
                       f"{usd(report.billed_cost_usd)} "
-                      f"(init {usd(t.init_cost_usd)}, compute {usd(t.compute_cost_usd)})"),
+                      f"(init {usd(t.init_cost_usd)}, compute {usd(t.compute_cost_usd)}"
+                      + (f", provisioned {t.provisioned_s:.3f} s {usd(t.provisioned_cost_usd)})"
+                         if t.provisioned_s else ")")),
         ("Node view", f"{len(report.node_ids)} node(s) metered {report.node_elapsed_s:.3f} device-s, "
                       f"{usd(report.node_cost_usd)}{scope}"),
         ("Platform overhead", f"{report.platform_overhead_s:.3f} device-s ({pct(share)} of node time), "
                               f"{usd(report.platform_overhead_usd)}: {overhead}"),
-        ("Conservation", f"billed {report.records_billed_device_s:.3f} s + overhead "
+        ("Conservation", f"billed {report.records_billed_device_s:.3f} s + provisioned "
+                         f"{report.node_provisioned_s:.3f} s + overhead "
                          f"{report.platform_overhead_s:.3f} s vs node {report.node_elapsed_s:.3f} s: "
                          f"error {report.conservation_error * 100:.3f}%"
                          + (f" (records vs node meters differ by {pct(report.billed_mismatch)})"

@@ -20,7 +20,7 @@ from slfaas.errors import Conflict, NotFound
 from slfaas.faas.registry_billing import BillingMixin
 from slfaas.faas.registry_settings import SettingsMixin
 from slfaas.faas.registry_versions import VersionsMixin
-from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow
+from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow, add_missing_columns
 
 LATEST = "$LATEST"
 
@@ -95,6 +95,7 @@ class Registry(VersionsMixin, SettingsMixin, BillingMixin):
         if database_url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod

@@ -1,12 +1,34 @@
 """SQLAlchemy 2 table definitions for the registry (SQLite by default, any SQLAlchemy URL)."""
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, Integer, LargeBinary, String, Text
+from sqlalchemy import Boolean, Float, Integer, LargeBinary, String, Text, inspect, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the columns a table gained after a database was made (``create_all`` makes missing
+    tables only). Such a column has a server default, so older rows read as that default.
+    Returns "table.column" of each column added."""
+    found = inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not found.has_table(table.name):
+                continue
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have or col.server_default is None:
+                    continue
+                default = col.server_default.arg   # type: ignore[attr-defined]
+                kind = col.type.compile(engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {kind} DEFAULT '{default}'"))
+                added.append(f"{table.name}.{col.name}")
+    return added
 
 
 class FunctionRow(Base):
@@ -192,6 +214,9 @@ class NodeUsageRow(Base):
     keep_alive_json: Mapped[str] = mapped_column(Text)
     backbone_bytes: Mapped[int] = mapped_column(Integer, default=0)
     backbone_load_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # added later: a server default, so that add_missing_columns can add them to an older database
+    provisioned_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    idle_instance_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
 
 class BudgetRow(Base):
