@@ -33,7 +33,9 @@ class FakeNode:
         self.prepared: list[FunctionSpec] = []
         self.invoked: list[InvocationRequest] = []
         self.retired: list[tuple[str, str | None]] = []
-        self.provisioned: dict[tuple[str, str], tuple[FunctionSpec, int]] = {}   # held at once, as asked
+        self.provisioned: dict[tuple[str, str], tuple[FunctionSpec, int]] = {}
+        self.provisioned_ready: int | None = None     # None: every provisioned instance is up at once
+        self.provision_failure: tuple[str, int] | None = None   # (reason, consecutive failures)
         self.cancelled: list[str] = []
         self.function_logs = FunctionLogs(logs_root)
         self.max_instances = 1000
@@ -108,7 +110,10 @@ class FakeNode:
         return 0
 
     def describe(self, checksums: bool = False) -> NodeInfo:
-        held = tuple(ProvisionedInfo(s.name, s.version, s.revision_id, n, n) for s, n in self.provisioned.values())
+        ready = (lambda n: n if self.provisioned_ready is None else min(n, self.provisioned_ready))
+        failure, failures = self.provision_failure or (None, 0)
+        held = tuple(ProvisionedInfo(s.name, s.version, s.revision_id, n, ready(n), n - ready(n), failure, failures)
+                     for s, n in self.provisioned.values())
         return NodeInfo("fake-node", "cpu", "fake", self.max_instances, 0, 0, (), (), provisioned=held)
 
     def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,

@@ -45,9 +45,9 @@ class KeepAliveReaper:
         now = self._clock()
         snapshot = self._table.snapshot(now, self._max_instances, None)
         states: dict[PoolKey, FunctionState] = {}
-        for inst in self._table.all():
-            if inst.function.pool_key not in states:
-                states[inst.function.pool_key] = self.histories.state(inst.function)
+        for live in self._table.all():
+            if live.function.pool_key not in states:
+                states[live.function.pool_key] = self.histories.state(live.function)
         stopped = []
         for iid in expired(snapshot, functions=states):
             inst = self._table.get(iid)

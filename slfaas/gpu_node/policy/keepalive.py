@@ -150,6 +150,7 @@ def _windows(policy: HistogramKeepAlive, hist: IdleHistogram) -> tuple[float, fl
 
 def decide(policy: KeepAlivePolicy, hist: IdleHistogram | None, now_s: float) -> KeepAliveDecision:
     """The windows for a function, and whether it should be loaded at ``now_s``."""
+    reason: Reason
     if isinstance(policy, FixedKeepAlive):
         prewarm, keep, reason = 0.0, policy.ttl_s, "fixed"
     elif hist is None:
