@@ -104,6 +104,9 @@ def node_status() -> Response:
         # pre-started generic runtimes (--warm-pool)
         "Pools": [{"name": "warm-pool", "sandbox": info.sandbox, "held": info.warm_pool_held,
                    "target": info.warm_pool_target}],
+        # provisioned concurrency: instances held per function version
+        "Provisioned": [asdict(p) for p in info.provisioned],
+        "KeepAlivePolicy": info.keep_alive_policy,
     })
 
 
