@@ -32,6 +32,8 @@ class IdleHistories:
         self._histogram = histogram
         self._lock = threading.Lock()
         self._entries: dict[VersionKey, _Entry] = {}
+        self._init_s: dict[VersionKey, float] = {}   # the version's last measured init (a pre-warm's lead)
+        self.lead_margin_s = 0.0                      # added to every lead (the reaper's tick)
 
     def policy(self, spec: FunctionSpec) -> KeepAlivePolicy:
         ka = spec.keep_alive
@@ -43,6 +45,11 @@ class IdleHistories:
             inst = self._table.get(event.instance_id)
             if inst is not None:   # an instance already gone (it crashed) tells no revision
                 self.record(inst.function, event.submitted_ts, event.ts)
+        elif isinstance(event, ev.InstanceReady) and event.init_wall_s is not None:
+            inst = self._table.get(event.instance_id)
+            if inst is not None:
+                with self._lock:
+                    self._init_s[(inst.function.name, inst.function.version)] = event.init_wall_s
 
     def record(self, spec: FunctionSpec, arrival_s: float, end_s: float) -> None:
         """One invocation of ``spec`` arrived at ``arrival_s`` and ended at ``end_s``."""
@@ -59,13 +66,20 @@ class IdleHistories:
     def state(self, spec: FunctionSpec) -> FunctionState:
         with self._lock:
             entry = self._entries.get((spec.name, spec.version))
-        return FunctionState(self.policy(spec), entry.history if entry is not None else None)
+            lead_s = self._lead_s((spec.name, spec.version))
+        return FunctionState(self.policy(spec), entry.history if entry is not None else None, lead_s)
+
+    def _lead_s(self, key: VersionKey) -> float:
+        """Caller holds ``_lock``."""
+        return self._init_s.get(key, 0.0) + self.lead_margin_s
 
     def known(self) -> dict[PoolKey, tuple[FunctionSpec, FunctionState]]:
         """Every version with history here whose revision is current, by its pool key."""
         with self._lock:
-            entries = [e for e in self._entries.values() if not e.retired]
-        return {e.spec.pool_key: (e.spec, FunctionState(self.policy(e.spec), e.history)) for e in entries}
+            entries = [(e, self._lead_s((e.spec.name, e.spec.version))) for e in self._entries.values()
+                       if not e.retired]
+        return {e.spec.pool_key: (e.spec, FunctionState(self.policy(e.spec), e.history, lead_s))
+                for e, lead_s in entries}
 
     def forget(self, function_name: str, keep_revision: str | None, version: str | None) -> None:
         """The node retired a function's revisions (``NodeApi.retire``): nothing of theirs is
@@ -75,5 +89,6 @@ class IdleHistories:
                         and (version is None or k[1] == version) and e.spec.revision_id != keep_revision]:
                 if keep_revision is None:
                     del self._entries[key]
+                    self._init_s.pop(key, None)
                 else:
                     self._entries[key].retired = True

@@ -37,6 +37,7 @@ class KeepAliveReaper:
         ttl_s = default.ttl_s if isinstance(default, FixedKeepAlive) else default.fallback_ttl_s
         width_s = None if isinstance(default, FixedKeepAlive) else default.bin_width_s
         self.interval_s = interval_s or max(0.05, min(1.0, ttl_s / 4, (width_s or 1.0) / 2))
+        histories.lead_margin_s = self.interval_s   # a pre-warm may start up to one tick late
         threading.Thread(target=self._loop, daemon=True, name="keep-alive-reaper").start()
 
     def reap(self) -> list[str]:

@@ -195,11 +195,14 @@ def history_for(policy: HistogramKeepAlive, hist: IdleHistogram | None) -> IdleH
 
 @dataclass(frozen=True)
 class FunctionState:
-    """What keep-alive decides with for one pool key: the function's policy and its idle
-    history (None before its first invocation ended on this node)."""
+    """What keep-alive decides with for one pool key: the function's policy, its idle history
+    (None before its first invocation ended on this node), and ``lead_s``: how long before the
+    pre-warm window ends a pre-warm starts (the function's init time: its instance should be
+    ready when the window ends, not begin its init then; seconds matter at second-wide bins)."""
 
     policy: KeepAlivePolicy
     history: IdleHistogram | None = None
+    lead_s: float = 0.0
 
 
 def idle_expired(state: FunctionState, last_used_s: float, now_s: float) -> bool:
@@ -209,9 +212,10 @@ def idle_expired(state: FunctionState, last_used_s: float, now_s: float) -> bool
     if isinstance(state.policy, FixedKeepAlive):
         return now_s - last_used_s > state.policy.ttl_s
     d = decide(state.policy, history_for(state.policy, state.history) if state.history is not None else None, now_s)
-    if d.warm_until_s is None:
+    if d.warm_until_s is None or d.warm_from_s is None:
         return now_s - last_used_s > d.keep_alive_window_s
-    return not d.keep_warm
+    leading = d.warm_from_s - state.lead_s <= now_s < d.warm_from_s   # pre-warmed early, or not worth unloading
+    return not (d.keep_warm or leading)
 
 
 def expired(snapshot: NodeSnapshot, keep_alive_s: float | None = None, *,
@@ -231,15 +235,16 @@ def expired(snapshot: NodeSnapshot, keep_alive_s: float | None = None, *,
 def due_prewarms(snapshot: NodeSnapshot, functions: Mapping[PoolKey, FunctionState],
                  done: frozenset[tuple[PoolKey, float]] = frozenset()) -> tuple[PoolKey, ...]:
     """Pool keys to load now, ahead of their next invocation: the histogram says the pre-warm
-    window is over and the keep-alive window has begun, no live instance of the key exists,
-    and it was not pre-warmed already in this idle period (``done``: (key, idle_since_s))."""
+    window ends within the key's ``lead_s`` (or is over, and the keep-alive window not yet), no
+    live instance of the key exists, and it was not pre-warmed already in this idle period
+    (``done``: (key, idle_since_s))."""
     live = {i.pool_key for i in snapshot.instances if i.alive and not i.stale}
     out = []
     for key, state in sorted(functions.items()):
         if not isinstance(state.policy, HistogramKeepAlive) or state.history is None or key in live:
             continue
         hist = history_for(state.policy, state.history)
-        d = decide(state.policy, hist, snapshot.now_s)
+        d = decide(state.policy, hist, snapshot.now_s + state.lead_s)
         if d.prewarm_due and hist.idle_since_s is not None and (key, hist.idle_since_s) not in done:
             out.append(key)
     return tuple(out)

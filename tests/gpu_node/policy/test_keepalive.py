@@ -188,3 +188,19 @@ def test_due_prewarms_once_per_idle_period_and_only_without_a_live_instance() ->
     bursty = replay(POLICY, ([0.2] * 10 + [75.0]) * 8)                  # pre-warm window 0: never "due"
     assert due_prewarms(NodeSnapshot((bursty.idle_since_s or 0) + 1, (), 8),
                         {KEY_A: FunctionState(POLICY, bursty)}) == ()
+
+
+def test_a_prewarm_leads_by_the_functions_init_time() -> None:
+    periodic = replay(POLICY, [30.0 + 0.1 * (k % 3) for k in range(40)])
+    since = periodic.idle_since_s or 0.0
+    d = decide(POLICY, periodic, since)
+    warm_from = since + d.prewarm_window_s
+    plain, slow = FunctionState(POLICY, periodic), FunctionState(POLICY, periodic, lead_s=4.0)
+    before = NodeSnapshot(warm_from - 3.0, (), 8)
+    assert due_prewarms(before, {KEY_A: plain}) == ()
+    assert due_prewarms(before, {KEY_A: slow}) == (KEY_A,)            # ready by the time the window ends
+    assert idle_expired(plain, since, warm_from - 3.0)
+    assert not idle_expired(slow, since, warm_from - 3.0)             # an early pre-warm is not reaped
+    assert idle_expired(slow, since, warm_from - 5.0)                  # before its lead: unloaded
+    # a pre-warm window shorter than the init: not worth unloading at all
+    assert not idle_expired(FunctionState(POLICY, periodic, lead_s=d.prewarm_window_s + 1.0), since, since + 0.5)
