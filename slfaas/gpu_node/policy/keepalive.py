@@ -206,14 +206,18 @@ class FunctionState:
 
 
 def idle_expired(state: FunctionState, last_used_s: float, now_s: float) -> bool:
-    """Should an idle instance stop now? Fixed: its own idle time passed the TTL. Histogram:
-    its function's decision says unloaded at ``now_s`` (inside the pre-warm window, or after
-    the keep-alive window); without history, the fallback TTL from the instance's last use."""
+    """Should an idle instance stop now? Fixed: its own idle time passed the TTL. Histogram,
+    when representative: its function's decision says unloaded at ``now_s`` (inside the
+    pre-warm window, or after the keep-alive window), or the instance went unused for a whole
+    predicted cycle (a surplus one, left by a burst). Otherwise (no or too little history) the
+    fallback TTL, from the instance's own last use like the fixed policy."""
     if isinstance(state.policy, FixedKeepAlive):
         return now_s - last_used_s > state.policy.ttl_s
     d = decide(state.policy, history_for(state.policy, state.history) if state.history is not None else None, now_s)
-    if d.warm_until_s is None or d.warm_from_s is None:
+    if d.reason != "histogram" or d.warm_from_s is None:
         return now_s - last_used_s > d.keep_alive_window_s
+    if now_s - last_used_s > d.prewarm_window_s + d.keep_alive_window_s:
+        return True
     leading = d.warm_from_s - state.lead_s <= now_s < d.warm_from_s   # pre-warmed early, or not worth unloading
     return not (d.keep_warm or leading)
 

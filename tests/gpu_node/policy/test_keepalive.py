@@ -204,3 +204,19 @@ def test_a_prewarm_leads_by_the_functions_init_time() -> None:
     assert idle_expired(slow, since, warm_from - 5.0)                  # before its lead: unloaded
     # a pre-warm window shorter than the init: not worth unloading at all
     assert not idle_expired(FunctionState(POLICY, periodic, lead_s=d.prewarm_window_s + 1.0), since, since + 0.5)
+
+
+def test_fallbacks_judge_each_instance_and_surplus_instances_go() -> None:
+    few = replay(POLICY, [5.0] * 4)                     # too few samples: the fallback TTL, per instance
+    since = few.idle_since_s or 0.0
+    state = FunctionState(POLICY, few)
+    assert not idle_expired(state, last_used_s=since, now_s=since + POLICY.fallback_ttl_s - 1)
+    # an instance unused since long before the function's last call is not kept by that call
+    assert idle_expired(state, last_used_s=since - 60.0, now_s=since + POLICY.fallback_ttl_s - 31)
+    bursty = replay(POLICY, ([0.2] * 10 + [75.0]) * 8)  # histogram: kept from the call to the tail
+    since = bursty.idle_since_s or 0.0
+    d = decide(POLICY, bursty, since)
+    hot = FunctionState(POLICY, bursty)
+    assert not idle_expired(hot, last_used_s=since, now_s=since + 60.0)
+    cycle = d.prewarm_window_s + d.keep_alive_window_s
+    assert idle_expired(hot, last_used_s=since - cycle, now_s=since + 1.0)   # missed a whole cycle: surplus
