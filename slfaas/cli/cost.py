@@ -77,7 +77,7 @@ def _local_report(data_dir: Path, prices: str | None, since: str | None, until: 
                   function: str | None, fmt: str) -> str:
     from slfaas.billing.prices import default_prices, load_prices
     from slfaas.billing.report_html import render_html
-    from slfaas.billing.reports import render_csv, render_json, render_table
+    from slfaas.billing.report_render import render_csv, render_json, render_table
     from slfaas.billing.service import CostService, parse_when
     from slfaas.faas.registry import Registry
 

@@ -44,6 +44,9 @@ class Prestarter:
         for victim in evict:
             log.info("evicting idle instance %s for %s", victim.instance_id, inst.instance_id)
             self._launcher.stop(victim)
+        if inst.state is not InstanceState.STARTING:   # stopped meanwhile (the node shutting down)
+            self._launcher.forget(inst)
+            return
         self._launcher.start(inst)
         ok = inst.wait_ready(self._init_timeout_s)
         now = time.time()

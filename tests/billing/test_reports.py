@@ -13,8 +13,9 @@ from slfaas.billing.budgets import Budget, evaluate
 from slfaas.billing.prices import default_prices, invocation_cost_usd
 from slfaas.billing.records import NodeUsage, UsageRecord
 from slfaas.billing.report_html import render_html
-from slfaas.billing.reports import (ROW_FIELDS, build_report, render_csv, render_json, render_table,
-                                    report_from_dict, report_to_dict, split_cost)
+from slfaas.billing.report_render import (ROW_FIELDS, render_csv, render_json, render_table, report_from_dict,
+                                          report_to_dict)
+from slfaas.billing.reports import build_report, split_cost
 from slfaas.errors import InvalidParameter
 
 SHEET = default_prices()
