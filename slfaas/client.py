@@ -22,7 +22,9 @@ def endpoint_default() -> str:
     return os.environ.get("SLFAAS_ENDPOINT", DEFAULT_ENDPOINT)
 
 
-def lambda_client(endpoint: str) -> Any:
+def lambda_client(endpoint: str, max_pool_connections: int = 10) -> Any:
+    """boto3's Lambda client for ``endpoint``; ``max_pool_connections``: concurrent requests it
+    can have open (boto3's default is 10)."""
     import boto3
     from botocore.config import Config
 
@@ -32,7 +34,8 @@ def lambda_client(endpoint: str) -> Any:
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     )
     return session.client("lambda", endpoint_url=endpoint,
-                          config=Config(retries={"total_max_attempts": 1}, read_timeout=900, connect_timeout=5))
+                          config=Config(retries={"total_max_attempts": 1}, read_timeout=900, connect_timeout=5,
+                                        max_pool_connections=max_pool_connections))
 
 
 def signed_headers(method: str, url: str, data: bytes | None, headers: dict[str, str]) -> dict[str, str]:

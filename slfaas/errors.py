@@ -37,9 +37,11 @@ class ProvisionedConcurrencyConfigNotFound(NotFound):
 class TooManyRequests(SlfaasError):
     """A concurrency or capacity limit refused the request."""
 
-    def __init__(self, message: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded"):
+    def __init__(self, message: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded",
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.reason = reason
+        self.retry_after_s = retry_after_s   # when a retry may succeed; None: the API's default
 
 
 class RequestTooLarge(SlfaasError):

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real checkpoints made once per session, and live servers."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from slfaas.client import zip_adapter
 from slfaas.testing.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI") == "true"
 # The sandbox backend of every LiveServer that does not choose one: `SLFAAS_TEST_SANDBOX=docker
 # pytest tests/integration` runs the same boto3 tests with a container per instance (make test-docker).
 TEST_SANDBOX = os.environ.get("SLFAAS_TEST_SANDBOX", "process")
@@ -76,6 +78,11 @@ class LiveServer:
         extra = list(self.extra)
         if TEST_SANDBOX != "process" and "--sandbox" not in extra:
             extra += ["--sandbox", TEST_SANDBOX]
+        if not any(a.startswith("--prewarm") for a in extra):
+            # nothing pre-warmed unless a test asks (tests/integration/test_prewarmed.py): each
+            # pre-warmed runtime is a process importing torch, and the suite runs many servers
+            # on a 2-core machine; a cold start is then the fresh process these tests expect
+            extra += ["--prewarm-min", "0", "--prewarm-budget-mb", "0"]
         server = ServerProcess(self.data_dir, *extra, timeout_s=timeout_s)
         self.proc, self.url, self.output = server.proc, server.url, server.lines
         return self
@@ -143,3 +150,38 @@ def deploy(client, name: str, zip_bytes: bytes, **params) -> dict:  # type: igno
                            Code={"ZipFile": zip_bytes}, **params)
     client.get_waiter("function_active_v2").wait(FunctionName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300})
     return client.get_function_configuration(FunctionName=name)
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A private PostgreSQL server for the session (Debian's postgresql package); skipped, saying
+    why, where it cannot run, except in CI (CI=true), where that is a failure."""
+    from slfaas.testing.postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        if importlib.util.find_spec("psycopg") is None:   # the driver of --database-url postgresql+psycopg://
+            raise PostgresUnavailable("the psycopg driver is not installed")
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL must run in CI (make postgres-setup installs it): {exc}")
+        pytest.skip(f"no PostgreSQL here: {exc} (as root, `make postgres-setup` installs it; "
+                    f"pip install 'psycopg[binary]')")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The registry's database: SQLite in the test's directory, or a fresh database on the
+    session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+def registry_flags(database_url: str) -> tuple[str, ...]:
+    """``slfaas server`` flags for ``database_url``: none for SQLite (the data dir's own registry,
+    the default), ``--database-url`` for PostgreSQL."""
+    return () if database_url.startswith("sqlite") else ("--database-url", database_url)

@@ -21,6 +21,7 @@ class RequestRecord:
     response_bytes: int = 0
     error_type: str | None = None  # AWS error code, InvokeComplete's ErrorCode, or a client exception
     error: str | None = None
+    throttles: int = 0            # 429s the client waited out before this attempt (--retry-throttled-s)
     # from the server's invocation record (None until joined, or when the server has none)
     cold_start: bool | None = None
     server_status: str | None = None

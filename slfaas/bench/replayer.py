@@ -11,7 +11,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol, Sequence
 
 from slfaas.bench.errors import TraceError
@@ -21,6 +21,8 @@ from slfaas.bench.workload import PlannedRequest
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+THROTTLED = "TooManyRequestsException"
+THROTTLE_BACKOFF_S = (0.05, 1.0)     # first and largest wait between a 429 and the next attempt
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,11 @@ class Boto3Sender:
     connection per client thread, no retries (a throttle is a result, not something to hide)."""
 
     def __init__(self, endpoint: str, max_in_flight: int, read_timeout_s: float = 900.0,
-                 connect_timeout_s: float = 10.0):
+                 connect_timeout_s: float = 10.0, retry_throttled_s: float = 0.0):
+        """``retry_throttled_s``: a request refused with a 429 (no instance free and none can be
+        started) is sent again, with backoff, until this long after its scheduled arrival (a
+        client that waits, as SDKs retry throttles); 0: a throttle is the request's result."""
+        self.retry_throttled_s = retry_throttled_s
         import boto3
         from botocore.config import Config
 
@@ -114,6 +120,17 @@ class Boto3Sender:
             read_timeout=read_timeout_s, connect_timeout=connect_timeout_s, tcp_keepalive=True))
 
     def __call__(self, item: WorkItem, scheduled_s: float, clock: Clock) -> RequestRecord:
+        delay_s = THROTTLE_BACKOFF_S[0]
+        throttles = 0
+        while True:
+            record = self._once(item, scheduled_s, clock)
+            if (record.error_type != THROTTLED or clock() + delay_s > scheduled_s + self.retry_throttled_s):
+                return replace(record, throttles=throttles) if throttles else record
+            throttles += 1
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, THROTTLE_BACKOFF_S[1])
+
+    def _once(self, item: WorkItem, scheduled_s: float, clock: Clock) -> RequestRecord:
         from botocore.exceptions import BotoCoreError, ClientError
 
         payload = json.dumps(item.event()).encode()

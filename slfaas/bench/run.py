@@ -108,6 +108,7 @@ class ReplayOptions:
     max_in_flight: int = 256
     read_timeout_s: float = 900.0
     join_server_records: bool = True    # cold starts and server token counts come from there
+    retry_throttled_s: float = 0.0       # wait out 429s up to this long after a request's arrival
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.speedup) or self.speedup <= 0:
@@ -116,6 +117,8 @@ class ReplayOptions:
             raise TraceError(f"--slo-ms must be a number > 0, got {self.slo_ms}")
         if self.max_in_flight < 1:
             raise TraceError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+        if not (math.isfinite(self.retry_throttled_s) and self.retry_throttled_s >= 0):
+            raise TraceError(f"--retry-throttled-s must be a number >= 0, got {self.retry_throttled_s}")
         if not self.read_timeout_s > 0:
             raise TraceError(f"the read timeout must be > 0 s, got {self.read_timeout_s}")
 
@@ -152,7 +155,8 @@ def replay(workload: Workload, options: ReplayOptions, *, sender: Sender | None 
     from slfaas.bench.server import check_functions, fetch_invocations
 
     check_functions(options.endpoint, workload.functions)
-    send = sender or Boto3Sender(options.endpoint, options.max_in_flight, options.read_timeout_s)
+    send = sender or Boto3Sender(options.endpoint, options.max_in_flight, options.read_timeout_s,
+                                 retry_throttled_s=options.retry_throttled_s)
     advance = progress("replaying", len(workload.items)) if progress else None
     run: ReplayRun = run_open_loop(workload.items, send, speedup=options.speedup,
                                    max_in_flight=options.max_in_flight,

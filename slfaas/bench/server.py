@@ -7,7 +7,7 @@ import json
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from slfaas.bench.errors import BenchError, TraceError
 
@@ -37,10 +37,11 @@ def _boto_errors() -> Any:
 
 
 def deploy_functions(endpoint: str, names: Sequence[str], adapters: Sequence[Path | str], *,
-                     timeout_s: int = 900, memory_mb: int | None = None,
-                     wait_timeout_s: float = 600.0) -> tuple[str, ...]:
+                     timeout_s: int = 900, memory_mb: int | None = None, wait_timeout_s: float = 600.0,
+                     environment: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """Create (or update the code of) one function per name, function i from adapter
-    ``i % len(adapters)``, then wait until all are Active: a replay's set-up in one call."""
+    ``i % len(adapters)``, then wait until all are Active: a replay's set-up in one call.
+    ``environment``: every function's variables (e.g. SLFAAS_MAX_BATCH_SIZE)."""
     from slfaas.client import CliError, zip_adapter
 
     if not adapters:
@@ -53,6 +54,8 @@ def deploy_functions(endpoint: str, names: Sequence[str], adapters: Sequence[Pat
     params: dict[str, Any] = {"Timeout": timeout_s}
     if memory_mb is not None:
         params["MemorySize"] = memory_mb
+    if environment:
+        params["Environment"] = {"Variables": dict(environment)}
     try:
         for i, name in enumerate(names):
             code = zips[i % len(zips)]
@@ -98,6 +101,18 @@ def check_functions(endpoint: str, names: Iterable[str]) -> None:
 def resolve_model_dir(endpoint: str, adapters: Sequence[Path | str] = ()) -> Path:
     """The base model whose tokenizer builds the prompts: the first adapter's base (a local
     directory), else the server's only registered model when this machine can read it."""
+    base = adapter_base_model(adapters)
+    if base is not None:
+        return base
+    models = (_api(endpoint, "GET", "/slfaas/v1/models") or {}).get("Models", [])
+    local = [Path(m["Path"]) for m in models if (Path(m.get("Path", "")) / "config.json").is_file()]
+    if len(local) == 1:
+        return local[0]
+    raise TraceError("cannot tell which base model's tokenizer builds the prompts: give --model DIR")
+
+
+def adapter_base_model(adapters: Sequence[Path | str]) -> Path | None:
+    """The first adapter's base model, when it names a directory on this machine."""
     for adapter in adapters[:1]:
         try:
             base = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
@@ -105,11 +120,7 @@ def resolve_model_dir(endpoint: str, adapters: Sequence[Path | str] = ()) -> Pat
             base = None
         if base and (Path(base) / "config.json").is_file():
             return Path(base)
-    models = (_api(endpoint, "GET", "/slfaas/v1/models") or {}).get("Models", [])
-    local = [Path(m["Path"]) for m in models if (Path(m.get("Path", "")) / "config.json").is_file()]
-    if len(local) == 1:
-        return local[0]
-    raise TraceError("cannot tell which base model's tokenizer builds the prompts: give --model DIR")
+    return None
 
 
 def fetch_invocations(endpoint: str, functions: Iterable[str], request_ids: Iterable[str]) -> dict[str, dict]:

@@ -67,8 +67,8 @@ class Budget:
             raise InvalidParameter(f"budget {self.name!r}: period must be one of {', '.join(PERIODS)}, "
                                    f"got {self.period!r}")
         if self.function_name is not None and (not isinstance(self.function_name, str)
-                                               or not self.function_name.strip()):
-            raise InvalidParameter(f"budget {self.name!r}: function name must be non-empty")
+                                               or not self.function_name.strip() or len(self.function_name) > 170):
+            raise InvalidParameter(f"budget {self.name!r}: function name must be 1-170 characters")
 
     @classmethod
     def create(cls, name: str, limit_usd: Decimal | str | int | float, period: str = "day",

@@ -104,12 +104,13 @@ def batching_saved_device_s(records: Iterable[UsageRecord]) -> float:
 
 
 def preload_saved_s(records: Iterable[UsageRecord]) -> float:
-    """Init seconds the warm pool saved: each pool-tier cold start against the median init of
-    cold-tier cold starts (per start, never below 0); 0 without cold-tier samples to compare."""
+    """Init seconds pre-loading saved: each cold start from the warm pool or a pre-warmed runtime
+    against the median init of cold-tier cold starts (per start, never below 0); 0 without
+    cold-tier samples to compare."""
     records = list(records)
     cold_init_s = [r.init_device_s for r in records if r.cold_start and r.preload_tier == "cold"]
     if not cold_init_s:
         return 0.0
     median_s = statistics.median(cold_init_s)
     return math.fsum(max(0.0, median_s - r.init_device_s)
-                     for r in records if r.cold_start and r.preload_tier == "pool")
+                     for r in records if r.cold_start and r.preload_tier in ("pool", "prewarmed"))

@@ -8,23 +8,20 @@ from typing import Mapping
 from slfaas.billing.records import INIT_PHASES
 
 
-@dataclass(frozen=True)
-class BatchShare:
-    compute_device_s: float     # billed to each request
-    runtime_overhead_s: float   # each request's part of the batch's wall share that was not device work
-
-
-def split_batch(accrued_s: float, wall_s: float, batch_device_s: float, batch_size: int) -> BatchShare:
-    """A batch ran for ``wall_s`` of wall time, of which the timeline gave it ``accrued_s``
-    (less when it overlapped other work) and the device measured ``batch_device_s``. Its
-    device seconds are scaled by the same share, then split evenly: each of the k requests
-    is billed 1/k. What is left of the accrued share (host-side work) is platform overhead."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    accrued_s = max(0.0, accrued_s)
-    ratio = 1.0 if wall_s <= 0 else min(1.0, accrued_s / wall_s)
-    device_s = min(max(0.0, batch_device_s) * ratio, accrued_s)
-    return BatchShare(device_s / batch_size, (accrued_s - device_s) / batch_size)
+def compute_share(device_share_s: float | None, wall_s: float, window_s: float, even_s: float) -> float:
+    """The device seconds one invocation is billed. It ran for ``wall_s``, during which its
+    instance's timeline activity (its batch) accrued ``window_s`` (less than ``wall_s`` when the
+    instance overlapped other work on the device), of which ``even_s`` was its even share.
+    ``device_share_s`` is the runtime's measure of its device time: its token share of every
+    forward pass it was in (the whole passes when it ran alone). That is scaled by the
+    instance's share of the device and capped at the window; without a measure (an error, a
+    handler that bypassed the engine) the invocation is billed its even share of the window,
+    as Lambda bills duration."""
+    window_s, even_s = max(0.0, window_s), max(0.0, even_s)
+    if device_share_s is None:
+        return even_s
+    ratio = 1.0 if wall_s <= 0 else min(1.0, window_s / wall_s)
+    return min(max(0.0, device_share_s) * ratio, window_s)
 
 
 def init_phases(init_wall_s: float, facts: Mapping[str, object]) -> dict[str, float]:

@@ -12,13 +12,14 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-from slfaas.billing.ledger import init_phases, split_batch
+from slfaas.billing.ledger import compute_share, init_phases
 from slfaas.billing.prices import (PriceSheet, default_prices, device_second_usd, device_type_for,
                                   invocation_cost_usd)
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
+from slfaas.billing.sharing import InstanceActivities
 from slfaas.billing.timeline import DeviceTimeline
 
 log = logging.getLogger(__name__)
@@ -43,23 +44,28 @@ class InvocationFacts:
     end_ts: float
     error_type: str | None
     payload: bytes
-    metrics: Mapping[str, object] | None   # from the runtime beside the body: device_ms (+ a stream's usage)
-    batch_size: int = 1         # set by the node (one request per batch until batching exists)
+    # from the runtime beside the body: device_ms (its share), batch_device_ms (+ a stream's usage)
+    metrics: Mapping[str, object] | None
+    batch_size: int = 1         # the most invocations in one forward pass with it (the node checked it)
+    runtime_source: str = ""    # a cold start's: "prewarmed", "pool" or "cold" ("": from ``preloaded``)
+    adapter_source: str = ""    # a cold start's: "gpu", "host" or "disk"
 
 
 def _usage(payload: bytes, trailer: Mapping[str, object] | None) -> Mapping[str, object]:
-    """Token counts, from a stream's trailer or a LoRA handler's JSON body ("usage"). They are
-    the function's own account, shown in reports but never priced."""
-    if trailer and ("prompt_tokens" in trailer or "completion_tokens" in trailer):
-        return trailer
-    if not payload or len(payload) > MAX_METRICS_PARSE_BYTES or not payload.lstrip().startswith(b"{"):
-        return {}
+    """Token counts, from a stream's trailer or the runtime's result metrics, else a LoRA
+    handler's JSON body ("usage"). A buffered response's metrics may carry the prompt length
+    alone (for the scheduler), so each count is taken where it is. They are the function's
+    own account, shown in reports but never priced."""
+    counts = {k: v for k, v in (trailer or {}).items() if k in ("prompt_tokens", "completion_tokens")}
+    if len(counts) == 2 or not payload or len(payload) > MAX_METRICS_PARSE_BYTES \
+            or not payload.lstrip().startswith(b"{"):
+        return counts
     try:
         body = json.loads(payload)
     except (ValueError, RecursionError):
-        return {}
+        return counts
     usage = body.get("usage") if isinstance(body, dict) else None
-    return usage if isinstance(usage, dict) else {}
+    return {**usage, **counts} if isinstance(usage, dict) else counts
 
 
 def _num(v: object, default: float = 0.0, high: float = 1e15) -> float:
@@ -73,7 +79,8 @@ class Meter:
     def __init__(self, node_id: str, device: str, sheet: PriceSheet | None = None, gpu_name: str | None = None,
                  on_usage: Callable[[UsageRecord], None] | None = None,
                  on_node_usage: Callable[[NodeUsage], None] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 on_instance_usage: Callable[[InstanceUsage], None] | None = None):
         self.node_id = node_id
         self.device = device
         self.device_type = device_type_for(device, gpu_name)
@@ -82,12 +89,15 @@ class Meter:
         device_second_usd(self.sheet, self.device_type, 2048)
         self.on_usage = on_usage
         self.on_node_usage = on_node_usage
+        self.on_instance_usage = on_instance_usage
         self._clock = clock
         self.start_ts = clock()
         self.timeline = DeviceTimeline(self.start_ts)
+        self.activities = InstanceActivities(self.timeline)
         self._lock = threading.Lock()
         self._init_accrued: dict[str, float] = {}   # instance → init share not billed yet
         self._init_wall: dict[str, float] = {}
+        self._lives: dict[str, InstanceUsage] = {}   # instances alive now
         self._billed_s = 0.0
         self._runtime_overhead_s = 0.0
         self._prestart_init: dict[str, float] = {}   # provisioned instances' init, by function (billed)
@@ -127,11 +137,34 @@ class Meter:
                 self._backbone_bytes, self._backbone_load_s = size_bytes, load_s
 
     # instances
-    def instance_starting(self, instance_id: str, ts: float) -> None:
+    def instance_starting(self, instance_id: str, ts: float, function_name: str = "", version: str = "",
+                          memory_mb: int = 0) -> None:
         self.timeline.start_activity(f"init:{instance_id}", "init", ts)
+        with self._lock:
+            self._lives[instance_id] = InstanceUsage(instance_id, function_name, version, self.node_id, self.device,
+                                                     self.device_type, memory_mb, ts)
+
+    def instance_measured(self, instance_id: str, device_mb: float, measured: bool) -> None:
+        """The device memory an instance holds (the node's measure, or its estimate)."""
+        self._update_life(instance_id, device_mb=_num(device_mb), device_mb_measured=measured)
+
+    def _update_life(self, instance_id: str, **changes: object) -> None:
+        with self._lock:
+            life = self._lives.get(instance_id)
+            if life is not None:
+                self._lives[instance_id] = replace(life, **changes)  # type: ignore[arg-type]
+
+    def live_instances(self) -> list[InstanceUsage]:
+        """Instances alive now (``end_ts`` None), oldest first."""
+        with self._lock:
+            return sorted(self._lives.values(), key=lambda i: (i.start_ts, i.instance_id))
 
     def instance_ready(self, instance_id: str, ts: float, init_wall_s: float | None = None) -> None:
         """Init ended (ready, failed or abandoned): its share waits for the invocation it serves."""
+        with self._lock:
+            life = self._lives.get(instance_id)
+            if life is not None and life.ready_ts is None and init_wall_s is not None:
+                self._lives[instance_id] = replace(life, ready_ts=ts)
         accrued = self.timeline.end_activity_if_active(f"init:{instance_id}", ts)
         if accrued is None:
             return
@@ -160,35 +193,53 @@ class Meter:
         # when it ends, even when the instance died (every cold start serves one invocation).
         self.instance_ready(instance_id, ts)
         self.timeline.instance_busy(instance_id, ts)
+        with self._lock:
+            life = self._lives.pop(instance_id, None)
+        if life is not None and self.on_instance_usage is not None:
+            try:
+                self.on_instance_usage(replace(life, end_ts=max(ts, life.start_ts)))
+            except Exception:
+                log.exception("storing instance usage %s failed", instance_id)
 
     # invocations
     def invocation_started(self, request_id: str, instance_id: str, ts: float) -> None:
         self.timeline.instance_busy(instance_id, ts)
-        self.timeline.start_activity(f"run:{request_id}", "compute", ts)
+        self.activities.start(request_id, instance_id, ts)
+        with self._lock:
+            life = self._lives.get(instance_id)
+            if life is not None:
+                self._lives[instance_id] = replace(life, invocations=life.invocations + 1)
 
     def invocation_aborted(self, request_id: str, ts: float) -> None:
         """The invocation ended without ``invocation_finished`` (an exception in the node): its
         share so far is platform overhead, and the device is not shared with it any more."""
-        accrued = self.timeline.end_activity_if_active(f"run:{request_id}", ts)
-        if accrued:
+        released = self.activities.abort(request_id, ts)
+        if released:
             with self._lock:
-                self._runtime_overhead_s += accrued
+                self._runtime_overhead_s += released
 
     def invocation_finished(self, facts: InvocationFacts, init_facts: Mapping[str, object]) -> UsageRecord:
-        accrued = self.timeline.end_activity_if_active(f"run:{facts.request_id}", facts.end_ts) or 0.0
         usage = _usage(facts.payload, facts.metrics)
         wall_s = max(0.0, facts.end_ts - facts.dispatch_ts)
-        # Device time as the runtime measured it beside the response (CUDA events; wall on CPU),
-        # never more than the wall time; none reported (an error, a handler that bypassed the
-        # engine's runtime) bills the wall time, as Lambda bills duration.
-        device_ms = _num((facts.metrics or {}).get("device_ms"), -1.0)
-        batch_device_s = min(device_ms / 1000, wall_s) if device_ms >= 0 and facts.error_type is None else wall_s
-        share = split_batch(accrued, wall_s, batch_device_s, max(1, facts.batch_size))
+        # Device time as the runtime measured it beside the response (CUDA events; wall on CPU):
+        # its token share of the forward passes it was in, never more than the wall time; none
+        # reported (an error, a handler that bypassed the engine) bills its even share of its
+        # instance's time, as Lambda bills duration.
+        metrics = facts.metrics or {}
+        device_ms = _num(metrics.get("device_ms"), -1.0)
+        measured = device_ms >= 0 and facts.error_type is None
+        device_s = min(device_ms / 1000, wall_s) if measured else None
+        settled = self.activities.finish(facts.request_id, facts.end_ts,
+                                         lambda window_s, even_s: compute_share(device_s, wall_s, window_s, even_s))
+        if device_s is None:
+            batch_device_s = wall_s
+        else:
+            batch_device_s = min(max(_num(metrics.get("batch_device_ms"), device_ms) / 1000, device_s), wall_s)
         with self._lock:
             init_s = self._init_accrued.pop(facts.instance_id, 0.0) if facts.cold_start else 0.0
             init_wall = self._init_wall.pop(facts.instance_id, init_s) if facts.cold_start else 0.0
-        tier = "warm" if not facts.cold_start else ("pool" if facts.preloaded else "cold")
-        billed = share.compute_device_s + init_s
+        tier = "warm" if not facts.cold_start else (facts.runtime_source or ("pool" if facts.preloaded else "cold"))
+        billed = settled.billed_s + init_s
         cost = invocation_cost_usd(self.sheet, self.device_type, facts.memory_mb, billed)
         rec = UsageRecord(
             request_id=facts.request_id, function_name=facts.function_name, version=facts.version,
@@ -196,15 +247,16 @@ class Meter:
             end_ts=facts.end_ts, status="success" if facts.error_type is None else "function_error",
             cold_start=facts.cold_start, preload_tier=tier, batch_size=max(1, facts.batch_size),
             batch_device_s=batch_device_s,
-            compute_device_s=share.compute_device_s, init_device_s=init_s,
-            runtime_overhead_s=share.runtime_overhead_s, queue_s=max(0.0, facts.dispatch_ts - facts.submitted_ts),
+            compute_device_s=settled.billed_s, init_device_s=init_s,
+            runtime_overhead_s=max(0.0, settled.even_s - settled.billed_s), queue_s=max(0.0, facts.dispatch_ts - facts.submitted_ts),
             tokens_in=int(_num(usage.get("prompt_tokens"), high=2**31)),
             tokens_out=int(_num(usage.get("completion_tokens"), high=2**31)),
             memory_mb=facts.memory_mb, cost_usd=cost,
-            init_phases_s=init_phases(init_wall, init_facts) if facts.cold_start else {})
+            init_phases_s=init_phases(init_wall, init_facts) if facts.cold_start else {},
+            adapter_tier=(facts.adapter_source or "disk") if facts.cold_start else "")
         with self._lock:
             self._billed_s += billed
-            self._runtime_overhead_s += share.runtime_overhead_s
+            self._runtime_overhead_s += settled.released_s   # what its batch accrued and nobody was billed
         if self.on_usage is not None:
             try:
                 self.on_usage(rec)

@@ -13,9 +13,12 @@ from typing import Mapping
 
 # Cold-start phases, in order (seconds each; a runtime reports the ones it can see).
 INIT_PHASES = ("sandbox_start", "imports", "device_init", "backbone_attach", "adapter_load", "handler_init")
-# Where a cold start's adapter / runtime came from: a warm instance (no init), a pre-started
-# generic runtime from the warm pool (only the adapter to load), or nothing pre-loaded.
-PRELOAD_TIERS = ("warm", "pool", "cold")
+# Where an invocation's runtime came from: a warm instance (no init); a runtime pre-warmed for
+# its backbone (only the adapter copied into its slots); a pre-started generic runtime from the
+# warm pool (imports done); or nothing pre-loaded (a fresh process).
+PRELOAD_TIERS = ("warm", "prewarmed", "pool", "cold")
+# Where a cold start's adapter came from: a node tier ("gpu", "host") or the code store ("disk").
+ADAPTER_TIERS = ("", "gpu", "host", "disk")
 # Overhead categories of a node's device time (not billed to anyone: the platform's cost).
 OVERHEAD_KINDS = ("runtime", "keep_alive", "preload", "idle_backbone", "node_idle")
 
@@ -51,6 +54,7 @@ class UsageRecord:
     memory_mb: int
     cost_usd: Decimal           # request fee + billed device seconds at the sheet's rate
     init_phases_s: Mapping[str, float] = field(default_factory=dict)
+    adapter_tier: str = ""      # one of ADAPTER_TIERS ("" when warm)
 
     @property
     def billed_device_s(self) -> float:
@@ -88,3 +92,30 @@ class NodeUsage:
     @property
     def provisioned_s(self) -> float:
         return sum(self.provisioned_by_function_s.values())
+
+
+@dataclass(frozen=True)
+class InstanceUsage:
+    """One instance's life on a node, from its start to its end: what a serverless platform
+    without sharing bills (each container pays for every second it is alive, cold start and
+    keep-alive included, in proportion to the device memory it holds; ``billing.policy_costs``).
+    ``end_ts`` is None while it is alive (a live listing)."""
+
+    instance_id: str
+    function_name: str
+    version: str
+    node_id: str
+    device: str
+    device_type: str
+    memory_mb: int              # the function's MemorySize
+    start_ts: float
+    end_ts: float | None = None
+    ready_ts: float | None = None   # its init ended (None: never ready)
+    device_mb: float | None = None  # device memory it held (NVML after its first invocation; None on CPU)
+    device_mb_measured: bool = False   # False: the node's admission estimate stood in for a measure
+    invocations: int = 0
+
+    def alive_s(self, since_ts: float, until_ts: float) -> float:
+        """Seconds it was alive within [since_ts, until_ts] (a live one: up to ``until_ts``)."""
+        end = until_ts if self.end_ts is None else min(self.end_ts, until_ts)
+        return max(0.0, end - max(self.start_ts, since_ts))

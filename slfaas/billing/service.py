@@ -1,6 +1,6 @@
 """CostService: usage records into the registry, budgets enforced on invocations, reports.
 
-Used by the server (records arrive from the node's meter, reports include the node's live
+Used by the server (records arrive from the nodes' meters, reports include every live node's
 usage) and by ``slfaas cost report --data-dir`` when no server runs (registry only).
 """
 from __future__ import annotations
@@ -10,11 +10,11 @@ import threading
 import time
 from collections import deque
 from decimal import Decimal
-from typing import Callable
+from typing import Callable, Sequence
 
 from slfaas.billing.budgets import Budget, BudgetGuard, BudgetStatus, period_window
 from slfaas.billing.prices import PriceSheet, default_prices
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.billing.reports import Report, build_report
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,19 @@ class CostService:
     def __init__(self, registry: object, sheet: PriceSheet | None = None,
                  live_node: Callable[[], NodeUsage] | None = None,
                  on_budget_warning: Callable[[str | None, str], None] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 live_nodes: Callable[[], Sequence[NodeUsage]] | None = None,
+                 live_instances: Callable[[], list[InstanceUsage]] | None = None):
+        """``live_nodes``: the usage so far of every node running now (nodes join and leave);
+        ``live_node``: the same for a single node; ``live_instances``: the instances alive on
+        the live nodes now (their meters')."""
         self.registry = registry
+        self.live_instances = live_instances
         self.sheet = sheet or default_prices()
-        self.live_node = live_node
-        self._live_id = live_node().node_id if live_node is not None else None   # fixed for the node's life
+        if live_nodes is None and live_node is not None:
+            one = live_node
+            live_nodes = lambda: [one()]   # noqa: E731
+        self.live_nodes = live_nodes
         self.on_budget_warning = on_budget_warning
         self._clock = clock
         self._lock = threading.Lock()
@@ -125,13 +133,27 @@ class CostService:
                                        f"BUDGET {status.level.upper()}: {status.message}")
 
     # reports
-    def nodes(self, since_ts: float | None, until_ts: float | None) -> list[NodeUsage]:
+    def _live(self) -> list[NodeUsage]:
+        return list(self.live_nodes()) if self.live_nodes is not None else []
+
+    def nodes(self, since_ts: float | None, until_ts: float | None,
+              live: Sequence[NodeUsage] | None = None) -> list[NodeUsage]:
+        """Node sessions in the window: stored ones, with the live nodes' usage now over theirs."""
         nodes = {n.node_id: n for n in self.registry.list_node_usage(since_ts, until_ts)}
-        if self.live_node is not None:
-            live = self.live_node()
-            if until_ts is None or live.start_ts < until_ts:
-                nodes[live.node_id] = live
+        for n in self._live() if live is None else live:
+            if until_ts is None or n.start_ts < until_ts:
+                nodes[n.node_id] = n
         return sorted(nodes.values(), key=lambda n: n.start_ts)
+
+    def instances(self, since_ts: float | None, until_ts: float | None,
+                  function_name: str | None = None) -> list[InstanceUsage]:
+        """Instances alive at some time in [since, until): ended ones from the registry, live
+        ones (``end_ts`` None) from the live nodes; oldest first."""
+        out = list(self.registry.list_instance_usage(since_ts, until_ts, function_name))
+        if self.live_instances is not None:
+            out += [i for i in self.live_instances() if (until_ts is None or i.start_ts < until_ts)
+                    and (function_name is None or i.function_name == function_name)]
+        return sorted(out, key=lambda i: (i.start_ts, i.instance_id))
 
     def report(self, since_ts: float | None = None, until_ts: float | None = None, group_by: str = "function",
                function_name: str | None = None) -> Report:
@@ -139,12 +161,14 @@ class CostService:
         until = now if until_ts is None else until_ts
         # all of the window's records: the node view and conservation need them; the report filters
         records = self.registry.list_usage(since_ts, until)
-        nodes = self.nodes(since_ts, until)
+        live = self._live()
+        live_ids = {n.node_id for n in live}
+        nodes = self.nodes(since_ts, until, live)
         since = since_ts if since_ts is not None else min(
             [r.start_ts for r in records] + [n.start_ts for n in nodes] + [until])
         # Node usage is kept per session, not per interval: the node view (and conservation)
         # covers the sessions wholly inside the window; records of other sessions are still billed.
-        nodes = [n for n in nodes if n.start_ts >= since and (n.end_ts <= until or n.node_id == self._live_id)]
+        nodes = [n for n in nodes if n.start_ts >= since and (n.end_ts <= until or n.node_id in live_ids)]
         return build_report(records, nodes, self.sheet, since_ts=since, until_ts=until, group_by=group_by,
                             function_name=function_name, budgets=self.budget_statuses())
 

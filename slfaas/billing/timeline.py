@@ -108,6 +108,13 @@ class DeviceTimeline:
             item = self._active.pop(key, None)
             return None if item is None else item[1]
 
+    def accrued(self, key: str, ts: float) -> float | None:
+        """What a running activity accrued up to ``ts``; None if it is not running."""
+        with self._lock:
+            self._advance(ts)
+            item = self._active.get(key)
+            return None if item is None else item[1]
+
     def is_active(self, key: str) -> bool:
         with self._lock:
             return key in self._active

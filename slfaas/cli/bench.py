@@ -1,18 +1,19 @@
-"""``slfaas bench``: replay a trace against a running server (``slfaas bench replay``)."""
+"""``slfaas bench``: replay a trace against a running server (``slfaas bench replay``), or compare
+serving policies on one slice, each on a server of its own (``slfaas bench compare``)."""
 from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import click
 
 from slfaas.bench import (BenchError, ReplayOptions, ReplayResult, WorkloadSpec, build_workload, deploy_functions,
                           function_names, load_slice, replay, resolve_model_dir)
+from slfaas.cli.bench_compare import compare_cmd
 from slfaas.cli.core import SlfaasGroup, endpoint_option, endpoint_url, examples, output_option, ui
+from slfaas.cli.ui import progress_bars
 
 LAG_WARNING_MS = 100.0
 _TRACE = "bench/data/AzureLLMInferenceTrace_conv.csv"
@@ -24,21 +25,6 @@ _TRACE = "bench/data/AzureLLMInferenceTrace_conv.csv"
 @endpoint_option
 def bench(endpoint: str | None) -> None:
     """Benchmarks against a running slfaas server."""
-
-
-@contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """rich progress bars on stderr; silent with -q or when stderr is not a terminal (logs, CI)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=quiet or not console.is_terminal, transient=False) as bar:
-        def start(what: str, total: int) -> Callable[[int], None]:
-            task = bar.add_task(what, total=total)
-            return lambda n: bar.advance(task, n)
-        yield start
 
 
 def _summary_table(result: ReplayResult) -> None:
@@ -61,6 +47,8 @@ def _summary_table(result: ReplayResult) -> None:
     if s.slo_attainment is not None:
         table.add_row(f"SLO attainment (TTFT <= {s.slo_ms:g} ms)", f"{100 * s.slo_attainment:.1f}%")
     table.add_row("cold starts", "-" if s.cold_starts is None else str(s.cold_starts))
+    if s.throttled:
+        table.add_row("requests that waited out 429s", str(s.throttled))
     table.add_row("throughput (req/s, output tok/s)", f"{s.throughput_rps:.2f}, {s.output_tokens_per_s:.1f}")
     table.add_row("makespan (s)", f"{s.makespan_s:.2f}")
     table.add_row("client lag p99 (ms)", ms(s.client_lag_ms.p99))
@@ -92,6 +80,9 @@ def _summary_table(result: ReplayResult) -> None:
 @click.option("--function-prefix", default="replay", show_default=True, help="functions are PREFIX-0 .. PREFIX-{N-1}")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of the function mapping, prompts, synthetic arrivals")
 @click.option("--max-in-flight", default=256, show_default=True, type=int, help="client threads and HTTP connections")
+@click.option("--retry-throttled-s", default=0.0, show_default=True, type=float,
+              help="send a request refused with a 429 again (backoff) until this long after its arrival; "
+                   "0: a throttle is its result")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="write requests.jsonl and summary.json here")
 @output_option
 @click.pass_context
@@ -99,12 +90,12 @@ def replay_cmd(ctx: click.Context, trace_path: Path, n_functions: int, popularit
                start_s: float, max_requests: int | None, synthetic: str | None, endpoint: str | None, slo_ms: float | None,
                max_prompt_tokens: int | None, max_output_tokens: int | None, model_dir: Path | None,
                deploy_adapters: tuple[Path, ...], function_prefix: str, seed: int, max_in_flight: int,
-               out_dir: Path | None, output: str) -> None:
+               retry_throttled_s: float, out_dir: Path | None, output: str) -> None:
     """Replay a trace's arrivals (open loop) through InvokeWithResponseStream and measure TTFT
     and end-to-end latency from each request's scheduled arrival."""
     endpoint = endpoint_url(ctx)
     try:
-        options = ReplayOptions(endpoint, speedup, slo_ms, max_in_flight)
+        options = ReplayOptions(endpoint, speedup, slo_ms, max_in_flight, retry_throttled_s=retry_throttled_s)
         spec = WorkloadSpec(trace_path, n_functions, popularity, model_dir, start_s, duration_s, max_requests,
                             synthetic, max_prompt_tokens, max_output_tokens, function_prefix, seed)
         spec.validate()
@@ -112,7 +103,7 @@ def replay_cmd(ctx: click.Context, trace_path: Path, n_functions: int, popularit
         trace = load_slice(spec)     # a bad trace or an empty slice fails before the server is asked anything
         if model_dir is None:
             spec = replace(spec, model_dir=resolve_model_dir(endpoint, deploy_adapters))
-        with _progress(ui(ctx).quiet) as progress:
+        with progress_bars(ui(ctx).quiet) as progress:
             workload = build_workload(spec, progress, trace)
             if deploy_adapters:
                 click.echo(f"deploying {len(names)} functions from {len(deploy_adapters)} adapter(s)...", err=True)
@@ -137,6 +128,8 @@ def replay_cmd(ctx: click.Context, trace_path: Path, n_functions: int, popularit
     else:
         _summary_table(result)
 
+
+bench.add_command(compare_cmd)
 
 if __name__ == "__main__":
     bench.main(prog_name="slfaas bench")

@@ -42,6 +42,9 @@ def cost() -> None:
 @click.option("--data-dir", default=None,
               help="read the registry in this data dir directly (no server needed; it must not be a server's data "
                    "dir that another database URL points elsewhere)")
+@click.option("--database-url", default=None,
+              help="read the registry at this SQLAlchemy URL directly (a server started with --database-url, "
+                   "e.g. postgresql+psycopg://...; no server needed)")
 @click.option("--since", metavar="WHEN", help=f"start of the window (default: the first record): {WHEN}")
 @click.option("--until", metavar="WHEN", help="end of the window (default: now)")
 @click.option("--function", help="only this function")
@@ -50,16 +53,20 @@ def cost() -> None:
 @click.option("--prices", metavar="FILE", help="with --data-dir: a TOML/YAML price sheet for the counterfactuals")
 @click.option("-o", "--output", metavar="FILE", help="write to this file instead of stdout (e.g. report.html)")
 @click.pass_context
-def report(ctx: click.Context, endpoint: str | None, data_dir: str | None, since: str | None, until: str | None,
-           function: str | None, group_by: str, fmt: str, prices: str | None, output: str | None) -> None:
+def report(ctx: click.Context, endpoint: str | None, data_dir: str | None, database_url: str | None,
+           since: str | None, until: str | None, function: str | None, group_by: str, fmt: str, prices: str | None,
+           output: str | None) -> None:
     """Cost report over a time window."""
-    if data_dir and endpoint:
-        raise CliError("give --endpoint or --data-dir, not both")
-    if prices and not data_dir:
-        raise CliError("--prices applies with --data-dir; a server uses the sheet it was started with (--prices)")
+    if sum(1 for v in (endpoint, data_dir, database_url) if v) > 1:
+        raise CliError("give one of --endpoint, --data-dir or --database-url")
+    local = data_dir or database_url
+    if prices and not local:
+        raise CliError("--prices applies with --data-dir or --database-url; a server uses the sheet it was started "
+                       "with (--prices)")
     with ui(ctx).step("building the cost report from the usage records", plain=False) as step:
-        if data_dir:
-            text = _local_report(Path(data_dir).expanduser(), prices, since, until, group_by, function, fmt)
+        if local:
+            text = _local_report(Path(data_dir).expanduser() if data_dir else None, database_url, prices, since,
+                                 until, group_by, function, fmt)
         else:
             query = {k: v for k, v in (("since", since), ("until", until), ("function", function),
                                        ("group_by", group_by), ("format", fmt)) if v}
@@ -73,17 +80,20 @@ def report(ctx: click.Context, endpoint: str | None, data_dir: str | None, since
         click.echo(text if not text.endswith("\n") else text[:-1])
 
 
-def _local_report(data_dir: Path, prices: str | None, since: str | None, until: str | None, group_by: str,
-                  function: str | None, fmt: str) -> str:
+def _local_report(data_dir: Path | None, database_url: str | None, prices: str | None, since: str | None,
+                  until: str | None, group_by: str, function: str | None, fmt: str) -> str:
     from slfaas.billing.prices import default_prices, load_prices
     from slfaas.billing.report_html import render_html
     from slfaas.billing.report_render import render_csv, render_json, render_table
     from slfaas.billing.service import CostService, parse_when
     from slfaas.faas.registry import Registry
 
-    if not (data_dir / "registry.db").is_file():
+    if data_dir is not None and not (data_dir / "registry.db").is_file():
         raise CliError(f"no registry in {data_dir} (registry.db): is it a slfaas data dir?")
-    registry = Registry.for_data_dir(data_dir)
+    try:
+        registry = Registry.for_data_dir(data_dir) if data_dir is not None else Registry(str(database_url))
+    except Exception as exc:   # a bad URL, a missing driver, a server that does not answer
+        raise CliError(f"cannot open the registry at {database_url}: {str(exc).splitlines()[0]}") from None
     try:
         sheet = load_prices(Path(prices)) if prices else default_prices()
         now = time.time()

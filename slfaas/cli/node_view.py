@@ -17,7 +17,7 @@ from slfaas.cli.ui import print_table, rich_table, stdout_console
 
 # keys of the node's report that a section of its own shows; any other list of records (a
 # newer node's, e.g. adapter tiers) is shown as a generic table
-_SHOWN = {"NodeId", "Device", "Sandbox", "Backbones", "Instances", "Gpu", "RecentInvocations"}
+_SHOWN = {"NodeId", "Device", "Sandbox", "Backbones", "Instances", "Gpu", "RecentInvocations", "Nodes"}
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,21 @@ def _num(value: Any, fmt: str) -> str:
 
 
 def header(node: dict) -> str:
+    live = [n for n in node.get("Nodes") or [] if n.get("State") == "alive"]
+    if len(node.get("Nodes") or []) > 1:
+        return (f"{len(live)} of {len(node['Nodes'])} nodes alive  devices {node['Device']}  "
+                f"sandbox {node['Sandbox']}")
     return f"node {node['NodeId']}  device {node['Device']}  sandbox {node['Sandbox']}"
 
 
 def gpu_line(node: dict) -> str | None:
-    gpu = node.get("Gpu")
-    if not gpu:
+    """One line per GPU: the node's, or each node's when there are several."""
+    gpus = [node["Gpu"]] if node.get("Gpu") else [n["Gpu"] for n in node.get("Nodes") or [] if n.get("Gpu")]
+    if not gpus:
         return None
-    return (f"GPU {gpu['name']}: {gpu['used_mb']} / {gpu['total_mb']} MiB used ({gpu['free_mb']} free); "
-            f"backbones {gpu['backbones_mb']} MiB, adapters {gpu['adapters_mb']} MiB")
+    return "\n".join(f"GPU {gpu['device'] + ' ' if len(gpus) > 1 else ''}{gpu['name']}: {gpu['used_mb']} / "
+                     f"{gpu['total_mb']} MiB used ({gpu['free_mb']} free); backbones {gpu['backbones_mb']} MiB, "
+                     f"adapters {gpu['adapters_mb']} MiB" for gpu in gpus)
 
 
 def sections(node: dict, now_ts: float) -> list[Section]:
@@ -75,15 +81,28 @@ def sections(node: dict, now_ts: float) -> list[Section]:
                    [[Path(b["model_path"]).name, b["device"], _num(b["size_bytes"] / 1e6, ".1f"),
                      _num(b["load_s"], ".2f"), _num(b["load_gb_per_s"], ".1f")] for b in node["Backbones"]],
                    ("SIZE MB", "LOADED IN S", "GB/S"))]
-    gpu_by_instance = (node.get("Gpu") or {}).get("instances") or {}
+    members = node.get("Nodes") or []
+    if len(members) > 1:   # several nodes: each one's line, and where each instance runs
+        out.append(Section("Nodes", ("NODE", "STATE", "DEVICE", "HOST", "INSTANCES", "MAX", "BACKBONES"),
+                           [[n["NodeId"], n["State"], n["Device"], n.get("Host") or "", str(n["Instances"]),
+                             str(n["MaxInstances"]), str(len(n["Backbones"]))] for n in members],
+                           ("INSTANCES", "MAX", "BACKBONES")))
+    gpu_by_instance = dict((node.get("Gpu") or {}).get("instances") or {})
+    for n in members:
+        gpu_by_instance.update((n.get("Gpu") or {}).get("instances") or {})
     rows = []
     for i in sorted(node["Instances"], key=lambda i: (i["function_name"], i["version"], i["started_ts"])):
         idle = _age(now_ts - max(i["last_used_ts"], i["started_ts"])) if i["state"] == "IDLE" else ""
         rows.append([i["function_name"], i["version"], i["instance_id"], i["state"], idle, str(i["invocations"]),
-                     "" if i["pid"] is None else str(i["pid"]), _num(gpu_by_instance.get(i["instance_id"]), "d")])
-    headers: tuple[str, ...] = ("FUNCTION", "VERSION", "INSTANCE", "STATE", "IDLE", "INVOCATIONS", "PID", "GPU MIB")
-    if not gpu_by_instance:
-        headers, rows = headers[:-1], [r[:-1] for r in rows]
+                     "" if i["pid"] is None else str(i["pid"]), i.get("node_id") or "",
+                     _num(gpu_by_instance.get(i["instance_id"]), "d")])
+    headers: tuple[str, ...] = ("FUNCTION", "VERSION", "INSTANCE", "STATE", "IDLE", "INVOCATIONS", "PID", "NODE",
+                                "GPU MIB")
+    drop = {len(headers) - 1} if not gpu_by_instance else set()
+    if len(members) <= 1:
+        drop.add(len(headers) - 2)
+    headers = tuple(h for k, h in enumerate(headers) if k not in drop)
+    rows = [[c for k, c in enumerate(r) if k not in drop] for r in rows]
     out.append(Section("Instances", headers, rows, ("IDLE", "INVOCATIONS", "PID", "GPU MIB")))
     for key, value in node.items():
         if key not in _SHOWN and isinstance(value, list) and all(isinstance(v, dict) for v in value):

@@ -119,3 +119,18 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: st
     click.echo(fmt(list(headers)))
     for row in cells:
         click.echo(fmt(row))
+
+
+@contextmanager
+def progress_bars(quiet: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """rich progress bars on stderr; silent with -q or when stderr is not a terminal (logs, CI)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=quiet or not console.is_terminal, transient=False) as bar:
+        def start(what: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(what, total=total)
+            return lambda n: bar.advance(task, n)
+        yield start

@@ -41,6 +41,7 @@ DEFAULT_MAX_SKEW_S = 300.0
 _AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 _AUTH_RE = re.compile(r"^AWS4-HMAC-SHA256\s+(.*)$", re.S)
 UNAUTHENTICATED_PATHS = frozenset({"/slfaas/v1/health"})
+METRICS_PATH = "/metrics"
 _BAD_SIGNATURE = ("The request signature we calculated does not match the signature you provided. Check your AWS "
                   "Secret Access Key and signing method. Consult the service documentation for details.")
 
@@ -209,8 +210,17 @@ def check_bearer(secrets: Mapping[str, str], authorization: str | None) -> Ident
     return Identity(akid)
 
 
-def install(app: "Flask", verifier: SigV4Verifier) -> None:
-    """Check every request before routing; failures answer in the API's own error shape."""
+def check_scrape_token(token: str | None, authorization: str | None) -> bool:
+    """``Authorization: Bearer <token>`` with the configured ``--metrics-token`` (Prometheus's
+    ``authorization`` setting); never true without a configured token."""
+    if not token or not authorization or not authorization.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(token.encode(), authorization[7:].strip().encode())
+
+
+def install(app: "Flask", verifier: SigV4Verifier, metrics_token: str | None = None) -> None:
+    """Check every request before routing; failures answer in the API's own error shape.
+    ``metrics_token``: a scrape token that ``/metrics`` accepts instead of a signature."""
     from flask import request
 
     from slfaas.faas.api.errors import aws_error
@@ -218,6 +228,8 @@ def install(app: "Flask", verifier: SigV4Verifier) -> None:
     @app.before_request
     def _authenticate():  # type: ignore[no-untyped-def]
         if request.path in UNAUTHENTICATED_PATHS:
+            return None
+        if request.path == METRICS_PATH and check_scrape_token(metrics_token, request.headers.get("Authorization")):
             return None
         openai = request.path == "/v1" or request.path.startswith("/v1/")
         if openai and check_bearer(verifier.secrets, request.headers.get("Authorization")) is not None:

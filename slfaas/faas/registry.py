@@ -20,7 +20,8 @@ from slfaas.errors import Conflict, NotFound
 from slfaas.faas.registry_billing import BillingMixin
 from slfaas.faas.registry_settings import SettingsMixin
 from slfaas.faas.registry_versions import VersionsMixin
-from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow, add_missing_columns
+from slfaas.faas.tables import (Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow, add_missing_columns,
+                                clip_to_columns)
 
 LATEST = "$LATEST"
 
@@ -207,7 +208,8 @@ class Registry(VersionsMixin, SettingsMixin, BillingMixin):
     # invocations
     def record_invocation(self, rec: InvocationRecord) -> None:
         with self._session() as s:
-            s.merge(InvocationRow(**{f.name: getattr(rec, f.name) for f in fields(rec)}))
+            values = {f.name: getattr(rec, f.name) for f in fields(rec)}
+            s.merge(InvocationRow(**clip_to_columns(InvocationRow, values)))
             s.commit()
 
     def finish_invocation(self, rec: InvocationRecord, **changes: Any) -> InvocationRecord:

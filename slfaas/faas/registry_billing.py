@@ -6,16 +6,20 @@ from decimal import Decimal
 from typing import Callable
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from slfaas.billing.budgets import Budget
-from slfaas.billing.records import NodeUsage, UsageRecord
+from slfaas.billing.records import InstanceUsage, NodeUsage, UsageRecord
 from slfaas.errors import NotFound
-from slfaas.faas.tables import BudgetRow, NodeUsageRow, UsageRow
+from slfaas.faas.tables import BudgetRow, InstanceUsageRow, NodeUsageRow, UsageRow
 
 _PLAIN = ("request_id", "function_name", "version", "node_id", "device", "device_type", "start_ts", "end_ts",
           "status", "cold_start", "preload_tier", "batch_size", "batch_device_s", "compute_device_s",
-          "init_device_s", "runtime_overhead_s", "queue_s", "tokens_in", "tokens_out", "memory_mb")
+          "init_device_s", "runtime_overhead_s", "queue_s", "tokens_in", "tokens_out", "memory_mb", "adapter_tier")
+
+_INSTANCE = ("instance_id", "function_name", "version", "node_id", "device", "device_type", "memory_mb", "start_ts",
+             "end_ts", "ready_ts", "device_mb", "device_mb_measured", "invocations")
 
 
 def _usage_row(rec: UsageRecord) -> UsageRow:
@@ -24,7 +28,8 @@ def _usage_row(rec: UsageRecord) -> UsageRow:
 
 
 def _usage(row: UsageRow) -> UsageRecord:
-    return UsageRecord(**{k: getattr(row, k) for k in _PLAIN}, cost_usd=Decimal(row.cost_usd),
+    return UsageRecord(**{k: getattr(row, k) or "" if k == "adapter_tier" else getattr(row, k) for k in _PLAIN},
+                       cost_usd=Decimal(row.cost_usd),
                        init_phases_s=json.loads(row.init_phases_json or "{}"))
 
 
@@ -73,16 +78,26 @@ class BillingMixin:
             return [_usage(r) for r in s.scalars(stmt)]
 
     def put_node_usage(self, usage: NodeUsage) -> None:
-        with self._session() as s:
-            s.merge(NodeUsageRow(
-                node_id=usage.node_id, device=usage.device, device_type=usage.device_type, start_ts=usage.start_ts,
-                end_ts=usage.end_ts, elapsed_s=usage.elapsed_s, billed_device_s=usage.billed_device_s,
-                overhead_json=json.dumps(dict(usage.overhead_s), sort_keys=True),
-                keep_alive_json=json.dumps(dict(usage.keep_alive_by_function_s), sort_keys=True),
-                backbone_bytes=usage.backbone_bytes, backbone_load_s=usage.backbone_load_s,
-                provisioned_json=json.dumps(dict(usage.provisioned_by_function_s), sort_keys=True),
-                idle_instance_json=json.dumps(dict(usage.idle_instance_by_function_s), sort_keys=True)))
-            s.commit()
+        """Insert or update the node's row. Two flushes of one node may race (its meter and a final
+        flush): the loser of the insert finds the row and updates it (PostgreSQL reports the race
+        as a unique violation; SQLite serialises writers)."""
+        for attempt in range(2):
+            with self._session() as s:
+                s.merge(NodeUsageRow(
+                    node_id=usage.node_id, device=usage.device, device_type=usage.device_type,
+                    start_ts=usage.start_ts, end_ts=usage.end_ts, elapsed_s=usage.elapsed_s,
+                    billed_device_s=usage.billed_device_s,
+                    overhead_json=json.dumps(dict(usage.overhead_s), sort_keys=True),
+                    keep_alive_json=json.dumps(dict(usage.keep_alive_by_function_s), sort_keys=True),
+                    backbone_bytes=usage.backbone_bytes, backbone_load_s=usage.backbone_load_s,
+                    provisioned_json=json.dumps(dict(usage.provisioned_by_function_s), sort_keys=True),
+                    idle_instance_json=json.dumps(dict(usage.idle_instance_by_function_s), sort_keys=True)))
+                try:
+                    s.commit()
+                    return
+                except IntegrityError:
+                    if attempt:
+                        raise
 
     def list_node_usage(self, since_ts: float | None = None, until_ts: float | None = None) -> list[NodeUsage]:
         """Node sessions that overlap [since, until)."""
@@ -93,6 +108,27 @@ class BillingMixin:
             if until_ts is not None:
                 stmt = stmt.where(NodeUsageRow.start_ts < until_ts)
             return [_node_usage(r) for r in s.scalars(stmt)]
+
+    def record_instance_usage(self, life: InstanceUsage) -> None:
+        """An instance that ended (``end_ts`` set)."""
+        if life.end_ts is None:
+            raise ValueError(f"instance {life.instance_id} has not ended: only ended instances are stored")
+        with self._session() as s:
+            s.merge(InstanceUsageRow(**{k: getattr(life, k) for k in _INSTANCE}))
+            s.commit()
+
+    def list_instance_usage(self, since_ts: float | None = None, until_ts: float | None = None,
+                            function_name: str | None = None) -> list[InstanceUsage]:
+        """Ended instances alive at some time in [since, until), oldest first."""
+        with self._session() as s:
+            stmt = select(InstanceUsageRow).order_by(InstanceUsageRow.start_ts, InstanceUsageRow.instance_id)
+            if since_ts is not None:
+                stmt = stmt.where(InstanceUsageRow.end_ts >= since_ts)
+            if until_ts is not None:
+                stmt = stmt.where(InstanceUsageRow.start_ts < until_ts)
+            if function_name is not None:
+                stmt = stmt.where(InstanceUsageRow.function_name == function_name)
+            return [InstanceUsage(**{k: getattr(r, k) for k in _INSTANCE}) for r in s.scalars(stmt)]
 
     def put_budget(self, budget: Budget, created_ts: float) -> None:
         with self._session() as s:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from slfaas.errors import NotFound
 from slfaas.faas.tables import (EventInvocationRow, FunctionRow, ProvisionedConcurrencyRow, ReservedConcurrencyRow,
-                                TagRow)
+                                TagRow, clip_to_columns)
 
 LATEST = "$LATEST"
 
@@ -134,7 +134,8 @@ class SettingsMixin:
     # asynchronous invocations
     def insert_event(self, rec: EventRecord) -> None:
         with self._session() as s:
-            s.add(EventInvocationRow(**{f.name: getattr(rec, f.name) for f in fields(rec)}))
+            s.add(EventInvocationRow(**clip_to_columns(EventInvocationRow, {f.name: getattr(rec, f.name)
+                                                                             for f in fields(rec)})))
             try:
                 s.commit()
             except IntegrityError:
@@ -152,7 +153,7 @@ class SettingsMixin:
             row = s.get(EventInvocationRow, request_id)
             if row is None:
                 raise NotFound(request_id)
-            for k, v in changes.items():
+            for k, v in clip_to_columns(EventInvocationRow, changes).items():
                 setattr(row, k, v)
             s.commit()
             return _to_event(row)

@@ -1,18 +1,17 @@
-"""The embedded default: control plane + one local node agent behind one HTTP server."""
+"""The server: the control plane behind one HTTP server, and its nodes: one in this process
+(the default), one per device (``devices``), or one agent per GPU of a Ray cluster (``cluster``),
+always behind one ``NodeSet``."""
 from __future__ import annotations
 
-import glob
 import ipaddress
 import logging
-import math
-import os
-import re
 import resource
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from waitress.server import create_server
 
 from slfaas.billing.prices import default_prices, load_prices
@@ -20,9 +19,10 @@ from slfaas.billing.service import CostService
 from slfaas.faas import auth
 from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS
 from slfaas.faas.api import create_app
+from slfaas.faas.metrics import ControlPlaneMetrics, NodesCollector
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
-from slfaas.gpu_node.builder import SandboxSettings, build_node
+from slfaas.faas.node_setup import build_nodes, check_keep_alive, keep_alive_settings
 from slfaas.gpu_node.config import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -58,28 +58,26 @@ class ServerConfig:
     auth_max_skew_s: float = 300.0           # --auth sigv4: accepted distance of a request's date from now
     prices_file: Path | None = None          # --prices: a TOML/YAML price sheet over the built-in defaults
     insecure_sandbox: bool = False           # --sandbox process without isolation: plain processes of this user
+    prewarm_min: int = 1                     # runtimes kept pre-warmed per resident backbone, at least
+    prewarm_budget_mb: int = 8192            # memory the preloader may spend on pre-warmed runtimes
+    host_tier_mb: int = 2048                 # memory the preloader may spend on the host adapter tier
+    slot_rank: int = 16                      # pre-warmed runtimes' LoRA slots: largest rank ...
+    slot_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    metrics_token: str | None = None         # --auth sigv4: a bearer token that may scrape /metrics unsigned
+    devices: tuple[str, ...] = ()            # --devices: one node per device in this process (instead of device)
+    cluster: str | None = None               # --cluster ray[://HOST:PORT]: node agents as Ray actors
+    ray_resource: str | None = None          # --cluster: only Ray nodes advertising this resource get agents
+    node_data_dir: Path | None = None        # --cluster: agents' data dirs on their hosts (default DATA_DIR/nodes)
+    backbone: str = "shared"                 # or a baseline without sharing (gpu_node/resources/private_backbone.py)
+    scheduler: str = "slo"                   # "slo": per-function queues, SLO-aware batches; "fcfs": no queues
+    ttft_slo_ms: float = 1000.0              # a function's TTFT SLO unless it sets SLFAAS_TTFT_SLO_MS
+    max_queue_per_function: int = 64         # slo: requests waiting per function; beyond, 429
+    max_queue_s: float = 30.0                # slo: the longest a request waits for an instance; then 429
+    max_running_batches: int = 0             # slo: batches running at once on the device (0: --max-instances)
+    shared_max_batch_size: int = 16          # a shared runtime's capacity (functions in shared execution)
 
 
-def resolve_device(device: str) -> str:
-    """``cpu``, ``cuda``/``cuda:N``, or ``auto`` (the first GPU if torch sees one, else CPU)."""
-    if device == "cpu":
-        return "cpu"
-    if device == "auto" and (os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not glob.glob("/dev/nvidia[0-9]*")):
-        return "cpu"  # no GPU device node: skip importing torch into the control plane
-    if device != "auto" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    try:
-        import torch
-        has_cuda = torch.cuda.is_available()
-        count = torch.cuda.device_count() if has_cuda else 0
-    except ImportError:
-        has_cuda, count = False, 0
-    if device == "auto":
-        return "cuda:0" if has_cuda else "cpu"
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if not has_cuda or index >= count:
-        raise ValueError(f"--device {device}: no such CUDA device (torch sees {count})")
-    return f"cuda:{index}"
+MIN_METRICS_TOKEN_CHARS = 16
 
 
 def is_loopback(host: str) -> bool:
@@ -97,9 +95,16 @@ def check_auth_config(config: ServerConfig) -> auth.SigV4Verifier | None:
     if config.auth == "sigv4":
         if config.credentials_file is None:
             raise ValueError("--auth sigv4 needs --credentials FILE (AWS shared-credentials format)")
+        if config.metrics_token is not None and (len(config.metrics_token) < MIN_METRICS_TOKEN_CHARS
+                                                 or not config.metrics_token.isprintable()
+                                                 or config.metrics_token != config.metrics_token.strip()):
+            raise ValueError(f"--metrics-token must be at least {MIN_METRICS_TOKEN_CHARS} printable characters "
+                             f"without surrounding spaces (e.g. `openssl rand -hex 24`)")
         return auth.SigV4Verifier(auth.load_credentials(Path(config.credentials_file)), config.auth_max_skew_s)
     if config.auth != "none":
         raise ValueError(f"unknown --auth {config.auth!r} (available: none, sigv4)")
+    if config.metrics_token:
+        raise ValueError("--metrics-token is for --auth sigv4 (without authentication /metrics is open)")
     if not is_loopback(config.host) and not config.insecure:
         raise ValueError(f"refusing to bind {config.host} without authentication: anyone who reaches the port could "
                          f"deploy and run code. Use --auth sigv4 --credentials FILE, bind 127.0.0.1, or pass "
@@ -142,55 +147,41 @@ def _connection_room(wanted: int, reserve: int = 256) -> int:
     return wanted
 
 
-def check_keep_alive(config: NodeConfig) -> None:
-    """The keep-alive flags, checked before anything starts (a ValueError names the flag)."""
-    for flag, value, low in (("--keep-alive-s", config.keep_alive_s, 0.0),
-                             ("--keep-alive-bin-s", config.keep_alive_bin_s, 0.01)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
-            raise ValueError(f"{flag} must be a number of seconds >= {low:g}, got {value!r}")
-    try:
-        config.keep_alive_default()
-    except ValueError as exc:
-        raise ValueError(f"keep-alive settings (--keep-alive-policy/--keep-alive-bin-s): {exc}") from None
-
-
 class SlfaasServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.verifier = check_auth_config(config)
         options = http_options(config)   # checked before anything starts
-        check_keep_alive(NodeConfig(Path(config.data_dir), keep_alive_s=config.keep_alive_s,
-                                    keep_alive_policy=config.keep_alive_policy, keep_alive_bin_s=config.keep_alive_bin_s))
+        check_keep_alive(NodeConfig(Path(config.data_dir), **keep_alive_settings(config)))
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)
-        self.device = device = resolve_device(config.device)
         prices = load_prices(Path(config.prices_file)) if config.prices_file else default_prices()
-        verify_s = config.verify_interval_s
-        if verify_s is None:
-            verify_s = 60.0 if device.startswith("cuda") else 0.0
-        node_config = NodeConfig(
-            data_dir=data_dir, keep_alive_s=config.keep_alive_s, keep_alive_policy=config.keep_alive_policy,
-            keep_alive_bin_s=config.keep_alive_bin_s, max_instances=config.max_instances,
-            init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
-            instance_gpu_mb=config.instance_gpu_mb)
-        built = build_node(
-            node_config,
-            SandboxSettings(config.sandbox, config.docker_image, max(config.warm_pool, config.docker_warm_pool),
-                            config.insecure_sandbox),
-            prices=prices, on_usage=lambda rec: self.service.cost.record(rec),
-            on_node_usage=self.registry.put_node_usage, on_integrity=self.registry.record_integrity_event)
-        self.node = built.node
-        cost = CostService(self.registry, built.meter.sheet, built.meter.snapshot)
+        self.nodes = build_nodes(config, data_dir, prices, on_usage=lambda rec: self.service.cost.record(rec),
+                                 on_node_usage=self.registry.put_node_usage,
+                                 on_integrity=self.registry.record_integrity_event,
+                                 on_instance_usage=self.registry.record_instance_usage)
+        self.node = self.nodes.nodes
+        self.device = self.node.describe().device
+        cost = CostService(self.registry, prices, live_nodes=self.node.node_usages,
+                           live_instances=self.node.live_instances)
         self.service = FunctionService(self.registry, self.node, data_dir / "code", region=config.region,
                                        public_url=lambda: self.url, s3_endpoint_url=config.s3_endpoint_url, cost=cost,
-                                       max_concurrent_invocations=config.max_concurrent_invocations)
+                                       max_concurrent_invocations=config.max_concurrent_invocations,
+                                       metrics=self._metrics())
         self.app = create_app(self.service)
         if self.verifier is not None:
-            auth.install(self.app, self.verifier)
+            auth.install(self.app, self.verifier, config.metrics_token)
         self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas", **options)
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def _metrics(self) -> ControlPlaneMetrics:
+        """One registry for ``/metrics``: the control plane's counters and its nodes' metrics."""
+        registry = CollectorRegistry(auto_describe=True)
+        if self.nodes.metrics:
+            registry.register(NodesCollector(self.nodes.metrics))
+        return ControlPlaneMetrics(registry)
 
     @property
     def port(self) -> int:
@@ -224,7 +215,7 @@ class SlfaasServer:
             self._http.close()
         except Exception:  # already closed by the run loop
             pass
-        self.node.shutdown()
+        self.nodes.close()
         self.registry.close()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Iterator
 
 from slfaas.errors import InvalidParameter, TooManyRequests
 from slfaas.faas.registry import InvocationRecord
-from slfaas.faas.service import CANCELLED_MESSAGE, opt_float, opt_int
+from slfaas.faas.function_config import opt_float, opt_int
+from slfaas.faas.service import CANCELLED_MESSAGE
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
@@ -151,5 +152,7 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
         service.registry.finish_invocation(
             record, status="throttled" if isinstance(exc, TooManyRequests) else "failed", end_ts=time.time(),
             error_type=exc.__class__.__name__, error_message=str(exc))
+        if isinstance(exc, TooManyRequests):
+            service.metrics.throttled(rec.name, exc.reason)
         raise
     return StreamingInvocation(service, record, node_stream, rec.version, request_id, lease, log_type == "Tail")

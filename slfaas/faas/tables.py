@@ -1,7 +1,10 @@
-"""SQLAlchemy 2 table definitions for the registry (SQLite by default, any SQLAlchemy URL)."""
+"""SQLAlchemy 2 table definitions for the registry (SQLite by default, any SQLAlchemy URL).
+
+Sizes and token counts are 64-bit (``BigInteger``): PostgreSQL's INTEGER is 32 bits, and a 7B
+backbone has more bytes than that (SQLite's INTEGER is 64 bits either way)."""
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, Integer, LargeBinary, String, Text, inspect, text
+from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String, Text, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -12,8 +15,9 @@ class Base(DeclarativeBase):
 
 def add_missing_columns(engine: Engine) -> list[str]:
     """Add the columns a table gained after a database was made (``create_all`` makes missing
-    tables only). Such a column has a server default, so older rows read as that default.
-    Returns "table.column" of each column added."""
+    tables only), so upgrading keeps every record: nullable, with the column's server default
+    where it has one (older rows then read as that default). Returns "table.column" of each
+    column added."""
     found = inspect(engine)
     added = []
     with engine.begin() as conn:
@@ -22,11 +26,14 @@ def add_missing_columns(engine: Engine) -> list[str]:
                 continue
             have = {c["name"] for c in found.get_columns(table.name)}
             for col in table.columns:
-                if col.name in have or col.server_default is None:
+                if col.name in have:
                     continue
-                default = col.server_default.arg   # type: ignore[attr-defined]
                 kind = col.type.compile(engine.dialect)
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {kind} DEFAULT '{default}'"))
+                default = ""
+                if col.server_default is not None:
+                    value = str(col.server_default.arg).replace("'", "''")   # type: ignore[attr-defined]
+                    default = f" DEFAULT '{value}'"
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}{default}'))
                 added.append(f"{table.name}.{col.name}")
     return added
 
@@ -44,7 +51,7 @@ class FunctionRow(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     environment_json: Mapped[str] = mapped_column(Text, default="{}")
     code_sha256_hex: Mapped[str] = mapped_column(String(64))
-    code_size_bytes: Mapped[int] = mapped_column(Integer)
+    code_size_bytes: Mapped[int] = mapped_column(BigInteger)
     base_model_path: Mapped[str] = mapped_column(String(4096))
     state: Mapped[str] = mapped_column(String(16))
     state_reason: Mapped[str] = mapped_column(Text, default="")
@@ -81,8 +88,8 @@ class InvocationRow(Base):
     cold_start: Mapped[bool] = mapped_column(Boolean, default=False)
     error_type: Mapped[str] = mapped_column(String(128), default="")
     error_message: Mapped[str] = mapped_column(Text, default="")
-    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -193,11 +200,12 @@ class UsageRow(Base):
     init_device_s: Mapped[float] = mapped_column(Float)
     runtime_overhead_s: Mapped[float] = mapped_column(Float)
     queue_s: Mapped[float] = mapped_column(Float)
-    tokens_in: Mapped[int] = mapped_column(Integer)
-    tokens_out: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(BigInteger)
+    tokens_out: Mapped[int] = mapped_column(BigInteger)
     memory_mb: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[str] = mapped_column(String(40))
     init_phases_json: Mapped[str] = mapped_column(Text, default="{}")
+    adapter_tier: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class NodeUsageRow(Base):
@@ -212,11 +220,31 @@ class NodeUsageRow(Base):
     billed_device_s: Mapped[float] = mapped_column(Float)
     overhead_json: Mapped[str] = mapped_column(Text)
     keep_alive_json: Mapped[str] = mapped_column(Text)
-    backbone_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    backbone_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     backbone_load_s: Mapped[float] = mapped_column(Float, default=0.0)
     # added later: a server default, so that add_missing_columns can add them to an older database
     provisioned_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     idle_instance_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+
+
+class InstanceUsageRow(Base):
+    """One instance's life (start to end) on a node: a serverless baseline's billing unit."""
+
+    __tablename__ = "instance_usage"
+
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    function_name: Mapped[str] = mapped_column(String(170), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    node_id: Mapped[str] = mapped_column(String(32), index=True)
+    device: Mapped[str] = mapped_column(String(32))
+    device_type: Mapped[str] = mapped_column(String(64))
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    start_ts: Mapped[float] = mapped_column(Float, index=True)
+    end_ts: Mapped[float] = mapped_column(Float, index=True)
+    ready_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    device_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    device_mb_measured: Mapped[bool] = mapped_column(Boolean, default=False)
+    invocations: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class BudgetRow(Base):
@@ -228,3 +256,16 @@ class BudgetRow(Base):
     hard: Mapped[bool] = mapped_column(Boolean)
     function_name: Mapped[str | None] = mapped_column(String(170), nullable=True)
     created_ts: Mapped[float] = mapped_column(Float)
+
+
+def clip_to_columns(row_type: type[Base], values: dict) -> dict:
+    """``values`` with each string cut to its column's length. For what a function itself reports
+    (an error type from its runtime can be any length): SQLite would keep it whole, PostgreSQL
+    would refuse the row and lose the record."""
+    columns = row_type.__table__.columns   # type: ignore[attr-defined]
+    out = dict(values)
+    for key, value in values.items():
+        length = getattr(columns[key].type, "length", None) if key in columns else None
+        if isinstance(value, str) and length is not None and len(value) > length:
+            out[key] = value[:length]
+    return out

@@ -1,5 +1,6 @@
-"""The LoRA engine inside an instance: the node's backbone borrowed zero-copy, this function's
-adapter on top, unmerged (x·W + x·A·B·s), so the shared weights are never written."""
+"""The LoRA engine inside an instance: the node's backbone borrowed zero-copy (or, in a baseline
+node without sharing, a private copy: ``backbone_source``), this function's adapter on top,
+unmerged (x·W + x·A·B·s), so the shared weights are never written."""
 from __future__ import annotations
 
 import logging
@@ -14,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
-from slfaas.runtime_contract import (ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_PATH, ENV_BACKBONE_TABLE_FD,
-                                     ENV_BACKBONE_VMM_FD, ENV_DEVICE, ENV_GPU_TRIM_IDLE_S)
+from slfaas.functions.backbone_source import BackboneSource, build_borrowed_model
+from slfaas.runtime_contract import ENV_GPU_TRIM_IDLE_S, ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS
 
 if TYPE_CHECKING:
     from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
 
 log = logging.getLogger(__name__)
+__all__ = ["AttachTimings", "BackboneSource", "Generation", "LoraEngine", "build_borrowed_model"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Generation:
     prefill_ms: float           # the prefill forward alone (device-synchronised)
     token_ids: tuple[int, ...] = ()
     device_ms: float = 0.0      # device time of the generation (CUDA events; wall on CPU): billed
+    batch_size: int = 1         # most requests in one forward pass with it (slfaas.functions.batching)
+    batch_device_ms: float = 0.0   # device time of those passes whole (device_ms is its token share)
 
 
 @dataclass(frozen=True)
@@ -41,75 +45,6 @@ class AttachTimings:
     backbone_attach_s: float
     adapter_load_s: float
     device_init_s: float = 0.0   # CUDA context creation (0 on CPU)
-
-
-@dataclass(frozen=True)
-class BackboneSource:
-    """Where this instance borrows its backbone from, as the node told it (environment).
-
-    CPU: a sealed memfd inherited as ``fd`` (process sandbox) or a ``path`` (a container:
-    see ``open_image_path``); CUDA: ``vmm_fd`` and ``table_fd``, the node's arena as a CUDA
-    VMM descriptor mapped read-only plus its tensor table, or (legacy) ``ipc_file``, holding
-    one CUDA IPC handle of the arena plus the table."""
-
-    device: str = "cpu"
-    fd: int | None = None
-    path: str | None = None
-    ipc_file: str | None = None
-    vmm_fd: int | None = None
-    table_fd: int | None = None
-
-    @classmethod
-    def from_env(cls, env: "os._Environ[str] | dict[str, str]" = os.environ) -> "BackboneSource":
-        def number(name: str) -> int | None:
-            value = env.get(name)
-            return int(value) if value else None
-        return cls(device=env.get(ENV_DEVICE, "cpu"), fd=number(ENV_BACKBONE_FD),
-                   path=env.get(ENV_BACKBONE_PATH) or None, ipc_file=env.get(ENV_BACKBONE_IPC) or None,
-                   vmm_fd=number(ENV_BACKBONE_VMM_FD), table_fd=number(ENV_BACKBONE_TABLE_FD))
-
-    def tensors(self) -> tuple[dict[str, Any], Any]:
-        """(name → tensor viewing the shared backbone, object that must outlive them)."""
-        if self.vmm_fd is not None and self.table_fd is not None:
-            from slfaas.weights.cuda_vmm import open_vmm_backbone
-            return open_vmm_backbone(self.vmm_fd, self.table_fd, self.device)
-        if self.ipc_file:
-            from slfaas.weights.cuda_ipc import open_exported_arena
-            return open_exported_arena(Path(self.ipc_file))
-        from slfaas.weights.image import iter_tensors, map_image, open_image_path
-        if self.fd is not None:
-            mapping = map_image(self.fd)
-        elif self.path:
-            fd = open_image_path(self.path)
-            try:
-                mapping = map_image(fd)
-            finally:
-                os.close(fd)  # the mapping keeps the pages
-        else:
-            raise RuntimeError(f"no backbone given: {ENV_BACKBONE_FD}, {ENV_BACKBONE_PATH} or {ENV_BACKBONE_IPC} "
-                               f"must be set")
-        return dict(iter_tensors(mapping)), mapping
-
-
-def build_borrowed_model(state: dict[str, Any], base_model_dir: Path) -> Any:
-    """Skeleton on ``meta``, then every parameter assigned a view of the shared backbone
-    (``assign=True``: the views become the parameters, nothing is copied)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(base_model_dir))
-    with init_empty_weights(include_buffers=False):  # buffers (rotary tables) stay real
-        model = AutoModelForCausalLM.from_config(config)
-    _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    if still_meta:
-        raise RuntimeError(f"backbone image lacks parameters: {still_meta[:5]}")
-    if unexpected:
-        log.warning("backbone image has tensors the model does not use: %s", unexpected[:5])
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 class LoraEngine:
@@ -131,12 +66,13 @@ class LoraEngine:
         self._torch = torch
         self.device = torch.device(backbone.device)
         if self.device.type == "cuda":
+            # torch's default is a thread per core in every runtime; a GPU runtime's CPU work is
+            # small, and dozens of runtimes share the host's cores
+            torch.set_num_threads(max(1, int(os.environ.get(ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS))))
             torch.cuda.set_device(self.device)
             torch.zeros(1, device=self.device)  # creates the CUDA context now: timed as device init
         t_dev = time.perf_counter()
-        state, self._backbone_keepalive = backbone.tensors()
-        self.model_base = build_borrowed_model(state, base_model_dir)
-        del state
+        self.model_base, self._backbone_keepalive = backbone.model(base_model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
         t2 = time.perf_counter()
         self.slots: LoraSlots | None = None
@@ -197,6 +133,7 @@ class LoraEngine:
         t0 = time.perf_counter()
         try:
             self.slots.load(source)
+            self.slots.release_mirror()
             if self.device.type == "cuda":
                 self._torch.cuda.synchronize(self.device)
             path, reasons = "slots", ()
@@ -245,20 +182,22 @@ class LoraEngine:
             for n in sorted({max(1, min(n, limit)) for n in shapes.prefill_tokens}):
                 ids = (torch.arange(n, device=self.device) % config.vocab_size).view(1, n)
                 mask, cache = torch.ones_like(ids), DynamicCache()
-                out = self._forward(ids, mask, cache)
+                out = self.forward(ids, mask, cache)
                 for _ in range(shapes.decode_steps):
-                    token = self._pick(out.logits[:, -1, :], GenerationRequest("", temperature=0), None)
+                    token = self.pick(out.logits[:, -1, :], GenerationRequest("", temperature=0), None)
                     mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                    out = self._forward(token.view(1, 1), mask, cache)
-            self._pick(out.logits[:, -1, :], GenerationRequest("", temperature=1.0, top_p=0.9), generator)
+                    out = self.forward(token.view(1, 1), mask, cache)
+            self.pick(out.logits[:, -1, :], GenerationRequest("", temperature=1.0, top_p=0.9), generator)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
 
-    def _forward(self, ids: Any, mask: Any, cache: Any) -> Any:
-        """One forward of a generation (prefill or decode step): logits of the last position."""
+    def forward(self, ids: Any, mask: Any, cache: Any, position_ids: Any = None) -> Any:
+        """One forward of a generation (prefill or decode step): logits of the last position.
+        ``position_ids``: given for left-padded batches (``slfaas.functions.batching``)."""
+        extra = {} if position_ids is None else {"position_ids": position_ids}
         return self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                          logits_to_keep=1)
+                          logits_to_keep=1, **extra)
 
     def stream(self, req: GenerationRequest) -> Iterator[int]:
         """Yield new token ids one by one: a prefill, then one decode step per token.
@@ -270,22 +209,9 @@ class LoraEngine:
         torch = self._torch
         from transformers import DynamicCache
 
-        if req.messages:
-            from slfaas.functions.chat import chat_prompt
-            prompt, templated = chat_prompt(self.tokenizer, req.messages)
-        else:
-            prompt, templated = req.prompt, False
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
-        ids = enc["input_ids"]
-        if ids.shape[1] == 0:
-            bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
-            ids = torch.tensor([[bos]])
-        ids = ids.to(self.device)
+        ids = self.encode(req).to(self.device)
         self.last_prompt_tokens = int(ids.shape[1])
-        generator = None
-        if not req.greedy:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        generator = self.generator_for(req)
         cache = DynamicCache()
         mask = torch.ones_like(ids)
         # Billing meters device time: CUDA events on the device's own clock (first kernel to
@@ -307,24 +233,47 @@ class LoraEngine:
                 self.last_device_ms = (time.perf_counter() - t_dev) * 1000
             self.device_ms_total += self.last_device_ms
 
+    def encode(self, req: GenerationRequest) -> Any:
+        """The prompt's token ids, shape (1, n), on the CPU: the chat template for messages,
+        special tokens otherwise; an empty prompt is one BOS token."""
+        if req.messages:
+            from slfaas.functions.chat import chat_prompt
+            prompt, templated = chat_prompt(self.tokenizer, req.messages)
+        else:
+            prompt, templated = req.prompt, False
+        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)["input_ids"]
+        if ids.shape[1] == 0:
+            bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
+            ids = self._torch.tensor([[bos]])
+        return ids
+
+    def generator_for(self, req: GenerationRequest) -> Any:
+        """The request's own random generator (None when greedy), seeded by its ``seed`` (or
+        randomly): a request draws the same numbers whether it runs alone or in a batch."""
+        if req.greedy:
+            return None
+        generator = self._torch.Generator(device=self.device)
+        generator.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        return generator
+
     def _decode(self, ids: Any, mask: Any, cache: Any, req: GenerationRequest, generator: Any) -> Iterator[int]:
         torch = self._torch
         with torch.inference_mode():
             t_prefill = time.perf_counter()
-            out = self._forward(ids, mask, cache)
+            out = self.forward(ids, mask, cache)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.last_prefill_ms = (time.perf_counter() - t_prefill) * 1000
             for step in range(req.max_tokens):
-                token = self._pick(out.logits[:, -1, :], req, generator)
+                token = self.pick(out.logits[:, -1, :], req, generator)
                 token_id = int(token.item())  # synchronises the device: the token really exists
                 yield token_id
                 if (token_id in self._eos_ids and not req.ignore_eos) or step == req.max_tokens - 1:
                     return  # no forward pass for a token nobody will read
                 mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                out = self._forward(token.view(1, 1), mask, cache)
+                out = self.forward(token.view(1, 1), mask, cache)
 
-    def _pick(self, logits: Any, req: GenerationRequest, generator: Any) -> Any:
+    def pick(self, logits: Any, req: GenerationRequest, generator: Any) -> Any:
         torch = self._torch
         if req.greedy:
             return logits.argmax(dim=-1)
@@ -383,7 +332,7 @@ class LoraEngine:
                 text, finish = text[:cut], "stop"
         ttft_ms = ((first_ts or time.perf_counter()) - t0) * 1000
         return Generation(text, finish, self.last_prompt_tokens, len(new_ids), ttft_ms, self.last_prefill_ms,
-                          tuple(new_ids), self.last_device_ms)
+                          tuple(new_ids), self.last_device_ms, 1, self.last_device_ms)
 
     def _trim_when_idle(self) -> None:
         """Give freed KV cache and activations back to the device once the instance has been

@@ -20,9 +20,11 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from slfaas.runtime_contract import (ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_FUNCTION_NAME, ENV_POOL_SOCKET,
-                                     ENV_TASK_ROOT, MAX_FDS, SPEC_HEADER)
+from slfaas.runtime_contract import (ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_FUNCTION_NAME, ENV_POOL_SOCKET, ENV_PREWARM,
+                                     ENV_SLOT_MODULES, ENV_SLOT_RANK, ENV_TASK_ROOT, ENV_WARMUP_TOKENS, MAX_FDS,
+                                     SPEC_HEADER)
 
 TASK_DIR = Path("/tmp/slfaas/task")
 MODEL_DIR = Path("/tmp/slfaas/model")
@@ -82,25 +84,46 @@ def specialise(spec: dict, fds: list[int]) -> None:
     os.chdir(os.environ[ENV_CODE_DIR])  # where a cold-started runtime starts
 
 
+def prewarm() -> tuple[Any, dict]:
+    """Everything a cold start does before its adapter: device context, the backbone attached,
+    empty LoRA slots, and warm-up forwards over every shape family (no lazy set-up later)."""
+    from slfaas.functions.engine import BackboneSource, LoraEngine
+    from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
+    from slfaas.functions.slots import WarmupShapes
+
+    geometry = DEFAULT_GEOMETRY
+    if os.environ.get(ENV_SLOT_RANK):
+        modules = frozenset(m for m in os.environ.get(ENV_SLOT_MODULES, "").split(",") if m)
+        geometry = SlotGeometry(int(os.environ[ENV_SLOT_RANK]), modules or DEFAULT_GEOMETRY.target_modules)
+    warmup = WarmupShapes()
+    if os.environ.get(ENV_WARMUP_TOKENS):
+        warmup = WarmupShapes(tuple(int(n) for n in os.environ[ENV_WARMUP_TOKENS].split(",")))
+    engine = LoraEngine.prewarmed(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]), geometry, warmup)
+    t = engine.prewarm_timings
+    return engine, {"prewarmed": True, "device_init_s": round(t.device_init_s, 3),
+                    "backbone_attach_s": round(t.backbone_attach_s, 3), "warmup_s": round(engine.warmup_s, 3)}
+
+
 def main() -> int:
     from slfaas.functions.__main__ import _die_with_node
 
     _die_with_node()  # a pool process dies with its node, like an instance (no-op in a container)
     imports_s = preimport()
+    engine, facts = prewarm() if os.environ.get(ENV_PREWARM) == "1" else (None, {})
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(os.environ[ENV_POOL_SOCKET])
-        sock.sendall(json.dumps({"ready": True, "imports_s": round(imports_s, 3)}).encode() + b"\n")
+        sock.sendall(json.dumps({"ready": True, "imports_s": round(imports_s, 3), **facts}).encode() + b"\n")
         spec, fds = _recv_spec(sock)  # blocks until a function needs this instance (or the node goes)
     except (OSError, ValueError):
         return 0  # the node stopped or died: nothing to do
     finally:
         sock.close()
     specialise(spec, fds)
-    print(f"warm-pool runtime specialised for {spec['env'].get(ENV_FUNCTION_NAME)} "
-          f"(imports done {imports_s:.2f} s before)", flush=True)
+    print(f"warm-pool runtime{' (pre-warmed)' if engine else ''} specialised for "
+          f"{spec['env'].get(ENV_FUNCTION_NAME)} (imports done {imports_s:.2f} s before)", flush=True)
     from slfaas.functions.__main__ import main as runtime_main
-    return runtime_main()
+    return runtime_main(engine)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ import http.client
 import json
 import socket
 
-from slfaas.runtime_contract import (H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE, H_FUNCTION_RESPONSE_MODE,
+from slfaas.runtime_contract import (H_ADAPTER_CONFIG, H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE, H_FUNCTION_RESPONSE_MODE,
                                      H_RESULT_METRICS, PATH_INIT_ERROR, PATH_INIT_REPORT, PATH_NEXT, STREAMING,
-                                     Delivery, invocation_path)
+                                     Delivery, adapter_path, invocation_path)
 
 # What /next hands the runtime: the contract's delivery shape.
 Invocation = Delivery
@@ -27,6 +27,10 @@ class _UnixConnection(http.client.HTTPConnection):
 
 class NodeGone(ConnectionError):
     """The node closed the API (it is stopping this instance, or it died)."""
+
+
+class AdapterUnavailable(RuntimeError):
+    """The node would not or could not hand over an invocation's adapter (shared runtimes)."""
 
 
 class ResponseStream:
@@ -96,10 +100,14 @@ class RuntimeClient:
             raise NodeGone(f"/next answered {status}: {body[:200]!r}")
         return Delivery.from_headers(headers, body)
 
-    def respond(self, request_id: str, body: bytes, device_ms: float | None = None) -> None:
-        """``device_ms``: the runtime's own measure of the invocation's device time (billing),
-        sent beside the body, which is the handler's to shape."""
+    def respond(self, request_id: str, body: bytes, device_ms: float | None = None,
+                metrics: dict | None = None) -> None:
+        """``device_ms``, ``metrics``: the runtime's own measures of the invocation (device time,
+        batch; for billing), sent beside the body, which is the handler's to shape."""
         headers = {"Content-Type": "application/json"}
+        if metrics:
+            headers[H_RESULT_METRICS] = json.dumps(metrics, separators=(",", ":"))
+            device_ms = metrics.get("device_ms", device_ms)
         if device_ms is not None:
             headers[H_DEVICE_MS] = f"{device_ms:.3f}"
         self._request("POST", invocation_path(request_id, "response"), body, headers)
@@ -110,6 +118,19 @@ class RuntimeClient:
     def error(self, request_id: str, error: dict) -> None:
         self._request("POST", invocation_path(request_id, "error"), json.dumps(error).encode(),
                       {"Content-Type": "application/json", H_ERROR_TYPE: str(error.get("errorType", "Runtime.Unknown"))})
+
+    def adapter(self, adapter_id: str) -> tuple[dict, bytes]:
+        """A shared runtime's: an invocation's adapter from the node (config, safetensors bytes)."""
+        status, headers, body = self._request("GET", adapter_path(adapter_id))
+        if status != 200:
+            raise AdapterUnavailable(f"the node would not hand over adapter {adapter_id}: {status} {body[:200]!r}")
+        try:
+            config = json.loads(headers.get(H_ADAPTER_CONFIG.lower(), ""))
+        except ValueError as exc:
+            raise AdapterUnavailable(f"adapter {adapter_id}: unreadable config ({exc})") from exc
+        if not isinstance(config, dict):
+            raise AdapterUnavailable(f"adapter {adapter_id}: its config is not a JSON object")
+        return config, body
 
     def init_report(self, report: dict) -> None:
         self._request("POST", PATH_INIT_REPORT, json.dumps(report).encode(),

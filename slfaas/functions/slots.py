@@ -5,9 +5,15 @@ Each slot module wraps one of the backbone's linear layers and computes PEFT's u
 ``base(x) + B(A(x)) · s``, with A (max_rank × in), B (out × max_rank) and s allocated once.
 An adapter of rank r ≤ max_rank goes into A[:r] and B[:, :r], the rest stays zero: the
 padded products add exact zeros, so outputs equal PEFT's. Loading only ever writes into the
-existing tensors (``copy_``, ``zero_``, ``fill_``), never replaces them, so their device
-addresses never change: a forward captured as a CUDA graph while the runtime pre-warms stays
-valid after specialisation. The scaling is a device tensor for the same reason.
+existing tensors, never replaces them, so their device addresses never change: a forward
+captured as a CUDA graph while the runtime pre-warms stays valid after specialisation. The
+scaling is a device tensor for the same reason.
+
+All slots of a model are views into ONE device tensor, mirrored by one (pinned) host tensor:
+a load writes the adapter into the mirror and sends the changed span in a single copy. Per
+slot copies would be hundreds of small synchronous transfers, and on a GPU shared by several
+processes each of them waits for the GPU's time slice (measured: ~1 s per specialisation
+while other runtimes were warming up, 15 ms when alone).
 """
 from __future__ import annotations
 
@@ -72,18 +78,42 @@ def slot_dtype(backbone_dtype: torch.dtype) -> torch.dtype:
 
 
 class SlotLinear(nn.Module):
-    """A linear layer of the backbone (borrowed, never written) plus one LoRA slot."""
+    """A linear layer of the backbone (borrowed, never written) plus one LoRA slot. Its A, B
+    and scaling are views into the slots' shared storage (``LoraSlots``)."""
 
-    def __init__(self, base_layer: nn.Linear, max_rank: int, dtype: torch.dtype):
+    def __init__(self, base_layer: nn.Linear, max_rank: int, storage: torch.Tensor):
         super().__init__()
         self.base_layer = base_layer
-        device = base_layer.weight.device
-        self.lora_A = nn.Parameter(torch.zeros(max_rank, base_layer.in_features, dtype=dtype, device=device),
+        a_n, b_n = max_rank * base_layer.in_features, base_layer.out_features * max_rank
+        if storage.numel() != self.numel(base_layer, max_rank):
+            raise ValueError("slot storage of the wrong size")
+        self.lora_A = nn.Parameter(storage[:a_n].view(max_rank, base_layer.in_features), requires_grad=False)
+        self.lora_B = nn.Parameter(storage[a_n:a_n + b_n].view(base_layer.out_features, max_rank),
                                    requires_grad=False)
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, max_rank, dtype=dtype, device=device),
-                                   requires_grad=False)
-        self.register_buffer("lora_scaling", torch.zeros((), dtype=dtype, device=device))
+        self.register_buffer("lora_scaling", storage[a_n + b_n:].view(()))
         self.rank = 0   # columns of the slot in use; beyond them everything is zero
+
+    @staticmethod
+    def numel(base_layer: nn.Linear, max_rank: int) -> int:
+        return max_rank * base_layer.in_features + base_layer.out_features * max_rank + 1
+
+    def fill(self, mirror: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, scaling: float) -> None:
+        """Write an adapter's A (r × in) and B (out × r) into ``mirror`` (this slot's region of
+        the host mirror), zeroing what a previous, larger adapter left beyond r; ``None``
+        empties the slot. The caller sends the mirror to the device."""
+        max_rank, in_f = self.lora_A.shape
+        out_f = self.lora_B.shape[0]
+        a_n, b_n = max_rank * in_f, out_f * max_rank
+        ma, mb = mirror[:a_n].view(max_rank, in_f), mirror[a_n:a_n + b_n].view(out_f, max_rank)
+        r = 0 if a is None or b is None else a.shape[0]
+        if r:
+            ma[:r].copy_(a)
+            mb[:, :r].copy_(b)
+        if self.rank > r:
+            ma[r:self.rank].zero_()
+            mb[:, r:self.rank].zero_()
+        mirror[a_n + b_n] = scaling if r else 0.0
+        self.rank = r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The same operations, in the same order, as PEFT's lora.Linear.forward.
@@ -92,19 +122,6 @@ class SlotLinear(nn.Module):
         h = x if x.dtype == self.lora_A.dtype else x.to(self.lora_A.dtype)
         result = result + F.linear(F.linear(h, self.lora_A), self.lora_B) * self.lora_scaling
         return result.to(result_dtype)
-
-    def fill(self, a: torch.Tensor | None, b: torch.Tensor | None, scaling: float) -> None:
-        """Copy an adapter's A (r × in) and B (out × r) in, zeroing what a previous, larger
-        adapter left beyond r; ``None`` empties the slot."""
-        r = 0 if a is None or b is None else a.shape[0]
-        if r:
-            self.lora_A[:r].copy_(a)
-            self.lora_B[:, :r].copy_(b)
-        if self.rank > r:
-            self.lora_A[r:self.rank].zero_()
-            self.lora_B[:, r:self.rank].zero_()
-        self.lora_scaling.fill_(scaling if r else 0.0)
-        self.rank = r
 
 
 class LoraSlots:
@@ -119,11 +136,48 @@ class LoraSlots:
                    if path.rsplit(".", 1)[-1] in geometry.target_modules and isinstance(m, nn.Linear)]
         if not targets:
             raise ValueError(f"the model has no linear modules named {sorted(geometry.target_modules)}")
-        for path, linear in targets:
-            slot = SlotLinear(linear, geometry.max_rank, dtype or slot_dtype(linear.weight.dtype))
+        first = targets[0][1].weight
+        dtype = dtype or slot_dtype(first.dtype)
+        sizes = [SlotLinear.numel(m, geometry.max_rank) for _, m in targets]
+        # one device tensor for every slot, and its host mirror (pinned: one DMA transfer)
+        self.storage = torch.zeros(sum(sizes), dtype=dtype, device=first.device)
+        self._mirror: torch.Tensor | None = self.storage
+        if first.device.type == "cuda":
+            self._mirror = torch.zeros(sum(sizes), dtype=dtype, pin_memory=True)
+            self.storage.copy_(self._mirror)   # the transfer's set-up happens now, not in a cold start
+        self._regions: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for (path, linear), n in zip(targets, sizes):
+            slot = SlotLinear(linear, geometry.max_rank, self.storage[offset:offset + n])
             parent_path, _, child = path.rpartition(".")
             setattr(model.get_submodule(parent_path) if parent_path else model, child, slot)
             self.modules[path] = slot
+            self._regions[path] = (offset, offset + n)
+            offset += n
+
+    def _fill(self, changes: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, float]]) -> None:
+        """Write ``changes`` (slot path → A, B, scaling) into the mirror, then send the span
+        they cover to the device in one copy (a no-op where the mirror is the storage)."""
+        touched = [p for p, (a, _, _) in changes.items() if a is not None or self.modules[p].rank]
+        if not touched:
+            return
+        if self._mirror is None:   # released after an earlier load: the device holds the truth
+            self._mirror = self.storage.to("cpu").pin_memory()
+        for path in touched:
+            start, end = self._regions[path]
+            a, b, scaling = changes[path]
+            self.modules[path].fill(self._mirror[start:end], a, b, scaling)
+        if self._mirror is not self.storage:
+            lo = min(self._regions[p][0] for p in touched)
+            hi = max(self._regions[p][1] for p in touched)
+            self.storage[lo:hi].copy_(self._mirror[lo:hi])
+            torch.cuda.current_stream(self.storage.device).synchronize()   # the mirror may change again
+
+    def release_mirror(self) -> None:
+        """Give the host mirror's (pinned) memory back: a runtime loads one adapter only. A
+        later load rebuilds it from the device."""
+        if self._mirror is not self.storage:
+            self._mirror = None
 
     @property
     def nbytes(self) -> int:
@@ -148,25 +202,23 @@ class LoraSlots:
                 raise AdapterDoesNotFit((f"modules {wrong[:3]} do not match the model's layers",))
             keys = lora_module_keys(records)
             copied = 0
+            changes: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, float]] = {}
+            for path in self.modules:
+                key = keys.get(path)
+                if key is None:
+                    changes[path] = (None, None, 0.0)
+                    continue
+                ra, rb = records[f"{key}.lora_A.weight"], records[f"{key}.lora_B.weight"]
+                changes[path] = (tensor_view(buf, ra), tensor_view(buf, rb), facts.scaling)
+                copied += ra.nbytes + rb.nbytes
             with torch.no_grad():
-                for path, slot in self.modules.items():
-                    key = keys.get(path)
-                    if key is None:
-                        if slot.rank:
-                            slot.fill(None, None, 0.0)
-                        continue
-                    ra, rb = records[f"{key}.lora_A.weight"], records[f"{key}.lora_B.weight"]
-                    a, b = tensor_view(buf, ra), tensor_view(buf, rb)
-                    slot.fill(a, b, facts.scaling)
-                    copied += ra.nbytes + rb.nbytes
-                    del a, b   # views of the buffer: gone before it is unmapped
+                self._fill(changes)
+            changes.clear()   # views of the buffer: gone before it is unmapped
         return SlotLoad(len(keys), facts.rank, facts.scaling, copied)
 
     def clear(self) -> None:
         with torch.no_grad():
-            for slot in self.modules.values():
-                if slot.rank:
-                    slot.fill(None, None, 0.0)
+            self._fill({path: (None, None, 0.0) for path in self.modules})
 
     def remove(self) -> None:
         """Put the original linear layers back (before PEFT's loader takes over the model)."""

@@ -1,4 +1,5 @@
-"""Text as it is generated: token ids from ``LoraEngine.stream`` → text pieces.
+"""Text as it is generated: token ids from ``LoraEngine.stream`` (or ``BatchEngine.stream``) →
+text pieces.
 
 Detokenising one token at a time is wrong for byte-level BPE (a character can span tokens)
 and for tokenizers whose decoding depends on neighbours (leading spaces), so each piece is
@@ -61,9 +62,10 @@ class _Detokenizer:
         return after[len(before):] if len(after) > len(before) else ""
 
 
-def stream_text(engine: Any, req: GenerationRequest) -> Generator[str, None, Generation]:
+def stream_text(engine: Any, req: GenerationRequest, stream: Any = None) -> Generator[str, None, Generation]:
     """Yield text pieces as tokens are generated; the generator's return value is the
-    ``Generation`` (same fields as ``LoraEngine.generate``)."""
+    ``Generation`` (same fields as ``LoraEngine.generate``). ``stream``: the request's token
+    stream if it was opened already (``BatchEngine.open``), else ``engine.stream(req)``."""
     with engine.busy():
         t0 = time.perf_counter()
         first_ts: float | None = None
@@ -74,7 +76,9 @@ def stream_text(engine: Any, req: GenerationRequest) -> Generator[str, None, Gen
         finish = "length"
         stopped_by_string = False
         # closed on break: the engine's device-time meter ends there
-        with closing(engine.stream(req)) as tokens:
+        if stream is None:
+            stream = engine.stream(req)
+        with closing(stream) as tokens:
             for token_id in tokens:
                 if first_ts is None:
                     first_ts = time.perf_counter()
@@ -99,5 +103,10 @@ def stream_text(engine: Any, req: GenerationRequest) -> Generator[str, None, Gen
         if len(text) > sent:
             yield text[sent:]
         ttft_ms = ((first_ts or time.perf_counter()) - t0) * 1000
+        stats = getattr(stream, "stats", None)   # a batched request's own account (slfaas.functions.batching)
+        if stats is not None:
+            return Generation(text, finish, stats.prompt_tokens, len(detok.ids), ttft_ms, stats.prefill_ms,
+                              tuple(detok.ids), stats.device_ms, stats.batch_size, stats.batch_device_ms)
+        device_ms = getattr(engine, "last_device_ms", 0.0)
         return Generation(text, finish, engine.last_prompt_tokens, len(detok.ids), ttft_ms,
-                          engine.last_prefill_ms, tuple(detok.ids), getattr(engine, "last_device_ms", 0.0))
+                          engine.last_prefill_ms, tuple(detok.ids), device_ms, 1, device_ms)

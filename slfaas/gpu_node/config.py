@@ -8,6 +8,9 @@ from pathlib import Path
 from slfaas.gpu_node.policy.keepalive import FixedKeepAlive, HistogramKeepAlive, KeepAlivePolicy
 
 
+SCHEDULERS = ("fcfs", "slo")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path
@@ -21,6 +24,25 @@ class NodeConfig:
     python: str = sys.executable
     verify_interval_s: float = 0.0      # backbone integrity checks; 0 = only on demand
     instance_gpu_mb: int = 1536         # upper bound of an instance's GPU memory (context, adapter, KV)
+    # "shared" (slfaas), or a baseline without sharing: "private-checkpoint" (each instance loads
+    # its own from the checkpoint), "private-host-cache" (each copies the node's host image)
+    backbone: str = "shared"
+    # scheduling: "fcfs" (place or refuse at once) or "slo" (queues, SLO-aware batches; the server's default)
+    scheduler: str = "fcfs"
+    ttft_slo_ms: float = 1000.0         # a function's TTFT SLO unless it sets SLFAAS_TTFT_SLO_MS
+    max_queue_per_function: int = 64    # slo: requests waiting per function; beyond, 429
+    max_queue_s: float = 30.0           # slo: the longest a request waits for an instance; then 429
+    max_running_batches: int = 0        # slo: batches running at once on the device, at most (0: max_instances)
+    shared_max_batch_size: int = 16     # a shared runtime's capacity (functions in shared execution)
+    shared_memory_mb: int = 8192        # a shared runtime's memory bound
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if not (self.ttft_slo_ms > 0 and self.max_queue_per_function >= 1 and self.max_queue_s > 0
+                and self.max_running_batches >= 0 and self.shared_max_batch_size >= 1 and self.shared_memory_mb > 0):
+            raise ValueError("scheduling settings must be positive (--ttft-slo-ms, --max-queue-per-function, "
+                             "--max-queue-s, --max-running-batches)")
 
     def keep_alive_histogram(self) -> HistogramKeepAlive:
         """The histogram policy with this node's bins and TTL (also what a function that

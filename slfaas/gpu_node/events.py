@@ -34,6 +34,18 @@ class BackbonesChanged(NodeEvent):
 class InstanceStarting(NodeEvent):
     instance_id: str
     function_name: str
+    version: str = ""
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceMeasured(NodeEvent):
+    """The device memory an instance holds, after its first invocation: measured (NVML), or
+    the node's admission estimate where it cannot be measured (``measured`` False)."""
+
+    instance_id: str
+    device_mb: float
+    measured: bool
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,27 @@ class InstanceGone(NodeEvent):
 
 
 @dataclass(frozen=True)
+class FunctionPrepared(NodeEvent):
+    """A function (version) became Active on this node: it may be invoked from now on."""
+
+    function_name: str
+    version: str
+    base_model: str
+    code_dir: str
+
+
+@dataclass(frozen=True)
+class InvocationSubmitted(NodeEvent):
+    """A request reached the node (before it is placed): the preloader's arrival rates."""
+
+    request_id: str
+    function_name: str
+    version: str
+    base_model: str
+    code_dir: str
+
+
+@dataclass(frozen=True)
 class InvocationStarted(NodeEvent):
     request_id: str
     instance_id: str
@@ -97,7 +130,10 @@ class InvocationEnded(NodeEvent):
     payload: bytes
     metrics: Mapping[str, object] | None
     init_facts: Mapping[str, object]
-    batch_size: int = 1
+    batch_size: int = 1         # the most invocations one forward pass of it held (runtime's, ≤ capacity)
+    delivered_ts: float | None = None   # when the runtime took it from /next
+    runtime_source: str = ""    # a cold start's: "prewarmed", "pool" or "cold"
+    adapter_source: str = ""    # a cold start's: "host" or "disk"
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,17 @@ def meter_subscriber(meter: Meter) -> ev.Subscriber:
                 memory_mb=event.memory_mb, instance_id=event.instance_id, cold_start=event.cold_start,
                 preloaded=event.preloaded, submitted_ts=event.submitted_ts, dispatch_ts=event.dispatch_ts,
                 end_ts=event.ts, error_type=event.error_type, payload=event.payload, metrics=event.metrics,
-                batch_size=event.batch_size)
+                batch_size=event.batch_size, runtime_source=event.runtime_source,
+                adapter_source=event.adapter_source)
             return meter.invocation_finished(facts, event.init_facts)
         if isinstance(event, ev.InvocationStarted):
             meter.invocation_started(event.request_id, event.instance_id, event.ts)
         elif isinstance(event, ev.InvocationAborted):
             meter.invocation_aborted(event.request_id, event.ts)
         elif isinstance(event, ev.InstanceStarting):
-            meter.instance_starting(event.instance_id, event.ts)
+            meter.instance_starting(event.instance_id, event.ts, event.function_name, event.version, event.memory_mb)
+        elif isinstance(event, ev.InstanceMeasured):
+            meter.instance_measured(event.instance_id, event.device_mb, event.measured)
         elif isinstance(event, ev.InstanceReady):
             meter.instance_ready(event.instance_id, event.ts, event.init_wall_s)
         elif isinstance(event, ev.InstanceIdle):

@@ -7,49 +7,59 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.config import NodeConfig
-from slfaas.gpu_node.dispatch import Dispatcher, Placed
-from slfaas.gpu_node.events import BackbonesChanged, EventBus, IntegrityChecked
+from slfaas.gpu_node.dispatch import Placed
+from slfaas.gpu_node.events import (BackbonesChanged, EventBus, FunctionPrepared, IntegrityChecked,
+                                    InvocationSubmitted)
+from slfaas.gpu_node.introspect import describe_node, summarize_node
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
 from slfaas.gpu_node.lifecycle.idle_history import IdleHistories
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
-from slfaas.gpu_node.policy.scheduling import FcfsScheduler, Scheduler
+from slfaas.gpu_node.policy.scheduling import Scheduler
 from slfaas.gpu_node.prestart import Prestarter
 from slfaas.gpu_node.provisioning import Provisioner
+from slfaas.gpu_node.schedulers import build_dispatcher
 from slfaas.gpu_node.reporting import Reporter
+from slfaas.gpu_node.resources.adapters import AdapterTiers
+from slfaas.gpu_node.resources import private_backbone
 from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.resources.integrity import IntegrityMonitor
 from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.sandboxes.base import SandboxFactory
 from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
-                                   LogChunk, NodeInfo)
+                                   LogChunk, NodeInfo, NodeSummary)
+
+if TYPE_CHECKING:
+    from slfaas.gpu_node.preloader import Preloader
 
 log = logging.getLogger(__name__)
-
 
 class Node:
     def __init__(self, config: NodeConfig, sandboxes: SandboxFactory, backbones: BackboneOwner | None = None,
                  bus: EventBus | None = None, scheduler: Scheduler | None = None, ledger: MemoryLedger | None = None,
-                 node_id: str | None = None):
+                 node_id: str | None = None, tiers: AdapterTiers | None = None):
         self.config = config
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.bus = bus or EventBus()
         self.sandboxes = sandboxes
-        self.backbones = backbones or BackboneOwner(config.device)
+        self.backbones = backbones or BackboneOwner(private_backbone.owner_device(config.backbone, config.device))
         self.backbones.on_change = self._backbones_changed
         self.ledger = ledger or MemoryLedger(config.instance_gpu_mb)
         self._logs = FunctionLogs(Path(config.data_dir) / "logs")
+        self.tiers = tiers or AdapterTiers(0)
+        self.preloader: "Preloader | None" = None   # the builder's: sizes pools and tiers
         self.table = InstanceTable()
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
-                                 self._logs, self.bus.publish, on_gone=self.ledger.forget)
-        self.dispatcher = Dispatcher(scheduler or FcfsScheduler(), self.table, config.max_instances,
-                                     self.launcher.stop, self.ledger.gpu_view)
+                                 self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers,
+                                 backbone_mode=config.backbone)
+        self.dispatcher = build_dispatcher(config, scheduler, self.table, self.launcher.stop, self.ledger,
+                                           lambda: self.preloader)
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,
                                        Reporter(self._logs), self.ledger, self.bus)
         self.integrity = IntegrityMonitor(self.backbones, self._stop_borrowers, self._integrity_checked,
@@ -64,19 +74,29 @@ class Node:
 
     # NodeApi
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
-        self.backbones.acquire(function.base_model_path)
-        return self.backbones.info(function.base_model_path)
+        info = private_backbone.prepare(self.config.backbone, self.backbones, self.ledger, function.base_model_path)
+        self.bus.publish(FunctionPrepared(time.time(), function.name, function.version, str(function.base_model_path),
+                                          str(function.code_dir)))
+        return info
 
     def invoke(self, request: InvocationRequest) -> InvocationResult:
-        return self._run(request, time.time(), None)
+        submitted_ts = self._submitted(request)
+        return self._run(request, submitted_ts, None)
 
     def invoke_stream(self, request: InvocationRequest) -> ResponseStream:
-        submitted_ts = time.time()
+        submitted_ts = self._submitted(request)
         placed = self.dispatcher.submit(request)   # capacity errors raise here, before the stream starts
         stream = ResponseStream()
         threading.Thread(target=stream.run, daemon=True, name=f"stream-{request.request_id[:8]}",
                          args=(lambda: self._run(request, submitted_ts, stream.put, placed),)).start()
         return stream
+
+    def _submitted(self, request: InvocationRequest) -> float:
+        now = time.time()
+        f = request.function
+        self.bus.publish(InvocationSubmitted(now, request.request_id, f.name, f.version, str(f.base_model_path),
+                                             str(f.code_dir)))
+        return now
 
     def _run(self, request: InvocationRequest, submitted_ts: float, on_chunk: Callable[[bytes], None] | None,
              placed: Placed | None = None) -> InvocationResult:
@@ -118,22 +138,11 @@ class Node:
         return stopped
 
     def describe(self, checksums: bool = False) -> NodeInfo:
-        from dataclasses import replace
+        return describe_node(self, checksums)
 
-        backbones = tuple(replace(b, sha256=self.backbones.checksum(Path(b.model_path))) if checksums else b
-                          for b in self.backbones.loaded())
-        measured = {i.instance_id: mb for i in self.table.all() if (mb := self.ledger.measured(i.instance_id))}
-        infos = self.table.infos(measured)
-        gpu = None
-        if self.config.device.startswith("cuda"):
-            from slfaas.gpu_node.resources.gpu_stats import gpu_memory_report
-            gpu = gpu_memory_report(self.config.device, {i.pid: i.instance_id for i in infos if i.pid},
-                                    sum(b.size_bytes for b in backbones), sum(i.adapter_bytes or 0 for i in infos),
-                                    int(self.ledger.instance_estimate_mb()))
-        pool = self.sandboxes.pool
-        return NodeInfo(self.node_id, self.config.device, self.sandboxes.name, self.config.max_instances,
-                        pool.size if pool is not None else 0, self.sandboxes.warm_count(), backbones, infos, gpu,
-                        self.provisioner.infos(), self.config.keep_alive_policy)
+    def summary(self) -> NodeSummary:
+        """What a NodeSet's placement needs of this node: a few numbers, no instance details."""
+        return summarize_node(self)
 
     def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
              since_ts: float | None = None) -> LogChunk:
@@ -147,10 +156,23 @@ class Node:
     def delete_logs(self, function_name: str) -> None:
         self._logs.remove(function_name)
 
+    def queued(self) -> dict[str, int]:
+        """Requests waiting per function: for placement, or in an instance not yet taken by
+        its runtime (metrics; not part of ``NodeApi``)."""
+        waiting = self.dispatcher.waiting_by_function()
+        for inst in self.table.all():
+            n = inst.undelivered()
+            if n:
+                waiting[inst.function.name] = waiting.get(inst.function.name, 0) + n
+        return waiting
+
     def verify(self) -> tuple[IntegrityEvent, ...]:
         return self.integrity.verify()
 
     def shutdown(self) -> None:
+        self.dispatcher.close()
+        if self.preloader is not None:
+            self.preloader.close()
         self.integrity.close()
         self.provisioner.close()
         self.reaper.close()
@@ -159,6 +181,7 @@ class Node:
         for hook in self.on_shutdown:
             hook()
         self.sandboxes.close()
+        self.tiers.close()
         self.backbones.close()
         self.launcher.close()
 

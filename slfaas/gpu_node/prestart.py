@@ -51,6 +51,7 @@ class Prestarter:
         ok = inst.wait_ready(self._init_timeout_s)
         now = time.time()
         self._bus.publish(ev.InstanceReady(now, inst.instance_id, now - inst.started_ts))
+        self._dispatcher.poke()   # requests queued by the SLO scheduler may take it now
         self._bus.publish(ev.InstancePrestarted(now, inst.instance_id, inst.function.name, inst.provisioned, ok))
         error = ""
         if not ok:

@@ -4,6 +4,8 @@ the version's live instances first, re-started when one dies, released when the 
 
 Reconciled on every change, when a held instance goes, and on a short period; a start that
 fails (no room, or an init error) is retried with a growing delay, and said in ``infos``.
+Instances are matched by pool key: for a function in shared execution the held instance is
+its backbone's shared runtime (one held runtime serves every target on that backbone).
 """
 from __future__ import annotations
 
@@ -93,9 +95,9 @@ class Provisioner:
             with self._lock:
                 targets = {k: (t.spec, t.count, t.retry_at_s) for k, t in self._targets.items()}
             live = [i for i in self._table.all() if i.alive and not self._table.stale(i)]
+            wanted = {spec.pool_key for spec, _, _ in targets.values()}
             for inst in live:   # held for a target that is gone or now holds another revision
-                target = targets.get((inst.function.name, inst.function.version))
-                if inst.provisioned and (target is None or target[0].revision_id != inst.function.revision_id):
+                if inst.provisioned and inst.function.pool_key not in wanted:
                     self._release(inst)
             for key, (spec, count, retry_at_s) in targets.items():
                 self._hold(key, spec, count, retry_at_s, [i for i in live if i.function.pool_key == spec.pool_key])
@@ -116,7 +118,9 @@ class Provisioner:
             return
         for _ in range(count - len(held)):
             try:
-                inst = self._prestarter.start(spec, provisioned=True, may_evict=True, on_done=self._init_done)
+                inst = self._prestarter.start(spec, provisioned=True, may_evict=True,
+                                              on_done=lambda i, ok, error: self._init_done(key, spec.revision_id,
+                                                                                           ok, error))
             except TooManyRequests as exc:
                 self._failed(key, spec.revision_id, f"no room on the node: {exc}", NO_ROOM_RETRY_S, count_it=False)
                 return
@@ -128,8 +132,7 @@ class Provisioner:
             log.info("provisioned concurrency released: stopping %s", inst.instance_id)
             self._launcher.stop(inst)
 
-    def _init_done(self, inst: Instance, ok: bool, error: str) -> None:
-        key, revision = (inst.function.name, inst.function.version), inst.function.revision_id
+    def _init_done(self, key: tuple[str, str], revision: str, ok: bool, error: str) -> None:
         if ok:
             with self._lock:
                 t = self._targets.get(key)

@@ -56,8 +56,9 @@ def billing_fields(usage: UsageRecord | None) -> str:
     if usage is None:
         return ""
     unit = "GPU" if usage.device.startswith("cuda") else "Device"
+    adapter = f"\tAdapter Tier: {usage.adapter_tier}" if usage.adapter_tier else ""
     return (f"\tBilled {unit} Seconds: {usage.billed_device_s:.6f}\tBatch Size: {usage.batch_size}\t"
-            f"Preload Tier: {usage.preload_tier}\tCost: ${usage.cost_usd:.10f}")
+            f"Preload Tier: {usage.preload_tier}{adapter}\tCost: ${usage.cost_usd:.10f}")
 
 
 def _max_rss_mb(inst: Instance) -> int:

@@ -26,14 +26,29 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from slfaas.runtime_contract import (API_PREFIX, H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE, H_FUNCTION_RESPONSE_MODE,
-                                     H_RESULT_METRICS, MAX_RESPONSE_BYTES, MAX_STREAMED_RESPONSE_BYTES, PATH_INIT_ERROR,
-                                     PATH_INIT_REPORT, PATH_NEXT, STREAMING, Delivery)
+from slfaas.runtime_contract import (API_PREFIX, H_ADAPTER_CONFIG, H_DEVICE_MS, H_ERROR_BODY, H_ERROR_TYPE,
+                                     H_FUNCTION_RESPONSE_MODE, H_RESULT_METRICS, MAX_RESPONSE_BYTES,
+                                     MAX_STREAMED_RESPONSE_BYTES, PATH_ADAPTER, PATH_INIT_ERROR, PATH_INIT_REPORT,
+                                     PATH_NEXT, RESULT_METRIC_KEYS, STREAMING, Delivery)
 
 log = logging.getLogger(__name__)
 
 _INVOCATION_PATH = re.compile(rf"^{API_PREFIX}/invocation/([^/]+)/(response|error)$")
 _MAX_LINE = 65536
+
+
+def result_metrics(raw: str | None) -> dict | None:
+    """The runtime's JSON account of an invocation (``H_RESULT_METRICS``): the contract's keys
+    with plain values only (the runtime is the function's code: nothing else is kept)."""
+    try:
+        parsed = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    return {k: v for k, v in parsed.items()
+            if k in RESULT_METRIC_KEYS and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+            and (not isinstance(v, str) or len(v) <= 64)}
 
 
 class RuntimeEndpoint(Protocol):
@@ -46,6 +61,7 @@ class RuntimeEndpoint(Protocol):
     def init_failed(self, body: bytes, error_type: str) -> None: ...
     def init_report(self, report: dict) -> None: ...
     def delivery_failed(self, request_id: str) -> None: ...
+    def adapter_dir(self, adapter_id: str) -> Path | None: ...
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -131,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def do_GET(self) -> None:
+        if self.path.startswith(PATH_ADAPTER):
+            self._adapter(self.path[len(PATH_ADAPTER):])
+            return
         if self.path != PATH_NEXT:
             self._error(404, "NotFound", self.path)
             return
@@ -145,6 +164,22 @@ class _Handler(BaseHTTPRequestHandler):
             # received the request, so the node may place it elsewhere once the exit is seen.
             self.endpoint.delivery_failed(delivery.request_id)
             self.close_connection = True
+
+    def _adapter(self, adapter_id: str) -> None:
+        """slfaas extension, shared runtimes: the weights of an adapter whose invocation this
+        instance was handed (the body) and its config (a header)."""
+        directory = self.endpoint.adapter_dir(adapter_id)
+        if directory is None:
+            self._error(404, "AdapterNotFound", f"no invocation of this instance uses adapter {adapter_id!r}")
+            return
+        try:
+            config = json.loads((directory / "adapter_config.json").read_bytes())
+            weights = (directory / "adapter_model.safetensors").read_bytes()
+        except (OSError, ValueError) as exc:
+            self._error(500, "AdapterUnreadable", f"adapter {adapter_id}: {exc}")
+            return
+        self._reply(200, weights, {"Content-Type": "application/octet-stream",
+                                   H_ADAPTER_CONFIG: json.dumps(config, separators=(",", ":"))})
 
     def do_POST(self) -> None:
         m = _INVOCATION_PATH.match(self.path)
@@ -187,10 +222,12 @@ class _Handler(BaseHTTPRequestHandler):
             error_type = self.headers.get(H_ERROR_TYPE) or "Runtime.Unknown"
         metrics = None
         if error_type is None:
-            try:  # the runtime's device-time measure, for billing (absent: the node bills wall time)
-                metrics = {"device_ms": float(self.headers.get(H_DEVICE_MS, ""))}
+            # the runtime's measures (device time, batch), for billing; absent: the node bills wall time
+            metrics = result_metrics(self.headers.get(H_RESULT_METRICS))
+            try:
+                metrics = {**(metrics or {}), "device_ms": float(self.headers.get(H_DEVICE_MS, ""))}
             except ValueError:
-                metrics = None
+                pass
         if self.endpoint.complete(request_id, body, error_type, metrics=metrics):
             self._reply(202, b'{"status":"OK"}')
         else:
@@ -240,12 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not error_body:
                 error_body = json.dumps({"errorMessage": "the function failed while streaming its response",
                                          "errorType": error_type}).encode()
-        metrics = None
-        try:
-            parsed = json.loads(trailers.get(H_RESULT_METRICS.lower()) or "null")
-            metrics = parsed if isinstance(parsed, dict) else None
-        except ValueError:
-            pass
+        metrics = result_metrics(trailers.get(H_RESULT_METRICS.lower()))
         if self.endpoint.complete(request_id, error_body, error_type, streamed=True, metrics=metrics):
             self._reply(202, b'{"status":"OK"}')
         else:

@@ -21,10 +21,12 @@ def test_import_contracts_hold() -> None:
 
 
 def test_node_api_implementations_type_check() -> None:
-    """``Node``, the control plane's ``FakeNode`` and the node's stream satisfy ``NodeApi`` /
-    ``NodeStream`` statically (a method missing or with another signature fails here)."""
+    """``Node``, the control plane's ``FakeNode``, the ``NodeSet`` over several nodes and the node's
+    stream satisfy ``NodeApi`` / ``NodeStream`` statically, and the NodeSet's handles (in-process,
+    Ray) ``NodeHandle`` (a method missing or with another signature fails here)."""
     files = ["slfaas/gpu_node/api.py", "slfaas/gpu_node/node.py", "tests/faas/conftest.py",
-             "tests/architecture/nodeapi_conformance.py"]
+             "slfaas/gpu_node/cluster/nodeset.py", "slfaas/gpu_node/cluster/handle.py",
+             "slfaas/gpu_node/ray/client.py", "tests/architecture/nodeapi_conformance.py"]
     out = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", *files], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

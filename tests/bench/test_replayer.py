@@ -103,3 +103,33 @@ def test_bad_options(kwargs: dict, match: str) -> None:
 def test_unordered_items_are_refused() -> None:
     with pytest.raises(TraceError, match="arrival order"):
         run_open_loop(_items([1.0, 0.5]), BlockingSender(1), speedup=1.0, max_in_flight=1)
+
+
+class ScriptedBoto3Sender:
+    """The real Boto3Sender's retry loop over scripted single attempts (``_once``)."""
+
+    @staticmethod
+    def make(retry_throttled_s: float, outcomes: list[str | None]):  # type: ignore[no-untyped-def]
+        from slfaas.bench.replayer import Boto3Sender
+
+        class Scripted(Boto3Sender):
+            attempts = 0
+
+            def _once(self, item: WorkItem, scheduled_s: float, clock: Clock) -> RequestRecord:
+                error = outcomes[min(self.attempts, len(outcomes) - 1)]
+                self.attempts += 1
+                return item.record(scheduled_s, sent_s=clock(), end_s=clock(), error_type=error,
+                                   first_byte_s=None if error else clock())
+        return Scripted("http://127.0.0.1:9", 1, retry_throttled_s=retry_throttled_s)
+
+
+def test_throttles_are_waited_out_within_the_retry_window_and_counted() -> None:
+    item = _items([0.0])[0]
+    sender = ScriptedBoto3Sender.make(10.0, ["TooManyRequestsException", "TooManyRequestsException", None])
+    record = sender(item, 0.0, lambda: 0.0)
+    assert record.ok and record.throttles == 2 and sender.attempts == 3
+    # no retry window: the 429 is the result; an error other than a throttle is never retried
+    for window, outcomes in ((0.0, ["TooManyRequestsException", None]), (10.0, ["ServiceException", None])):
+        sender = ScriptedBoto3Sender.make(window, outcomes)
+        record = sender(item, 0.0, lambda: 0.0)
+        assert not record.ok and record.error_type == outcomes[0] and record.throttles == 0 and sender.attempts == 1

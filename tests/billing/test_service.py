@@ -1,14 +1,15 @@
-"""CostService with a real registry: budget admission, settlement and warnings."""
+"""CostService with a real registry (SQLite and PostgreSQL): budget admission, settlement,
+warnings, and the live usage of several nodes in a report."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace as dataclasses_replace
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from slfaas.billing.budgets import Budget, BudgetExceeded
-from slfaas.billing.records import UsageRecord
+from slfaas.billing.records import NodeUsage, UsageRecord
 from slfaas.billing.service import CostService
 from slfaas.faas.registry import Registry
 
@@ -30,8 +31,8 @@ def rec(rid: str, cost: str, end_ts: float, fn: str = "f") -> UsageRecord:
 
 
 @pytest.fixture
-def registry(tmp_path: Path):  # type: ignore[no-untyped-def]
-    r = Registry.for_data_dir(tmp_path)
+def registry(database_url: str):  # type: ignore[no-untyped-def]
+    r = Registry(database_url)
     yield r
     r.close()
 
@@ -125,3 +126,65 @@ def test_a_budget_reloaded_while_a_cost_is_settled_keeps_that_cost(registry, mon
     reloads[0].join()
     assert svc.guard.spent_usd("b", DAY0) == Decimal("0.70")
     assert registry.spent_usd(DAY0 - 3600, DAY0 + 3600) == Decimal("0.70")
+
+
+def node_usage(node_id: str, start_ts: float, end_ts: float, billed_s: float) -> NodeUsage:
+    elapsed = end_ts - start_ts
+    return NodeUsage(node_id, "cuda:0", "H200", start_ts, end_ts, elapsed, billed_s,
+                     {"node_idle": elapsed - billed_s}, {}, backbone_bytes=14_483_456_000, backbone_load_s=3.5)
+
+
+def test_every_live_node_and_every_stored_one_is_in_the_report(registry) -> None:  # type: ignore[no-untyped-def]
+    lost = node_usage("lost", DAY0, DAY0 + 50, 1.0)          # died earlier: its last flush is stored
+    registry.put_node_usage(lost)
+    live = [node_usage("gpu0", DAY0, DAY0 + 100, 1.0), node_usage("gpu1", DAY0 + 10, DAY0 + 100, 2.0)]
+    svc = CostService(registry, clock=Clock(DAY0 + 100), live_nodes=lambda: live)
+    for i, node_id in enumerate(("gpu0", "gpu1", "gpu1", "lost")):
+        svc.record(dataclasses_replace(rec(f"r{i}", "0.25", DAY0 + 20 + i), node_id=node_id))
+    assert [n.node_id for n in svc.nodes(None, None)] == ["lost", "gpu0", "gpu1"]
+    assert registry.list_node_usage()[0].backbone_bytes == 14_483_456_000   # a 7B backbone: 64-bit sizes
+    report = svc.report()
+    assert report.total.cost_usd == Decimal("1.00") and report.total.invocations == 4
+    assert report.node_elapsed_s == pytest.approx(50 + 100 + 90)
+    one = CostService(registry, clock=Clock(DAY0 + 100), live_node=lambda: live[0])   # a single node, as before
+    assert [n.node_id for n in one.nodes(None, None)] == ["lost", "gpu0"]
+
+
+def test_a_node_flushing_its_usage_from_two_threads_keeps_one_row(registry) -> None:  # type: ignore[no-untyped-def]
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def flush(i: int) -> None:
+        start.wait()
+        try:
+            registry.put_node_usage(node_usage("racer", DAY0, DAY0 + 10 + i, 1.0))
+        except BaseException as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=flush, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [n.node_id for n in registry.list_node_usage()] == ["racer"]
+
+
+def test_instance_lives_are_kept_and_listed_with_the_live_ones(registry) -> None:  # type: ignore[no-untyped-def]
+    from slfaas.billing.records import InstanceUsage
+
+    def life(iid: str, start: float, end: float | None, fn: str = "f") -> InstanceUsage:
+        return InstanceUsage(iid, fn, "$LATEST", "n", "cuda:0", "H200", 2048, start, end, start + 1,
+                             13_824.0, True, 3)
+
+    registry.record_instance_usage(life("old", DAY0 - 100, DAY0 - 50))
+    registry.record_instance_usage(life("a", DAY0, DAY0 + 10))
+    registry.record_instance_usage(life("b", DAY0 + 5, DAY0 + 30, fn="g"))
+    with pytest.raises(ValueError, match="has not ended"):
+        registry.record_instance_usage(life("alive", DAY0, None))
+    live = [life("c", DAY0 + 20, None)]
+    svc = CostService(registry, clock=Clock(DAY0 + 40), live_instances=lambda: live)
+    got = svc.instances(DAY0, DAY0 + 40)
+    assert [i.instance_id for i in got] == ["a", "b", "c"]
+    assert got[0] == life("a", DAY0, DAY0 + 10)     # every field kept
+    assert [i.instance_id for i in svc.instances(DAY0, DAY0 + 40, "g")] == ["b"]
+    assert [i.instance_id for i in svc.instances(DAY0 + 11, DAY0 + 19)] == ["b"]

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from slfaas.billing.ledger import init_phases, split_batch
+from slfaas.billing.ledger import compute_share, init_phases
 from slfaas.billing.records import INIT_PHASES
 from slfaas.billing.timeline import DeviceTimeline
 
@@ -78,21 +78,21 @@ def test_events_out_of_order_never_hand_out_negative_time() -> None:
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 7])
-def test_a_batch_of_k_bills_each_request_one_kth(k: int) -> None:
-    shares = [split_batch(accrued_s=2.0, wall_s=2.0, batch_device_s=1.6, batch_size=k) for _ in range(k)]
-    assert all(s.compute_device_s == pytest.approx(1.6 / k) for s in shares)
-    assert sum(s.compute_device_s for s in shares) == pytest.approx(1.6)
-    assert sum(s.compute_device_s + s.runtime_overhead_s for s in shares) == pytest.approx(2.0)
+def test_a_batch_of_k_bills_each_request_its_measured_share(k: int) -> None:
+    """The runtime's figure is already the request's share of the passes (1/k of a decode
+    step each); the instance had the device to itself, so nothing scales it."""
+    shares = [compute_share(1.6 / k, wall_s=2.0, window_s=2.0, even_s=2.0 / k) for _ in range(k)]
+    assert all(s == pytest.approx(1.6 / k) for s in shares)
+    assert sum(shares) == pytest.approx(1.6)
 
 
 def test_a_batch_that_overlapped_other_work_is_billed_its_share_only() -> None:
-    s = split_batch(accrued_s=1.0, wall_s=2.0, batch_device_s=1.8, batch_size=1)
-    assert s.compute_device_s == pytest.approx(0.9)
-    assert s.runtime_overhead_s == pytest.approx(0.1)
+    assert compute_share(1.8, wall_s=2.0, window_s=1.0, even_s=1.0) == pytest.approx(0.9)
     # a device clock that reads more than the wall share is capped at the share
-    assert split_batch(1.0, 1.0, 5.0, 1).compute_device_s == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        split_batch(1.0, 1.0, 1.0, 0)
+    assert compute_share(5.0, 1.0, 1.0, 1.0) == pytest.approx(1.0)
+    # no device measure: its even share of the instance's time, as Lambda bills duration
+    assert compute_share(None, 2.0, 1.5, 0.5) == pytest.approx(0.5)
+    assert compute_share(-1.0, 2.0, 1.5, 0.5) == 0.0
 
 
 def test_init_phases_split_the_node_wall_time() -> None:

@@ -106,7 +106,9 @@ def test_a_group_without_its_command_shows_its_help(argv: list[str]) -> None:
     (["invoke", "fn", "--payload", "{}", "--prompt", "x"], "either --payload or --prompt"),
     (["invoke", "fn", "--payload", "[1,"], "--payload is not valid JSON"),
     (["deploy", "fn", "--adapter", "/nonexistent/adapter"], "adapter directory not found"),
-    (["cost", "report", "--data-dir", "/tmp", "--endpoint", DEAD], "give --endpoint or --data-dir, not both"),
+    (["cost", "report", "--data-dir", "/tmp", "--endpoint", DEAD],
+     "give one of --endpoint, --data-dir or --database-url"),
+    (["cost", "report", "--data-dir", "/tmp", "--database-url", "sqlite://"], "give one of --endpoint"),
     (["cost", "report", "--prices", "p.toml"], "--prices applies with --data-dir"),
     (["cost", "report", "--data-dir", "/nonexistent/data"], "no registry in /nonexistent/data"),
 ])

@@ -168,3 +168,23 @@ def test_server_refuses_public_bind_without_auth(tmp_path: Path) -> None:
     creds.write_text("[a]\naws_access_key_id=K\naws_secret_access_key=S\n")
     verifier = check_auth_config(ServerConfig(tmp_path, host="0.0.0.0", auth="sigv4", credentials_file=creds))
     assert verifier is not None and verifier.secrets == {"K": "S"}
+
+
+def test_scrape_token_for_metrics(tmp_path: Path) -> None:
+    from slfaas.faas.auth import check_scrape_token
+    from slfaas.faas.server import ServerConfig, check_auth_config
+
+    token = "s3cret-scrape-token-42"
+    assert check_scrape_token(token, f"Bearer {token}")
+    for bad in (None, "", token, f"Bearer {token}x", f"Bearer {token[:-1]}", f"Basic {token}", "Bearer "):
+        assert not check_scrape_token(token, bad)
+    assert not check_scrape_token(None, "Bearer ") and not check_scrape_token("", "Bearer ")
+    creds = tmp_path / "c"
+    creds.write_text("[a]\naws_access_key_id=K\naws_secret_access_key=S\n")
+    sigv4 = ServerConfig(tmp_path, auth="sigv4", credentials_file=creds)
+    assert check_auth_config(ServerConfig(**{**sigv4.__dict__, "metrics_token": token})) is not None
+    for weak in ("short", " " + token, token + "\n", "x" * 15):
+        with pytest.raises(ValueError, match="at least 16 printable characters"):
+            check_auth_config(ServerConfig(**{**sigv4.__dict__, "metrics_token": weak}))
+    with pytest.raises(ValueError, match="--metrics-token is for --auth sigv4"):
+        check_auth_config(ServerConfig(tmp_path, metrics_token=token))

@@ -14,14 +14,36 @@ def _params(zips: dict[str, str], env: dict[str, str], name: str = "fn") -> dict
 
 
 GOOD = {"SLFAAS_KEEP_ALIVE_POLICY": "histogram", "SLFAAS_KEEP_ALIVE_S": "30.5",
-        "SLFAAS_KEEP_ALIVE_BIN_S": "0.5", "SLFAAS_TTFT_SLO_MS": "250", "MY_VAR": "x"}
+        "SLFAAS_KEEP_ALIVE_BIN_S": "0.5", "SLFAAS_TTFT_SLO_MS": "250", "SLFAAS_MAX_BATCH_SIZE": "4", "MY_VAR": "x"}
 
 
 def test_settings_are_accepted_and_stored(svc, zips) -> None:  # type: ignore[no-untyped-def]
     rec = svc.create_function(_params(zips, GOOD))
     assert rec.environment == GOOD
-    assert parse_function_settings(rec.environment) == FunctionSettings("histogram", 30.5, 0.5, 250)
+    assert parse_function_settings(rec.environment) == FunctionSettings("histogram", 30.5, 0.5, 250, 4)
     assert parse_function_settings({}) == FunctionSettings()
+    # the node gets the batch size as the instances' capacity; unset is one at a time
+    assert svc.spec(rec).max_batch_size == 4
+    assert svc.spec(rec).ttft_slo_ms == 250 and svc.spec(rec).shared_execution is False
+    plain = svc.create_function(_params(zips, {}, name="plain"))
+    assert svc.spec(plain).max_batch_size == 1 and svc.spec(plain).ttft_slo_ms is None
+
+
+def test_shared_execution_is_opt_in_and_needs_the_built_in_handler(svc, zips, tiny_assets) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    rec = svc.create_function(_params(zips, {"SLFAAS_SHARED_EXECUTION": "1"}))
+    spec = svc.spec(rec)
+    assert spec.shared_execution and spec.pool_key != (spec.name, spec.revision_id)   # its backbone's runtime
+    assert svc.spec(svc.create_function(_params(zips, {"SLFAAS_SHARED_EXECUTION": "0"}, name="own"))).pool_key \
+        == ("own", svc.get_function("own").revision_id)
+    with_handler = base64.b64encode(tiny_assets.zip(tiny_assets.adapter_a,
+                                                    {"handler.py": "def handler(e, c):\n    return 1\n"})).decode()
+    with pytest.raises(InvalidParameter, match="built-in handler"):
+        svc.create_function({**_params(zips, {"SLFAAS_SHARED_EXECUTION": "1"}, name="mine"),
+                             "Code": {"ZipFile": with_handler}})
+    with pytest.raises(InvalidParameter, match="built-in handler"):
+        svc.update_code("fn", {"ZipFile": with_handler})
 
 
 @pytest.mark.parametrize(("name", "value", "needle"), [
@@ -36,6 +58,12 @@ def test_settings_are_accepted_and_stored(svc, zips) -> None:  # type: ignore[no
     ("SLFAAS_TTFT_SLO_MS", "0", "an integer from 1 to 600000"),
     ("SLFAAS_TTFT_SLO_MS", "2.5", "an integer"),
     ("SLFAAS_TTFT_SLO_MS", "1" * 400, "an integer"),
+    ("SLFAAS_MAX_BATCH_SIZE", "0", "an integer from 1 to 64"),
+    ("SLFAAS_MAX_BATCH_SIZE", "65", "an integer from 1 to 64"),
+    ("SLFAAS_MAX_BATCH_SIZE", "2.0", "an integer"),
+    ("SLFAAS_MAX_BATCH_SIZE", "four", "an integer"),
+    ("SLFAAS_SHARED_EXECUTION", "2", "an integer from 0 to 1"),
+    ("SLFAAS_SHARED_EXECUTION", "yes", "an integer"),
 ])
 def test_out_of_range_is_refused_and_nothing_is_created(svc, zips, name, value, needle) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidParameter, match=needle):

@@ -1,4 +1,4 @@
-"""The registry on SQLite: functions, base models, invocation records, persistence."""
+"""The registry on SQLite and PostgreSQL: functions, base models, invocation records, persistence."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +28,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def reg(db_path: Path):  # type: ignore[no-untyped-def]
-    r = Registry(f"sqlite:///{db_path}")
+def reg(database_url: str):  # type: ignore[no-untyped-def]
+    r = Registry(database_url)
     yield r
     r.close()
 
@@ -163,8 +163,8 @@ def test_mark_interrupted_invocations(reg) -> None:  # type: ignore[no-untyped-d
     assert reg.mark_interrupted_invocations() == 0
 
 
-def test_data_survives_reopening(db_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    r1 = Registry(f"sqlite:///{db_path}")
+def test_data_survives_reopening(database_url, db_path) -> None:  # type: ignore[no-untyped-def]
+    r1 = Registry(database_url)
     rec = _rec()
     r1.insert_function(rec)
     r1.update_function("fn", expected_revision="rev-1", revision_id="rev-2", state="Active")
@@ -172,7 +172,7 @@ def test_data_survives_reopening(db_path, tmp_path) -> None:  # type: ignore[no-
     r1.record_invocation(_inv("r-1", 5.0))
     r1.close()
 
-    r2 = Registry(f"sqlite:///{db_path}")
+    r2 = Registry(database_url)
     try:
         fn = r2.get_function("fn")
         assert (fn.revision_id, fn.state, fn.environment) == ("rev-2", "Active", rec.environment)
@@ -181,6 +181,8 @@ def test_data_survives_reopening(db_path, tmp_path) -> None:  # type: ignore[no-
         assert r2.mark_interrupted_invocations() == 1
     finally:
         r2.close()
+    if not database_url.startswith("sqlite"):
+        return
     r3 = Registry.for_data_dir(db_path.parent)  # the server's default location is the same file
     try:
         assert r3.get_invocation("r-1").status == "interrupted"
@@ -219,3 +221,14 @@ def test_a_database_made_before_node_usage_had_provisioned_columns_gains_them(tm
     from slfaas.faas.tables import add_missing_columns
     from sqlalchemy import create_engine
     assert add_missing_columns(create_engine(f"sqlite:///{path}")) == []   # nothing left to add
+
+
+def test_what_a_function_reports_is_cut_to_its_columns(reg) -> None:  # type: ignore[no-untyped-def]
+    """A runtime may post an error type of any length: the record is kept (PostgreSQL would
+    refuse a value wider than its column), cut to the column."""
+    long_type = "Handler." + "X" * 5000
+    reg.record_invocation(_inv("r-long", 1.0))
+    reg.finish_invocation(reg.get_invocation("r-long"), status="function_error", error_type=long_type,
+                          error_message="m" * 100_000)
+    got = reg.get_invocation("r-long")
+    assert got.error_type == long_type[:128] and got.error_message == "m" * 100_000

@@ -16,6 +16,7 @@ import pytest
 from slfaas.gpu_node.builder import SandboxSettings, build_node
 from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.node import Node
+from slfaas.gpu_node.preloader import PreloadConfig
 from slfaas.gpu_node.sandboxes.base import SandboxSpec
 from slfaas.gpu_node.sandboxes.process_pool import ProcessPoolLauncher
 from tests.gpu_node.fakes import make_request, make_spec, wait_until
@@ -49,9 +50,11 @@ def make_agent(tmp_path: Path, caplog: pytest.LogCaptureFixture):  # type: ignor
     caplog.set_level(logging.INFO, logger="slfaas.gpu_node.sandboxes.warm_pool")
 
     def make(warm_pool: int) -> Node:
-        # built as the server builds it: the pool attached by the builder, the meter subscribed
+        # built as the server builds it (the pool attached by the builder, the meter subscribed),
+        # with nothing pre-warmed: this is the generic pool's test (tests/integration/test_prewarmed.py)
         agent = build_node(NodeConfig(data_dir=tmp_path / f"node{len(agents)}", keep_alive_s=600),
-                           SandboxSettings("process", warm_pool=warm_pool)).node
+                           SandboxSettings("process", warm_pool=warm_pool),
+                           preload=PreloadConfig(min_prewarmed_per_backbone=0, prewarm_budget_mb=0)).node
         agents.append(agent)
         return agent
 
@@ -174,6 +177,7 @@ def test_cuda_specs_reach_only_a_launcher_that_supports_them(tmp_path: Path) -> 
 
     pool = WarmPool.__new__(WarmPool)
     pool.launcher = Launcher()  # type: ignore[assignment]
+    pool.flavour = None
 
     def spec(iid: str, **env: str) -> SandboxSpec:
         return SandboxSpec(iid, "f", "$LATEST", (sys.executable, "-m", "slfaas.functions"), env, tmp_path,

@@ -1,6 +1,7 @@
-"""Billing against a live server: usage records per invocation, conservation of device time
-against the node's own clock, report totals that survive a restart and parse back from
-CSV/JSON, the REPORT line's billing fields, and hard budgets that stop a burst."""
+"""Billing against a live server (its registry on SQLite and on PostgreSQL): usage records per
+invocation, conservation of device time against the node's own clock, report totals that
+survive a restart and parse back from CSV/JSON, the REPORT line's billing fields, and hard
+budgets that stop a burst."""
 from __future__ import annotations
 
 import csv
@@ -32,10 +33,10 @@ def _nodes(server) -> list[dict]:  # type: ignore[no-untyped-def]
 
 
 def test_usage_conservation_and_report_survive_restart(tiny_assets, live_server_factory,  # type: ignore[no-untyped-def]
-                                                       tmp_path):
+                                                       tmp_path, registry_flags):
     data_dir = tmp_path / "billing"
     t_before_start = time.time()
-    first = live_server_factory("--keep-alive-s", "2", data_dir=data_dir)
+    first = live_server_factory("--keep-alive-s", "2", *registry_flags, data_dir=data_dir)
     c = first.client()
     deploy(c, "bill-a", tiny_assets.zip(tiny_assets.adapter_a))
     deploy(c, "bill-b", tiny_assets.zip(tiny_assets.adapter_b))
@@ -76,7 +77,7 @@ def test_usage_conservation_and_report_survive_restart(tiny_assets, live_server_
     assert first.stop() == 0
     t_after_stop = time.time()
 
-    second = live_server_factory(data_dir=data_dir)
+    second = live_server_factory(*registry_flags, data_dir=data_dir)
     nodes = _nodes(second)
     old = [n for n in nodes if n["start_ts"] < stop_ts]
     assert len(old) == 1
@@ -106,18 +107,20 @@ def test_usage_conservation_and_report_survive_restart(tiny_assets, live_server_
     assert html.count("<svg") >= 3 and "bill-a" in html
     assert second.stop() == 0
 
-    # no server: straight from the data dir, the same total
-    out = subprocess.run([sys.executable, "-m", "slfaas.cli.main", "cost", "report", "--data-dir", str(data_dir),
+    # no server: straight from the registry (the data dir's, or the database), the same total
+    source = list(registry_flags) or ["--data-dir", str(data_dir)]
+    out = subprocess.run([sys.executable, "-m", "slfaas.cli.main", "cost", "report", *source,
                           "--format", "json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert Decimal(json.loads(out.stdout)["total"]["cost_usd"]) == total_cost
-    bad = subprocess.run([sys.executable, "-m", "slfaas.cli.main", "cost", "report", "--data-dir", str(data_dir),
+    bad = subprocess.run([sys.executable, "-m", "slfaas.cli.main", "cost", "report", *source,
                           "--since", "yesterday-ish"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode != 0 and "cannot read time" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_hard_budget_stops_a_burst_at_the_limit(tiny_assets, live_server_factory):  # type: ignore[no-untyped-def]
-    server = live_server_factory("--keep-alive-s", "600")
+def test_hard_budget_stops_a_burst_at_the_limit(tiny_assets, live_server_factory,  # type: ignore[no-untyped-def]
+                                               registry_flags):
+    server = live_server_factory("--keep-alive-s", "600", *registry_flags)
     c = server.client()
     deploy(c, "budgeted", tiny_assets.zip(tiny_assets.adapter_a))
     for _ in range(3):   # a cold start, then warm costs to estimate from

@@ -20,7 +20,9 @@ MAX_INSTANCES = 8
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):  # type: ignore[no-untyped-def]
     with mock.patch.dict(os.environ, {"SLFAAS_EVENT_THROTTLE_BACKOFF_S": "0.2"}):
-        s = LiveServer(tmp_path_factory.mktemp("conc-data"), "--keep-alive-s", "600",
+        # FCFS: the account's concurrency limit is then the instance limit (the SLO scheduler
+        # queues and batches, so its limit is instances x the largest batch)
+        s = LiveServer(tmp_path_factory.mktemp("conc-data"), "--keep-alive-s", "600", "--scheduler", "fcfs",
                        "--max-instances", str(MAX_INSTANCES)).start()
     yield s
     if s.alive():

@@ -83,7 +83,7 @@ def test_log_type_tail(client, fn):  # type: ignore[no-untyped-def]
     report = lines[-1]
     assert re.fullmatch(rf"REPORT RequestId: {rid}\tDuration: [\d.]+ ms\tBilled Duration: \d+ ms\t"
                         rf"Memory Size: 2048 MB\tMax Memory Used: [1-9]\d* MB\tInit Duration: [\d.]+ ms"
-                        rf"\tBilled Device Seconds: [\d.]+\tBatch Size: 1\tPreload Tier: cold\tCost: \$[\d.]+",
+                        rf"\tBilled Device Seconds: [\d.]+\tBatch Size: 1\tPreload Tier: cold\tAdapter Tier: disk\tCost: \$[\d.]+",
                         report), report
 
     # A warm invocation: no Init Duration; only this invocation's lines; the last 4 KB of a long log.

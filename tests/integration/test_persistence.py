@@ -1,6 +1,7 @@
 """Acceptance 6: invocation records (request id, function, version, start/end, cold/warm,
 durations) are stored, survive a clean server stop (SIGTERM: exit 0, no instance left running)
-and a restart on the same data dir; the function survives too and still answers."""
+and a restart on the same data dir (and registry: SQLite, or PostgreSQL with --database-url);
+the function survives too and still answers."""
 from __future__ import annotations
 
 from tests.conftest import deploy
@@ -10,9 +11,9 @@ EVENT = {"prompt": "hoist the sails", "max_tokens": 10, "temperature": 0}
 
 
 def test_records_and_functions_survive_restart(tiny_assets, live_server_factory,  # type: ignore[no-untyped-def]
-                                               tmp_path):
+                                               tmp_path, registry_flags):
     data_dir = tmp_path / "persist"
-    first = live_server_factory(data_dir=data_dir)
+    first = live_server_factory(*registry_flags, data_dir=data_dir)
     c = first.client()
     cfg = deploy(c, "keeper", tiny_assets.zip(tiny_assets.adapter_a), Description="kept across restarts")
     r_cold, b_cold = invoke(c, "keeper", EVENT)
@@ -27,7 +28,7 @@ def test_records_and_functions_survive_restart(tiny_assets, live_server_factory,
     assert "slfaas server stopped" in "".join(first.output)
     wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "instance processes to be gone after stop")
 
-    second = live_server_factory(data_dir=data_dir)
+    second = live_server_factory(*registry_flags, data_dir=data_dir)
     assert second.url and second.alive()
     records = {r["request_id"]: r for r in invocations_of(second, "keeper")}
     assert set(records) == set(ids.values())

@@ -43,7 +43,7 @@ def test_cold_start_from_the_process_warm_pool(tiny_assets, live_server_factory)
            Environment={"Variables": {"TORCH_SLFAAS_TEST_NO_POOL": "1"}})
     wait_for(lambda: _ready(server) >= 1, 120, "the warm-pool process to import its libraries")
     assert server.api("GET", "/slfaas/v1/node")["Pools"] == [{"name": "warm-pool", "sandbox": "process", "held": 1,
-                                                             "target": 1}]
+                                                             "target": 1, "ready": 1}]
 
     resp, body = invoke(c, "pooled", EVENT)
     assert "FunctionError" not in resp, body

@@ -30,7 +30,9 @@ def test_the_attacks_work_without_isolation(control_arena: Arena) -> None:
     refused = {name: got for name, got in results.items() if not got.startswith("ok")}
     assert refused == {}, refused
     assert results["read_environ"] == results["read_registry"] == "ok: secret"
-    assert (control_arena.a_code_dir / "handler.py").read_text().count("pwned by B") == 1
+    # B planted a handler.py in A's code (its "ok" above), then deleted A: deleting the last
+    # function that refers to that code removed the code directory too
+    assert not control_arena.a_code_dir.exists()
     assert not pid_alive(control_arena.a_instance["pid"])
     assert results["delete_a"] == "ok: HTTP 204"
     with pytest.raises(control_arena.client.exceptions.ResourceNotFoundException):

@@ -6,7 +6,7 @@ from werkzeug.exceptions import HTTPException
 
 from slfaas.errors import SlfaasError
 from slfaas.faas.api import cost_api, errors, lambda_api, openai_api, slfaas_api, streaming
-from slfaas.faas.api import settings_api, versions_api
+from slfaas.faas.api import metrics_api, settings_api, versions_api
 from slfaas.faas.service import FunctionService
 
 MAX_REQUEST_BYTES = 512 * 1024 * 1024
@@ -23,6 +23,7 @@ def create_app(service: FunctionService) -> Flask:
     app.register_blueprint(streaming.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(cost_api.bp)
+    app.register_blueprint(metrics_api.bp)
     app.register_error_handler(SlfaasError, errors.from_domain)
     app.register_error_handler(HTTPException, errors.from_http)
     app.register_error_handler(Exception, errors.from_unexpected)

@@ -116,6 +116,15 @@ def list_usage() -> Response:
     return _json({"Usage": [usage_to_dict(r) for r in records]})
 
 
+@bp.get("/instances")
+def list_instances() -> Response:
+    """Each instance's life (start, init end, end; device memory held): what a serverless
+    platform that bills containers while alive would charge. Live ones have ``end_ts`` null."""
+    since, until = _window()
+    lives = _cost().instances(since, until, request.args.get("function") or None)
+    return _json({"Instances": [asdict(i) for i in lives]})
+
+
 @bp.get("/nodes")
 def list_nodes() -> Response:
     """Each node session's metered device time (the live one up to now)."""

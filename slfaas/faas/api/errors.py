@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from flask import Response
 from werkzeug.exceptions import HTTPException
@@ -13,6 +14,16 @@ from slfaas.errors import (CodeStorageExceeded, Conflict, InvalidParameter, Inva
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "1"   # what a 429 tells the caller to wait: invocations last about that long
+MAX_RETRY_AFTER_S = 300
+
+
+def retry_after(exc: TooManyRequests) -> str:
+    """Retry-After in whole seconds: the refusing layer's estimate where it made one (the
+    node's queues know how long they take to drain), else ``RETRY_AFTER_S``."""
+    hint = exc.retry_after_s
+    if hint is None or not math.isfinite(hint):
+        return RETRY_AFTER_S
+    return str(min(MAX_RETRY_AFTER_S, max(1, math.ceil(hint))))
 
 _MAPPING: list[tuple[type[SlfaasError], int, str]] = [  # subclasses before their bases
     (ProvisionedConcurrencyConfigNotFound, 404, "ProvisionedConcurrencyConfigNotFoundException"),
@@ -41,7 +52,7 @@ def from_domain(exc: SlfaasError) -> Response:
             extra = {"Reason": exc.reason} if isinstance(exc, TooManyRequests) else {}
             resp = aws_error(status, code, str(exc), "Service" if status >= 500 else "User", **extra)
             if isinstance(exc, TooManyRequests):
-                resp.headers["Retry-After"] = RETRY_AFTER_S
+                resp.headers["Retry-After"] = retry_after(exc)
             return resp
     return aws_error(500, "ServiceException", str(exc), "Service")
 

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from slfaas.errors import Conflict, InvalidParameter, InvalidRequestContent, NotFound, RequestTooLarge, SlfaasError, \
     TooManyRequests
-from slfaas.faas.api.errors import RETRY_AFTER_S
+from slfaas.faas.api.errors import retry_after
 from slfaas.faas.api.lambda_api import _json, client_gone
 from slfaas.faas.service import FunctionService
 from slfaas.faas.streaming import StreamingInvocation, start_stream
@@ -69,7 +69,7 @@ def _domain_error(exc: SlfaasError) -> Response:
                             code="model_not_found", param="model")
     if isinstance(exc, TooManyRequests):
         resp = openai_error(429, str(exc), "rate_limit_exceeded", code=getattr(exc, "reason", None))
-        resp.headers["Retry-After"] = RETRY_AFTER_S
+        resp.headers["Retry-After"] = retry_after(exc)
         return resp
     if isinstance(exc, RequestTooLarge):
         return openai_error(413, str(exc))

@@ -11,6 +11,7 @@ from slfaas.errors import InvalidParameter, NotFound
 from slfaas.faas.api.lambda_api import _json, _json_body
 from slfaas.faas.log_tail import LOG_OFFSET_HEADER
 from slfaas.faas.service import FunctionService
+from slfaas.gpu_node.types import NodeInfo, PoolInfo
 
 bp = Blueprint("slfaas_api", __name__, url_prefix="/slfaas/v1")
 
@@ -92,22 +93,44 @@ def get_invocation(request_id: str) -> Response:
 
 @bp.get("/node")
 def node_status() -> Response:
+    """The nodes as one (as when there was one node: its id, device, instances...), each
+    instance with the node it runs on, and ``Nodes``: each node's own report."""
     info = _service().node.describe(checksums=request.args.get("checksums") in ("1", "true"))
+    members = info.nodes or (info,)
+    where = {i.instance_id: n.node_id for n in members for i in n.instances}
     return _json({
+        **_node_report(info),
+        "Instances": [{**asdict(i), "node_id": where.get(i.instance_id, info.node_id)} for i in info.instances],
+        "Nodes": [{"NodeId": n.node_id, "State": n.state, "Host": n.host, **{k: v for k, v in _node_report(n).items()
+                                                                            if k != "NodeId"},
+                   "Instances": len([i for i in n.instances if i.alive])} for n in members],
+    })
+
+
+def _node_report(info: NodeInfo) -> dict:
+    return {
         "NodeId": info.node_id,
         "Device": info.device,
         "Sandbox": info.sandbox,
+        "BackboneMode": info.backbone_mode,
         "MaxInstances": info.max_instances,
         "Backbones": [{k: v for k, v in asdict(b).items() if k != "sha256" or v is not None} for b in info.backbones],
-        "Instances": [asdict(i) for i in info.instances],
         "Gpu": asdict(info.gpu) if info.gpu is not None else None,
-        # pre-started generic runtimes (--warm-pool)
-        "Pools": [{"name": "warm-pool", "sandbox": info.sandbox, "held": info.warm_pool_held,
-                   "target": info.warm_pool_target}],
+        # generic runtimes (--warm-pool) and runtimes pre-warmed per backbone
+        "Pools": [_pool(p) for p in info.pools],
+        "Tiers": [asdict(t) for t in info.tiers],
+        "Preload": asdict(info.preload) if info.preload is not None else None,
         # provisioned concurrency: instances held per function version
         "Provisioned": [asdict(p) for p in info.provisioned],
         "KeepAlivePolicy": info.keep_alive_policy,
-    })
+    }
+
+
+def _pool(p: PoolInfo) -> dict:
+    out = {"name": p.name, "sandbox": p.sandbox, "held": p.held, "target": p.target, "ready": p.ready}
+    if p.base_model is not None:
+        out.update(base_model=p.base_model, device=p.device)
+    return out
 
 
 @bp.post("/node/verify")

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Callable
 
 from slfaas.gpu_node.sandboxes.base import Sandbox
@@ -96,9 +97,10 @@ def describe_exit(code: int | None) -> str:
 
 class Instance:
     def __init__(self, instance_id: str, function: FunctionSpec, reserved_for: str | None = None,
-                 capacity: int = 1):
+                 capacity: int = 1, riders: tuple[str, ...] = ()):
         """``reserved_for``: the request this instance is started for; its init then ends in
-        BUSY, so no other caller can take the instance before that request runs."""
+        BUSY, so no other caller can take the instance before that request runs. ``riders``:
+        more requests of the same batch, reserved on it from the start too."""
         self.instance_id = instance_id
         self.function = function
         self.capacity = capacity
@@ -114,11 +116,12 @@ class Instance:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._queue: queue.Queue[_Call | None] = queue.Queue()
-        self._reserved: set[str] = {reserved_for} if reserved_for else set()
+        self._reserved: set[str] = ({reserved_for} if reserved_for else set()) | set(riders)
         self._calls: dict[str, _Call] = {}    # handed to the runtime (queued or delivered), not finished
         self.failed_deliveries = 0             # /next answers the runtime was gone to receive
         self._log_synced = threading.Condition()
         self._log_synced_requests: set[str] = set()   # output up to their response is in the log
+        self._adapters: dict[str, Path] = {}    # a shared runtime's: adapter id → its function's code
 
     # state machine
     def _move(self, new: InstanceState) -> None:
@@ -162,6 +165,11 @@ class Instance:
     def inflight(self) -> int:
         return len(self._reserved)
 
+    def undelivered(self) -> int:
+        """Calls handed to this instance that its runtime has not taken yet (queued in it)."""
+        with self._lock:
+            return sum(1 for c in self._calls.values() if c.delivered_ts is None and not c.done.is_set())
+
     def holds(self, request_id: str) -> bool:
         with self._lock:
             return request_id in self._reserved
@@ -183,6 +191,8 @@ class Instance:
                 return Outcome(error_payload("Runtime.ExitError", "instance is not running"), "Runtime.ExitError"), call
             self._calls[request.request_id] = call
             self.invocations += 1
+            if request.function.shared_execution:   # the shared runtime may fetch this adapter now
+                self._adapters[request.function.adapter_id] = Path(request.function.code_dir)
         self._queue.put(call)
         if not call.done.wait(request.function.timeout_s):
             self._finish(call, Outcome(
@@ -196,12 +206,16 @@ class Instance:
     def cancel(self, request_id: str, outcome: Outcome) -> bool:
         """End a request's call now with ``outcome`` (its caller has gone); the runtime may be
         mid-work on it, so the instance is killed: a function must not keep burning the device
-        for nobody. False if the call is not here."""
+        for nobody. Unless it holds other calls (a batch): their callers are still there, and
+        the runtime's late answer for this one is refused. False if the call is not here."""
         with self._lock:
             call = self._calls.get(request_id)
         if call is None or not self._finish(call, outcome):
             return False
-        self.fail_and_kill()
+        with self._lock:
+            others = bool(self._calls)
+        if not others:
+            self.fail_and_kill()
         return True
 
     def log_synced(self, request_id: str) -> None:
@@ -279,6 +293,7 @@ class Instance:
         while True:
             call = self._queue.get()
             if call is None:
+                self._queue.put(None)   # a batching runtime waits on /next from several threads: wake them all
                 return None
             with self._lock:
                 if call.done.is_set():  # timed out or cancelled before delivery
@@ -293,7 +308,14 @@ class Instance:
                 cold_start=call.cold_start,
                 queue_ms=(call.delivered_ts - call.submitted_ts) * 1000,
                 response_stream=call.request.response_stream,
+                adapter_id=call.request.function.adapter_id if call.request.function.shared_execution else None,
             )
+
+    def adapter_dir(self, adapter_id: str) -> Path | None:
+        """The code of a function whose invocation was handed to this (shared) instance: the
+        only adapters its runtime may fetch."""
+        with self._lock:
+            return self._adapters.get(adapter_id)
 
     def delivery_failed(self, request_id: str) -> None:
         """The runtime did not receive what ``/next`` handed it (its connection was gone)."""

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,10 +17,12 @@ from slfaas.gpu_node.lifecycle.instance import Instance, InstanceState, error_pa
 from slfaas.gpu_node.lifecycle.runtime_env import runtime_env
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
+from slfaas.gpu_node.resources import private_backbone
 from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.runtime_api import RuntimeApiServer
 from slfaas.gpu_node.sandboxes.base import SandboxFactory, SandboxSpec
-from slfaas.runtime_contract import LOG_SYNC_MARKER
+from slfaas.gpu_node.resources.adapters import AdapterTiers
+from slfaas.runtime_contract import ENV_ADAPTER_FD, LOG_SYNC_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,8 @@ log = logging.getLogger(__name__)
 class Launcher:
     def __init__(self, node_id: str, device: str, python: str, sandboxes: SandboxFactory, backbones: BackboneOwner,
                  table: InstanceTable, logs: FunctionLogs, publish: Callable[[ev.NodeEvent], object],
-                 on_gone: Callable[[str], None] = lambda _iid: None):
+                 on_gone: Callable[[str], None] = lambda _iid: None, tiers: AdapterTiers | None = None,
+                 backbone_mode: str = private_backbone.SHARED):
         self.node_id = node_id
         self.device = device
         self.python = python
@@ -37,6 +41,8 @@ class Launcher:
         self.logs = logs
         self._publish = publish
         self._on_gone = on_gone
+        self.tiers = tiers
+        self.backbone_mode = backbone_mode
         # Unix socket paths are limited to 108 bytes, so they live in a short temp dir.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="slfaas-rt-"))
         self._lock = threading.Lock()
@@ -44,7 +50,8 @@ class Launcher:
 
     def start(self, inst: Instance) -> None:
         """Start ``inst``'s sandbox (already in the table); a failure fails its init."""
-        self._publish(ev.InstanceStarting(time.time(), inst.instance_id, inst.function.name))
+        f = inst.function
+        self._publish(ev.InstanceStarting(time.time(), inst.instance_id, f.name, f.version, f.memory_mb))
         try:
             self._start(inst)
         except BaseException as exc:
@@ -55,13 +62,20 @@ class Launcher:
 
     def _start(self, inst: Instance) -> None:
         function = inst.function
-        attachment = self.backbones.acquire(function.base_model_path).attach(self.socket_dir, inst.instance_id)
+        attachment = private_backbone.attachment(self.backbone_mode, self.backbones, function.base_model_path,
+                                                 self.socket_dir, inst.instance_id)
         socket_path = self.socket_dir / f"{inst.instance_id}.sock"
         api = RuntimeApiServer(socket_path, inst).start()
         with self._lock:
             self._apis[inst.instance_id] = api
         env = runtime_env(function, inst.instance_id, socket_path, self.device)
         env.update(attachment.env)
+        inherit, owned = attachment.inherit_fds, attachment.owned_fds
+        adapter_fd = self.tiers.handout(function.code_dir) if self.tiers is not None else None
+        if adapter_fd is not None:   # its adapter's weights from the host tier (a pre-warmed runtime copies them)
+            env[ENV_ADAPTER_FD] = str(adapter_fd)
+            inherit, owned = inherit + (adapter_fd,), owned + (adapter_fd,)
+        attachment = replace(attachment, inherit_fds=inherit, owned_fds=owned)
         spec = SandboxSpec(
             instance_id=inst.instance_id, function_name=function.name, version=function.version,
             argv=(self.python, "-m", "slfaas.functions"), env=env, code_dir=function.code_dir,

@@ -11,7 +11,8 @@ from slfaas import runtime_contract as rc
 
 PACKAGE_ROOT = str(Path(slfaas.__file__).resolve().parent.parent)
 # What a runtime inherits from the node's environment; everything else is the function's own.
-_PASS_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV"})
+_PASS_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV",
+                       rc.ENV_RUNTIME_CPU_THREADS})
 _PASS_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_", "PYTORCH_", "OMP_", "MKL_")
 
 
@@ -44,5 +45,7 @@ def runtime_env(function: FunctionSpec, instance_id: str, socket_path: Path, dev
         rc.ENV_CODE_DIR: str(function.code_dir),
         rc.ENV_DEVICE: device,
         rc.ENV_NODE_PID: str(os.getpid()),
+        rc.ENV_MAX_BATCH_SIZE: str(max(1, function.max_batch_size)),
+        rc.ENV_SHARED_EXECUTION: "1" if function.is_shared_runtime else "0",
     })
     return env

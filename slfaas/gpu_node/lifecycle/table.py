@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 from slfaas.gpu_node.lifecycle.instance import Instance
 from slfaas.gpu_node.policy.view import GpuView, InstanceView, NodeSnapshot, PoolKey
 from slfaas.gpu_node.types import InstanceInfo
+
+
+Valuer = Callable[[Instance], tuple[float | None, float]]   # (device MB, arrivals per second)
 
 
 class InstanceTable:
@@ -70,12 +74,19 @@ class InstanceTable:
             return self._stale(inst)
 
     def snapshot(self, now_s: float, max_instances: int, gpu: GpuView | None,
-                 waiting_keys: frozenset[PoolKey] = frozenset()) -> NodeSnapshot:
+                 waiting_keys: frozenset[PoolKey] = frozenset(), value: Valuer | None = None) -> NodeSnapshot:
+        """``value``: an instance's measured device MB and its function's arrival rate (what
+        offloading weighs), where the node knows them."""
         with self._lock:
-            views = tuple(InstanceView(i.instance_id, i.function.pool_key, i.state.value, i.last_used_ts,
-                                       i.inflight, i.capacity, self._stale(i), i.provisioned)
-                          for i in self._instances.values())
-        return NodeSnapshot(now_s, views, max_instances, gpu, waiting_keys)
+            instances = list(self._instances.values())
+            stale = [self._stale(i) for i in instances]
+        views = []
+        for i, old in zip(instances, stale):
+            mb, rate = value(i) if value is not None else (None, 0.0)
+            views.append(InstanceView(i.instance_id, i.function.pool_key, i.state.value, i.last_used_ts, i.inflight,
+                                      i.capacity, old, mb, rate, (i.init_duration_ms or 0.0) / 1000,
+                                      provisioned=i.provisioned))
+        return NodeSnapshot(now_s, tuple(views), max_instances, gpu, waiting_keys)
 
     def infos(self, gpu_mb: dict[str, float] | None = None) -> tuple[InstanceInfo, ...]:
         gpu_mb = gpu_mb or {}

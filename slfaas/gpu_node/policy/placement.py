@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slfaas.gpu_node.policy.offload import Resident, choose_offload
 from slfaas.gpu_node.policy.view import InstanceView, NodeSnapshot, PoolKey
 
 
@@ -42,7 +43,8 @@ def _why_kept(live: list[InstanceView]) -> str:
 def place(snapshot: NodeSnapshot, key: PoolKey) -> Placement:
     """Warm reuse first (the most recently used instance with room: its caches are warmest);
     else start one, within the instance limit and (on a GPU) the free device memory, evicting
-    the least recently used idle instances of other functions when that makes room."""
+    idle instances of other functions when that makes room: at the instance limit the least
+    recently used, for memory the lowest-value ones (``offload.choose_offload``)."""
     warm = [i for i in snapshot.instances if i.pool_key == key and i.has_room]
     if warm:
         return Reuse(max(warm, key=lambda i: (i.inflight == 0, i.last_used_s, i.instance_id)).instance_id)
@@ -64,11 +66,14 @@ def start_one(snapshot: NodeSnapshot, key: PoolKey, may_evict: bool = True) -> S
     gpu = snapshot.gpu
     if gpu is not None and not evict:
         starting = sum(1 for i in live if i.state == "STARTING")
-        if gpu.free_mb - starting * gpu.instance_mb < gpu.instance_mb:
-            if not candidates:
-                return Refuse("InsufficientGpuMemory",
-                              f"Not enough GPU memory for another instance: {gpu.free_mb / 1024:.1f} GiB free, "
-                              f"{starting} instance(s) starting, each may need {gpu.instance_mb / 1024:.1f} GiB; "
-                              f"{len(live)} instance(s): {_why_kept(live)}")
-            evict.append(candidates.pop(0).instance_id)
+        need_mb = gpu.instance_mb - (gpu.free_mb - starting * gpu.instance_mb)
+        freed = choose_offload((Resident(i.instance_id, "instance", i.gpu_mb or gpu.instance_mb, i.rate_per_s,
+                                         i.reload_s, i.last_used_s, stale=i.stale) for i in candidates), need_mb)
+        if freed is None:
+            return Refuse("InsufficientGpuMemory",
+                          f"Not enough GPU memory for another instance: {gpu.free_mb / 1024:.1f} GiB free, "
+                          f"{starting} instance(s) starting, each may need {gpu.instance_mb / 1024:.1f} GiB; "
+                          f"the {len(candidates)} idle instance(s) that may be stopped would not make room "
+                          f"({len(live)} instance(s): {_why_kept(live)})")
+        evict.extend(freed)
     return Start(tuple(evict))

@@ -2,8 +2,9 @@
 node snapshot into decisions, ``update`` hears what finished. No threads, clocks or IO: the
 dispatcher (the mechanism) owns those and applies the decisions.
 
-``FcfsScheduler``: first come, first served, one request per instance, no waiting: a request
-that cannot be placed now is refused (429), as a Lambda function at its concurrency limit.
+``FcfsScheduler``: first come, first served, no waiting: a request that cannot be placed now
+is refused (429), as a Lambda function at its concurrency limit. ``SloScheduler``
+(``slo_scheduler.py``) queues requests per function and forms batches against their TTFT SLOs.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class PendingRequest:
     request_id: str
     key: PoolKey
     arrival_s: float
+    slo_ms: float | None = None     # the function's TTFT SLO; None: the scheduler's default
+    capacity: int = 1               # requests one instance of the function holds at once
+    prompt_tokens: int = 0          # an estimate from the payload (the latency model's bucket)
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,12 @@ class Assign:
 
 @dataclass(frozen=True)
 class StartFor:
-    """Start a new instance for this request, after stopping ``evict``."""
+    """Start a new instance for this request, after stopping ``evict``; ``riders``: requests
+    of the same batch, reserved on the new instance too (it runs them once it is ready)."""
 
     request_id: str
     evict: tuple[str, ...] = ()
+    riders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class RefuseRequest:
     request_id: str
     reason: str
     message: str
+    retry_after_s: float | None = None   # when a retry may succeed (the 429's Retry-After)
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,16 @@ class SchedulerOutput:
 
 @dataclass(frozen=True)
 class Finished:
+    """A request's end, with what the node measured of it (None: not measured)."""
+
     request_id: str
     instance_id: str
     ok: bool
+    batch_size: int = 1                 # the most requests one forward pass of it held
+    prompt_tokens: int | None = None
+    ttft_ms: float | None = None        # the runtime's: delivery to its first token
+    queue_ms: float | None = None       # the node's: arrival to delivery (waiting, cold start)
+    init_ms: float | None = None        # the instance's init, when this request started it
 
 
 class Scheduler(Protocol):
@@ -69,6 +83,11 @@ class Scheduler(Protocol):
     def update(self, finished: Sequence[Finished]) -> None: ...
 
     def waiting_keys(self) -> frozenset[PoolKey]: ...
+
+    def next_deadline_s(self) -> float | None:
+        """The clock value at which ``schedule`` should run again though nothing happened (a
+        held batch's slack runs out, a queued request reaches its time bound); None: never."""
+        ...
 
 
 def _with(snapshot: NodeSnapshot, instances: list[InstanceView]) -> NodeSnapshot:
@@ -90,6 +109,9 @@ class FcfsScheduler:
 
     def update(self, finished: Sequence[Finished]) -> None:
         """Nothing to learn: FCFS keeps no estimates."""
+
+    def next_deadline_s(self) -> float | None:
+        return None   # nothing ever waits
 
     def schedule(self, snapshot: NodeSnapshot) -> SchedulerOutput:
         assign: list[Assign] = []

@@ -15,6 +15,9 @@ class InstanceView:
     inflight: int = 0        # requests assigned to it and not finished
     capacity: int = 1        # requests it may hold at once
     stale: bool = False      # of a retired revision: finishes what it has, never gets more
+    gpu_mb: float | None = None   # its measured device memory (None: not measured)
+    rate_per_s: float = 0.0  # arrivals of its function (the preloader's estimate)
+    reload_s: float = 0.0    # what starting it again would cost (its init)
     provisioned: bool = False  # held for provisioned concurrency: no keep-alive expiry, never evicted
 
     @property

@@ -70,21 +70,43 @@ def sandbox_env(env: Mapping[str, str], pythonpath: str, python: str) -> dict[st
     return out
 
 
-def model_files(model_dir: Path) -> list[Path]:
+def model_files(model_dir: Path, weights: bool = False) -> list[Path]:
     """The base model's top-level files a runtime reads (config, tokenizer): not its weights,
-    which it borrows from the node's backbone."""
+    which it borrows from the node's backbone, unless ``weights`` (it loads its own)."""
     if not model_dir.is_dir():
         return []
-    return sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.endswith(_WEIGHT_SUFFIXES))
+    return sorted(p for p in model_dir.iterdir() if p.is_file() and (weights or not p.name.endswith(_WEIGHT_SUFFIXES)))
+
+
+def model_binds(model_dir: Path, weights: bool = False) -> list[str]:
+    """The base model's config and tokenizer at MODEL_DIR (its weights are the node's backbone;
+    with ``weights``, those too)."""
+    binds: list[str] = []
+    for f in model_files(model_dir, weights):
+        binds += ["--ro-bind", str(f), f"{MODEL_DIR}/{f.name}"]
+    return binds
 
 
 def instance_binds(code_dir: Path, runtime_socket: Path, env: Mapping[str, str]) -> list[str]:
-    """A cold-started instance's own files."""
+    """A cold-started instance's own files; the base model's weights only for an instance that
+    loads its own backbone from the checkpoint (a node without sharing)."""
     binds = ["--ro-bind", str(code_dir), TASK_DIR, "--ro-bind", str(runtime_socket), RUNTIME_SOCKET]
     if env.get(rc.ENV_BASE_MODEL_DIR):
-        for f in model_files(Path(env[rc.ENV_BASE_MODEL_DIR])):
-            binds += ["--ro-bind", str(f), f"{MODEL_DIR}/{f.name}"]
+        model_dir = Path(env[rc.ENV_BASE_MODEL_DIR])
+        weights = env.get(rc.ENV_BACKBONE_PRIVATE) == rc.PRIVATE_CHECKPOINT
+        if weights:
+            _check_world_readable(model_dir)
+        binds += model_binds(model_dir, weights)
     return binds
+
+
+def _check_world_readable(model_dir: Path) -> None:
+    """The instance runs as its own uid: a weight file it cannot read would fail deep inside
+    transformers; say which one instead."""
+    closed = [p.name for p in model_files(model_dir, weights=True) if not p.stat().st_mode & 0o004]
+    if closed:
+        raise PermissionError(f"the instance loads its backbone from {model_dir} as its own uid, but "
+                              f"{', '.join(closed[:3])} is not world-readable (chmod o+r)")
 
 
 def bwrap_argv(bwrap: str, roots: list[Path], binds: list[str], chdir: str, cuda: bool) -> list[str]:

@@ -38,8 +38,8 @@ from slfaas.errors import NodeError
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
 from slfaas.gpu_node.sandboxes.docker_sandbox import BackboneHandout, DockerSandbox, runtime_pid
 from slfaas.gpu_node.sandboxes.host_python import host_python_paths
-from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
-from slfaas.gpu_node.sandboxes.warm_pool import proc_start_ticks as _proc_start_ticks  # labels name the node process
+from slfaas.gpu_node.sandboxes.pool_support import make_work_dir
+from slfaas.gpu_node.sandboxes.pool_support import proc_start_ticks as _proc_start_ticks  # labels name the node process
 
 log = logging.getLogger(__name__)
 

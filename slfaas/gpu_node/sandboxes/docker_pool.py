@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
-from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool, file_handover
+from slfaas.gpu_node.sandboxes.pool_support import Handover, PoolLauncher, PoolSandbox, Prewarm, file_handover
+from slfaas.gpu_node.sandboxes.warm_pool import WarmPool
 from slfaas.runtime_contract import ENV_POOL_SOCKET, ENV_RUNTIME_SOCKET
 
 if TYPE_CHECKING:
@@ -48,7 +49,9 @@ class DockerPoolLauncher(PoolLauncher):
         return self.factory.work_dir
 
     def launch(self, sid: str, slot_dir: Path, log_sink: LogSink,
-               closers: tuple[Callable[[], None], ...]) -> "DockerSandbox":
+               closers: tuple[Callable[[], None], ...], prewarm: Prewarm | None = None) -> "DockerSandbox":
+        if prewarm is not None:
+            raise NotImplementedError("pre-warmed runtimes in containers are not built yet")
         from docker.types import Mount
 
         from slfaas.gpu_node.sandboxes.docker import RUN_DIR

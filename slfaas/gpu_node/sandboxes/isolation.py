@@ -184,12 +184,16 @@ class Jail:
                                 bwrap.instance_binds(code_dir, runtime_socket, env), bwrap.TASK_DIR, cuda)
         return self.command(part, list(argv)), self.env(env)
 
-    def pool(self, slot_dir: Path, env: Mapping[str, str], cuda: bool = False) -> tuple[list[str], dict[str, str]]:
-        """(command, environment) of a generic warm-pool runtime: its slot at /run/slfaas;
-        ``cuda``: the GPU's device nodes too (it may become a CUDA function's instance)."""
+    def pool(self, slot_dir: Path, env: Mapping[str, str], cuda: bool = False,
+             model_dir: Path | None = None) -> tuple[list[str], dict[str, str]]:
+        """(command, environment) of a warm-pool runtime: its slot at /run/slfaas; ``cuda``: the
+        GPU's device nodes too (it may become a CUDA function's instance); ``model_dir``: a
+        pre-warmed runtime's base model (config, tokenizer), which it reads before any function."""
         self.own(slot_dir / "pool.sock")
-        part = bwrap.bwrap_argv(self.host.tools.bwrap, self.host.roots,
-                                ["--ro-bind", str(slot_dir), bwrap.RUN_DIR], "/tmp", cuda=cuda)
+        binds = ["--ro-bind", str(slot_dir), bwrap.RUN_DIR]
+        if model_dir is not None:
+            binds += bwrap.model_binds(model_dir)
+        part = bwrap.bwrap_argv(self.host.tools.bwrap, self.host.roots, binds, "/tmp", cuda=cuda)
         env = {**self.env(env), rc.ENV_POOL_SOCKET: f"{bwrap.RUN_DIR}/pool.sock"}
         return self.command(part, [self.host.python, "-m", "slfaas.functions.prewarm"]), env
 

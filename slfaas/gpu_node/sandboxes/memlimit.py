@@ -31,7 +31,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from slfaas.gpu_node.sandboxes.warm_pool import proc_start_ticks
+from slfaas.gpu_node.sandboxes.pool_support import proc_start_ticks
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox, SandboxFactory, SandboxSpec
 from slfaas.gpu_node.sandboxes.loglines import capped_lines
-from slfaas.gpu_node.sandboxes.warm_pool import make_work_dir
+from slfaas.gpu_node.sandboxes.pool_support import make_work_dir
 
 if TYPE_CHECKING:
     from slfaas.gpu_node.sandboxes.isolation import HostIsolation, Jail

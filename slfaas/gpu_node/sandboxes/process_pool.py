@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
-from slfaas.gpu_node.sandboxes.warm_pool import Handover, PoolLauncher, PoolSandbox, WarmPool, file_handover
-from slfaas.runtime_contract import BACKBONE_FD_ENV, ENV_NODE_PID, ENV_POOL_SOCKET
+from slfaas.gpu_node.sandboxes.pool_support import Flavour, Handover, PoolLauncher, PoolSandbox, Prewarm, file_handover
+from slfaas.gpu_node.sandboxes.warm_pool import WarmPool
+from slfaas.runtime_contract import ENV_BASE_MODEL_DIR, ENV_NODE_PID, ENV_POOL_SOCKET, HANDOVER_FD_ENV
 
 if TYPE_CHECKING:
     from slfaas.gpu_node.sandboxes.isolation import HostIsolation
@@ -43,7 +44,10 @@ if TYPE_CHECKING:
 _IMPORT_TIME_ENV_PREFIXES = ("OMP_", "MKL_", "TORCH_", "PYTORCH_", "CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_")
 _IMPORT_TIME_ENV = frozenset({"PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONHASHSEED", "VIRTUAL_ENV",
                               "HF_HOME", "TRANSFORMERS_CACHE"})
-POOL_MEMORY_MB = 2048   # an isolated pool runtime's bound until specialised (then: the function's MemorySize)
+# An isolated pool runtime's bound until specialised (then: the function's MemorySize); a CUDA
+# runtime maps the driver's and torch's CUDA libraries and holds pinned buffers: more.
+POOL_MEMORY_MB = 2048
+CUDA_POOL_MEMORY_MB = 8192
 
 
 class ProcessPoolLauncher(PoolLauncher):
@@ -74,19 +78,25 @@ class ProcessPoolLauncher(PoolLauncher):
         return env
 
     def launch(self, sid: str, slot_dir: Path, log_sink: LogSink,
-               closers: tuple[Callable[[], None], ...]) -> "ProcessSandbox":
+               closers: tuple[Callable[[], None], ...], prewarm: Prewarm | None = None) -> "ProcessSandbox":
         env = self.pool_env(slot_dir)
+        fds: tuple[int, ...] = ()
+        model_dir = None
+        if prewarm is not None:   # it attaches its backbone (descriptors inherited) and warms up now
+            env.update(prewarm.env)
+            fds = prewarm.inherit_fds
+            model_dir = Path(prewarm.env[ENV_BASE_MODEL_DIR])
         isolation = self.isolation
         if isolation is None:
             self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
             # cwd: the slot's own directory (the runtime moves to the code dir once specialised)
-            return self.factory.spawn((self.python, "-m", "slfaas.functions.prewarm"), env, slot_dir, (), log_sink)
-        jail = isolation.jail(f"pool-{sid}", POOL_MEMORY_MB)
+            return self.factory.spawn((self.python, "-m", "slfaas.functions.prewarm"), env, slot_dir, fds, log_sink)
+        jail = isolation.jail(f"pool-{sid}", CUDA_POOL_MEMORY_MB if self.cuda else POOL_MEMORY_MB)
         try:
-            argv, env = jail.pool(slot_dir, env, cuda=self.cuda)
+            argv, env = jail.pool(slot_dir, env, cuda=self.cuda, model_dir=model_dir)
             jail.cleanups += closers   # its slot (linked Runtime API socket) lives as long as it does
             self._env_at_import = {k: v for k, v in env.items() if _import_time(k)}
-            return self.factory.spawn(argv, env, Path("/"), (), log_sink, jail)
+            return self.factory.spawn(argv, env, Path("/"), fds, log_sink, jail)
         except BaseException:
             jail.release()
             raise
@@ -110,7 +120,7 @@ class ProcessPoolLauncher(PoolLauncher):
             os.link(spec.runtime_socket, slot_dir / "runtime.sock")  # EXDEV: different filesystems → cold path
             jail.set_memory(spec.memory_mb, [sandbox.pid] if sandbox.pid else [])  # EBUSY: uses more → cold path
             env = jail.env(spec.env)
-        for name in BACKBONE_FD_ENV:   # the runtime's own numbers for the descriptors it receives
+        for name in HANDOVER_FD_ENV:   # the runtime's own numbers for the descriptors it receives
             env.pop(name, None)
         return env
 
@@ -124,5 +134,7 @@ def _import_time(name: str) -> bool:
 
 
 def process_warm_pool(factory: "ProcessSandboxFactory", size: int,
-                      base_env: Callable[[], dict[str, str]], cuda: bool = False) -> WarmPool:
-    return WarmPool(ProcessPoolLauncher(factory, base_env, cuda), size)
+                      base_env: Callable[[], dict[str, str]], cuda: bool = False,
+                      flavour: Flavour | None = None, prewarm: Callable[[], Prewarm] | None = None) -> WarmPool:
+    """Generic runtimes, or (``flavour`` and ``prewarm``) runtimes pre-warmed for one backbone."""
+    return WarmPool(ProcessPoolLauncher(factory, base_env, cuda), size, flavour, prewarm)

@@ -25,83 +25,23 @@ import os
 import select
 import shutil
 import socket
-import tempfile
 import threading
+import time
 import uuid
-from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from slfaas.gpu_node.sandboxes.base import LogSink, SandboxSpec
-from slfaas.runtime_contract import (BACKBONE_FD_ENV, ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_VMM_FD,
-                                     ENV_BASE_MODEL_DIR, ENV_DEVICE, MAX_FDS, SPEC_HEADER)
+from slfaas.gpu_node.sandboxes.pool_support import Flavour, Handover, PoolLauncher, PoolSandbox, Prewarm
+from slfaas.runtime_contract import (ENV_ADAPTER_FD, ENV_BACKBONE_FD, ENV_BACKBONE_IPC, ENV_BACKBONE_VMM_FD,
+                                     ENV_BASE_MODEL_DIR, ENV_DEVICE, HANDOVER_FD_ENV, MAX_FDS, SPEC_HEADER)
 
 log = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 600.0
-
-
-class PoolSandbox(Protocol):
-    """What the pool needs of a backend's sandbox (``DockerSandbox``, ``ProcessSandbox``)."""
-
-    preloaded: bool
-
-    @property
-    def pid(self) -> int | None: ...
-
-    def wait(self, timeout_s: float | None = None) -> int | None: ...
-
-    def kill(self) -> None: ...
-
-    def stop(self, grace_s: float = 2.0) -> None: ...
-
-    def set_sink(self, log_sink: LogSink) -> None: ...
-
-
-@dataclass(frozen=True)
-class Handover:
-    """Which of the function's files travel as descriptors. ``link_files`` False: the sandbox
-    sees the node's filesystem (a process), so the runtime keeps the paths of ``spec.env``."""
-
-    link_files: bool
-    code_dir: Path = Path()
-    task_files: tuple[str, ...] = ()
-    model_dir: Path = Path()
-    model_files: tuple[str, ...] = ()
-
-
-class PoolLauncher(ABC):
-    """The backend-specific half of a warm pool."""
-
-    kind: str  # "container" or "process": named in log lines ("warm-pool process 1a2b3c4d ready")
-    # A legacy CUDA IPC backbone is borrowed through its IPC file, read by path: only a backend
-    # whose runtime sees the node's filesystem can take it (VMM descriptors travel to any).
-    supports_cuda: bool = False
-    cuda: bool = False        # its runtimes were started with the GPU reachable
-
-    @property
-    @abstractmethod
-    def work_dir(self) -> Path:
-        """Node-private directory under which each slot gets its own directory."""
-
-    @abstractmethod
-    def launch(self, sid: str, slot_dir: Path, log_sink: LogSink,
-               closers: tuple[Callable[[], None], ...]) -> PoolSandbox:
-        """Start ``python -m slfaas.functions.prewarm`` that connects to ``slot_dir/pool.sock``;
-        ``closers`` are for a backend that cleans up when its sandbox ends."""
-
-    @abstractmethod
-    def plan(self, spec: SandboxSpec) -> Handover | None:
-        """How ``spec`` would be handed over, or None: this spec takes the cold path."""
-
-    @abstractmethod
-    def prepare(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> dict[str, str]:
-        """Ready the sandbox for ``spec`` (may raise: the slot is discarded, cold path);
-        returns the runtime's environment."""
-
-    def finish(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> None:
-        """After the message: the runtime is now this instance's (must not fail it)."""
+REFILL_QUIET_S = 5.0
 
 
 @dataclass
@@ -128,36 +68,60 @@ class _Slot:
 
 
 class WarmPool:
-    def __init__(self, launcher: PoolLauncher, size: int):
+    def __init__(self, launcher: PoolLauncher, size: int, flavour: Flavour | None = None,
+                 prewarm: Callable[[], Prewarm] | None = None):
+        """``flavour`` and ``prewarm``: a pool of pre-warmed runtimes for that backbone, each
+        started with what ``prewarm()`` returns; without: generic runtimes (imports only)."""
         self.launcher = launcher
         self.size = size
-        self._kind = launcher.kind
+        self.flavour = flavour
+        self._prewarm = prewarm
+        self._kind = launcher.kind if flavour is None else f"{launcher.kind} (pre-warmed for {flavour.base_model.name})"
         self._lock = threading.Lock()
         self._slots: list[_Slot] = []       # starting or ready, oldest first
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._failures = 0                   # in a row: back off instead of re-importing in a loop
+        self._starting = 0                   # launches under way that are not slots yet
+        self._last_take = 0.0                # monotonic time of the last runtime taken
+        # Starting a runtime competes with cold starts for the GPU and the driver (context,
+        # mappings, warm-up): replacements wait until takes have been quiet for this long,
+        # unless no ready runtime is left at all.
+        self.refill_quiet_s = REFILL_QUIET_S
+        # Starting a runtime is seconds of CPU (imports, a pre-warmed one's warm-up): a few at a
+        # time where there are cores for it, one at a time on a small machine.
+        self._starter = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 4),
+                                           thread_name_prefix=f"warm-pool-start-{launcher.kind}")
         self._filler = threading.Thread(target=self._fill_loop, daemon=True, name=f"warm-pool-{self._kind}")
         self._filler.start()
 
     # filling
     def _fill_loop(self) -> None:
         while not self._closed.is_set():
+            if self._failures:
+                self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
             with self._lock:
-                missing = self.size - len(self._slots)
-            if missing > 0:
-                try:
-                    self._launch()  # one at a time: each launch is seconds of CPU (imports)
-                except Exception:
-                    if self._closed.is_set():
-                        return
-                    log.exception("starting a warm-pool %s failed", self._kind)
-                    self._failures += 1
-                if self._failures:
-                    self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
-                continue
-            self._wake.wait(1.0)
+                missing = self.size - len(self._slots) - self._starting
+                ready = sum(1 for s in self._slots if s.ready.is_set() and not s.claimed)
+                busy = time.monotonic() - self._last_take < self.refill_quiet_s and ready > 0
+                if busy:
+                    missing = 0
+                self._starting += max(0, missing)
+            for _ in range(max(0, missing)):
+                self._starter.submit(self._start_one)
+            self._wake.wait(0.5 if busy else 1.0)
             self._wake.clear()
+
+    def _start_one(self) -> None:
+        try:
+            self._launch()
+        except Exception:
+            with self._lock:
+                self._starting -= 1
+            if not self._closed.is_set():
+                log.exception("starting a warm-pool %s failed", self._kind)
+                self._failures += 1
+            self._wake.set()
 
     def _launch(self) -> None:
         sid = uuid.uuid4().hex[:8]
@@ -168,18 +132,24 @@ class WarmPool:
         os.chmod(slot_dir / "pool.sock", 0o666)  # a container's user connects; the directory keeps others out
         listener.listen(1)
         slot = _Slot(sid, slot_dir, listener)
+        prewarm = self._prewarm() if self._prewarm is not None else None
         try:
             slot.sandbox = self.launcher.launch(sid, slot_dir, self._pool_log(slot.tail, sid),
-                                                (slot.close_sockets, lambda: _rmtree(slot_dir)))
+                                                (slot.close_sockets, lambda: _rmtree(slot_dir)), prewarm)
         except BaseException:
             slot.close_sockets()
             _rmtree(slot_dir)
             raise
+        finally:
+            for fd in prewarm.owned_fds if prewarm is not None else ():
+                os.close(fd)   # the runtime holds its own copies
         with self._lock:
-            closed = self._closed.is_set()  # close() took its snapshot already: this one is ours to end
-            if not closed:
+            self._starting -= 1
+            # closed: close() took its snapshot already; or the pool shrank while it started
+            unwanted = self._closed.is_set() or len(self._slots) >= self.size
+            if not unwanted:
                 self._slots.append(slot)
-        if closed:
+        if unwanted:
             self._discard(slot)
             return
         threading.Thread(target=self._watch, args=(slot,), daemon=True, name=f"pool-watch-{sid}").start()
@@ -221,7 +191,10 @@ class WarmPool:
         slot.conn = conn
         self._failures = 0
         slot.ready.set()
-        log.info("warm-pool %s %s ready (imports %.2f s)", self._kind, slot.sid, info.get("imports_s", 0.0))
+        extra = (f", device init {info.get('device_init_s', 0.0):.2f} s, backbone attach "
+                 f"{info.get('backbone_attach_s', 0.0):.2f} s, warm-up {info.get('warmup_s', 0.0):.2f} s"
+                 if info.get("prewarmed") else "")
+        log.info("warm-pool %s %s ready (imports %.2f s%s)", self._kind, slot.sid, info.get("imports_s", 0.0), extra)
 
     def _discard(self, slot: _Slot) -> None:
         slot.failed = True
@@ -248,6 +221,7 @@ class WarmPool:
             if slot is None:
                 return None
             slot.claimed = True
+            self._last_take = time.monotonic()
         slot.ready.wait(_READY_TIMEOUT_S)
         with self._lock:
             if slot in self._slots:
@@ -257,6 +231,18 @@ class WarmPool:
             self._discard(slot)  # never became ready, or EOF while waiting: it died
             return None
         return slot
+
+    def serves(self, spec: SandboxSpec) -> bool:
+        """A pre-warmed pool serves only instances of its own backbone and device."""
+        if self.flavour is None:
+            return True
+        model = spec.env.get(ENV_BASE_MODEL_DIR, "")
+        return (bool(model) and Path(model).resolve() == self.flavour.base_model
+                and spec.env.get(ENV_DEVICE, "cpu") == self.flavour.device)
+
+    def ready_count(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._slots if s.ready.is_set() and not s.claimed and not s.failed)
 
     def held(self) -> int:
         """Runtimes starting or ready in the pool now."""
@@ -288,6 +274,8 @@ class WarmPool:
                 return None
         elif not spec.env.get(ENV_BACKBONE_FD):
             return None
+        if self.flavour is not None and not self.serves(spec):
+            return None
         handover = self.launcher.plan(spec)
         if handover is None or len(handover.task_files) + len(handover.model_files) + 2 > MAX_FDS:
             return None
@@ -310,18 +298,19 @@ class WarmPool:
         log.info("instance %s from warm-pool %s %s", spec.instance_id, self._kind, slot.sid)
         return slot.sandbox
 
-    @staticmethod
-    def _send(slot: _Slot, spec: SandboxSpec, env: dict[str, str], handover: Handover) -> None:
-        """The one specialisation message (``slfaas.functions.prewarm`` reads it)."""
+    def _send(self, slot: _Slot, spec: SandboxSpec, env: dict[str, str], handover: Handover) -> None:
+        """The one specialisation message (``slfaas.functions.prewarm`` reads it); a pre-warmed
+        runtime has its backbone already, and may get its adapter's weights from a node tier."""
         assert slot.conn is not None
-        fd_env = [name for name in BACKBONE_FD_ENV if spec.env.get(name)]
+        names = HANDOVER_FD_ENV if self.flavour is None else (ENV_ADAPTER_FD,)
+        fd_env = [name for name in names if spec.env.get(name)]
         body: dict = {"env": env, "fd_env": fd_env}
         if handover.link_files:
             body.update(task_files=list(handover.task_files), model_files=list(handover.model_files))
         raw = json.dumps(body).encode()
         fds: list[int] = []
         try:
-            for name in fd_env:   # the backbone's descriptors (a CUDA IPC handle travels as a path instead)
+            for name in fd_env:   # the backbone's (a CUDA IPC handle travels as a path instead), the adapter's
                 node_fd = int(spec.env[name])
                 # the sealed CPU image is reopened read-only; the GPU arena's descriptors are duplicated
                 fds.append(os.open(f"/proc/self/fd/{node_fd}", os.O_RDONLY | os.O_CLOEXEC)
@@ -341,6 +330,7 @@ class WarmPool:
         sandboxes for a backend that must also end them itself."""
         self._closed.set()
         self._wake.set()
+        self._starter.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             slots, self._slots = list(self._slots), []
         for slot in slots:
@@ -348,46 +338,6 @@ class WarmPool:
             slot.ready.set()
             slot.close_sockets()
         return [s.sandbox for s in slots if s.sandbox is not None]
-
-
-def file_handover(spec: SandboxSpec) -> Handover:
-    """The function's code files and the base model's non-weight files (config, tokenizer), for
-    a sandbox that has none of them mounted; the weights come as the backbone descriptor."""
-    from slfaas.gpu_node.sandboxes.bwrap import model_files
-
-    model_dir = Path(spec.env.get(ENV_BASE_MODEL_DIR, ""))
-    names = tuple(p.name for p in model_files(model_dir))   # what a cold-started sandbox mounts
-    return Handover(True, spec.code_dir, tuple(_files(spec.code_dir)), model_dir, names)
-
-
-def proc_start_ticks(pid: int) -> str:
-    """A process's start time in clock ticks: with the pid, it names one process (pids are reused)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def make_work_dir(prefix: str) -> Path:
-    """A fresh node-private temp directory (mode 0700; short, for Unix socket paths), after
-    removing those of node processes that are gone (kill -9 leaves them behind)."""
-    for d in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
-        try:
-            pid, start = (d / "node").read_text().split()
-        except (OSError, ValueError):
-            continue
-        if proc_start_ticks(int(pid)) != start:
-            shutil.rmtree(d, ignore_errors=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
-    (work_dir / "node").write_text(f"{os.getpid()} {proc_start_ticks(os.getpid())}")
-    return work_dir
-
-
-def _files(root: Path) -> list[str]:
-    if not root.is_dir():
-        return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _rmtree(path: Path) -> None:

@@ -1,0 +1,123 @@
+"""Serving policies as configurations of the same server, so that a comparison runs the same
+code under each (``slfaas bench compare``). Pure: a policy is its server's flags, its functions'
+environment and the way its platform bills (``slfaas.billing.policy_costs``).
+
+* ``serverlesslora``: slfaas as it is: one shared backbone per node, pre-warmed runtimes,
+  batching inside an instance (and the SLO-aware scheduler where the server has one).
+* ``no-sharing``: each instance loads its own backbone from the checkpoint (from_pretrained),
+  nothing pre-warmed, one request at a time; device-memory admission counts a whole backbone
+  per instance, so instances that do not fit evict idle ones or the request waits.
+* ``serverlessllm-like``: no sharing, each instance copies its backbone from the node's
+  host-memory checkpoint cache into its own device memory; keep-alive; nothing pre-warmed.
+* ``serverful``: one always-on process per base model serving every adapter, co-batched
+  (``SLFAAS_SHARED_EXECUTION``), provisioned before the window and billed the whole device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from slfaas.bench.errors import TraceError
+
+POLICIES = ("serverlesslora", "no-sharing", "serverlessllm-like", "serverful")
+MAX_BATCH_SIZE = "SLFAAS_MAX_BATCH_SIZE"
+SHARED_EXECUTION = "SLFAAS_SHARED_EXECUTION"
+TTFT_SLO_MS = "SLFAAS_TTFT_SLO_MS"
+ALWAYS_ON_KEEP_ALIVE_S = 86_400.0
+_NOTHING_PREWARMED = ("--prewarm-min", "0", "--prewarm-budget-mb", "0", "--host-tier-mb", "0")
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every policy gets alike (written into the results)."""
+
+    device: str = "cpu"
+    keep_alive_s: float = 60.0
+    max_instances: int = 32
+    memory_mb: int = 2048                 # every function's MemorySize
+    timeout_s: int = 900                  # every function's Timeout
+    instance_gpu_mb: int = 1536           # --instance-gpu-mb (an instance's memory beside its backbone)
+    max_batch_size: int = 8               # batching policies' SLFAAS_MAX_BATCH_SIZE
+    init_timeout_s: float = 600.0
+    slo_ms: float | None = None
+    server_args: tuple[str, ...] = ()     # given to every server (e.g. --insecure-sandbox, --prices F)
+
+    def __post_init__(self) -> None:
+        if self.keep_alive_s < 0 or self.max_instances < 1 or self.memory_mb < 128 or self.max_batch_size < 1:
+            raise TraceError("keep-alive must be >= 0 s, max instances and the batch size >= 1, memory >= 128 MB")
+
+    def args(self, keep_alive_s: float | None = None) -> tuple[str, ...]:
+        keep = self.keep_alive_s if keep_alive_s is None else keep_alive_s
+        return ("--device", self.device, "--keep-alive-s", f"{keep:g}", "--max-instances",
+                str(self.max_instances), "--instance-gpu-mb", str(self.instance_gpu_mb), "--init-timeout-s",
+                f"{self.init_timeout_s:g}", "--verify-interval-s", "0", *self.server_args)
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    """What the server under test can do (probed, so the harness runs on any checkout)."""
+
+    slo_scheduler: bool = False       # `slfaas server --scheduler slo|fcfs`
+    shared_execution: bool = False    # the SLFAAS_SHARED_EXECUTION function setting
+    shared_batch_size: bool = False   # `slfaas server --shared-batch-size N`
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    server_args: tuple[str, ...]
+    function_env: Mapping[str, str]
+    billing: str                      # slfaas.billing.policy_costs.BILLING_MODELS
+    provisioned: bool = False         # every function invoked once before the window (always on)
+    prewarms: bool = False            # keeps runtimes pre-warmed: measured once its pools are full
+    complete: bool = True             # False: a feature it needs is missing on this server
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "server_args": list(self.server_args), "function_env": dict(self.function_env),
+                "billing": self.billing, "provisioned": self.provisioned, "prewarms": self.prewarms,
+                "complete": self.complete,
+                "notes": list(self.notes)}
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in POLICIES]
+    if not names or unknown:
+        raise TraceError(f"unknown policy {', '.join(unknown) or repr(text)}: choose from {', '.join(POLICIES)}")
+    if len(set(names)) != len(names):
+        raise TraceError(f"a policy is named twice in {text!r}")
+    return names
+
+
+def make_policy(name: str, common: CommonSettings, features: ServerFeatures) -> Policy:
+    base = common.args()
+    batch = {MAX_BATCH_SIZE: str(common.max_batch_size)}
+    one_at_a_time = {MAX_BATCH_SIZE: "1"}
+    if name == "serverlesslora":
+        args, env, notes = base, dict(batch), []
+        if features.slo_scheduler:
+            args += ("--scheduler", "slo")
+            if common.slo_ms is not None:
+                env[TTFT_SLO_MS] = str(int(common.slo_ms))
+        else:
+            notes.append("no SLO-aware scheduler on this server (--scheduler slo): its default scheduler ran")
+        return Policy(name, args, env, "per-request", prewarms=True, notes=tuple(notes))
+    # baselines queue nothing on the node: a request with no room is refused and the client waits
+    fcfs = ("--scheduler", "fcfs") if features.slo_scheduler else ()
+    if name == "no-sharing":
+        return Policy(name, (*base, "--backbone", "private-checkpoint", *_NOTHING_PREWARMED, *fcfs), one_at_a_time,
+                      "container")
+    if name == "serverlessllm-like":
+        return Policy(name, (*base, "--backbone", "private-host-cache", *_NOTHING_PREWARMED, *fcfs), one_at_a_time,
+                      "container", notes=("backbones copied from the node's host-memory image (a checkpoint cache)",))
+    if name == "serverful":
+        always_on = (*common.args(ALWAYS_ON_KEEP_ALIVE_S), "--prewarm-min", "0", "--prewarm-budget-mb", "0")
+        if features.shared_execution:
+            if features.shared_batch_size:
+                always_on += ("--shared-batch-size", str(common.max_batch_size))
+            return Policy(name, always_on, {**batch, SHARED_EXECUTION: "1"}, "whole-device", provisioned=True)
+        return Policy(name, always_on, batch, "whole-device", provisioned=True, complete=False, notes=(
+            "INCOMPLETE: this server has no shared execution across adapters (SLFAAS_SHARED_EXECUTION); it ran "
+            "one always-on instance per function, each batching its own requests, billed as one whole device",))
+    raise TraceError(f"unknown policy {name!r}: choose from {', '.join(POLICIES)}")

@@ -1,0 +1,135 @@
+"""Co-batching different adapters of one backbone (a shared runtime): PEFT's mixed-batch LoRA
+with one adapter per row. Each request's tokens equal those of its own adapter's unbatched
+engine (fp32 on CPU), whatever other adapters share its forward passes."""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+from slfaas.functions.batching import BatchEngine
+from slfaas.functions.engine import BackboneSource, LoraEngine
+from slfaas.functions.events import parse_event
+from slfaas.functions.runtime_client import AdapterUnavailable
+from slfaas.functions.shared import AdapterView, SharedEngine
+from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY
+from slfaas.functions.slots import WarmupShapes
+from slfaas.gpu_node.resources.shared_weights import build_shared_image
+
+EVENTS = [
+    {"prompt": "the quick brown fox jumps over the lazy dog", "max_tokens": 14, "temperature": 0, "ignore_eos": True},
+    {"prompt": "hi", "max_tokens": 9, "temperature": 0.8, "seed": 3, "ignore_eos": True},
+    {"prompt": "dear sir, thank you for your letter", "max_tokens": 11, "temperature": 0, "ignore_eos": True},
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class Kit:
+    base: Path
+    fd: int
+    adapters: dict[str, Path]       # adapter id → its directory
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    from slfaas.testing.tinymodels import make_adapter, make_base_model
+
+    root = tmp_path_factory.mktemp("shared")
+    base = make_base_model(root / "base")
+    adapters = {
+        "a": make_adapter(base, root / "a", seed=1),
+        "b": make_adapter(base, root / "b", seed=2),
+        # another rank and other modules: rows of it skip the layers it does not adapt
+        "c": make_adapter(base, root / "c", seed=3, rank=4, target_modules=("q_proj", "k_proj", "up_proj")),
+    }
+    return Kit(base, build_shared_image(base).fd, adapters)
+
+
+def _fetcher(kit: Kit, calls: list[str]):  # type: ignore[no-untyped-def]
+    def fetch(adapter_id: str) -> tuple[dict, bytes]:
+        calls.append(adapter_id)
+        if adapter_id not in kit.adapters:
+            raise AdapterUnavailable(adapter_id)
+        d = kit.adapters[adapter_id]
+        return json.loads((d / "adapter_config.json").read_text()), (d / "adapter_model.safetensors").read_bytes()
+    return fetch
+
+
+def _shared(kit: Kit) -> SharedEngine:
+    return SharedEngine(LoraEngine.prewarmed(BackboneSource(fd=kit.fd), kit.base, DEFAULT_GEOMETRY,
+                                             WarmupShapes((1, 7), 1)))
+
+
+def test_each_request_gets_its_own_adapters_tokens_in_mixed_batches(kit: Kit) -> None:
+    alone = {}
+    for aid, directory in kit.adapters.items():
+        own = LoraEngine(BackboneSource(fd=kit.fd), kit.base, directory)
+        alone[aid] = [own.generate(parse_event(e)).token_ids for e in EVENTS]
+    assert alone["a"][0] != alone["b"][0] != alone["c"][0]      # the adapters make a difference
+
+    calls: list[str] = []
+    shared = _shared(kit)
+    batched = BatchEngine(shared, 9)
+    fetch = _fetcher(kit, calls)
+    jobs = [(aid, i) for i in range(len(EVENTS)) for aid in kit.adapters]
+    results: dict[tuple[str, int], tuple[int, ...]] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    loaded = threading.Barrier(len(jobs) + 1)
+    held, opened = threading.Event(), threading.Semaphore(0)
+
+    def run(aid: str, i: int) -> None:
+        with shared.using(aid, fetch):
+            loaded.wait(60)
+            held.wait(60)
+            stream = AdapterView(batched, aid).stream(parse_event(EVENTS[i]))
+            opened.release()
+            results[(aid, i)] = tuple(stream)
+            sizes[(aid, i)] = stream.stats.batch_size
+    threads = [threading.Thread(target=run, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    loaded.wait(60)      # every adapter loaded
+    with shared._lock:   # no forward pass runs until every request is open: they all share passes
+        held.set()
+        for _ in jobs:
+            assert opened.acquire(timeout=60)
+    for t in threads:
+        t.join(120)
+    batched.close()
+    for aid, i in jobs:
+        assert results[(aid, i)] == alone[aid][i], (aid, i)
+    assert max(sizes.values()) == len(jobs)               # rows of all three adapters in one pass
+    assert sorted(calls) == ["a", "b", "c"]                # each adapter fetched once
+    assert set(shared.loaded()) == {"a", "b", "c"} and shared.adapter_bytes > 0
+
+
+def test_adapters_beyond_the_limit_are_unloaded_least_recently_used_first_never_in_use(kit: Kit) -> None:
+    calls: list[str] = []
+    shared = _shared(kit)
+    shared.max_adapters = 2
+    fetch = _fetcher(kit, calls)
+    for aid in ("a", "b", "a", "c"):    # a used again after b: b is the least recently used
+        with shared.using(aid, fetch):
+            pass
+    assert set(shared.loaded()) == {"a", "c"} and calls == ["a", "b", "c"]
+    with shared.using("a", fetch), shared.using("c", fetch), shared.using("b", fetch):
+        assert set(shared.loaded()) == {"a", "b", "c"}    # all three in use: none unloaded
+    assert len(shared.loaded()) == 2
+    assert calls == ["a", "b", "c", "b"]
+    with pytest.raises(AdapterUnavailable):
+        with shared.using("nope", fetch):
+            pass
+    assert "nope" not in shared.loaded()
