@@ -52,18 +52,20 @@ class InvocationFacts:
 
 
 def _usage(payload: bytes, trailer: Mapping[str, object] | None) -> Mapping[str, object]:
-    """Token counts, from a stream's trailer or a LoRA handler's JSON body ("usage"). They are
-    the function's own account, shown in reports but never priced."""
-    if trailer and ("prompt_tokens" in trailer or "completion_tokens" in trailer):
-        return trailer
-    if not payload or len(payload) > MAX_METRICS_PARSE_BYTES or not payload.lstrip().startswith(b"{"):
-        return {}
+    """Token counts, from a stream's trailer or the runtime's result metrics, else a LoRA
+    handler's JSON body ("usage"). A buffered response's metrics may carry the prompt length
+    alone (for the scheduler), so each count is taken where it is. They are the function's
+    own account, shown in reports but never priced."""
+    counts = {k: v for k, v in (trailer or {}).items() if k in ("prompt_tokens", "completion_tokens")}
+    if len(counts) == 2 or not payload or len(payload) > MAX_METRICS_PARSE_BYTES \
+            or not payload.lstrip().startswith(b"{"):
+        return counts
     try:
         body = json.loads(payload)
     except (ValueError, RecursionError):
-        return {}
+        return counts
     usage = body.get("usage") if isinstance(body, dict) else None
-    return usage if isinstance(usage, dict) else {}
+    return {**usage, **counts} if isinstance(usage, dict) else counts
 
 
 def _num(v: object, default: float = 0.0, high: float = 1e15) -> float:
@@ -98,6 +100,8 @@ class Meter:
         self._lives: dict[str, InstanceUsage] = {}   # instances alive now
         self._billed_s = 0.0
         self._runtime_overhead_s = 0.0
+        self._prestart_init: dict[str, float] = {}   # provisioned instances' init, by function (billed)
+        self._prewarm_init_s = 0.0                   # keep-alive pre-warms' init (pre-loading overhead)
         self._backbone_bytes = 0
         self._backbone_load_s = 0.0
         self._closed = threading.Event()
@@ -169,8 +173,20 @@ class Meter:
             if init_wall_s is not None:
                 self._init_wall[instance_id] = init_wall_s
 
-    def instance_idle(self, instance_id: str, function_name: str, ts: float) -> None:
-        self.timeline.instance_idle(instance_id, function_name, ts)
+    def instance_idle(self, instance_id: str, function_name: str, ts: float, provisioned: bool = False) -> None:
+        self.timeline.instance_idle(instance_id, function_name, ts, provisioned)
+
+    def instance_prestarted(self, instance_id: str, function_name: str, provisioned: bool) -> None:
+        """An instance started ahead of requests ended its init (after ``instance_ready``): no
+        invocation is billed it. A provisioned instance's goes to its function as provisioned
+        time; a pre-warm's is the platform's pre-loading overhead."""
+        with self._lock:
+            init_s = self._init_accrued.pop(instance_id, 0.0)
+            self._init_wall.pop(instance_id, None)
+            if provisioned:
+                self._prestart_init[function_name] = self._prestart_init.get(function_name, 0.0) + init_s
+            else:
+                self._prewarm_init_s += init_s
 
     def instance_gone(self, instance_id: str, ts: float) -> None:
         # An init's share stays pending: the invocation that caused the cold start is billed it
@@ -254,14 +270,19 @@ class Meter:
         with self._lock:
             billed, runtime = self._billed_s, self._runtime_overhead_s
             bb_bytes, bb_load = self._backbone_bytes, self._backbone_load_s
+            prestart, prewarm = dict(self._prestart_init), self._prewarm_init_s
         accrued = sum(totals.accrued_s.values())
         overhead = dict(totals.overhead_s)
         overhead["runtime"] = runtime
+        overhead["preload"] = overhead.get("preload", 0.0) + prewarm
         # shares of work still running, or an init whose invocation has not ended: billed later
-        overhead["in_flight"] = max(0.0, accrued - billed - runtime)
+        overhead["in_flight"] = max(0.0, accrued - billed - runtime - prewarm - sum(prestart.values()))
+        provisioned = dict(totals.provisioned_by_function_s)
+        for fn, s in prestart.items():
+            provisioned[fn] = provisioned.get(fn, 0.0) + s
         return NodeUsage(self.node_id, self.device, self.device_type, totals.start_ts, totals.now_ts,
                          totals.elapsed_s, billed, overhead, dict(totals.keep_alive_by_function_s),
-                         bb_bytes, bb_load)
+                         bb_bytes, bb_load, provisioned, dict(totals.idle_instance_by_function_s))
 
     def flush(self) -> NodeUsage:
         snap = self.snapshot()

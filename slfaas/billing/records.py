@@ -64,8 +64,12 @@ class UsageRecord:
 @dataclass(frozen=True)
 class NodeUsage:
     """What one node (session: from its start to its last flush) spent, by category. The
-    sums satisfy ``billed_device_s + sum(overhead_s.values()) == elapsed_s`` up to float
-    rounding; ``keep_alive_by_function_s`` splits ``overhead_s["keep_alive"]``."""
+    sums satisfy ``billed_device_s + provisioned_s + sum(overhead_s.values()) == elapsed_s``
+    up to float rounding; ``keep_alive_by_function_s`` splits ``overhead_s["keep_alive"]``.
+    ``provisioned_by_function_s``: device time of instances held for provisioned concurrency
+    (their share while idle, and their init), billed to their functions, not overhead.
+    ``idle_instance_by_function_s``: instance-seconds held idle by keep-alive (each idle
+    instance's whole idle time, overlapping other work: the memory keep-alive holds)."""
 
     node_id: str
     device: str
@@ -78,10 +82,16 @@ class NodeUsage:
     keep_alive_by_function_s: Mapping[str, float]
     backbone_bytes: int = 0     # resident backbones (largest seen), for counterfactuals
     backbone_load_s: float = 0.0  # measured load time of those bytes
+    provisioned_by_function_s: Mapping[str, float] = field(default_factory=dict)
+    idle_instance_by_function_s: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def overhead_total_s(self) -> float:
         return sum(self.overhead_s.values())
+
+    @property
+    def provisioned_s(self) -> float:
+        return sum(self.provisioned_by_function_s.values())
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Sequence
 from slfaas.billing.budgets import Budget, evaluate
 from slfaas.billing.prices import default_prices, invocation_cost_usd
 from slfaas.billing.records import NodeUsage, UsageRecord
-from slfaas.billing.reports import build_report, render_csv, render_json, render_table
+from slfaas.billing.report_render import render_csv, render_json, render_table
+from slfaas.billing.reports import build_report
 from slfaas.billing.report_html import render_html
 
 DEMO_UNTIL_TS = 1795442400.0            # 2026-11-23T14:00Z

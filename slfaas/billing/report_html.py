@@ -9,7 +9,8 @@ from decimal import Decimal
 from html import escape
 from typing import Sequence
 
-from slfaas.billing.reports import Report, ReportRow, TABLE_COLUMNS, pct, summary_lines, usd
+from slfaas.billing.report_render import TABLE_COLUMNS, pct, summary_lines, usd
+from slfaas.billing.reports import Report, ReportRow
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f")

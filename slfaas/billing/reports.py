@@ -10,26 +10,25 @@ Two views of one window:
 - user view: Σ billed device seconds and stored costs of the (filtered) invocations;
 - node view: the ``NodeUsage`` sessions as given (the caller picks the ones of the window),
   priced at each node's device rate; what the nodes spent beyond billed work (keep-alive,
-  pre-loading, idle backbone, runtime overhead) is the platform overhead. Conservation checks
-  billed (all records of the window on those nodes) + overhead against the nodes' elapsed time.
+  pre-loading, idle backbone, runtime overhead) is the platform overhead. Instances held for
+  provisioned concurrency are billed to their function (``provisioned_s``, priced at the node's
+  rate), not overhead. Conservation checks billed (all records of the window on those nodes) +
+  provisioned + overhead against the nodes' elapsed time.
 
-Renderers: ``render_table`` / ``render_csv`` / ``render_json`` here, ``render_html`` in
-``report_html`` (inline SVG, no scripts, viewable offline).
+Renderers: ``render_table`` / ``render_csv`` / ``render_json`` in ``report_render``,
+``render_html`` in ``report_html`` (inline SVG, no scripts, viewable offline).
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import statistics
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from slfaas.billing import counterfactuals as cf
-from slfaas.billing.budgets import Budget, BudgetStatus
+from slfaas.billing.budgets import BudgetStatus
 from slfaas.billing.counterfactuals import Counterfactual
 from slfaas.billing.prices import COST_QUANTUM, PriceSheet, device_second_usd
 from slfaas.billing.records import NodeUsage, UsageRecord
@@ -39,7 +38,7 @@ GROUP_BYS = ("function", "version", "hour", "day")
 DEFAULT_MEMORY_MB = 2048            # prices a node's time when no record says otherwise
 MINUTE_SERIES_BELOW_S = 3 * 3600    # windows shorter than this are plotted per minute
 MAX_SERIES_BUCKETS = 1000
-_CTX = Context(prec=50, rounding=ROUND_HALF_EVEN)
+MONEY_CONTEXT = _CTX = Context(prec=50, rounding=ROUND_HALF_EVEN)
 _ZERO = Decimal(0)
 
 
@@ -58,6 +57,8 @@ class ReportRow:
     cost_usd: Decimal           # Σ stored record costs, exact
     compute_cost_usd: Decimal   # request fees + compute's share of device cost
     init_cost_usd: Decimal      # init's share; compute + init == cost exactly
+    provisioned_s: float = 0.0  # device time held for its provisioned concurrency (group-by function only)
+    provisioned_cost_usd: Decimal = Decimal(0)   # billed beside the invocations' cost_usd
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Report:
     node_cost_usd: Decimal
     platform_overhead_s: float
     platform_overhead_usd: Decimal
-    conservation_error: float           # |records billed + overhead − elapsed| / elapsed
+    conservation_error: float           # |records billed + provisioned + overhead − elapsed| / elapsed
     # what the same invocations would have cost
     counterfactuals: tuple[Counterfactual, ...]       # actual, no_sharing, serverful
     savings: Mapping[str, tuple[Decimal, float]]       # name → ($ saved, fraction saved)
@@ -102,6 +103,7 @@ class Report:
     series_step_s: int
     series_buckets: tuple[str, ...]
     series: Mapping[str, tuple[Decimal, ...]]
+    node_provisioned_s: float = 0.0     # what the nodes held for provisioned concurrency (billed)
 
     # user view: what the invocations were billed
     @property
@@ -110,7 +112,8 @@ class Report:
 
     @property
     def billed_cost_usd(self) -> Decimal:
-        return self.total.cost_usd
+        """Invocations plus provisioned concurrency."""
+        return self.total.cost_usd + self.total.provisioned_cost_usd
 
     @property
     def node_gap_usd(self) -> Decimal:
@@ -162,7 +165,8 @@ def split_cost(rec: UsageRecord, request_usd: Decimal) -> tuple[Decimal, Decimal
         return cost - init, init
 
 
-def _row(key: str, recs: Sequence[UsageRecord], request_usd: Decimal, keep_alive_s: float = 0.0) -> ReportRow:
+def _row(key: str, recs: Sequence[UsageRecord], request_usd: Decimal, keep_alive_s: float = 0.0,
+         provisioned: tuple[float, Decimal] = (0.0, _ZERO)) -> ReportRow:
     compute_usd = init_usd = _ZERO
     for r in recs:
         c, i = split_cost(r, request_usd)
@@ -176,12 +180,14 @@ def _row(key: str, recs: Sequence[UsageRecord], request_usd: Decimal, keep_alive
         init_device_s=math.fsum(r.init_device_s for r in recs),
         billed_device_s=math.fsum(r.billed_device_s for r in recs),
         keep_alive_s=keep_alive_s, cost_usd=sum((r.cost_usd for r in recs), _ZERO),
-        compute_cost_usd=compute_usd, init_cost_usd=init_usd)
+        compute_cost_usd=compute_usd, init_cost_usd=init_usd, provisioned_s=provisioned[0],
+        provisioned_cost_usd=provisioned[1])
 
 
 def _total(rows: Sequence[ReportRow], recs: Sequence[UsageRecord], request_usd: Decimal) -> ReportRow:
     # Per-record splits make the rows additive: the TOTAL split is the rows' split.
-    return _row("TOTAL", recs, request_usd, math.fsum(r.keep_alive_s for r in rows))
+    return _row("TOTAL", recs, request_usd, math.fsum(r.keep_alive_s for r in rows),
+                (math.fsum(r.provisioned_s for r in rows), sum((r.provisioned_cost_usd for r in rows), _ZERO)))
 
 
 def _median_memory_mb(recs: Iterable[UsageRecord]) -> int:
@@ -237,28 +243,33 @@ def build_report(records: Sequence[UsageRecord], nodes: Sequence[NodeUsage], she
     recs = [r for r in window if function_name is None or r.function_name == function_name]
     fee = sheet.request_usd
 
-    keep_alive_fn: dict[str, float] = {}
-    for n in nodes:
-        for fn, s in n.keep_alive_by_function_s.items():
-            keep_alive_fn[fn] = keep_alive_fn.get(fn, 0.0) + s
-    groups: dict[str, list[UsageRecord]] = {}
-    for r in recs:
-        groups.setdefault(_group_key(r, group_by), []).append(r)
-    if group_by == "function":  # functions that only held instances cost the platform too
-        for fn, s in keep_alive_fn.items():
-            if s > 0 and (function_name is None or fn == function_name):
-                groups.setdefault(fn, [])
-    rows = tuple(_row(k, groups[k], fee, keep_alive_fn.get(k, 0.0) if group_by == "function" else 0.0)
-                 for k in sorted(groups))
-    total = _total(rows, recs, fee)
-
-    # node view
     node_ids = {n.node_id for n in nodes}
     on_nodes = [r for r in window if r.node_id in node_ids]
     rates = {}
     for n in nodes:  # a node's time is priced at its records' median memory (matters on CPU)
         mine = [r for r in on_nodes if r.node_id == n.node_id]
         rates[n.node_id] = device_second_usd(sheet, n.device_type, _median_memory_mb(mine or window))
+    keep_alive_fn: dict[str, float] = {}
+    provisioned_fn: dict[str, tuple[float, Decimal]] = {}
+    for n in nodes:
+        for fn, s in n.keep_alive_by_function_s.items():
+            keep_alive_fn[fn] = keep_alive_fn.get(fn, 0.0) + s
+        for fn, s in n.provisioned_by_function_s.items():
+            held_s, usd_ = provisioned_fn.get(fn, (0.0, _ZERO))
+            provisioned_fn[fn] = (held_s + s, usd_ + _price_s(s, rates[n.node_id]))
+    groups: dict[str, list[UsageRecord]] = {}
+    for r in recs:
+        groups.setdefault(_group_key(r, group_by), []).append(r)
+    if group_by == "function":  # functions that only held instances cost the platform (or themselves) too
+        for fn, s in [*keep_alive_fn.items(), *((f, p[0]) for f, p in provisioned_fn.items())]:
+            if s > 0 and (function_name is None or fn == function_name):
+                groups.setdefault(fn, [])
+    by_fn = group_by == "function"
+    rows = tuple(_row(k, groups[k], fee, keep_alive_fn.get(k, 0.0) if by_fn else 0.0,
+                      provisioned_fn.get(k, (0.0, _ZERO)) if by_fn else (0.0, _ZERO)) for k in sorted(groups))
+    total = _total(rows, recs, fee)
+
+    # node view
     elapsed_s = math.fsum(n.elapsed_s for n in nodes)
     overhead: dict[str, float] = {}
     for n in nodes:
@@ -268,7 +279,9 @@ def build_report(records: Sequence[UsageRecord], nodes: Sequence[NodeUsage], she
     overhead_usd = sum((_price_s(n.overhead_total_s, rates[n.node_id]) for n in nodes), _ZERO)
     node_cost = sum((_price_s(n.elapsed_s, rates[n.node_id]) for n in nodes), _ZERO) + fee * len(on_nodes)
     records_billed = math.fsum(r.billed_device_s for r in on_nodes)
-    conservation = 0.0 if elapsed_s == 0 else abs(records_billed + overhead_s - elapsed_s) / elapsed_s
+    provisioned_s = math.fsum(n.provisioned_s for n in nodes)
+    conservation = (0.0 if elapsed_s == 0 else
+                    abs(records_billed + provisioned_s + overhead_s - elapsed_s) / elapsed_s)
 
     # counterfactuals over the (filtered) invocations
     actual = cf.actual(recs)
@@ -286,7 +299,7 @@ def build_report(records: Sequence[UsageRecord], nodes: Sequence[NodeUsage], she
         conservation_error=conservation, counterfactuals=(actual, *others), savings=savings,
         batching_saved_device_s=cf.batching_saved_device_s(recs), preload_saved_s=cf.preload_saved_s(recs),
         budgets=tuple(budgets), function_splits=splits,
-        series_step_s=step, series_buckets=buckets, series=series)
+        series_step_s=step, series_buckets=buckets, series=series, node_provisioned_s=provisioned_s)
 
 
 def _function_splits(recs: Sequence[UsageRecord], on_nodes: Sequence[UsageRecord], nodes: Sequence[NodeUsage],
@@ -318,189 +331,3 @@ def _function_splits(recs: Sequence[UsageRecord], on_nodes: Sequence[UsageRecord
         out.append(FunctionSplit(fn, row.compute_cost_usd, row.init_cost_usd,
                                  idle_s.get(fn, 0.0), idle_usd.get(fn, _ZERO)))
     return tuple(out)
-
-
-# ---- dict / JSON -------------------------------------------------------------------------------
-
-def _usd_str(d: Decimal) -> str:
-    return format(d, "f")
-
-
-def _row_to_dict(row: Any) -> dict:
-    return {f.name: _usd_str(v) if isinstance(v := getattr(row, f.name), Decimal) else v for f in fields(row)}
-
-
-def _row_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
-    return cls(**{f.name: Decimal(d[f.name]) if f.name.endswith("_usd") else d[f.name] for f in fields(cls)})
-
-
-def _budget_to_dict(s: BudgetStatus) -> dict:
-    d = _row_to_dict(s)
-    d["budget"] = _row_to_dict(s.budget)
-    return d
-
-
-def _budget_from_dict(d: Mapping[str, Any]) -> BudgetStatus:
-    return BudgetStatus(**{**{f.name: d[f.name] for f in fields(BudgetStatus)},
-                           "budget": _row_from_dict(Budget, d["budget"]),
-                           "spent_usd": Decimal(d["spent_usd"]), "projected_usd": Decimal(d["projected_usd"])})
-
-
-def report_to_dict(report: Report) -> dict:
-    """Everything in the report, JSON-ready: every ``*_usd`` value a Decimal string, seconds
-    and fractions floats (json writes their repr, so they parse back exactly)."""
-    return {
-        "since_ts": report.since_ts, "until_ts": report.until_ts,
-        "since": datetime.fromtimestamp(report.since_ts, tz=timezone.utc).isoformat()
-        if math.isfinite(report.since_ts) else None,
-        "until": datetime.fromtimestamp(report.until_ts, tz=timezone.utc).isoformat()
-        if math.isfinite(report.until_ts) else None,
-        "group_by": report.group_by, "function_name": report.function_name, "currency": report.currency,
-        "rows": [_row_to_dict(r) for r in report.rows],
-        "total": _row_to_dict(report.total),
-        "user_view": {"invocations": report.total.invocations, "billed_device_s": report.billed_device_s,
-                      "billed_cost_usd": _usd_str(report.billed_cost_usd)},
-        "node_view": {"node_ids": list(report.node_ids), "node_elapsed_s": report.node_elapsed_s,
-                      "node_billed_device_s": report.node_billed_device_s,
-                      "records_billed_device_s": report.records_billed_device_s,
-                      "billed_mismatch": report.billed_mismatch,
-                      "overhead_by_kind_s": dict(report.overhead_by_kind_s),
-                      "node_cost_usd": _usd_str(report.node_cost_usd),
-                      "gap_usd": _usd_str(report.node_gap_usd)},
-        "platform_overhead_s": report.platform_overhead_s,
-        "platform_overhead_usd": _usd_str(report.platform_overhead_usd),
-        "conservation_error": report.conservation_error,
-        "counterfactuals": [_row_to_dict(c) for c in report.counterfactuals],
-        "savings": {k: {"saved_usd": _usd_str(usd), "fraction": frac} for k, (usd, frac) in report.savings.items()},
-        "batching_saved_device_s": report.batching_saved_device_s,
-        "preload_saved_s": report.preload_saved_s,
-        "budgets": [_budget_to_dict(b) for b in report.budgets],
-        "function_splits": [_row_to_dict(s) for s in report.function_splits],
-        "series": {"step_s": report.series_step_s, "buckets": list(report.series_buckets),
-                   "cost_usd": {fn: [_usd_str(v) for v in vs] for fn, vs in report.series.items()}},
-    }
-
-
-def report_from_dict(d: Mapping[str, Any]) -> Report:
-    node = d["node_view"]
-    return Report(
-        since_ts=d["since_ts"], until_ts=d["until_ts"], group_by=d["group_by"],
-        function_name=d["function_name"], currency=d["currency"],
-        rows=tuple(_row_from_dict(ReportRow, r) for r in d["rows"]),
-        total=_row_from_dict(ReportRow, d["total"]), node_ids=tuple(node["node_ids"]),
-        node_elapsed_s=node["node_elapsed_s"], node_billed_device_s=node["node_billed_device_s"],
-        records_billed_device_s=node["records_billed_device_s"],
-        overhead_by_kind_s=dict(node["overhead_by_kind_s"]), node_cost_usd=Decimal(node["node_cost_usd"]),
-        platform_overhead_s=d["platform_overhead_s"], platform_overhead_usd=Decimal(d["platform_overhead_usd"]),
-        conservation_error=d["conservation_error"],
-        counterfactuals=tuple(_row_from_dict(Counterfactual, c) for c in d["counterfactuals"]),
-        savings={k: (Decimal(v["saved_usd"]), v["fraction"]) for k, v in d["savings"].items()},
-        batching_saved_device_s=d["batching_saved_device_s"], preload_saved_s=d["preload_saved_s"],
-        budgets=tuple(_budget_from_dict(b) for b in d["budgets"]),
-        function_splits=tuple(_row_from_dict(FunctionSplit, s) for s in d["function_splits"]),
-        series_step_s=d["series"]["step_s"], series_buckets=tuple(d["series"]["buckets"]),
-        series={fn: tuple(Decimal(v) for v in vs) for fn, vs in d["series"]["cost_usd"].items()})
-
-
-def render_json(report: Report) -> str:
-    return json.dumps(report_to_dict(report), indent=2) + "\n"
-
-
-# ---- CSV / table ------------------------------------------------------------------------------
-
-ROW_FIELDS = tuple(f.name for f in fields(ReportRow))
-
-
-def render_csv(report: Report) -> str:
-    """Header, one line per row, TOTAL. Costs as plain Decimal strings, seconds as float repr:
-    ``Decimal(cell)`` / ``float(cell)`` give back the report's numbers exactly."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(ROW_FIELDS)
-    for row in (*report.rows, report.total):
-        w.writerow([_usd_str(v) if isinstance(v, Decimal) else repr(v) if isinstance(v, float) else v
-                    for v in (getattr(row, f) for f in ROW_FIELDS)])
-    return buf.getvalue()
-
-
-def usd(value: Decimal, places: int = 6) -> str:
-    with localcontext(_CTX):
-        return f"${value.quantize(Decimal(1).scaleb(-places)):,.{places}f}"
-
-
-def pct(fraction: float) -> str:
-    return f"{fraction * 100:.1f}%"
-
-
-TABLE_COLUMNS: tuple[tuple[str, str, Callable[[ReportRow], str]], ...] = (
-    ("invocations", "invoc", lambda r: str(r.invocations)),
-    ("cold_starts", "cold", lambda r: str(r.cold_starts)),
-    ("errors", "err", lambda r: str(r.errors)),
-    ("tokens_in", "tok_in", lambda r: str(r.tokens_in)),
-    ("tokens_out", "tok_out", lambda r: str(r.tokens_out)),
-    ("compute_device_s", "compute_s", lambda r: f"{r.compute_device_s:.3f}"),
-    ("init_device_s", "init_s", lambda r: f"{r.init_device_s:.3f}"),
-    ("keep_alive_s", "keepalive_s", lambda r: f"{r.keep_alive_s:.3f}"),
-    ("compute_cost_usd", "compute", lambda r: usd(r.compute_cost_usd)),
-    ("init_cost_usd", "init", lambda r: usd(r.init_cost_usd)),
-    ("cost_usd", "cost", lambda r: usd(r.cost_usd)),
-)
-
-
-def summary_lines(report: Report) -> list[tuple[str, str]]:
-    """(label, text) lines shared by the table and the HTML summary."""
-    t = report.total
-    overhead = ", ".join(f"{k} {v:.3f} s" for k, v in report.overhead_by_kind_s.items() if v) or "none"
-    share = report.platform_overhead_s / report.node_elapsed_s if report.node_elapsed_s else 0.0
-    scope = f" (all functions on {len(report.node_ids)} node(s))" if report.function_name else ""
-    lines = [
-        ("User view", f"{t.invocations} invocations billed {t.billed_device_s:.3f} device-s, "
-                      f"{usd(report.billed_cost_usd)} "
-                      f"(init {usd(t.init_cost_usd)}, compute {usd(t.compute_cost_usd)})"),
-        ("Node view", f"{len(report.node_ids)} node(s) metered {report.node_elapsed_s:.3f} device-s, "
-                      f"{usd(report.node_cost_usd)}{scope}"),
-        ("Platform overhead", f"{report.platform_overhead_s:.3f} device-s ({pct(share)} of node time), "
-                              f"{usd(report.platform_overhead_usd)}: {overhead}"),
-        ("Conservation", f"billed {report.records_billed_device_s:.3f} s + overhead "
-                         f"{report.platform_overhead_s:.3f} s vs node {report.node_elapsed_s:.3f} s: "
-                         f"error {report.conservation_error * 100:.3f}%"
-                         + (f" (records vs node meters differ by {pct(report.billed_mismatch)})"
-                            if report.billed_mismatch > 0.001 else "")),
-        ("Counterfactuals", " | ".join(f"{c.name} {usd(c.cost_usd)}" for c in report.counterfactuals)),
-        ("Savings", "; ".join([*(f"vs {k} {usd(v)} ({pct(f)})" for k, (v, f) in report.savings.items()),
-                               f"batching saved {report.batching_saved_device_s:.3f} device-s",
-                               f"pre-loading saved {report.preload_saved_s:.3f} s of init"])),
-    ]
-    if report.budgets:
-        lines += [("Budgets", f"[{b.level.upper()}] {b.message}") for b in report.budgets]
-    else:
-        lines.append(("Budgets", "none set"))
-    return lines
-
-
-def _fmt_ts(ts: float) -> str:
-    if not math.isfinite(ts):
-        return str(ts)
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def render_table(report: Report) -> str:
-    """Aligned plain text for a terminal. Costs with 6 decimals; TOTAL is the exact sum, so
-    its cents are exact (rounded half-even from the exact total)."""
-    head = [report.group_by, *(c[1] for c in TABLE_COLUMNS)]
-    body = [[r.key, *(c[2](r) for c in TABLE_COLUMNS)] for r in report.rows]
-    total = [report.total.key, *(c[2](report.total) for c in TABLE_COLUMNS)]
-    widths = [max(len(x[i]) for x in (head, *body, total)) for i in range(len(head))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    scope = f", function {report.function_name}" if report.function_name else ""
-    out = [f"Cost report {_fmt_ts(report.since_ts)} .. {_fmt_ts(report.until_ts)} "
-           f"(group by {report.group_by}{scope}; {report.currency})", "", line(head),
-           line(["-" * w for w in widths])]
-    out += [line(b) for b in body] or ["(no invocations in this window)"]
-    out += [line(["-" * w for w in widths]), line(total), ""]
-    pad = max(len(k) for k, _ in summary_lines(report))
-    out += [f"{k.ljust(pad)}  {v}" for k, v in summary_lines(report)]
-    return "\n".join(out) + "\n"

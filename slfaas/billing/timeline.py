@@ -2,9 +2,12 @@
 
 Every moment of a node's elapsed time goes to exactly one place: split evenly among the
 activities running then (a batch's compute, a cold start's init, a warm-pool pre-start), or,
-when none runs, to one overhead category — keep-alive (instances idle but held, split among
-their functions), pre-loading (warm-pool runtimes held), idle backbone (resident, unused), or
-node idle. Concurrent work on one GPU time-slices it, hence the even split: a request that
+when none runs, to the instances held idle (split evenly among them: a provisioned one's share
+is its function's provisioned time, billed to it; any other's is keep-alive overhead of its
+function), or else to one overhead category — pre-loading (warm-pool runtimes held), idle
+backbone (resident, unused), or node idle. Apart from that split, each instance held idle
+for keep-alive also counts its whole idle time (instance-seconds: what keep-alive holds of
+the device's memory, whatever else runs). Concurrent work on one GPU time-slices it, hence the even split: a request that
 overlaps another for 1 s accrues 0.5 s, and the sum of accruals never exceeds the wall time.
 """
 from __future__ import annotations
@@ -23,6 +26,8 @@ class TimelineTotals:
     accrued_s: Mapping[str, float]          # activity kind → seconds (finished and running)
     overhead_s: Mapping[str, float]         # keep_alive | preload | idle_backbone | node_idle
     keep_alive_by_function_s: Mapping[str, float]
+    provisioned_by_function_s: Mapping[str, float]   # held idle for provisioned concurrency: billed
+    idle_instance_by_function_s: Mapping[str, float]  # instance-seconds held idle by keep-alive
 
     @property
     def elapsed_s(self) -> float:
@@ -41,7 +46,9 @@ class DeviceTimeline:
         self._accrued = {k: 0.0 for k in ACTIVITY_KINDS}
         self._overhead = {"keep_alive": 0.0, "preload": 0.0, "idle_backbone": 0.0, "node_idle": 0.0}
         self._keep_alive_fn: dict[str, float] = {}
-        self._idle_instances: dict[str, str] = {}          # instance id → function name
+        self._provisioned_fn: dict[str, float] = {}
+        self._idle_instance_fn: dict[str, float] = {}
+        self._idle_instances: dict[str, tuple[str, bool]] = {}   # instance id → (function, provisioned)
         self._pool = 0
         self._backbones = 0
 
@@ -51,16 +58,21 @@ class DeviceTimeline:
         if dt <= 0:
             return
         self._now_ts = ts
+        for fn, provisioned in self._idle_instances.values():
+            if not provisioned:
+                self._idle_instance_fn[fn] = self._idle_instance_fn.get(fn, 0.0) + dt
         if self._active:
             share = dt / len(self._active)
             for key, (kind, acc) in self._active.items():
                 self._active[key] = (kind, acc + share)
                 self._accrued[kind] += share
         elif self._idle_instances:
-            self._overhead["keep_alive"] += dt
             share = dt / len(self._idle_instances)
-            for fn in self._idle_instances.values():
-                self._keep_alive_fn[fn] = self._keep_alive_fn.get(fn, 0.0) + share
+            for fn, provisioned in self._idle_instances.values():
+                to = self._provisioned_fn if provisioned else self._keep_alive_fn
+                to[fn] = to.get(fn, 0.0) + share
+                if not provisioned:
+                    self._overhead["keep_alive"] += share
         elif self._pool > 0:
             self._overhead["preload"] += dt
         elif self._backbones > 0:
@@ -107,10 +119,11 @@ class DeviceTimeline:
         with self._lock:
             return key in self._active
 
-    def instance_idle(self, instance_id: str, function_name: str, ts: float) -> None:
+    def instance_idle(self, instance_id: str, function_name: str, ts: float, provisioned: bool = False) -> None:
+        """Held idle from ``ts`` (again, when its ``provisioned`` flag changed)."""
         with self._lock:
             self._advance(ts)
-            self._idle_instances[instance_id] = function_name
+            self._idle_instances[instance_id] = (function_name, provisioned)
 
     def instance_busy(self, instance_id: str, ts: float) -> None:
         """Busy or gone: no longer held idle."""
@@ -132,4 +145,5 @@ class DeviceTimeline:
         with self._lock:
             self._advance(ts)
             return TimelineTotals(self._start_ts, self._now_ts, dict(self._accrued), dict(self._overhead),
-                                  dict(self._keep_alive_fn))
+                                  dict(self._keep_alive_fn), dict(self._provisioned_fn),
+                                  dict(self._idle_instance_fn))

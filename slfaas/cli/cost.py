@@ -84,7 +84,7 @@ def _local_report(data_dir: Path | None, database_url: str | None, prices: str |
                   until: str | None, group_by: str, function: str | None, fmt: str) -> str:
     from slfaas.billing.prices import default_prices, load_prices
     from slfaas.billing.report_html import render_html
-    from slfaas.billing.reports import render_csv, render_json, render_table
+    from slfaas.billing.report_render import render_csv, render_json, render_table
     from slfaas.billing.service import CostService, parse_when
     from slfaas.faas.registry import Registry
 

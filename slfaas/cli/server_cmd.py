@@ -108,7 +108,13 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
               help="shared: one backbone per node, borrowed by every instance. For baselines without sharing "
                    "(benchmarks): private-checkpoint, each instance loads its own with from_pretrained; "
                    "private-host-cache, each copies it from the node's host-memory cache; no pre-warmed runtimes")
-@click.option("--keep-alive-s", type=float, default=300.0, show_default=True, help="stop instances idle this long")
+@click.option("--keep-alive-s", type=float, default=300.0, show_default=True,
+              help="stop instances idle this long (the histogram policy's fallback when it has too little history)")
+@click.option("--keep-alive-policy", type=click.Choice(["fixed", "histogram"]), default="fixed", show_default=True,
+              help="fixed: a TTL; histogram: per function, unload and pre-warm from its idle-time histogram "
+                   "(hybrid histogram policy). A function may choose its own (SLFAAS_KEEP_ALIVE_POLICY)")
+@click.option("--keep-alive-bin-s", type=float, default=1.0, show_default=True,
+              help="with the histogram policy: width of an idle-time bin in seconds")
 @click.option("--max-instances", type=int, default=32, show_default=True, help="instances per node")
 @click.option("--init-timeout-s", type=float, default=300.0, show_default=True, help="cold-start limit")
 @click.option("--scheduler", type=click.Choice(["slo", "fcfs"]), default="slo", show_default=True,
@@ -160,7 +166,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
            warm_pool: int, docker_warm_pool: int | None, prewarm_min: int, prewarm_budget_mb: int,
            host_tier_mb: int, slot_rank: int, slot_modules: str, device: str, devices: str | None,
            cluster: str | None, ray_resource: str | None, node_data_dir: str | None, verify_interval_s: float | None,
-           instance_gpu_mb: int, backbone: str, keep_alive_s: float, max_instances: int, init_timeout_s: float,
+           instance_gpu_mb: int, backbone: str, keep_alive_s: float, keep_alive_policy: str, keep_alive_bin_s: float,
+           max_instances: int, init_timeout_s: float,
            max_concurrent_invocations: int, idle_timeout_s: int, connection_limit: int, s3_endpoint_url: str | None,
            auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str, scheduler: str,
@@ -178,7 +185,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
     try:
         srv = SlfaasServer(ServerConfig(
             data_dir=Path(data_dir), host=host, port=port, database_url=database_url, sandbox=sandbox,
-            keep_alive_s=keep_alive_s, max_instances=max_instances, init_timeout_s=init_timeout_s, device=device,
+            keep_alive_s=keep_alive_s, keep_alive_policy=keep_alive_policy, keep_alive_bin_s=keep_alive_bin_s,
+            max_instances=max_instances, init_timeout_s=init_timeout_s, device=device,
             verify_interval_s=verify_interval_s, instance_gpu_mb=instance_gpu_mb, docker_image=docker_image,
             warm_pool=_warm_pool(warm_pool, docker_warm_pool), s3_endpoint_url=s3_endpoint_url, auth=auth,
             credentials_file=Path(credentials) if credentials else None, insecure=insecure,

@@ -1,14 +1,18 @@
 """The concurrency API and account settings: Put/Get/DeleteFunctionConcurrency (reserved
-concurrency, enforced by ``ConcurrencyTracker`` on every invocation), the provisioned
-concurrency configurations, and GetAccountSettings with this node's real figures.
+concurrency, enforced by ``ConcurrencyTracker`` on every invocation), provisioned concurrency,
+and GetAccountSettings with this node's real figures.
 
-Provisioned concurrency is stored and reported; keeping that many instances of the version
-pre-started is the warm pool's job (a later issue). Until then the report says so: READY,
-with Allocated/Available counting the version's instances that are live on the node now.
+A provisioned-concurrency configuration (stored in the registry, so it survives a restart)
+makes the node hold that many initialised instances of the version it names or its alias
+points at (``NodeApi.provision``, the configurations of one version summed). ``sync`` tells the
+node what the registry says after every change (and at start); the status is IN_PROGRESS until
+the node holds them all, then READY; FAILED while their starts keep failing.
 """
 from __future__ import annotations
 
+import logging
 import shutil
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,15 +22,16 @@ from slfaas.faas.code import MAX_UNZIPPED_BYTES
 from slfaas.faas.concurrency import ConcurrencyTracker
 from slfaas.faas.registry_settings import ProvisionedConfig
 from slfaas.faas.versions import paginate
+from slfaas.gpu_node.types import FunctionSpec, ProvisionedInfo
 
 if TYPE_CHECKING:
     from slfaas.faas.service import FunctionService
 
+log = logging.getLogger(__name__)
+
 CODE_SIZE_ZIPPED = 384 << 20       # a 512 MiB request body holds a base64 zip of this size
 MAX_PROVISIONED_LIST_ITEMS = 50
-PROVISIONED_STATUS_REASON = (
-    "slfaas stores this configuration; keeping instances of the version pre-started for it comes with "
-    "the warm pool. Allocated and Available count the version's instances live on the node now.")
+FAILED_AFTER = 3   # consecutive failed instance inits before a configuration reports FAILED
 
 
 def _count(params: dict, key: str, low: int) -> int:
@@ -45,6 +50,8 @@ class Limits:
         self.svc = svc
         self.registry = svc.registry
         self.tracker = ConcurrencyTracker(account_limit, self.registry.all_reserved_concurrency())
+        self._sync_lock = threading.Lock()
+        self._held: dict[tuple[str, str], FunctionSpec] = {}   # what the node was told to hold
 
     # reserved concurrency
     def put_reserved(self, ref: str, params: dict) -> int:
@@ -71,6 +78,7 @@ class Limits:
     def forget(self, function_name: str) -> None:
         """The function was deleted (its rows went with it)."""
         self.tracker.set_reserved(function_name, None)
+        self.sync()
 
     # provisioned concurrency
     def _target(self, ref: str, qualifier: str | None) -> tuple[str, str, Any]:
@@ -81,6 +89,9 @@ class Limits:
             raise InvalidParameter("Provisioned Concurrency Configs cannot be applied to unpublished function "
                                    "versions.")
         target = self.svc.versions.resolve(latest.name, qualifier)
+        if target.record.version == LATEST:
+            raise InvalidParameter("Provisioned Concurrency Configs cannot be applied to unpublished function "
+                                   "versions.")
         return latest.name, qualifier, target
 
     def put_provisioned(self, ref: str, qualifier: str | None, params: dict) -> dict:
@@ -100,6 +111,7 @@ class Limits:
                 f"({self.tracker.account_limit})")
         cfg = ProvisionedConfig(name, qualifier, requested, time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime()))
         self.registry.put_provisioned(cfg)
+        self.sync()
         return self.report(cfg)
 
     def get_provisioned(self, ref: str, qualifier: str | None) -> dict:
@@ -113,6 +125,7 @@ class Limits:
         name, qualifier, _target = self._target(ref, qualifier)
         if not self.registry.delete_provisioned(name, qualifier):
             raise ProvisionedConcurrencyConfigNotFound("No Provisioned Concurrency Config found for this function")
+        self.sync()
 
     def list_provisioned(self, ref: str, marker: str | None, max_items: int | None) -> tuple[list[dict], str | None]:
         name = self.svc.versions.latest(ref).name
@@ -126,25 +139,61 @@ class Limits:
             out.append(item)
         return out, next_marker
 
+    def sync(self) -> None:
+        """Tell the node what to hold: per version, the sum of the configurations that name it
+        or an alias pointing at it; versions no longer named are released."""
+        with self._sync_lock:
+            wanted: dict[tuple[str, str], tuple[FunctionSpec, int]] = {}
+            for cfg in self.registry.list_provisioned():
+                try:
+                    rec = self.svc.versions.resolve(cfg.function_name, cfg.qualifier).record
+                except NotFound:
+                    continue   # its version or alias went; the configuration goes with it
+                if rec.version == LATEST:
+                    continue
+                spec, count = wanted.get((rec.name, rec.version), (self.svc.spec(rec), 0))
+                wanted[(rec.name, rec.version)] = (spec, count + cfg.requested)
+            for key, spec in list(self._held.items()):
+                if key not in wanted or wanted[key][0].revision_id != spec.revision_id:
+                    self._tell(spec, 0)
+                    del self._held[key]
+            for key, (spec, count) in wanted.items():
+                self._tell(spec, count)
+                self._held[key] = spec
+
+    def _tell(self, spec: FunctionSpec, count: int) -> None:
+        try:
+            self.svc.node.provision(spec, count)
+        except Exception:   # the registry holds the configuration; the next sync tries again
+            log.exception("provisioning %s:%s (%d) on the node failed", spec.name, spec.version, count)
+
     def report(self, cfg: ProvisionedConfig) -> dict:
-        live = self._live_instances(cfg)
-        ready = min(live, cfg.requested)
-        return {
+        """AWS's shape. Allocated/Available: the node's initialised instances of the version,
+        up to this configuration's request (configurations of one version share them)."""
+        info = self._node_target(cfg)
+        ready = min(info.ready, cfg.requested) if info is not None else 0
+        out = {
             "RequestedProvisionedConcurrentExecutions": cfg.requested,
             "AllocatedProvisionedConcurrentExecutions": ready,
             "AvailableProvisionedConcurrentExecutions": ready,
-            "Status": "READY",
-            "StatusReason": PROVISIONED_STATUS_REASON,
+            "Status": "IN_PROGRESS",
             "LastModified": cfg.last_modified,
         }
+        if info is not None and info.ready >= info.requested:
+            out["Status"] = "READY"
+        elif info is not None and info.failure:
+            if info.failures >= FAILED_AFTER:
+                out["Status"] = "FAILED"
+            out["StatusReason"] = f"{info.ready} of {info.requested} instance(s) ready; retrying: {info.failure}"
+        return out
 
-    def _live_instances(self, cfg: ProvisionedConfig) -> int:
+    def _node_target(self, cfg: ProvisionedConfig) -> ProvisionedInfo | None:
         try:
             version = self.svc.versions.resolve(cfg.function_name, cfg.qualifier).record
         except NotFound:
-            return 0
-        return sum(1 for i in self.svc.node.describe().instances if i.function_name == cfg.function_name
-                   and i.revision_id == version.revision_id and i.alive)
+            return None
+        return next((p for p in self.svc.node.describe().provisioned if p.function_name == cfg.function_name
+                     and p.version == version.version and p.revision_id == version.revision_id), None)
 
     # account
     def account_settings(self) -> dict:

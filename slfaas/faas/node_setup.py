@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -90,6 +91,24 @@ def _scheduling(config: "ServerConfig") -> dict[str, Any]:
                 max_running_batches=config.max_running_batches, shared_max_batch_size=config.shared_max_batch_size)
 
 
+def keep_alive_settings(config: "ServerConfig") -> dict[str, Any]:
+    """The nodes' keep-alive settings (``NodeConfig`` fields)."""
+    return dict(keep_alive_s=config.keep_alive_s, keep_alive_policy=config.keep_alive_policy,
+                keep_alive_bin_s=config.keep_alive_bin_s)
+
+
+def check_keep_alive(config: NodeConfig) -> None:
+    """The keep-alive flags, checked before anything starts (a ValueError names the flag)."""
+    for flag, value, low in (("--keep-alive-s", config.keep_alive_s, 0.0),
+                             ("--keep-alive-bin-s", config.keep_alive_bin_s, 0.01)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+            raise ValueError(f"{flag} must be a number of seconds >= {low:g}, got {value!r}")
+    try:
+        config.keep_alive_default()
+    except ValueError as exc:
+        raise ValueError(f"keep-alive settings (--keep-alive-policy/--keep-alive-bin-s): {exc}") from None
+
+
 def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
                 on_usage: Callable[[UsageRecord], None], on_node_usage: Callable[[NodeUsage], None],
                 on_integrity: Callable[[IntegrityEvent], None],
@@ -114,10 +133,10 @@ def build_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet,
             # the first node keeps its logs where a single node did
             node_dir = data_dir if index == 0 else data_dir / "nodes" / str(index)
             built = build_node(
-                NodeConfig(data_dir=node_dir, keep_alive_s=config.keep_alive_s, max_instances=config.max_instances,
+                NodeConfig(data_dir=node_dir, max_instances=config.max_instances,
                            init_timeout_s=config.init_timeout_s, device=device, verify_interval_s=verify_s,
                            instance_gpu_mb=config.instance_gpu_mb, backbone=config.backbone,
-                           **_scheduling(config)),
+                           **keep_alive_settings(config), **_scheduling(config)),
                 sandbox, prices=prices, on_usage=on_usage, on_node_usage=on_node_usage, on_integrity=on_integrity,
                 preload=preload, slots=slots, on_instance_usage=on_instance_usage)
             nodes.add(LocalNode(built.node, built.meter))
@@ -140,9 +159,10 @@ def _ray_nodes(config: "ServerConfig", data_dir: Path, prices: PriceSheet, sandb
     settings = RayClusterSettings(
         address=ray_address(str(config.cluster)), node_data_dir=Path(config.node_data_dir or data_dir / "nodes"),
         sandbox=sandbox, prices=prices, device=device, resource=config.ray_resource,
-        keep_alive_s=config.keep_alive_s, max_instances=config.max_instances, init_timeout_s=config.init_timeout_s,
+        max_instances=config.max_instances, init_timeout_s=config.init_timeout_s,
         verify_interval_s=config.verify_interval_s, instance_gpu_mb=config.instance_gpu_mb,
-        preload=_preload(config)[0], slots=_preload(config)[1], scheduling=_scheduling(config))
+        preload=_preload(config)[0], slots=_preload(config)[1], scheduling=_scheduling(config),
+        keep_alive=keep_alive_settings(config))
     code_root = data_dir / "code"
     nodes = NodeSet()
     ray_nodes = RayNodes(settings, nodes, lambda digest: (code_root / f"{digest}.zip").read_bytes(),

@@ -20,7 +20,8 @@ from slfaas.errors import Conflict, NotFound
 from slfaas.faas.registry_billing import BillingMixin
 from slfaas.faas.registry_settings import SettingsMixin
 from slfaas.faas.registry_versions import VersionsMixin
-from slfaas.faas.tables import Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow, clip_to_columns
+from slfaas.faas.tables import (Base, BaseModelRow, FunctionRow, IntegrityEventRow, InvocationRow, add_missing_columns,
+                                clip_to_columns)
 
 LATEST = "$LATEST"
 
@@ -86,23 +87,6 @@ def _to_invocation(row: InvocationRow) -> InvocationRecord:
     return InvocationRecord(**{f.name: getattr(row, f.name) for f in fields(InvocationRecord)})
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """A registry made by an older slfaas lacks columns added since: add them (nullable, with
-    their server default), so upgrading keeps every record."""
-    from sqlalchemy import inspect, text
-
-    inspector = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                kind = column.type.compile(engine.dialect)
-                default = f" DEFAULT {column.server_default.arg!r}" if column.server_default is not None else ""
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}'))
-
-
 class Registry(VersionsMixin, SettingsMixin, BillingMixin):
     _to_record = staticmethod(_to_function)   # what the mixins turn a FunctionRow into
 
@@ -112,7 +96,7 @@ class Registry(VersionsMixin, SettingsMixin, BillingMixin):
         if database_url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod

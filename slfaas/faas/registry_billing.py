@@ -36,7 +36,8 @@ def _usage(row: UsageRow) -> UsageRecord:
 def _node_usage(row: NodeUsageRow) -> NodeUsage:
     return NodeUsage(row.node_id, row.device, row.device_type, row.start_ts, row.end_ts, row.elapsed_s,
                      row.billed_device_s, json.loads(row.overhead_json), json.loads(row.keep_alive_json),
-                     row.backbone_bytes, row.backbone_load_s)
+                     row.backbone_bytes, row.backbone_load_s, json.loads(row.provisioned_json or "{}"),
+                     json.loads(row.idle_instance_json or "{}"))
 
 
 def _budget(row: BudgetRow) -> Budget:
@@ -88,7 +89,9 @@ class BillingMixin:
                     billed_device_s=usage.billed_device_s,
                     overhead_json=json.dumps(dict(usage.overhead_s), sort_keys=True),
                     keep_alive_json=json.dumps(dict(usage.keep_alive_by_function_s), sort_keys=True),
-                    backbone_bytes=usage.backbone_bytes, backbone_load_s=usage.backbone_load_s))
+                    backbone_bytes=usage.backbone_bytes, backbone_load_s=usage.backbone_load_s,
+                    provisioned_json=json.dumps(dict(usage.provisioned_by_function_s), sort_keys=True),
+                    idle_instance_json=json.dumps(dict(usage.idle_instance_by_function_s), sort_keys=True)))
                 try:
                     s.commit()
                     return

@@ -113,11 +113,15 @@ class SettingsMixin:
             s.commit()
             return bool(result.rowcount)
 
-    def list_provisioned(self, function_name: str) -> list[ProvisionedConfig]:
+    def list_provisioned(self, function_name: str | None = None) -> list[ProvisionedConfig]:
+        """One function's configurations, or (None) every function's."""
         with self._session() as s:
-            rows = s.scalars(select(ProvisionedConcurrencyRow).where(
-                ProvisionedConcurrencyRow.function_name == function_name).order_by(ProvisionedConcurrencyRow.qualifier))
-            return [ProvisionedConfig(r.function_name, r.qualifier, r.requested, r.last_modified) for r in rows]
+            stmt = select(ProvisionedConcurrencyRow).order_by(ProvisionedConcurrencyRow.function_name,
+                                                              ProvisionedConcurrencyRow.qualifier)
+            if function_name is not None:
+                stmt = stmt.where(ProvisionedConcurrencyRow.function_name == function_name)
+            return [ProvisionedConfig(r.function_name, r.qualifier, r.requested, r.last_modified)
+                    for r in s.scalars(stmt)]
 
     # usage
     def account_usage(self) -> tuple[int, int]:

@@ -22,7 +22,8 @@ from slfaas.faas.api import create_app
 from slfaas.faas.metrics import ControlPlaneMetrics, NodesCollector
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
-from slfaas.faas.node_setup import build_nodes
+from slfaas.faas.node_setup import build_nodes, check_keep_alive, keep_alive_settings
+from slfaas.gpu_node.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class ServerConfig:
     database_url: str | None = None
     sandbox: str = "process"
     keep_alive_s: float = 300.0
+    keep_alive_policy: str = "fixed"         # or "histogram": the hybrid histogram policy (a function may set its own)
+    keep_alive_bin_s: float = 1.0            # the histogram's bin width
     max_instances: int = 32
     init_timeout_s: float = 300.0
     device: str = "cpu"
@@ -149,6 +152,7 @@ class SlfaasServer:
         self.config = config
         self.verifier = check_auth_config(config)
         options = http_options(config)   # checked before anything starts
+        check_keep_alive(NodeConfig(Path(config.data_dir), **keep_alive_settings(config)))
         data_dir = Path(config.data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = Registry(config.database_url) if config.database_url else Registry.for_data_dir(data_dir)

@@ -20,14 +20,16 @@ from typing import Any, Callable
 from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
                            TooManyRequests)
 from slfaas.billing.service import CostService
-from slfaas.faas.adapter_check import check_model_ref
 from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS, DisconnectWatch, InvocationSlots
-from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits, validate_base_model_dir
+from slfaas.faas.base_models import add_base_model, resolve_base_model
+from slfaas.faas.code import CodePackage, CodeStore, check_adapter_fits
 from slfaas.faas.naming import NAME_RE, function_arn, parse_function_ref
 from slfaas.faas.params import MAX_DESCRIPTION_CHARS, MAX_HANDLER_CHARS, MAX_ROLE_CHARS, text_param
 from slfaas.faas.registry import LATEST, FunctionRecord, InvocationRecord, Registry
 from slfaas.faas.event_invoker import EventInvoker
-from slfaas.faas.function_settings import SETTING_NAMES, parse_function_settings
+from slfaas.faas.function_config import (BASE_MODEL_ENV, environment_param, function_spec, int_param, opt_float,
+                                         opt_int)
+from slfaas.faas.function_settings import parse_function_settings
 from slfaas.faas.limits import Limits
 from slfaas.faas.metrics import ControlPlaneMetrics
 from slfaas.faas.log_tail import invocation_log, log_result_header
@@ -46,8 +48,6 @@ DEFAULT_MEMORY_MB = 2048
 MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024
 MAX_ASYNC_PAYLOAD_BYTES = 1024 * 1024
 TAIL_SCAN_BYTES = 1 << 20   # how much of a function's log LogType=Tail searches for the invocation
-BASE_MODEL_ENV = "SLFAAS_BASE_MODEL"
-MAX_ENVIRONMENT_BYTES = 4096   # AWS: all variables together, measured as their JSON
 CANCELLED_MESSAGE = "The caller disconnected; the invocation was stopped."
 
 
@@ -63,50 +63,6 @@ class InvokeOutcome:
 
 def _now_lambda() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000+0000", time.gmtime())
-
-
-def _int_param(params: dict, key: str, default: int, low: int, high: int) -> int:
-    value = params.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameter(f"{key} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise InvalidParameter(
-            f"1 validation error detected: Value '{value}' at '{key[0].lower() + key[1:]}' failed to satisfy "
-            f"constraint: Member must have value {'greater' if value < low else 'less'} than or equal to "
-            f"{low if value < low else high}")
-    return value
-
-
-def _environment(params: dict) -> dict[str, str] | None:
-    env = params.get("Environment")
-    if env is None:
-        return None
-    if not isinstance(env, dict) or not isinstance(env.get("Variables", {}), dict):
-        raise InvalidParameter("Environment must be an object with a Variables map")
-    variables = env.get("Variables") or {}
-    for k, v in variables.items():
-        if not isinstance(v, str):
-            raise InvalidParameter(f"Environment variable {k} must be a string")
-        if not k or "=" in k or "\0" in k or "\0" in v:
-            # the OS refuses these at exec: the function could never start
-            raise InvalidParameter(f"Environment variable {k!r}: names must be non-empty without '=' "
-                                   f"and names and values must not contain NUL characters")
-        platform = k.startswith("SLFAAS_") and k != BASE_MODEL_ENV and k not in SETTING_NAMES
-        if k.startswith("AWS_LAMBDA_") or platform or k == "_HANDLER":
-            raise InvalidParameter(
-                f"Lambda was unable to configure your environment variables because the environment variables "
-                f"you have provided contains reserved keys that are currently not supported for modification. "
-                f"Reserved keys used in this request: {k}")
-    parse_function_settings(variables)
-    size = len(json.dumps(variables, separators=(",", ":")).encode())
-    if size > MAX_ENVIRONMENT_BYTES:
-        raise InvalidParameter(
-            f"Lambda was unable to configure your environment variables because the environment variables you "
-            f"have provided exceeded the 4KB limit. String measured: {size} bytes of JSON, more than "
-            f"{MAX_ENVIRONMENT_BYTES}")
-    return dict(variables)
 
 
 class FunctionService:
@@ -140,40 +96,15 @@ class FunctionService:
         n = self.events.resume()
         if n:
             log.info("resuming %d queued asynchronous invocation(s)", n)
+        self.limits.sync()   # provisioned concurrency configured before a restart is held again
 
     # base models
     def resolve_base_model(self, ref: str) -> Path:
         """A registered model name (``slfaas models add``) or a local model directory."""
-        check_model_ref(ref, "The base model reference")
-        try:
-            path = Path(self.registry.get_base_model(ref).path)
-        except NotFound:
-            path = Path(ref).expanduser()
-            try:
-                is_dir = path.is_dir()
-            except (OSError, ValueError):  # e.g. a name too long for the file system
-                is_dir = False
-            if not is_dir:
-                raise InvalidParameter(
-                    f"Base model '{ref[:200]}' is neither a registered model (slfaas models add NAME PATH) "
-                    f"nor a local model directory")
-        validate_base_model_dir(path)
-        return path.resolve()
+        return resolve_base_model(self.registry, ref)
 
     def add_base_model(self, name: str, path: str) -> dict:
-        if not name or "/" in name and Path(name).is_dir():
-            raise InvalidParameter("A model name must not be empty or an existing path")
-        if len(name) > 256:
-            raise InvalidParameter("A model name must be at most 256 characters")
-        try:
-            p = Path(path).expanduser().resolve()
-        except (ValueError, OSError, RuntimeError) as exc:  # e.g. an embedded NUL, a symlink loop
-            raise InvalidParameter(f"{path!r} is not a valid path: {exc}")
-        if not p.is_dir():
-            raise InvalidParameter(f"{path} is not a directory")
-        validate_base_model_dir(p)
-        entry = self.registry.put_base_model(name, str(p))
-        return {"Name": entry.name, "Path": entry.path}
+        return add_base_model(self.registry, name, path)
 
     # functions
     def _base_model_for(self, env: dict[str, str], pkg: CodePackage) -> Path:
@@ -229,10 +160,10 @@ class FunctionService:
             raise Conflict(f"Function already exist: {name}")
         except NotFound:
             pass
-        env = _environment(params) or {}
+        env = environment_param(params) or {}
         tags = validate_tags(params["Tags"]) if params.get("Tags") is not None else {}
-        timeout_s = _int_param(params, "Timeout", DEFAULT_TIMEOUT_S, 1, 900)
-        memory_mb = _int_param(params, "MemorySize", DEFAULT_MEMORY_MB, 128, 10240)
+        timeout_s = int_param(params, "Timeout", DEFAULT_TIMEOUT_S, 1, 900)
+        memory_mb = int_param(params, "MemorySize", DEFAULT_MEMORY_MB, 128, 10240)
         with self.code.hold(self._code_bytes(params.get("Code"))) as pkg:   # gone again if refused
             base = self._base_model_for(env, pkg)
             rec = FunctionRecord(
@@ -316,10 +247,10 @@ class FunctionService:
         if "Description" in params:
             changes["description"] = text_param(params, "Description", "", MAX_DESCRIPTION_CHARS)
         if "Timeout" in params:
-            changes["timeout_s"] = _int_param(params, "Timeout", rec.timeout_s, 1, 900)
+            changes["timeout_s"] = int_param(params, "Timeout", rec.timeout_s, 1, 900)
         if "MemorySize" in params:
-            changes["memory_mb"] = _int_param(params, "MemorySize", rec.memory_mb, 128, 10240)
-        env = _environment(params)
+            changes["memory_mb"] = int_param(params, "MemorySize", rec.memory_mb, 128, 10240)
+        env = environment_param(params)
         if env is not None:
             changes["environment"] = env
             pkg = self.code.get(rec.code_sha256_hex)
@@ -360,15 +291,7 @@ class FunctionService:
 
     # invocation
     def spec(self, rec: FunctionRecord) -> FunctionSpec:
-        settings = parse_function_settings(rec.environment)
-        return FunctionSpec(
-            name=rec.name, version=rec.version, revision_id=rec.revision_id,
-            arn=function_arn(self.region, rec.name, None if rec.version == LATEST else rec.version),
-            code_dir=self.code.root / rec.code_sha256_hex,
-            base_model_path=Path(rec.base_model_path), handler=rec.handler, timeout_s=rec.timeout_s,
-            memory_mb=rec.memory_mb, environment=rec.environment,
-            max_batch_size=settings.max_batch_size or 1, ttft_slo_ms=settings.ttft_slo_ms,
-            shared_execution=settings.shared_execution)
+        return function_spec(rec, self.region, self.code.root)
 
     def select_version(self, ref: str, qualifier: str | None) -> tuple[FunctionRecord, str]:
         """The version one invocation of ``ref``/``qualifier`` runs (an alias's routing draws
@@ -484,45 +407,3 @@ class FunctionService:
 
     def code_location(self, rec: FunctionRecord) -> str:
         return f"{self.public_url()}/slfaas/v1/code/{rec.code_sha256_hex}.zip"
-
-
-def opt_int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def opt_float(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def configuration(rec: FunctionRecord, region: str, qualifier: str | None = None) -> dict:
-    """The FunctionConfiguration shape of botocore's Lambda model. A version's FunctionArn
-    carries its number; ``qualifier`` (a request's $LATEST or alias) overrides that."""
-    out: dict[str, Any] = {
-        "FunctionName": rec.name,
-        "FunctionArn": function_arn(region, rec.name, qualifier or (None if rec.version == LATEST else rec.version)),
-        "Runtime": rec.runtime,
-        "Role": rec.role,
-        "Handler": rec.handler,
-        "CodeSize": rec.code_size_bytes,
-        "Description": rec.description,
-        "Timeout": rec.timeout_s,
-        "MemorySize": rec.memory_mb,
-        "LastModified": rec.last_modified,
-        "CodeSha256": base64.b64encode(bytes.fromhex(rec.code_sha256_hex)).decode(),
-        "Version": rec.version,
-        "TracingConfig": {"Mode": "PassThrough"},
-        "RevisionId": rec.revision_id,
-        "State": rec.state,
-        "LastUpdateStatus": rec.last_update_status,
-        "PackageType": "Zip",
-        "Architectures": ["x86_64"],
-        "EphemeralStorage": {"Size": 512},
-    }
-    if rec.environment:
-        out["Environment"] = {"Variables": dict(rec.environment)}
-    if rec.state_reason:
-        out["StateReason"] = rec.state_reason
-        out["StateReasonCode"] = rec.state_reason_code
-    if rec.last_update_status_reason:
-        out["LastUpdateStatusReason"] = rec.last_update_status_reason
-    return out

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Iterator
 
 from slfaas.errors import InvalidParameter, TooManyRequests
 from slfaas.faas.registry import InvocationRecord
-from slfaas.faas.service import CANCELLED_MESSAGE, opt_float, opt_int
+from slfaas.faas.function_config import opt_float, opt_int
+from slfaas.faas.service import CANCELLED_MESSAGE
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:

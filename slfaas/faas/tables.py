@@ -4,12 +4,38 @@ Sizes and token counts are 64-bit (``BigInteger``): PostgreSQL's INTEGER is 32 b
 backbone has more bytes than that (SQLite's INTEGER is 64 bits either way)."""
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String, Text, inspect, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the columns a table gained after a database was made (``create_all`` makes missing
+    tables only), so upgrading keeps every record: nullable, with the column's server default
+    where it has one (older rows then read as that default). Returns "table.column" of each
+    column added."""
+    found = inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not found.has_table(table.name):
+                continue
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                kind = col.type.compile(engine.dialect)
+                default = ""
+                if col.server_default is not None:
+                    value = str(col.server_default.arg).replace("'", "''")   # type: ignore[attr-defined]
+                    default = f" DEFAULT '{value}'"
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}{default}'))
+                added.append(f"{table.name}.{col.name}")
+    return added
 
 
 class FunctionRow(Base):
@@ -196,6 +222,9 @@ class NodeUsageRow(Base):
     keep_alive_json: Mapped[str] = mapped_column(Text)
     backbone_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     backbone_load_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # added later: a server default, so that add_missing_columns can add them to an older database
+    provisioned_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    idle_instance_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
 
 class InstanceUsageRow(Base):

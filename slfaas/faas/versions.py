@@ -188,6 +188,7 @@ class Versions:
         self.registry.delete_version(name, version)
         self.registry.delete_provisioned(name, version)
         self.svc.node.retire(name, keep_revision=None, version=version)
+        self.svc.limits.sync()
         self.svc.code.collect(code)
 
     # aliases
@@ -242,15 +243,18 @@ class Versions:
         if routing and any(c.qualifier == name for c in self.registry.list_provisioned(current.function_name)):
             raise InvalidParameter("Alias with weights can not be used with Provisioned Concurrency")
         try:
-            return self.registry.update_alias(current.function_name, name, current.revision_id, **changes)
+            updated = self.registry.update_alias(current.function_name, name, current.revision_id, **changes)
         except Conflict:
             raise precondition_failed()
+        self.svc.limits.sync()   # its provisioned instances follow it to its new version
+        return updated
 
     def delete_alias(self, ref: str, name: str) -> None:
         latest = self.latest(ref)
         validate_alias_name(name)
         self.registry.delete_alias(latest.name, name)
-        self.registry.delete_provisioned(latest.name, name)
+        if self.registry.delete_provisioned(latest.name, name):
+            self.svc.limits.sync()
 
     def list_aliases(self, ref: str, function_version: str | None, marker: str | None, max_items: int | None
                      ) -> tuple[list[AliasRecord], str | None]:

@@ -39,6 +39,12 @@ class NodeApi(Protocol):
         """Stop the work of an invocation whose caller has gone; False if it is not running here."""
         ...
 
+    def provision(self, function: FunctionSpec, count: int) -> None:
+        """Hold ``count`` initialised instances of ``function``'s version (provisioned
+        concurrency): started ahead of requests, never reaped or evicted, re-started if they
+        die; 0 releases them. Progress shows in ``describe().provisioned``."""
+        ...
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         """Stop instances of a function (of ``version`` only, when given) except ``keep_revision``'s."""
         ...

@@ -19,6 +19,7 @@ from typing import Callable
 from slfaas.errors import TooManyRequests
 from slfaas.gpu_node.lifecycle.instance import Instance
 from slfaas.gpu_node.lifecycle.table import InstanceTable, Valuer
+from slfaas.gpu_node.policy.placement import Refuse, start_one
 from slfaas.gpu_node.policy.scheduling import Finished, PendingRequest, Scheduler, SchedulerOutput
 from slfaas.gpu_node.policy.view import GpuView
 from slfaas.gpu_node.types import SHARED_REVISION, FunctionSpec, InvocationRequest
@@ -144,6 +145,31 @@ class Dispatcher:
         assert ticket.placed is not None
         return ticket.placed
 
+    def start_ahead(self, function: FunctionSpec, may_evict: bool) -> Placed:
+        """A new instance of ``function`` for no request (pre-warmed or provisioned), added to
+        the table under the same lock as requests' placements, so the instance limit holds (for
+        a function in shared execution: its backbone's shared runtime).
+        Its evictees are claimed; the caller stops them and starts it. Raises ``TooManyRequests``
+        when there is no room."""
+        try:
+            with self._lock:
+                for _ in range(_MAX_ROUNDS):
+                    snapshot = self._table.snapshot(self._clock(), self._max_instances, self._gpu_view(),
+                                                    self._scheduler.waiting_keys(), self._value)
+                    decision = start_one(snapshot, function.pool_key, may_evict)
+                    if isinstance(decision, Refuse):
+                        raise TooManyRequests(decision.message, reason=decision.reason)
+                    claimed = [v for v in (self._table.get(iid) for iid in decision.evict)
+                               if v is not None and v.claim_idle()]
+                    if len(claimed) == len(decision.evict):
+                        inst = self._new_instance(function, [])
+                        return Placed(inst, cold=True, evict=tuple(claimed))
+                    self._to_stop.extend(claimed)   # an evictee was taken meanwhile: decide again
+                raise TooManyRequests("The node is too busy to start an instance now",
+                                      reason="ConcurrentInvocationLimitExceeded")
+        finally:
+            self._stop_claimed()
+
     def abort(self, request_id: str) -> bool:
         """Drop a request not placed yet (its caller gave up)."""
         with self._lock:
@@ -244,8 +270,10 @@ class Dispatcher:
         return shared
 
     def _new_instance(self, function: FunctionSpec, request_ids: list[str]) -> Instance:
+        """``request_ids``: the batch it is started for (empty: started ahead of requests)."""
         function = self._runtime_spec(function)
-        inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function, reserved_for=request_ids[0],
+        inst = Instance(f"{function.name[:24]}-{uuid.uuid4().hex[:8]}", function,
+                        reserved_for=request_ids[0] if request_ids else None,
                         capacity=max(1, function.max_batch_size), riders=tuple(request_ids[1:]))
         self._table.add(inst)
         return inst

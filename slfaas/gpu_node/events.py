@@ -58,8 +58,22 @@ class InstanceReady(NodeEvent):
 
 @dataclass(frozen=True)
 class InstanceIdle(NodeEvent):
+    """Idle and held; published again when its ``provisioned`` flag changes while idle."""
+
     instance_id: str
     function_name: str
+    provisioned: bool = False   # held for provisioned concurrency: billed to the function
+
+
+@dataclass(frozen=True)
+class InstancePrestarted(NodeEvent):
+    """The init of an instance started ahead of any request (pre-warmed by keep-alive, or
+    provisioned) ended, after its ``InstanceReady``: no invocation pays for it."""
+
+    instance_id: str
+    function_name: str
+    provisioned: bool
+    ok: bool
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ def describe_node(node: "Node", checksums: bool = False) -> NodeInfo:
     return NodeInfo(node.node_id, node.config.device, node.sandboxes.name, node.config.max_instances,
                     pool.size if pool is not None else 0, node.sandboxes.warm_count(), backbones, infos, gpu,
                     pools, (node.tiers.info(),), node.preloader.last if node.preloader is not None else None,
-                    backbone_mode=node.config.backbone, concurrency_limit=concurrency_limit(node.config))
+                    backbone_mode=node.config.backbone, concurrency_limit=concurrency_limit(node.config),
+                    provisioned=node.provisioner.infos(), keep_alive_policy=node.config.keep_alive_policy)
 
 
 def summarize_node(node: "Node") -> NodeSummary:

@@ -158,7 +158,8 @@ class InvocationRunner:
             self._bus.publish(ev.InvocationAborted(time.time(), request.request_id))   # no-op once it ended
             inst.release(request.request_id)
             if inst.state is InstanceState.IDLE:
-                self._bus.publish(ev.InstanceIdle(time.time(), inst.instance_id, inst.function.name))
+                self._bus.publish(ev.InstanceIdle(time.time(), inst.instance_id, inst.function.name,
+                                                  inst.provisioned))
             if cold and inst.sandbox is not None:
                 self._measure(inst, inst.sandbox.pid)   # what one instance costs, served
             self._dispatcher.finished(measured(request.request_id, inst, outcome, cold, submitted_ts))

@@ -32,7 +32,9 @@ def meter_subscriber(meter: Meter) -> ev.Subscriber:
         elif isinstance(event, ev.InstanceReady):
             meter.instance_ready(event.instance_id, event.ts, event.init_wall_s)
         elif isinstance(event, ev.InstanceIdle):
-            meter.instance_idle(event.instance_id, event.function_name, event.ts)
+            meter.instance_idle(event.instance_id, event.function_name, event.ts, event.provisioned)
+        elif isinstance(event, ev.InstancePrestarted):
+            meter.instance_prestarted(event.instance_id, event.function_name, event.provisioned)
         elif isinstance(event, ev.InstanceGone):
             meter.instance_gone(event.instance_id, event.ts)
         elif isinstance(event, ev.BackbonesChanged):

@@ -15,11 +15,14 @@ from slfaas.gpu_node.events import (BackbonesChanged, EventBus, FunctionPrepared
                                     InvocationSubmitted)
 from slfaas.gpu_node.introspect import describe_node, summarize_node
 from slfaas.gpu_node.invocation import InvocationRunner, NotDelivered
+from slfaas.gpu_node.lifecycle.idle_history import IdleHistories
 from slfaas.gpu_node.lifecycle.launcher import Launcher
 from slfaas.gpu_node.lifecycle.reaper import KeepAliveReaper
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.policy.scheduling import Scheduler
+from slfaas.gpu_node.prestart import Prestarter
+from slfaas.gpu_node.provisioning import Provisioner
 from slfaas.gpu_node.schedulers import build_dispatcher
 from slfaas.gpu_node.reporting import Reporter
 from slfaas.gpu_node.resources.adapters import AdapterTiers
@@ -61,7 +64,12 @@ class Node:
                                        Reporter(self._logs), self.ledger, self.bus)
         self.integrity = IntegrityMonitor(self.backbones, self._stop_borrowers, self._integrity_checked,
                                           config.verify_interval_s)
-        self.reaper = KeepAliveReaper(self.table, self.launcher, config.keep_alive_s, config.max_instances)
+        self.prestarter = Prestarter(self.dispatcher, self.launcher, self.bus, config.init_timeout_s)
+        self.histories = IdleHistories(self.table, config.keep_alive_default(), config.keep_alive_histogram())
+        self.bus.subscribe(self.histories.on_event)
+        self.reaper = KeepAliveReaper(self.table, self.launcher, self.histories, config.max_instances,
+                                      prewarm=lambda spec: self.prestarter.start(spec, False, may_evict=False))
+        self.provisioner = Provisioner(self.table, self.launcher, self.prestarter, self.bus)
         self.on_shutdown: list[Callable[[], None]] = []
 
     # NodeApi
@@ -114,9 +122,14 @@ class Node:
         self.runner.gate.cancel(request_id, inst)
         return True
 
+    def provision(self, function: FunctionSpec, count: int) -> None:
+        self.provisioner.provision(function, count)
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         """Idle instances stop now; busy ones finish their invocation and stop afterwards (stale).
         Published versions are immutable: an update of $LATEST retires $LATEST's instances alone."""
+        self.provisioner.forget(function_name, keep_revision, version)
+        self.histories.forget(function_name, keep_revision, version)
         stopped = 0
         for inst in self.table.retire(function_name, keep_revision, version):
             if inst.claim_idle():
@@ -161,6 +174,7 @@ class Node:
         if self.preloader is not None:
             self.preloader.close()
         self.integrity.close()
+        self.provisioner.close()
         self.reaper.close()
         for inst in self.table.all():
             self.launcher.stop(inst)

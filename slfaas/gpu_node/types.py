@@ -8,6 +8,17 @@ from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
+class KeepAliveSpec:
+    """A function's own keep-alive settings (validated by the control plane); None: the
+    node's default. ``policy``: "fixed" or "histogram"; ``ttl_s``: the fixed TTL, or the
+    histogram policy's fallback TTL; ``bin_width_s``: the idle-time histogram's bin width."""
+
+    policy: str | None = None
+    ttl_s: float | None = None
+    bin_width_s: float | None = None
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """Everything the node needs to run one function version. ``revision_id`` changes with
     every code or configuration update, so instances of an old revision are never reused."""
@@ -22,6 +33,7 @@ class FunctionSpec:
     timeout_s: int
     memory_mb: int
     environment: Mapping[str, str] = field(default_factory=dict)
+    keep_alive: KeepAliveSpec = KeepAliveSpec()
     max_batch_size: int = 1     # invocations one instance may hold at once (its runtime batches them)
     ttft_slo_ms: int | None = None   # the batcher's time-to-first-token target; None: the node's default
     shared_execution: bool = False   # co-batched with other adapters of its backbone in a platform runtime
@@ -97,6 +109,7 @@ class InstanceInfo:
     adapter_bytes: int | None = None   # the adapter's weights as loaded (device dtype)
     init_report: dict = field(default_factory=dict)
     gpu_mb: float | None = None        # measured device memory of this instance (CUDA)
+    provisioned: bool = False          # held for a provisioned-concurrency target: never reaped or evicted
 
     @property
     def alive(self) -> bool:
@@ -149,6 +162,21 @@ class IntegrityEvent:
     bad_tensors: tuple[str, ...]
     stopped_instances: tuple[str, ...]
     reload_s: float | None
+
+
+@dataclass(frozen=True)
+class ProvisionedInfo:
+    """One provisioned-concurrency target on the node: ``ready`` of ``requested`` instances of
+    the version are up (initialised, idle or busy). ``failure``: why the last start failed."""
+
+    function_name: str
+    version: str
+    revision_id: str
+    requested: int
+    ready: int
+    starting: int = 0
+    failure: str | None = None
+    failures: int = 0                  # consecutive failed starts (retried with a backoff)
 
 
 @dataclass(frozen=True)
@@ -210,6 +238,8 @@ class NodeInfo:
     host: str = ""                     # where the node runs (Ray: its node's address)
     backbone_mode: str = "shared"      # or a baseline's: "private-checkpoint", "private-host-cache"
     concurrency_limit: int | None = None   # invocations it may hold at once (None: one per instance)
+    provisioned: tuple[ProvisionedInfo, ...] = ()
+    keep_alive_policy: str = "fixed"   # the node's default (a function may set its own)
 
     @property
     def max_concurrency(self) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -101,6 +102,20 @@ def test_an_unpriced_device_fails_at_start_with_the_key_to_add() -> None:
     assert Meter("n1", "cuda:0", default_prices(), gpu_name="NVIDIA H100 80GB HBM3", clock=Clock()).device_type == "H100"
 
 
+def test_token_counts_come_from_the_metrics_or_the_body_whichever_has_them() -> None:
+    """A buffered response's metrics carry the prompt length alone (for the scheduler): the
+    completion count still comes from the body; a stream's trailer has both."""
+    m = Meter("n1", "cpu", default_prices(), clock=Clock())
+    m.invocation_started("r", "i", 1000.0)
+    f = facts("r", "i", False, 1000.0, 1001.0)
+    buffered = m.invocation_finished(replace(f, metrics={"device_ms": 400.0, "prompt_tokens": 9}), {})
+    assert (buffered.tokens_in, buffered.tokens_out) == (9, 3)
+    m.invocation_started("s", "i", 1002.0)
+    trailer = {"device_ms": 400.0, "prompt_tokens": 4, "completion_tokens": 6}
+    streamed = m.invocation_finished(replace(facts("s", "i", False, 1002.0, 1003.0, body="chunks"), metrics=trailer), {})
+    assert (streamed.tokens_in, streamed.tokens_out) == (4, 6)
+
+
 def test_the_handler_cannot_set_its_own_bill_and_odd_numbers_never_fail() -> None:
     m = Meter("n1", "cpu", default_prices(), clock=Clock())
     m.invocation_started("r", "i", 1000.0)
@@ -135,6 +150,31 @@ def test_init_ended_by_two_threads_is_accounted_once() -> None:
     m.instance_ready("i", 1002.1, 2.1)            # the invoking thread, a moment later: no KeyError
     rec = m.invocation_finished(facts("r", "i", True, 1002.1, 1002.1, error="Runtime.ExitError"), {})
     assert rec.init_device_s == pytest.approx(2.0)
+
+
+def test_inits_started_ahead_of_requests_are_provisioned_or_preload_never_in_flight() -> None:
+    clock = Clock()
+    m = Meter("n1", "cpu", default_prices(), clock=clock)
+    m.instance_starting("p1", 1000.0)           # provisioned: its init is billed to its function
+    m.instance_starting("w1", 1000.0)           # pre-warmed by keep-alive: pre-loading overhead
+    m.instance_ready("p1", 1002.0, 2.0)
+    m.instance_prestarted("p1", "fp", provisioned=True)
+    m.instance_ready("w1", 1003.0, 3.0)
+    m.instance_prestarted("w1", "fw", provisioned=False)
+    m.instance_idle("p1", "fp", 1003.0, provisioned=True)
+    m.instance_idle("w1", "fw", 1003.0)
+    m.invocation_started("r1", "p1", 1005.0)    # its first invocation is warm: no init billed
+    rec = m.invocation_finished(facts("r1", "p1", False, 1005.0, 1006.0, fn="fp", device_ms=1000.0), {})
+    m.instance_idle("p1", "fp", 1006.0, provisioned=True)
+    clock.t = 1008.0
+    snap = m.snapshot()
+    assert rec.init_device_s == 0.0 and rec.preload_tier == "warm"
+    # init 1000-1002 shared by two inits (1 s each), 1002-1003 w1 alone (1 s); then idle split
+    assert snap.provisioned_by_function_s == pytest.approx({"fp": 1.0 + 1.0 + 1.0})
+    assert snap.overhead_s["preload"] == pytest.approx(2.0)
+    assert snap.overhead_s["keep_alive"] == pytest.approx(2.0) and snap.overhead_s["in_flight"] == 0.0
+    assert snap.idle_instance_by_function_s == pytest.approx({"fw": 5.0})   # 1003-1008, work or not
+    assert snap.billed_device_s + snap.provisioned_s + snap.overhead_total_s == pytest.approx(snap.elapsed_s)
 
 
 def batched(rid: str, iid: str, dispatch: float, end: float, share_ms: float | None, passes_ms: float,

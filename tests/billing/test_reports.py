@@ -13,8 +13,9 @@ from slfaas.billing.budgets import Budget, evaluate
 from slfaas.billing.prices import default_prices, invocation_cost_usd
 from slfaas.billing.records import NodeUsage, UsageRecord
 from slfaas.billing.report_html import render_html
-from slfaas.billing.reports import (ROW_FIELDS, build_report, render_csv, render_json, render_table,
-                                    report_from_dict, report_to_dict, split_cost)
+from slfaas.billing.report_render import (ROW_FIELDS, render_csv, render_json, render_table, report_from_dict,
+                                          report_to_dict)
+from slfaas.billing.reports import build_report, split_cost
 from slfaas.errors import InvalidParameter
 
 SHEET = default_prices()
@@ -393,3 +394,29 @@ def test_demo_report_writes(tmp_path):
     assert _main(["--demo", str(out)]) == 0
     html = out.read_text()
     assert _check(html).svgs == 3 and "banner warning" in html
+
+
+def test_provisioned_time_is_billed_to_its_function_not_platform_overhead() -> None:
+    from dataclasses import replace
+
+    from slfaas.billing.prices import device_second_usd
+
+    records = [rec(i, fn=FNS[i % 2]) for i in range(10)]
+    plain = node_for(records)
+    held = {"alpha": 40.0, "delta": 10.0}    # delta: provisioned, never invoked in the window
+    node = replace(plain, overhead_s={**plain.overhead_s, "node_idle": plain.overhead_s["node_idle"] - 50.0},
+                   provisioned_by_function_s=held)
+    report = report_of(records, [node])
+    rows = {r.key: r for r in report.rows}
+    rate = device_second_usd(SHEET, "H100", 2048)
+    assert rows["alpha"].provisioned_s == 40.0 and rows["delta"].provisioned_s == 10.0
+    assert rows["delta"].invocations == 0 and rows["beta"].provisioned_s == 0.0
+    assert rows["alpha"].provisioned_cost_usd == (Decimal("40.0") * rate).quantize(Decimal("1e-10"))
+    assert report.total.provisioned_cost_usd == rows["alpha"].provisioned_cost_usd + rows["delta"].provisioned_cost_usd
+    assert report.billed_cost_usd == report.total.cost_usd + report.total.provisioned_cost_usd
+    assert report.platform_overhead_s == pytest.approx(plain.overhead_total_s - 50.0)   # not overhead
+    assert report.node_provisioned_s == 50.0 and report.conservation_error < 1e-9
+    again = report_from_dict(json.loads(render_json(report)))
+    assert again == report
+    assert "provisioned 50.000 s" in render_table(report)
+    assert "prov_s" in render_table(report).splitlines()[2]

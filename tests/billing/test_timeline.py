@@ -103,3 +103,24 @@ def test_init_phases_split_the_node_wall_time() -> None:
     assert sum(phases.values()) == pytest.approx(5.0)
     # a runtime that reported nothing (died in init): all of it is sandbox start
     assert init_phases(3.0, {})["sandbox_start"] == pytest.approx(3.0)
+
+
+def test_provisioned_idle_time_is_the_functions_and_keep_alive_instance_seconds_overlap_work() -> None:
+    t = DeviceTimeline(0.0)
+    t.instance_idle("held", "fp", 0.0, provisioned=True)
+    t.advance(2.0)                              # only the provisioned one idle: fp's provisioned time
+    t.instance_idle("ka", "fk", 2.0)
+    t.advance(6.0)                              # both idle: split, half billed to fp, half keep-alive
+    t.start_activity("run", "compute", 6.0)
+    t.advance(8.0)                              # work runs: it gets the device, idle ones nothing
+    t.end_activity("run", 8.0)
+    t.instance_idle("ka", "fk", 8.0, provisioned=True)   # adopted by provisioned concurrency
+    t.advance(9.0)
+    tot = t.totals(9.0)
+    assert tot.provisioned_by_function_s == pytest.approx({"fp": 2.0 + 2.0 + 0.5, "fk": 0.5})
+    assert tot.keep_alive_by_function_s == pytest.approx({"fk": 2.0})
+    assert tot.overhead_s["keep_alive"] == pytest.approx(2.0)
+    # instance-seconds held by keep-alive: fk's whole unprovisioned idle time, work or not
+    assert tot.idle_instance_by_function_s == pytest.approx({"fk": 6.0})
+    billed_like = tot.accrued_s["compute"] + sum(tot.provisioned_by_function_s.values())
+    assert billed_like + sum(tot.overhead_s.values()) == pytest.approx(tot.elapsed_s)

@@ -14,7 +14,7 @@ from slfaas.faas.service import FunctionService
 from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.streaming import ResponseStream
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
-                                   LogChunk, NodeInfo)
+                                   LogChunk, NodeInfo, ProvisionedInfo)
 
 
 class FakeNode:
@@ -33,6 +33,9 @@ class FakeNode:
         self.prepared: list[FunctionSpec] = []
         self.invoked: list[InvocationRequest] = []
         self.retired: list[tuple[str, str | None]] = []
+        self.provisioned: dict[tuple[str, str], tuple[FunctionSpec, int]] = {}
+        self.provisioned_ready: int | None = None     # None: every provisioned instance is up at once
+        self.provision_failure: tuple[str, int] | None = None   # (reason, consecutive failures)
         self.cancelled: list[str] = []
         self.function_logs = FunctionLogs(logs_root)
         self.max_instances = 1000
@@ -96,12 +99,22 @@ class FakeNode:
             self._cond.notify_all()
             return True
 
+    def provision(self, function: FunctionSpec, count: int) -> None:
+        if count:
+            self.provisioned[(function.name, function.version)] = (function, count)
+        else:
+            self.provisioned.pop((function.name, function.version), None)
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         self.retired.append((function_name, keep_revision))
         return 0
 
     def describe(self, checksums: bool = False) -> NodeInfo:
-        return NodeInfo("fake-node", "cpu", "fake", self.max_instances, 0, 0, (), ())
+        ready = (lambda n: n if self.provisioned_ready is None else min(n, self.provisioned_ready))
+        failure, failures = self.provision_failure or (None, 0)
+        held = tuple(ProvisionedInfo(s.name, s.version, s.revision_id, n, ready(n), n - ready(n), failure, failures)
+                     for s, n in self.provisioned.values())
+        return NodeInfo("fake-node", "cpu", "fake", self.max_instances, 0, 0, (), (), provisioned=held)
 
     def logs(self, function_name: str, max_bytes: int = 64 * 1024, offset: int | None = None,
              since_ts: float | None = None) -> LogChunk:

@@ -190,6 +190,39 @@ def test_data_survives_reopening(database_url, db_path) -> None:  # type: ignore
         r3.close()
 
 
+def test_a_database_made_before_node_usage_had_provisioned_columns_gains_them(tmp_path: Path) -> None:
+    """An older registry (its node_usage without the provisioned and idle-instance columns)
+    opens: the columns are added, old rows read as empty, new rows keep what they carry."""
+    import sqlite3
+
+    from slfaas.billing.records import NodeUsage
+
+    path = tmp_path / "old.db"
+    Registry(f"sqlite:///{path}").close()
+    db = sqlite3.connect(path)
+    for column in ("provisioned_json", "idle_instance_json"):
+        db.execute(f"ALTER TABLE node_usage DROP COLUMN {column}")
+    db.execute("INSERT INTO node_usage (node_id, device, device_type, start_ts, end_ts, elapsed_s, billed_device_s, "
+               "overhead_json, keep_alive_json, backbone_bytes, backbone_load_s) "
+               "VALUES ('old', 'cpu', 'cpu', 0, 10, 10, 1, '{\"node_idle\": 9}', '{}', 0, 0)")
+    db.commit()
+    db.close()
+    reg = Registry(f"sqlite:///{path}")
+    try:
+        [old] = reg.list_node_usage()
+        assert old.provisioned_by_function_s == {} and old.idle_instance_by_function_s == {}
+        reg.put_node_usage(NodeUsage("new", "cpu", "cpu", 20, 30, 10, 1, {"node_idle": 4}, {}, 0, 0.0,
+                                     {"fn": 5.0}, {"other": 2.5}))
+        new = next(n for n in reg.list_node_usage() if n.node_id == "new")
+        assert new.provisioned_by_function_s == {"fn": 5.0} and new.idle_instance_by_function_s == {"other": 2.5}
+        assert new.billed_device_s + new.provisioned_s + new.overhead_total_s == new.elapsed_s
+    finally:
+        reg.close()
+    from slfaas.faas.tables import add_missing_columns
+    from sqlalchemy import create_engine
+    assert add_missing_columns(create_engine(f"sqlite:///{path}")) == []   # nothing left to add
+
+
 def test_what_a_function_reports_is_cut_to_its_columns(reg) -> None:  # type: ignore[no-untyped-def]
     """A runtime may post an error type of any length: the record is kept (PostgreSQL would
     refuse a value wider than its column), cut to the column."""

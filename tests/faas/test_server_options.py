@@ -23,3 +23,27 @@ def test_invocation_slots_get_threads_of_their_own() -> None:
 def test_nonsense_is_refused_with_the_flag_name(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} must be a whole number"):
         http_options(ServerConfig(data_dir=Path("."), **{field: value}))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"keep_alive_s": -1.0}, "--keep-alive-s must be a number of seconds >= 0"),
+    ({"keep_alive_s": float("nan")}, "--keep-alive-s must be"),
+    ({"keep_alive_bin_s": 0.0}, "--keep-alive-bin-s must be a number of seconds >= 0.01"),
+    ({"keep_alive_policy": "lru"}, "unknown keep-alive policy 'lru'"),
+    ({"keep_alive_policy": "histogram", "keep_alive_bin_s": 0.01, "keep_alive_range_s": 1e6}, "too many bins"),
+])
+def test_keep_alive_settings_are_checked_before_anything_starts(settings: dict, message: str) -> None:
+    from slfaas.faas.server import check_keep_alive
+    from slfaas.gpu_node.config import NodeConfig
+
+    with pytest.raises(ValueError, match=message):
+        check_keep_alive(NodeConfig(Path("."), **settings))
+
+
+def test_the_server_refuses_bad_keep_alive_flags_without_touching_the_data_dir(tmp_path: Path) -> None:
+    from slfaas.faas.server import SlfaasServer
+
+    with pytest.raises(ValueError, match="--keep-alive-bin-s"):
+        SlfaasServer(ServerConfig(data_dir=tmp_path / "data", port=0, keep_alive_policy="histogram",
+                                  keep_alive_bin_s=-2.0))
+    assert not (tmp_path / "data").exists()

@@ -9,7 +9,8 @@ import pytest
 from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
                            TooManyRequests)
 from slfaas.faas.registry import Registry
-from slfaas.faas.service import MAX_SYNC_PAYLOAD_BYTES, FunctionService, configuration
+from slfaas.faas.function_config import configuration
+from slfaas.faas.service import MAX_SYNC_PAYLOAD_BYTES, FunctionService
 from tests.gpu_node.fakes import wait_until
 
 

@@ -19,11 +19,14 @@ EVENT = {"prompt": "two nodes", "max_tokens": 4, "temperature": 0}
 
 
 def test_two_cpu_nodes_behind_one_endpoint(tiny_assets, live_server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = live_server_factory("--devices", "cpu,cpu", "--max-instances", "2", "--keep-alive-s", "600")
+    # the histogram keep-alive falls back to the 600 s TTL until it has a history
+    server = live_server_factory("--devices", "cpu,cpu", "--max-instances", "2", "--keep-alive-s", "600",
+                                 "--keep-alive-policy", "histogram")
     c = server.client()
     report = node(server)
     assert report["Device"] == "cpu,cpu" and report["MaxInstances"] == 4
     assert [n["State"] for n in report["Nodes"]] == ["alive", "alive"]
+    assert [n["KeepAlivePolicy"] for n in report["Nodes"]] == ["histogram", "histogram"]   # every node's
     node_ids = [n["NodeId"] for n in report["Nodes"]]
 
     names = ["dev-a", "dev-b", "dev-c"]

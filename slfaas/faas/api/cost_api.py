@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, request
 from slfaas.billing.budgets import Budget, BudgetStatus
 from slfaas.billing.records import UsageRecord
 from slfaas.billing.report_html import render_html
-from slfaas.billing.reports import render_csv, render_table, report_to_dict
+from slfaas.billing.report_render import render_csv, render_table, report_to_dict
 from slfaas.billing.service import parse_when
 from slfaas.errors import InvalidParameter
 from slfaas.faas.api.lambda_api import _json, _json_body

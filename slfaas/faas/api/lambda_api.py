@@ -8,7 +8,8 @@ from typing import Any, Callable
 from flask import Blueprint, Response, current_app, request
 
 from slfaas.errors import InvalidParameter, InvalidRequestContent
-from slfaas.faas.service import FunctionService, configuration
+from slfaas.faas.function_config import configuration
+from slfaas.faas.service import FunctionService
 
 bp = Blueprint("lambda_api", __name__, url_prefix="/2015-03-31")
 

@@ -120,6 +120,9 @@ def _node_report(info: NodeInfo) -> dict:
         "Pools": [_pool(p) for p in info.pools],
         "Tiers": [asdict(t) for t in info.tiers],
         "Preload": asdict(info.preload) if info.preload is not None else None,
+        # provisioned concurrency: instances held per function version
+        "Provisioned": [asdict(p) for p in info.provisioned],
+        "KeepAlivePolicy": info.keep_alive_policy,
     }
 
 

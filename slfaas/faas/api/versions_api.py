@@ -7,7 +7,8 @@ from flask import Blueprint, Response, current_app, request
 
 from slfaas.errors import InvalidParameter
 from slfaas.faas.api.lambda_api import _json, _json_body
-from slfaas.faas.service import FunctionService, configuration
+from slfaas.faas.function_config import configuration
+from slfaas.faas.service import FunctionService
 
 bp = Blueprint("lambda_versions_api", __name__, url_prefix="/2015-03-31")
 

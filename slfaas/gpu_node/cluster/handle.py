@@ -94,6 +94,9 @@ class LocalNode:
     def cancel(self, request_id: str) -> bool:
         return self.node.cancel(request_id)
 
+    def provision(self, function: FunctionSpec, count: int) -> None:
+        self.node.provision(function, count)
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         return self.node.retire(function_name, keep_revision, version)
 

@@ -6,6 +6,11 @@ its summary) hands it to the next one. ``prepare`` loads the backbone on every l
 device holds one copy, as a single node does), and a node that joins later loads the backbones
 prepared so far in the background; until then placement counts their load time against it.
 
+Provisioned concurrency (``provision``) is held on one node per function version: the node
+that holds it already, else the one placement ranks first for the version (its warm instances,
+adapter, backbone, room), so that requests, which placement sends to warm instances, find the
+held ones. A lost node's targets move to the best live node.
+
 A node whose agent dies is marked lost the first time a call to it fails: the invocations it
 was running end as function errors (``Runtime.NodeLost``), and it gets no more work. Retire,
 verify, cancel, log deletion and shutdown go to every live node; logs are merged
@@ -25,9 +30,11 @@ from typing import Callable, TypeVar
 from slfaas.billing.records import InstanceUsage, NodeUsage
 from slfaas.errors import NodeError, TooManyRequests
 from slfaas.gpu_node.api import NodeStream
+from slfaas.gpu_node.cluster.aggregate import aggregate
 from slfaas.gpu_node.cluster.handle import NodeHandle, NodeLost
 from slfaas.gpu_node.cluster.logs_merge import merge, unpack_offsets
 from slfaas.gpu_node.cluster.outcomes import NODE_LOST, FinishedStream, TrackedStream, lost_result
+from slfaas.gpu_node.cluster.targets import ProvisionedTargets, Target
 from slfaas.gpu_node.policy.cluster_placement import NodeView, Want, rank
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
                                    LogChunk, NodeInfo)
@@ -63,6 +70,8 @@ class NodeSet:
         self._members: list[_Member] = []
         self._backbone_bytes: dict[str, int] = {}
         self._prepared: dict[str, FunctionSpec] = {}     # model path → a spec that loads it (for joiners)
+        self._targets = ProvisionedTargets()
+        self._provisioning = threading.Lock()            # one provision (or re-homing) at a time
         self._closed = False
         for h in handles:
             self.add(h)
@@ -101,6 +110,9 @@ class NodeSet:
                   len(member.inflight), len(self.live()))
         if self.on_lost is not None:
             self.on_lost(node_id, why)
+        moving = self._targets.on_node(node_id)
+        if moving:
+            threading.Thread(target=self._rehome, args=(moving,), daemon=True, name=f"rehome-{node_id[:8]}").start()
         return True
 
     def live(self) -> list[NodeHandle]:
@@ -276,7 +288,52 @@ class NodeSet:
                 return False
         return any(self._each(lambda h: h.cancel(request_id)))
 
+    def provision(self, function: FunctionSpec, count: int) -> None:
+        """Hold ``count`` instances of the version on one node (see the module's docstring); 0
+        releases them there. Raises ``NodeError`` when no live node could take the target."""
+        with self._provisioning:
+            held = self._targets.get(function)
+            holder = next((m for m in self._live_members() if held and m.node_id == held.node_id), None)
+            if count == 0:
+                self._targets.drop(function)
+                if holder is not None:
+                    try:
+                        self._call(holder, lambda h: h.provision(function, 0))
+                    except NodeLost:
+                        pass   # its instances went with it
+                return
+            tried: set[str] = set()
+            while True:
+                member = holder if holder is not None and holder.node_id not in tried else self._pick(function, tried)
+                tried.add(member.node_id)
+                try:
+                    self._call(member, lambda h: h.provision(function, count))
+                except NodeLost:
+                    continue
+                self._targets.put(function, count, member.node_id)
+                return
+
+    def _pick(self, function: FunctionSpec, tried: set[str]) -> _Member:
+        """The node for a provisioned target: placement's first choice among those not tried."""
+        views = [(m, v) for m, v in self._views() if m.node_id not in tried]
+        if not views:
+            raise NodeError(f"no live node to hold provisioned concurrency of {function.name}:{function.version}")
+        by_id = {m.node_id: m for m, _v in views}
+        ranked = rank([v for _m, v in views], self._want(function))
+        return by_id[ranked[0].node_id] if ranked else views[0][0]
+
+    def _rehome(self, moving: list[Target]) -> None:
+        for old in moving:
+            if self._targets.get(old.spec) != old:
+                continue   # released or changed meanwhile
+            try:
+                self.provision(old.spec, old.count)
+            except (NodeError, OSError, ValueError) as exc:
+                log.warning("provisioned concurrency of %s:%s found no new node: %s", old.spec.name,
+                            old.spec.version, exc)
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
+        self._targets.retire(function_name, keep_revision, version)
         return sum(self._each(lambda h: h.retire(function_name, keep_revision, version)))
 
     def describe(self, checksums: bool = False) -> NodeInfo:
@@ -337,17 +394,3 @@ class NodeSet:
                 m.handle.shutdown()
             except Exception:   # a node that fails to stop must not keep the others running
                 log.exception("stopping node %s failed", m.node_id)
-
-
-def aggregate(set_id: str, infos: list[NodeInfo]) -> NodeInfo:
-    """The nodes as one: a single live node reports as itself (as before there were several)."""
-    live = [i for i in infos if i.state == "alive"]
-    if len(infos) == 1 and live:
-        return replace(live[0], nodes=tuple(infos))
-    return NodeInfo(set_id, ",".join(i.device for i in live), live[0].sandbox if live else "",
-                    sum(i.max_instances for i in live), sum(i.warm_pool_target for i in live),
-                    sum(i.warm_pool_held for i in live), tuple(b for i in live for b in i.backbones),
-                    tuple(x for i in live for x in i.instances), None, tuple(p for i in live for p in i.pools),
-                    tuple(t for i in live for t in i.tiers), None, nodes=tuple(infos),
-                    concurrency_limit=(sum(i.max_concurrency for i in live)
-                                       if any(i.concurrency_limit is not None for i in live) else None))

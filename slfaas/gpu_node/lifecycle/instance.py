@@ -104,6 +104,7 @@ class Instance:
         self.instance_id = instance_id
         self.function = function
         self.capacity = capacity
+        self.provisioned = False        # held for provisioned concurrency (set by the provisioner)
         self.state = InstanceState.STARTING
         self.started_ts = time.time()
         self.last_used_ts = self.started_ts

@@ -84,7 +84,8 @@ class InstanceTable:
         for i, old in zip(instances, stale):
             mb, rate = value(i) if value is not None else (None, 0.0)
             views.append(InstanceView(i.instance_id, i.function.pool_key, i.state.value, i.last_used_ts, i.inflight,
-                                      i.capacity, old, mb, rate, (i.init_duration_ms or 0.0) / 1000))
+                                      i.capacity, old, mb, rate, (i.init_duration_ms or 0.0) / 1000,
+                                      provisioned=i.provisioned))
         return NodeSnapshot(now_s, tuple(views), max_instances, gpu, waiting_keys)
 
     def infos(self, gpu_mb: dict[str, float] | None = None) -> tuple[InstanceInfo, ...]:
@@ -92,4 +93,4 @@ class InstanceTable:
         return tuple(InstanceInfo(i.instance_id, i.function.name, i.function.version, i.function.revision_id,
                                   i.state.value, i.sandbox.pid if i.sandbox else None, i.started_ts,
                                   i.last_used_ts, i.invocations, i.init_facts.get("adapter_bytes"),
-                                  dict(i.init_facts), gpu_mb.get(i.instance_id)) for i in self.all())
+                                  dict(i.init_facts), gpu_mb.get(i.instance_id), i.provisioned) for i in self.all())

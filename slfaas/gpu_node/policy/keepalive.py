@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal, Union
+from typing import Literal, Mapping, Union
 
-from slfaas.gpu_node.policy.view import NodeSnapshot
+from slfaas.gpu_node.policy.view import NodeSnapshot, PoolKey
 
 Reason = Literal["fixed", "histogram", "no_history", "few_samples", "low_confidence", "out_of_bounds"]
 
@@ -150,6 +150,7 @@ def _windows(policy: HistogramKeepAlive, hist: IdleHistogram) -> tuple[float, fl
 
 def decide(policy: KeepAlivePolicy, hist: IdleHistogram | None, now_s: float) -> KeepAliveDecision:
     """The windows for a function, and whether it should be loaded at ``now_s``."""
+    reason: Reason
     if isinstance(policy, FixedKeepAlive):
         prewarm, keep, reason = 0.0, policy.ttl_s, "fixed"
     elif hist is None:
@@ -166,7 +167,88 @@ def decide(policy: KeepAlivePolicy, hist: IdleHistogram | None, now_s: float) ->
     return KeepAliveDecision(prewarm, keep, reason, warm_from, warm_until, warm_from <= now_s < warm_until)
 
 
-def expired(snapshot: NodeSnapshot, keep_alive_s: float) -> tuple[str, ...]:
-    """Idle instances unused for longer than ``keep_alive_s`` (a fixed TTL), oldest first."""
-    out = [i for i in snapshot.instances if i.state == "IDLE" and snapshot.now_s - i.last_used_s > keep_alive_s]
+def policy_for(default: KeepAlivePolicy, policy: str | None = None, ttl_s: float | None = None,
+               bin_width_s: float | None = None, histogram: HistogramKeepAlive | None = None) -> KeepAlivePolicy:
+    """A function's policy: its own settings (None: not set) over the node's ``default``. The
+    TTL is the fixed policy's, or the histogram policy's fallback and out-of-bounds TTL.
+    ``histogram``: the node's histogram settings, for a function that chooses that policy on a
+    node whose default is a fixed TTL."""
+    kind = policy or ("fixed" if isinstance(default, FixedKeepAlive) else "histogram")
+    if kind == "fixed":
+        default_ttl = default.ttl_s if isinstance(default, FixedKeepAlive) else default.fallback_ttl_s
+        return FixedKeepAlive(default_ttl if ttl_s is None else ttl_s)
+    _check(kind == "histogram", f"unknown keep-alive policy {kind!r} (fixed or histogram)")
+    base = default if isinstance(default, HistogramKeepAlive) else (histogram or HistogramKeepAlive())
+    width = base.bin_width_s if bin_width_s is None else bin_width_s
+    range_s = min(max(base.range_s, width), width * 100_000)
+    out = replace(base, bin_width_s=width, range_s=range_s)
+    return out if ttl_s is None else replace(out, fallback_ttl_s=ttl_s, out_of_bounds_ttl_s=ttl_s)
+
+
+def history_for(policy: HistogramKeepAlive, hist: IdleHistogram | None) -> IdleHistogram:
+    """``hist`` if it was made with ``policy``'s bins, else a fresh one that keeps the current
+    idle period (a function whose bin width changed starts its histogram over)."""
+    if hist is not None and hist.bin_width_s == policy.bin_width_s and len(hist.counts) == policy.bins:
+        return hist
+    return replace(IdleHistogram.empty(policy), idle_since_s=hist.idle_since_s if hist is not None else None)
+
+
+@dataclass(frozen=True)
+class FunctionState:
+    """What keep-alive decides with for one pool key: the function's policy, its idle history
+    (None before its first invocation ended on this node), and ``lead_s``: how long before the
+    pre-warm window ends a pre-warm starts (the function's init time: its instance should be
+    ready when the window ends, not begin its init then; seconds matter at second-wide bins)."""
+
+    policy: KeepAlivePolicy
+    history: IdleHistogram | None = None
+    lead_s: float = 0.0
+
+
+def idle_expired(state: FunctionState, last_used_s: float, now_s: float) -> bool:
+    """Should an idle instance stop now? Fixed: its own idle time passed the TTL. Histogram,
+    when representative: its function's decision says unloaded at ``now_s`` (inside the
+    pre-warm window, or after the keep-alive window), or the instance went unused for a whole
+    predicted cycle (a surplus one, left by a burst). Otherwise (no or too little history) the
+    fallback TTL, from the instance's own last use like the fixed policy."""
+    if isinstance(state.policy, FixedKeepAlive):
+        return now_s - last_used_s > state.policy.ttl_s
+    d = decide(state.policy, history_for(state.policy, state.history) if state.history is not None else None, now_s)
+    if d.reason != "histogram" or d.warm_from_s is None:
+        return now_s - last_used_s > d.keep_alive_window_s
+    if now_s - last_used_s > d.prewarm_window_s + d.keep_alive_window_s:
+        return True
+    leading = d.warm_from_s - state.lead_s <= now_s < d.warm_from_s   # pre-warmed early, or not worth unloading
+    return not (d.keep_warm or leading)
+
+
+def expired(snapshot: NodeSnapshot, keep_alive_s: float | None = None, *,
+            functions: Mapping[PoolKey, FunctionState] | None = None) -> tuple[str, ...]:
+    """Idle instances whose keep-alive says stop, oldest first: under one fixed TTL
+    (``keep_alive_s``) for every instance, or each pool key's state (``functions``: keys not in
+    it are left alone). Provisioned instances are held whatever their idle time."""
+    if functions is None:
+        _check(keep_alive_s is not None, "give keep_alive_s or functions")
+        ttl = FunctionState(FixedKeepAlive(float(keep_alive_s or 0.0)))
+        functions = {i.pool_key: ttl for i in snapshot.instances}
+    out = [i for i in snapshot.instances if i.state == "IDLE" and not i.provisioned and i.pool_key in functions
+           and idle_expired(functions[i.pool_key], i.last_used_s, snapshot.now_s)]
     return tuple(i.instance_id for i in sorted(out, key=lambda i: (i.last_used_s, i.instance_id)))
+
+
+def due_prewarms(snapshot: NodeSnapshot, functions: Mapping[PoolKey, FunctionState],
+                 done: frozenset[tuple[PoolKey, float]] = frozenset()) -> tuple[PoolKey, ...]:
+    """Pool keys to load now, ahead of their next invocation: the histogram says the pre-warm
+    window ends within the key's ``lead_s`` (or is over, and the keep-alive window not yet), no
+    live instance of the key exists, and it was not pre-warmed already in this idle period
+    (``done``: (key, idle_since_s))."""
+    live = {i.pool_key for i in snapshot.instances if i.alive and not i.stale}
+    out = []
+    for key, state in sorted(functions.items()):
+        if not isinstance(state.policy, HistogramKeepAlive) or state.history is None or key in live:
+            continue
+        hist = history_for(state.policy, state.history)
+        d = decide(state.policy, hist, snapshot.now_s + state.lead_s)
+        if d.prewarm_due and hist.idle_since_s is not None and (key, hist.idle_since_s) not in done:
+            out.append(key)
+    return tuple(out)

@@ -28,10 +28,16 @@ Placement = Reuse | Start | Refuse
 
 
 def _evictable(snapshot: NodeSnapshot, key: PoolKey, taken: set[str]) -> list[InstanceView]:
-    """Idle instances, least recently used first, that no queued request is about to use."""
-    idle = [i for i in snapshot.instances if i.state == "IDLE" and i.instance_id not in taken
+    """Idle instances, least recently used first, that no queued request is about to use;
+    never a provisioned one (held on purpose, whatever its last use)."""
+    idle = [i for i in snapshot.instances if i.state == "IDLE" and i.instance_id not in taken and not i.provisioned
             and (i.pool_key != key or i.stale) and (i.stale or i.pool_key not in snapshot.waiting_keys)]
     return sorted(idle, key=lambda i: (not i.stale, i.last_used_s, i.instance_id))
+
+
+def _why_kept(live: list[InstanceView]) -> str:
+    held = sum(1 for i in live if i.provisioned and i.state == "IDLE")
+    return "all busy" if not held else f"all busy or provisioned ({held} held idle for provisioned concurrency)"
 
 
 def place(snapshot: NodeSnapshot, key: PoolKey) -> Placement:
@@ -42,13 +48,20 @@ def place(snapshot: NodeSnapshot, key: PoolKey) -> Placement:
     warm = [i for i in snapshot.instances if i.pool_key == key and i.has_room]
     if warm:
         return Reuse(max(warm, key=lambda i: (i.inflight == 0, i.last_used_s, i.instance_id)).instance_id)
+    return start_one(snapshot, key)
+
+
+def start_one(snapshot: NodeSnapshot, key: PoolKey, may_evict: bool = True) -> Start | Refuse:
+    """Room for one more instance of ``key`` (a request's cold start, or an instance started
+    ahead of requests: pre-warmed or provisioned), evicting idle instances of other functions
+    when ``may_evict`` and that makes room."""
     live = [i for i in snapshot.instances if i.alive]
-    candidates = _evictable(snapshot, key, set())
+    candidates = _evictable(snapshot, key, set()) if may_evict else []
     evict: list[str] = []
     if len(live) >= snapshot.max_instances:
         if not candidates:
             return Refuse("ConcurrentInvocationLimitExceeded",
-                          f"Node is at its limit of {snapshot.max_instances} instances, all busy")
+                          f"Node is at its limit of {snapshot.max_instances} instances, {_why_kept(live)}")
         evict.append(candidates.pop(0).instance_id)
     gpu = snapshot.gpu
     if gpu is not None and not evict:
@@ -60,6 +73,7 @@ def place(snapshot: NodeSnapshot, key: PoolKey) -> Placement:
             return Refuse("InsufficientGpuMemory",
                           f"Not enough GPU memory for another instance: {gpu.free_mb / 1024:.1f} GiB free, "
                           f"{starting} instance(s) starting, each may need {gpu.instance_mb / 1024:.1f} GiB; "
-                          f"the {len(candidates)} idle instance(s) that may be stopped would not make room")
+                          f"the {len(candidates)} idle instance(s) that may be stopped would not make room "
+                          f"({len(live)} instance(s): {_why_kept(live)})")
         evict.extend(freed)
     return Start(tuple(evict))

@@ -18,6 +18,7 @@ class InstanceView:
     gpu_mb: float | None = None   # its measured device memory (None: not measured)
     rate_per_s: float = 0.0  # arrivals of its function (the preloader's estimate)
     reload_s: float = 0.0    # what starting it again would cost (its init)
+    provisioned: bool = False  # held for provisioned concurrency: no keep-alive expiry, never evicted
 
     @property
     def alive(self) -> bool:

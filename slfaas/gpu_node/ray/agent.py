@@ -101,6 +101,9 @@ class NodeAgent:
     def cancel(self, request_id: str) -> bool:
         return self.node.cancel(request_id)
 
+    def provision(self, function: FunctionSpec, count: int) -> None:
+        self.node.provision(self._local(function) if count else function, count)
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         return self.node.retire(function_name, keep_revision, version)
 

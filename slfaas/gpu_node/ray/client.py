@@ -188,6 +188,12 @@ class RayNodeClient:
     def cancel(self, request_id: str) -> bool:
         return self._call("cancel", request_id)
 
+    def provision(self, function: FunctionSpec, count: int) -> None:
+        if count:
+            self._ship(function)   # its instances start on the agent's host, from its copy of the code
+        self._call("provision", function, count)
+        self._summary = self._call("summary")
+
     def retire(self, function_name: str, keep_revision: str | None = None, version: str | None = None) -> int:
         return self._call("retire", function_name, keep_revision, version)
 

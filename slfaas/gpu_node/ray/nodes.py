@@ -57,7 +57,6 @@ class RayClusterSettings:
     prices: PriceSheet | None = None
     device: str = "auto"                        # "cpu": CPU agents only; "auto": one per GPU where there are GPUs
     resource: str | None = None                 # only Ray nodes advertising this custom resource get agents
-    keep_alive_s: float = 300.0
     max_instances: int = 32
     init_timeout_s: float = 300.0
     verify_interval_s: float | None = None      # None: 60 s on CUDA, on demand on CPU
@@ -65,6 +64,7 @@ class RayClusterSettings:
     preload: PreloadConfig | None = None        # the agents' preloaders (None: the defaults)
     slots: SlotSettings | None = None           # pre-warmed runtimes' LoRA slots (None: the defaults)
     scheduling: Mapping[str, Any] = field(default_factory=dict)   # NodeConfig's scheduling fields
+    keep_alive: Mapping[str, Any] = field(default_factory=dict)   # NodeConfig's keep-alive fields
     watch_interval_s: float = 5.0               # how often new Ray nodes are looked for
     start_timeout_s: float = 300.0              # an agent's start (its sandbox backend, warm pool)
     poll_s: float = 2.0                         # how often each agent's usage is collected
@@ -142,9 +142,9 @@ class RayNodes:
             s = self.settings
             verify_s = s.verify_interval_s if s.verify_interval_s is not None else (60.0 if device != "cpu" else 0.0)
             config = NodeConfig(data_dir=Path(s.node_data_dir) / f"{ray_node_id[:12]}-{index}",
-                                keep_alive_s=s.keep_alive_s, max_instances=s.max_instances,
+                                max_instances=s.max_instances,
                                 init_timeout_s=s.init_timeout_s, device=device, verify_interval_s=verify_s,
-                                instance_gpu_mb=s.instance_gpu_mb, **s.scheduling)
+                                instance_gpu_mb=s.instance_gpu_mb, **s.keep_alive, **s.scheduling)
             actor = ray.remote(NodeAgent).options(
                 name=agent_name(ray_node_id, index), num_cpus=0, max_concurrency=MAX_CONCURRENT_CALLS,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(ray_node_id, soft=False), **options,

@@ -87,6 +87,9 @@ class KillableNode(LocalNode):
     def cancel(self, request_id):  # type: ignore[no-untyped-def]
         return self._guard(lambda: super(KillableNode, self).cancel(request_id))
 
+    def provision(self, function, count):  # type: ignore[no-untyped-def]
+        return self._guard(lambda: super(KillableNode, self).provision(function, count))
+
     def node_usage(self):  # type: ignore[no-untyped-def]
         return self._guard(super().node_usage)
 

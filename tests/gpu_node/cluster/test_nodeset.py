@@ -260,3 +260,30 @@ def test_live_instances_of_every_node_are_listed_together(cluster, base, code_di
     assert sorted(i.function_name for i in lives) == ["f", "g"]
     assert {i.node_id for i in lives} <= {a.node_id, b.node_id} and all(i.end_ts is None for i in lives)
     assert all(i.invocations == 1 and i.ready_ts is not None for i in lives)
+
+
+def _held(cluster: Cluster, name: str) -> list:   # type: ignore[type-arg]
+    return [p for p in cluster.set.describe().provisioned if p.function_name == name]
+
+
+def test_provisioned_concurrency_is_held_on_one_node_and_moves_when_it_is_lost(  # type: ignore[no-untyped-def]
+        cluster, base, code_dir) -> None:
+    a, b = cluster.add(max_instances=4), cluster.add(max_instances=4)
+    f, g = make_spec(base, code_dir, name="f"), make_spec(base, code_dir, name="g")
+    cluster.set.prepare(f)
+    assert cluster.set.invoke(make_request(g)).function_error is None   # g's idle instance is on a
+    cluster.set.provision(f, 2)          # placement's choice: b (the backbone on both, fewer instances)
+    assert wait_until(lambda: [p.ready for p in _held(cluster, "f")] == [2], 10)
+    assert cluster.where("f") == {a.node_id: 0, b.node_id: 2}
+    cluster.set.provision(f, 3)          # a change goes to the node holding it
+    assert wait_until(lambda: cluster.where("f") == {a.node_id: 0, b.node_id: 3}, 10)
+    warm = cluster.set.invoke(make_request(f))
+    assert warm.function_error is None and not warm.cold_start
+    b.kill()
+    assert cluster.set.describe().nodes[1].state == "lost"   # noticed by the first call that fails
+    assert cluster.lost == [(b.node_id, "actor died")]
+    assert wait_until(lambda: [(p.requested, p.ready) for p in _held(cluster, "f")] == [(3, 3)], 10)
+    assert cluster.where("f") == {a.node_id: 3, b.node_id: 0}
+    cluster.set.provision(f, 0)          # released where it is held now: idle ones stop at once
+    assert wait_until(lambda: cluster.where("f") == {a.node_id: 0, b.node_id: 0}, 10)
+    assert _held(cluster, "f") == []

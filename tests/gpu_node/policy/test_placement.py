@@ -98,3 +98,17 @@ def test_keep_alive_expires_only_idle_instances_past_the_ttl() -> None:
 def test_keep_alive_boundary_is_strictly_greater() -> None:
     assert expired(snap(inst("a1", A, last_used_s=90.0), now_s=100.0), keep_alive_s=10.0) == ()
     assert expired(snap(inst("a1", A, last_used_s=89.99), now_s=100.0), keep_alive_s=10.0) == ("a1",)
+
+
+def test_provisioned_idle_instances_are_never_evicted() -> None:
+    from slfaas.gpu_node.policy.placement import start_one
+    from slfaas.gpu_node.policy.view import InstanceView
+
+    held = InstanceView("held", B, "IDLE", 1.0, provisioned=True)
+    s = snap(held, inst("idle-c", C, last_used_s=50.0), max_instances=2)
+    assert place(s, A) == Start(("idle-c",))                   # the provisioned one is older, yet kept
+    full = snap(held, inst("busy-c", C, "BUSY", 1.0, 1), max_instances=2)
+    refused = place(full, A)
+    assert isinstance(refused, Refuse) and "provisioned" in refused.message
+    assert isinstance(start_one(s, A, may_evict=False), Refuse)   # a pre-warm never evicts
+    assert start_one(snap(held, max_instances=2), A, may_evict=False) == Start(())
