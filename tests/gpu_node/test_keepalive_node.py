@@ -4,37 +4,12 @@ after its invocation and pre-warming it before its next one."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.node import Node
-from slfaas.gpu_node.resources.backbone import BackboneOwner
 from slfaas.gpu_node.types import KeepAliveSpec
-from tests.gpu_node.fakes import SIGTERM_CODE, FakeSandboxFactory, make_request, make_spec, wait_until
-
-
-@pytest.fixture
-def code_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "code"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def make_node(tmp_path: Path):  # type: ignore[no-untyped-def]
-    nodes: list[Node] = []
-
-    def make(**config) -> tuple[Node, FakeSandboxFactory]:  # type: ignore[no-untyped-def]
-        factory = FakeSandboxFactory()
-        node = Node(NodeConfig(data_dir=tmp_path / f"node{len(nodes)}", **config), factory, BackboneOwner())
-        nodes.append(node)
-        return node, factory
-
-    yield make
-    for n in nodes:
-        n.shutdown()
+from tests.gpu_node.fakes import SIGTERM_CODE, make_request, make_spec, wait_until
 
 
 def _live(node: Node, name: str) -> list:  # type: ignore[type-arg]

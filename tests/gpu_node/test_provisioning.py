@@ -4,36 +4,9 @@ die, released when the target drops, and a start that finds no room retried."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-import pytest
-
-from slfaas.gpu_node.config import NodeConfig
 from slfaas.gpu_node.node import Node
-from slfaas.gpu_node.resources.backbone import BackboneOwner
-from tests.gpu_node.fakes import SIGTERM_CODE, FakeSandboxFactory, make_request, make_spec, wait_until
-
-
-@pytest.fixture
-def code_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "code"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def make_node(tmp_path: Path):  # type: ignore[no-untyped-def]
-    nodes: list[Node] = []
-
-    def make(**config) -> tuple[Node, FakeSandboxFactory]:  # type: ignore[no-untyped-def]
-        factory = FakeSandboxFactory()
-        node = Node(NodeConfig(data_dir=tmp_path / f"node{len(nodes)}", **config), factory, BackboneOwner())
-        nodes.append(node)
-        return node, factory
-
-    yield make
-    for n in nodes:
-        n.shutdown()
+from tests.gpu_node.fakes import SIGTERM_CODE, make_request, make_spec, wait_until
 
 
 def _held(node: Node, name: str = "fn") -> list:  # type: ignore[type-arg]
