@@ -22,6 +22,18 @@ if TYPE_CHECKING:
     from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
 
 log = logging.getLogger(__name__)
+
+
+def trim_host_heap() -> None:
+    """Hand freed host heap back to the OS. Warm-up forwards free hundreds of MB of activations
+    that glibc keeps in its arenas; every idle instance would hold them as private memory."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (musl, macOS): nothing to trim with
+        pass
+
+
 __all__ = ["AttachTimings", "BackboneSource", "Generation", "LoraEngine", "build_borrowed_model"]
 
 
@@ -168,6 +180,7 @@ class LoraEngine:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize()
             self._torch.cuda.empty_cache()  # hand back warm-up scratch: GPU memory is per-instance cost
+        trim_host_heap()
 
     def _warm_up_shapes(self, shapes: "WarmupShapes") -> None:
         """The forwards a generation makes (prefill, then decode with the cache), at every
@@ -191,6 +204,7 @@ class LoraEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+        trim_host_heap()
 
     def forward(self, ids: Any, mask: Any, cache: Any, position_ids: Any = None) -> Any:
         """One forward of a generation (prefill or decode step): logits of the last position.
