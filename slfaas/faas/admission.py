@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from slfaas.errors import TooManyRequests
@@ -55,6 +56,16 @@ class InvocationSlots:
             self.release()
 
 
+@dataclass
+class _Watch:
+    client_gone: Callable[[], bool]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # held while the node is asked to cancel: the invocation's thread takes it before it reads
+    # ``cancelled``, so a cancel that ended the invocation is always seen as one
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    over: bool = False   # the invocation ended: nothing to cancel any more
+
+
 class DisconnectWatch:
     """Polls the callers of running invocations (one thread, while there are any); when one
     has gone, ``cancel(request_id)`` asks the node to stop that invocation's work."""
@@ -63,26 +74,29 @@ class DisconnectWatch:
         self._cancel = cancel
         self._poll_s = poll_s
         self._lock = threading.Lock()
-        self._watched: dict[str, tuple[Callable[[], bool], threading.Event]] = {}
+        self._watched: dict[str, _Watch] = {}
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def watching(self, request_id: str, client_gone: Callable[[], bool] | None) -> Iterator[threading.Event]:
-        """The returned event is set once the invocation was cancelled because its caller left."""
-        cancelled = threading.Event()
+        """The returned event is set once the invocation was cancelled because its caller left.
+        It is final when the block ends (read it after the block, not inside)."""
         if client_gone is None:
-            yield cancelled
+            yield threading.Event()
             return
+        watch = _Watch(client_gone)
         with self._lock:
-            self._watched[request_id] = (client_gone, cancelled)
+            self._watched[request_id] = watch
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="disconnect-watch")
                 self._thread.start()
         try:
-            yield cancelled
+            yield watch.cancelled
         finally:
             with self._lock:
                 self._watched.pop(request_id, None)
+            with watch.lock:   # a cancel under way (it may be what ended the invocation) completes first
+                watch.over = True
 
     def _loop(self) -> None:
         while True:
@@ -91,22 +105,27 @@ class DisconnectWatch:
                     self._thread = None
                     return
                 items = list(self._watched.items())
-            for request_id, (client_gone, cancelled) in items:
-                if cancelled.is_set():
+            for request_id, watch in items:
+                if watch.cancelled.is_set():
                     continue
                 try:
-                    gone = client_gone()
+                    gone = watch.client_gone()
                 except Exception:   # a probe that fails says nothing about the caller
                     log.debug("disconnect probe of %s failed", request_id, exc_info=True)
                     continue
-                if not gone:
-                    continue
-                try:
-                    stopped = self._cancel(request_id)   # False: not (yet) known to the node
-                except Exception:
-                    log.exception("cancelling %s failed", request_id)
-                    continue
-                if stopped:
-                    log.info("caller of %s went away: its invocation was cancelled", request_id)
-                    cancelled.set()
+                if gone:
+                    self._cancel_one(request_id, watch)
             time.sleep(self._poll_s)
+
+    def _cancel_one(self, request_id: str, watch: _Watch) -> None:
+        with watch.lock:
+            if watch.over:
+                return
+            try:
+                stopped = self._cancel(request_id)   # False: not (yet) known to the node
+            except Exception:
+                log.exception("cancelling %s failed", request_id)
+                return
+            if stopped:
+                log.info("caller of %s went away: its invocation was cancelled", request_id)
+                watch.cancelled.set()

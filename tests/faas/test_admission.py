@@ -104,3 +104,30 @@ def test_disconnect_watch_retries_until_the_node_knows_the_request() -> None:
     with watch.watching("r2", None) as never:             # no probe: nothing to watch
         assert not never.is_set()
     assert set(calls) == {"r1"}
+
+
+def test_a_cancel_that_ends_the_invocation_is_seen_by_it() -> None:
+    """The node's cancel ends the invocation (its thread wakes) before ``cancel`` returns: the
+    invocation must still read ``cancelled`` as set once its block is over."""
+    ended = threading.Event()
+
+    def cancel(request_id: str) -> bool:
+        ended.set()          # the invocation's call is finished by the node here...
+        time.sleep(0.2)      # ...and the watcher is preempted before it can say so
+        return True
+    watch = DisconnectWatch(cancel, poll_s=0.01)
+    with watch.watching("r1", lambda: True) as cancelled:
+        assert ended.wait(5)
+    assert cancelled.is_set()
+
+
+def test_no_cancel_after_the_invocation_ended() -> None:
+    calls: list[str] = []
+    gone = threading.Event()
+    watch = DisconnectWatch(lambda rid: calls.append(rid) or True, poll_s=0.01)
+    with watch.watching("r1", gone.is_set) as cancelled:
+        pass
+    gone.set()
+    with watch.watching("r2", lambda: False):
+        time.sleep(0.05)     # the watcher polls a few times meanwhile
+    assert calls == [] and not cancelled.is_set()
