@@ -43,7 +43,8 @@ test: $(STAMP) bwrap-setup docker-setup postgres-setup
 SLICE_TESTS := tests/integration/test_lambda_api.py tests/integration/test_bad_input.py \
 	tests/integration/test_greedy.py tests/integration/test_isolation.py \
 	tests/integration/test_persistence.py tests/integration/test_keep_alive.py \
-	tests/integration/test_logs.py tests/integration/test_cli_live.py tests/security
+	tests/integration/test_logs.py tests/integration/test_cli_live.py tests/integration/test_prewarmed.py \
+	tests/security
 test-docker: $(STAMP)
 	PYTHON=$(PYTHON) bash docker/ensure-engine.sh
 	SLFAAS_TEST_SANDBOX=docker $(PYTHON) -m pytest -q -p no:cacheprovider $(SLICE_TESTS)

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 class BackboneSource:
     """CPU: a sealed memfd inherited as ``fd`` (process sandbox) or a ``path`` (a container:
     see ``open_image_path``); CUDA: ``vmm_fd`` and ``table_fd``, the node's arena as a CUDA
-    VMM descriptor mapped read-only plus its tensor table, or (legacy) ``ipc_file``, holding
+    VMM descriptor mapped read-only plus its tensor table (a container receives both on its
+    ``path`` socket: ``receive_backbone``), or (legacy) ``ipc_file``, holding
     one CUDA IPC handle of the arena plus the table. ``private``: ``checkpoint`` (nothing
     borrowed: the base model directory's weights) or ``copy`` (the host image, copied)."""
 
@@ -60,7 +61,18 @@ class BackboneSource:
         if self.ipc_file:
             from slfaas.weights.cuda_ipc import open_exported_arena
             return open_exported_arena(Path(self.ipc_file))
-        from slfaas.weights.image import iter_tensors, map_image, open_image_path
+        from slfaas.weights.image import HANDOUT_VMM, iter_tensors, map_image, open_image_path, receive_backbone
+        if self.path and self.device.startswith("cuda") and self.private is None:
+            kind, fds = receive_backbone(self.path)   # a container's socket: the arena's descriptors
+            if kind == HANDOUT_VMM:
+                from slfaas.weights.cuda_vmm import open_vmm_backbone
+                return open_vmm_backbone(fds[0], fds[1], self.device)
+            fd = fds[0]   # a host-memory image (a node whose backbone is not on this GPU)
+            try:
+                mapping = map_image(fd)
+            finally:
+                os.close(fd)
+            return dict(iter_tensors(mapping)), mapping
         if self.fd is not None:
             mapping = map_image(self.fd)
         elif self.path:

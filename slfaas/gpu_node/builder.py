@@ -109,7 +109,7 @@ def generic_pool(factory: SandboxFactory, size: int, device: str = "cpu") -> War
         from slfaas.gpu_node.sandboxes.docker import DockerSandboxFactory
         from slfaas.gpu_node.sandboxes.docker_pool import docker_warm_pool
         assert isinstance(factory, DockerSandboxFactory)
-        return docker_warm_pool(factory, size)
+        return docker_warm_pool(factory, size, device)
     raise ValueError(f"the {factory.name} sandbox has no warm pool")
 
 
@@ -127,13 +127,9 @@ def _base_env() -> dict[str, str]:
 
 
 def _prewarmed_pools(node: Node, factory: SandboxFactory, slots: SlotSettings) -> Callable[[Flavour, int], WarmPool] | None:
-    """How the node makes a pool of runtimes pre-warmed for one backbone (process sandboxes;
-    containers take the generic path for now)."""
-    if factory.name != "process":
+    """How the node makes a pool of runtimes pre-warmed for one backbone (processes or containers)."""
+    if factory.name not in ("process", "docker"):
         return None
-    from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
-    from slfaas.gpu_node.sandboxes.process_pool import process_warm_pool
-    assert isinstance(factory, ProcessSandboxFactory)
 
     def make(flavour: Flavour, count: int) -> WarmPool:
         def prewarm() -> Prewarm:
@@ -144,6 +140,14 @@ def _prewarmed_pools(node: Node, factory: SandboxFactory, slots: SlotSettings) -
             if slots.warmup_tokens:
                 env[rc.ENV_WARMUP_TOKENS] = ",".join(map(str, slots.warmup_tokens))
             return Prewarm(env, attachment.inherit_fds, attachment.owned_fds)
+        if factory.name == "docker":
+            from slfaas.gpu_node.sandboxes.docker import DockerSandboxFactory
+            from slfaas.gpu_node.sandboxes.docker_pool import docker_warm_pool
+            assert isinstance(factory, DockerSandboxFactory)
+            return docker_warm_pool(factory, count, flavour.device, flavour, prewarm)
+        from slfaas.gpu_node.sandboxes.process import ProcessSandboxFactory
+        from slfaas.gpu_node.sandboxes.process_pool import process_warm_pool
+        assert isinstance(factory, ProcessSandboxFactory)
         return process_warm_pool(factory, count, _base_env, flavour.device.startswith("cuda"), flavour, prewarm)
     return make
 

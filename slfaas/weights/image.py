@@ -56,23 +56,39 @@ def map_image(fd: int) -> mmap.mmap:
     return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
-def open_image_path(path: str) -> int:
-    """A read-only descriptor of the backbone image named by ``path``.
+# The one message on a backbone socket (SLFAAS_BACKBONE_PATH), with its descriptors (SCM_RIGHTS):
+HANDOUT_IMAGE = b"B"    # the sealed host-memory image
+HANDOUT_VMM = b"V"      # the GPU arena's VMM descriptor, then its tensor table
 
-    A regular file is opened ``O_RDONLY``. A Unix socket is how a container reaches the
-    node's memfd (a memfd lives on no mounted filesystem, so it cannot be bind-mounted):
-    the node answers a connection with the descriptor itself (SCM_RIGHTS), so the pages
-    are the node's, never copied."""
-    if not stat.S_ISSOCK(os.stat(path).st_mode):
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+def receive_backbone(path: str) -> tuple[bytes, list[int]]:
+    """The node's answer on a backbone socket: (``HANDOUT_IMAGE`` or ``HANDOUT_VMM``, the
+    descriptors). A container reaches the node's memfd or GPU arena this way (neither lives
+    on a mounted filesystem): the pages are the node's, never copied."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(60)
         sock.connect(path)
-        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 4)
-    if not fds:
-        raise RuntimeError(f"the node sent no backbone descriptor on {path}")
-    for extra in fds[1:]:
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 4)
+    wanted = {HANDOUT_IMAGE: 1, HANDOUT_VMM: 2}.get(msg)
+    if wanted is None or len(fds) < wanted:
+        for fd in fds:
+            os.close(fd)
+        raise RuntimeError(f"the node sent no backbone descriptor on {path} (message {msg!r}, {len(fds)} fd)")
+    for extra in fds[wanted:]:
         os.close(extra)
+    return msg, fds[:wanted]
+
+
+def open_image_path(path: str) -> int:
+    """A read-only descriptor of the host-memory backbone image named by ``path``: a regular
+    file (opened ``O_RDONLY``) or the node's socket (``receive_backbone``)."""
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    kind, fds = receive_backbone(path)
+    if kind != HANDOUT_IMAGE:
+        for fd in fds:
+            os.close(fd)
+        raise RuntimeError(f"{path} hands over a GPU arena, not a host-memory image")
     return fds[0]
 
 

@@ -7,11 +7,10 @@ import json
 
 import pytest
 
-from tests.conftest import TEST_SANDBOX, deploy
+from tests.conftest import deploy
 from tests.integration._util import invoke, node, request_id, wait_for
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(TEST_SANDBOX != "process", reason="pre-warmed runtimes are process sandboxes")]
+pytestmark = pytest.mark.slow
 EVENT = {"prompt": "the quick brown fox", "max_tokens": 12, "temperature": 0, "return_tokens": True}
 
 

@@ -14,7 +14,8 @@ only what it can see changes:
 - the backbone is never copied: a sealed memfd lives on no mounted filesystem, so it cannot
   be bind-mounted; instead the node serves each container a Unix socket on which it hands
   over a read-only descriptor of the memfd (SCM_RIGHTS). Writes stay impossible (seals).
-  On CUDA the IPC handle file is mounted and the GPU is requested (see ``_cuda_options``).
+  On CUDA the arena's VMM descriptor and its tensor table travel the same way, and the GPU
+  is passed through (see ``gpu_options``).
 
 Every container carries labels (node, function, version, instance, and the owning node
 process) so that leftovers of a crashed node are reaped at the next start, and everything
@@ -58,7 +59,7 @@ TASK_DIR = "/var/task"
 MODEL_DIR = "/opt/slfaas/model"
 RUN_DIR = "/run/slfaas"
 
-_DROP_ENV = (rc.ENV_BACKBONE_FD, rc.ENV_NODE_PID, "TMPDIR", "HOME", "PYTHONPATH", "VIRTUAL_ENV",
+_DROP_ENV = (*rc.BACKBONE_FD_ENV, rc.ENV_NODE_PID, "TMPDIR", "HOME", "PYTHONPATH", "VIRTUAL_ENV",
              "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES")
 
 
@@ -74,6 +75,8 @@ class DockerSandboxConfig:
     tmp_mb: int = 512            # per-instance /tmp (tmpfs, counted in the memory limit)
     pids_limit: int = 4096       # threads count: torch starts one pool per core
     pool_memory_mb: int = 2048   # their limit until specialised (then: the function's MemorySize)
+    cuda_pool_memory_mb: int = 8192   # a CUDA runtime maps the driver's and torch's CUDA libraries
+    cuda_host_namespaces: bool = False   # GPU containers in the host's PID/IPC namespaces even with VMM
 
 
 def connect(timeout_s: float = 120) -> Any:
@@ -123,6 +126,8 @@ class DockerSandboxFactory(SandboxFactory):
         self._lock = threading.Lock()
         self._live: dict[str, DockerSandbox] = {}
         self._closed = False
+        self._toolkit: bool | None = None
+        self._gpu: Any = None   # gpu_devices.GpuPassthrough, found once
         reaped = self.reap_orphans()
         log.info("docker sandboxes: image %s (%s Python), session %s%s", self.config.image, self.python_mode,
                  self.session, f"; reaped {reaped} orphaned container(s)" if reaped else "")
@@ -195,11 +200,17 @@ class DockerSandboxFactory(SandboxFactory):
         os.chmod(spec.runtime_socket, 0o666)  # for the container user; its directory is private to the node
         extra: dict[str, Any] = {}
         device = spec.env.get(rc.ENV_DEVICE, "cpu")
+        legacy_ipc = bool(spec.env.get(rc.ENV_BACKBONE_IPC))
+        if legacy_ipc:   # a file holding the arena's CUDA IPC handle: mounted
+            mounts.append(Mount(f"{RUN_DIR}/backbone.ipc", spec.env[rc.ENV_BACKBONE_IPC], type="bind",
+                                read_only=True))
+            env[rc.ENV_BACKBONE_IPC] = f"{RUN_DIR}/backbone.ipc"
         if device.startswith("cuda"):
-            extra = self._cuda_options(device, spec, mounts, env)
+            extra = self.gpu_options(device, mounts, env, legacy_ipc)
         handout = None
-        if spec.env.get(rc.ENV_BACKBONE_FD):
-            handout = BackboneHandout(self._dir / f"{spec.instance_id}.bb", int(spec.env[rc.ENV_BACKBONE_FD]))
+        handed = BackboneHandout.descriptors(spec.env)
+        if handed is not None:   # the CPU image, or the GPU arena's VMM descriptor and table
+            handout = BackboneHandout(self._dir / f"{spec.instance_id}.bb", *handed)
             mounts.append(Mount(f"{RUN_DIR}/backbone.sock", str(handout.path), type="bind", read_only=True))
             env[rc.ENV_BACKBONE_PATH] = f"{RUN_DIR}/backbone.sock"
         try:
@@ -268,23 +279,40 @@ class DockerSandboxFactory(SandboxFactory):
         with self._lock:
             self._live.pop(sandbox.container.id, None)
 
-    @staticmethod
-    def _cuda_options(device: str, spec: SandboxSpec, mounts: list, env: dict[str, str]) -> dict[str, Any]:
-        """The node's GPU, and what CUDA IPC needs to open the node's arena from a container.
+    def has_nvidia_toolkit(self) -> bool:
+        """Docker lists the NVIDIA Container Toolkit's runtime (then ``device_requests`` work)."""
+        if self._toolkit is None:
+            try:
+                self._toolkit = "nvidia" in (self.client.info().get("Runtimes") or {})
+            except Exception:   # an engine that cannot say: find the GPU ourselves
+                self._toolkit = False
+        return self._toolkit
 
-        - ``device_requests``: only the node's GPU, which then is ``cuda:0`` inside.
-        - ``pid_mode="host"`` and ``ipc_mode="host"``: CUDA IPC between processes in different
-          PID namespaces fails with "invalid device context" (vLLM's and UCX's container
-          setups share the PID and IPC namespaces for it). Untested here: no GPU with Docker.
-        Both weaken isolation (host process list visible, though not traceable: no
-        capabilities, non-root); this is the price of zero-copy GPU sharing."""
+    def gpu_options(self, device: str, mounts: list, env: dict[str, str], legacy_ipc: bool) -> dict[str, Any]:
+        """The node's GPU (``cuda:0`` inside), for a container's ``create``.
+
+        - With the NVIDIA Container Toolkit: ``device_requests`` for that GPU alone.
+        - Without it: the GPU's device node and the driver's control nodes, and the host's
+          driver libraries mounted read-only (``gpu_devices``).
+        - Namespaces: a backbone borrowed as a CUDA VMM descriptor (the default) arrives over
+          the container's socket, so the container keeps its own PID and IPC namespaces. The
+          legacy CUDA IPC handle (``legacy_ipc``) only opens between processes in one PID
+          namespace ("invalid device context" otherwise), so those containers share the host's
+          PID and IPC namespaces (the host's processes visible, though not traceable: no
+          capabilities, non-root). ``cuda_host_namespaces`` forces that for VMM too."""
         from docker.types import DeviceRequest, Mount
 
-        index = device.split(":")[1] if ":" in device else "0"
-        if spec.env.get(rc.ENV_BACKBONE_IPC):
-            mounts.append(Mount(f"{RUN_DIR}/backbone.ipc", spec.env[rc.ENV_BACKBONE_IPC], type="bind",
-                                read_only=True))
-            env[rc.ENV_BACKBONE_IPC] = f"{RUN_DIR}/backbone.ipc"
-        env[rc.ENV_DEVICE] = "cuda:0"
-        return {"device_requests": [DeviceRequest(device_ids=[index], capabilities=[["gpu"]])],
-                "pid_mode": "host", "ipc_mode": "host"}
+        from slfaas.gpu_node.sandboxes import gpu_devices
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not self.has_nvidia_toolkit() and self._gpu is None:
+            self._gpu = gpu_devices.passthrough(index, gpu_devices.node_pci_bus_id(index))
+        plan = gpu_devices.container_gpu(index, None if self.has_nvidia_toolkit() else self._gpu,
+                                         legacy_ipc or self.config.cuda_host_namespaces)
+        mounts += [Mount(target, host, type="bind", read_only=True) for target, host in plan.library_mounts]
+        env.update(plan.env)
+        extra = dict(plan.options)
+        if "device_requests" in extra:
+            extra["device_requests"] = [DeviceRequest(device_ids=[str(extra["device_requests"])],
+                                                      capabilities=[["gpu"]])]
+        return extra

@@ -8,32 +8,51 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
+from slfaas import runtime_contract as rc
 from slfaas.gpu_node.sandboxes.base import LogSink, Sandbox
 from slfaas.gpu_node.sandboxes.loglines import capped_lines
+from slfaas.weights.image import HANDOUT_IMAGE, HANDOUT_VMM
 
 log = logging.getLogger(__name__)
 
+TAG_IMAGE, TAG_VMM = HANDOUT_IMAGE, HANDOUT_VMM
+
 
 class BackboneHandout:
-    """Hands a read-only descriptor of the node's backbone memfd to whoever connects on a
-    socket that only one container has mounted; closed after the first hand-over (the
-    runtime maps the image once at init)."""
+    """Hands read-only descriptors of the node's backbone to whoever connects on a socket that
+    only one container has mounted; closed after the first hand-over (the runtime maps the
+    backbone once at init). CPU: the sealed memfd image (message ``B``); CUDA: the arena's
+    VMM descriptor and its tensor table (``V``), which the runtime maps read-only."""
 
-    def __init__(self, path: Path, node_fd: int):
+    def __init__(self, path: Path, tag: bytes, node_fds: tuple[int, ...]):
         self.path = path
-        self._fd = os.open(f"/proc/self/fd/{node_fd}", os.O_RDONLY | os.O_CLOEXEC)  # a read-only reopen
+        self._tag = tag
+        self._fds: list[int] = []
+        self._closed = False
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # a memfd or table is reopened read-only; a VMM descriptor (not a file) is duplicated
+            self._fds = [os.dup(fd) if tag == TAG_VMM and k == 0 else
+                         os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                         for k, fd in enumerate(node_fds)]
             self._sock.bind(str(path))
             os.chmod(path, 0o666)  # the container user connects; the directory keeps host users out
             self._sock.listen(4)
         except BaseException:
             self.close()
             raise
-        self._closed = False
         threading.Thread(target=self._serve, daemon=True, name=f"backbone-handout-{path.stem}").start()
+
+    @staticmethod
+    def descriptors(env: Mapping[str, str]) -> tuple[bytes, tuple[int, ...]] | None:
+        """What a runtime with environment ``env`` borrows as descriptors, or None."""
+        if env.get(rc.ENV_BACKBONE_VMM_FD) and env.get(rc.ENV_BACKBONE_TABLE_FD):
+            return TAG_VMM, (int(env[rc.ENV_BACKBONE_VMM_FD]), int(env[rc.ENV_BACKBONE_TABLE_FD]))
+        if env.get(rc.ENV_BACKBONE_FD):
+            return TAG_IMAGE, (int(env[rc.ENV_BACKBONE_FD]),)
+        return None
 
     def _serve(self) -> None:
         while True:
@@ -43,7 +62,7 @@ class BackboneHandout:
                 return
             with conn:
                 try:
-                    socket.send_fds(conn, [b"B"], [self._fd])
+                    socket.send_fds(conn, [self._tag], self._fds)
                 except OSError:
                     continue
             self.close()
@@ -59,10 +78,12 @@ class BackboneHandout:
             pass
         self._sock.close()
         self.path.unlink(missing_ok=True)
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
 
 
 class DockerSandbox(Sandbox):
