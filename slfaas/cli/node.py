@@ -154,8 +154,8 @@ def build_image(ctx: click.Context, tag: str, suite: str | None, mirror: str | N
     host's secrets (shadow, ssh host keys, private keys) or the node's Python (mounted at run
     time). --check accepts an image of either recipe, a --from-host one only if made on this OS
     release (later package updates go unnoticed: rebuild after upgrading the host). With
-    --dockerfile docker/Dockerfile.runtime: aself-contained image (needs a registry / PyPI), e.g. --base-image
-    nvidia/cuda:12.4.1-runtime-ubuntu22.04 for GPUs."""
+    --dockerfile docker/Dockerfile.runtime: a self-contained image (needs a registry / PyPI),
+    e.g. --base-image nvidia/cuda:12.4.1-runtime-ubuntu22.04 for GPUs."""
     from slfaas.gpu_node.sandboxes.docker import DockerUnavailable
     from slfaas.gpu_node.sandboxes.docker_image import ImageBuildError, build_dockerfile_image, build_local_image
 
