@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from slfaas.cli.main import cli
 from slfaas.gpu_node.sandboxes.base import SandboxSpec
 from slfaas.gpu_node.sandboxes.docker import DockerSandboxConfig, DockerSandboxFactory
-from slfaas.gpu_node.sandboxes.docker_image import host_recipe_label, image_problem
+from slfaas.gpu_node.sandboxes.docker_image import ImageBuildError, host_recipe_label, image_problem
+from slfaas.gpu_node.sandboxes.host_image import host_tar_stream, import_host_image
 from tests.docker.conftest import IMAGE
 
 
@@ -90,3 +91,19 @@ def test_a_sandbox_of_it_runs_the_nodes_python_with_torch_and_sees_no_secrets(ho
     assert torch_line.endswith("4.0 uid 10001"), lines
     assert "secrets []" in lines and "excluded False kept True" in lines
     assert "user slfaas:x:10001:10001:slfaas function:/tmp:/usr/sbin/nologin" in lines
+
+
+def test_a_stream_that_fails_midway_leaves_no_image(docker_client: Any) -> None:
+    tag = f"slfaas/test-from-host-broken:{os.urandom(4).hex()}"
+
+    def cut_off() -> Iterator[bytes]:
+        sent = 0
+        for chunk in host_tar_stream(progress=lambda _: None):
+            yield chunk
+            sent += len(chunk)
+            if sent > 20 << 20:
+                raise OSError("the disk went away")
+
+    with pytest.raises(ImageBuildError, match="docker import of the host's files failed: the disk went away"):
+        import_host_image(docker_client, cut_off(), tag)
+    assert docker_client.images.list(name=tag.split(":")[0]) == []

@@ -160,3 +160,9 @@ def test_default_selection_adds_excludes_and_leaves_out_the_nodes_python() -> No
     assert all(sel.excluded(r) and sel.excluded(r + "/lib/libpython3.so") for r in sel.skip_roots)
     assert not any(p in SECRET_EXCLUDES for p in ("etc/passwd", "etc/group"))
     assert not sel.excluded("etc/passwd") and not sel.excluded("usr/lib/x86_64-linux-gnu/libstdc++.so.6")
+
+
+def test_the_container_user_is_added_even_when_passwd_is_excluded(host: Path) -> None:
+    sel = Selection(DEFAULT_EXCLUDES + ("etc/passwd", "etc/group"))
+    assert _read(host, sel, "etc/passwd") == f"root:x:0:0:root:/root:/bin/sh\n{tweak_passwd('').strip()}\n"
+    assert _read(host, sel, "etc/group").endswith(f"slfaas:x:{CONTAINER_UID}:\n")

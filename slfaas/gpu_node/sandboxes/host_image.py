@@ -37,7 +37,8 @@ TOP_LINKS = ("bin", "sbin", "lib", "lib64")  # symlinks into usr on a merged-/us
 DEFAULT_EXCLUDES = (
     # toolchains and other language runtimes
     "usr/lib/jvm", "usr/lib/llvm-*", "usr/lib/gcc", "usr/lib/gcc-cross", "usr/lib/*/libLLVM*",
-    "usr/lib/*/libclang*", "usr/lib/*/libz3.so*", "usr/lib/*/lib[atlu]san.so*", "usr/lib/*/libhwasan.so*", "usr/lib/*.a", "usr/lib/*.o", "usr/lib/debug",
+    "usr/lib/*/libclang*", "usr/lib/*/libz3.so*", "usr/lib/*/lib[atlu]san.so*", "usr/lib/*/libhwasan.so*",
+    "usr/lib/*.a", "usr/lib/*.o", "usr/lib/debug",
     "usr/lib/valgrind", "usr/lib/*/valgrind", "usr/lib/perl*", "usr/lib/*/perl", "usr/lib/*/perl5",
     "usr/lib/*/perl-base", "usr/lib/ruby", "usr/lib/php*", "usr/lib/node_modules", "usr/lib/nodejs",
     "usr/lib/python2*", "usr/lib/python3*",  # the system Python's; the node's is mounted (see module doc)
@@ -151,6 +152,7 @@ class _Writer:
         self.root, self.selection, self.progress = root, selection, progress
         self.every_b, self.next_report_b = every_mb << 20, every_mb << 20
         self.links: dict[tuple[int, int], str] = {}
+        self.rewritten: set[str] = set()
         self.stats = StreamStats()
         self.t0 = time.perf_counter()
 
@@ -201,6 +203,7 @@ class _Writer:
             return
         with fh:
             if rel in _REWRITE:
+                self.rewritten.add(rel)
                 data = _REWRITE[rel](fh.read().decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
                 info.size = len(data)
                 yield from self._emit(info, data)
@@ -249,9 +252,10 @@ def host_tar_stream(root: Path = Path("/"), selection: Selection = Selection(), 
         if not (w.root / top).is_symlink():
             progress(f"      /{top}: {(w.stats.bytes_in - before_b) / 1e6:.0f} MB, {w.stats.members - before_n} "
                      f"entries")
-    if not (w.root / "etc/passwd").is_file():  # a host without one still gets the container user
-        yield from w._emit(_file_info("etc/passwd", tweak_passwd("root:x:0:0:root:/root:/bin/sh").encode(), now))
-        yield from w._emit(_file_info("etc/group", tweak_group("root:x:0:").encode(), now))
+    for rel, base in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh"), ("etc/group", "root:x:0:")):
+        if rel not in w.rewritten:  # none on this host, or excluded: the container user is still needed
+            data = _REWRITE[rel](base).encode()
+            yield from w._emit(_file_info(rel, data, now), data)
     # /root traversable: the node's Python may live under it (pyenv), mounted at its own path
     extra = {"root": 0o755, "tmp": 0o1777, "var": 0o755, "var/tmp": 0o1777, "opt": 0o755, "run": 0o755}
     for d in MOUNT_DIRS:
@@ -268,9 +272,25 @@ def import_host_image(client: Any, chunks: Iterator[bytes], image: str) -> str:
     repo, tag = _split_tag(image)
     changes = [f"USER {CONTAINER_UID}:{CONTAINER_UID}", f"WORKDIR {TASK_DIR}", "ENV LANG=C.UTF-8",
                f"LABEL {LABEL_PYTHON}=host", f"LABEL slfaas.recipe={host_recipe_label()}"]
+    import docker.errors
+
     # A generator body goes out chunked: nothing of the (GB-sized) tar is held in memory or on disk.
-    client.api.import_image(src=chunks, repository=repo, tag=tag, changes=changes, stream_src=True)
+    # Should the stream fail, the engine sees a cut-off upload and makes no image.
+    try:
+        client.api.import_image(src=chunks, repository=repo, tag=tag, changes=changes, stream_src=True)
+    except (OSError, docker.errors.APIError) as exc:
+        raise ImageBuildError(f"docker import of the host's files failed: {_innermost(exc)}") from exc
     return str(client.images.get(image).id)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """What went wrong below requests' and urllib3's wrappers (e.g. the stream's own OSError)."""
+    for _ in range(8):  # bounded: a wrapper could hold itself
+        inner = next((a for a in exc.args if isinstance(a, BaseException)), None) or exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    return exc
 
 
 def build_host_image(image: str = DEFAULT_IMAGE, excludes: tuple[str, ...] = (), progress: Progress = print,
