@@ -42,6 +42,11 @@ def host(tmp_path: Path) -> Path:
     for rel in SECRETS:
         _write(root, rel, "SECRET")
     os.mkfifo(root / "etc/initctl")
+    _write(root, "etc/wpa_supplicant.conf", "SECRET").chmod(0o600)  # no rule names it: hidden from others
+    (root / "etc/vault").mkdir()
+    _write(root, "etc/vault/token", "SECRET")
+    (root / "etc/vault").chmod(0o700)
+    _write(root, "usr/bin/su", "#!su").chmod(0o4755)
     _write(root, "usr/bin/true", "#!true")
     _write(root, "usr/bin/docker", "engine")
     _write(root, "usr/lib/x86_64-linux-gnu/libc.so.6", "libc")
@@ -100,6 +105,8 @@ def test_secrets_are_never_in_the_stream_even_without_default_excludes(host: Pat
     for rel in SECRETS:
         assert rel not in members, rel
     assert "etc/ssl/private" not in members and "etc/docker" not in members
+    assert not any(n.startswith(("etc/wpa_supplicant.conf", "etc/vault")) for n in members)
+    assert stat.S_IMODE(members["usr/bin/su"].mode) == 0o755  # setuid dropped
     assert b"SECRET" not in b"".join(host_tar_stream(host, Selection(excludes=()), progress=lambda _: None))
 
 

@@ -10,7 +10,9 @@ points) are made to the stream; the host's own files are only read.
 
 What a Python+torch runtime never needs (JVMs, compilers, LLVM, static libraries, Mesa, perl,
 other language runtimes, Docker's own binaries ...) is left out by default; host secrets are
-always left out. The node's Python install roots are left out too: they are mounted at run time.
+always left out, and so is every file or directory other users may not read (where a host keeps
+secrets nobody listed); setuid/setgid bits are dropped. The node's Python install roots are left
+out too: they are mounted at run time.
 """
 from __future__ import annotations
 
@@ -172,7 +174,13 @@ class _Writer:
         except OSError:
             self.stats.skipped_unreadable += 1
             return
+        if not stat.S_ISLNK(st.st_mode) and not st.st_mode & stat.S_IROTH:
+            # Hidden from other users on the host (where unlisted secrets live): the container
+            # user could not read it either.
+            self.stats.excluded += 1
+            return
         info = self._stat_info(rel, st)
+        info.mode &= ~(stat.S_ISUID | stat.S_ISGID)  # nothing in the image changes identity
         if stat.S_ISLNK(st.st_mode):
             info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
             yield from self._emit(info)
