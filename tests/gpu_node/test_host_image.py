@@ -53,6 +53,8 @@ def host(tmp_path: Path) -> Path:
     _write(root, "usr/lib/x86_64-linux-gnu/libc.a", "static")
     _write(root, "usr/lib/x86_64-linux-gnu/dri/radeon_dri.so", "mesa")
     _write(root, "usr/lib/x86_64-linux-gnu/libfoo.so.1", "foo")
+    _write(root, "usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15", "driver")
+    _write(root, "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.54.15", "driver")
     _write(root, "usr/lib/jvm/java-17/lib/libjvm.so", "jvm")
     _write(root, "usr/lib/llvm-14/bin/clang", "clang")
     _write(root, "usr/lib/gcc/x86_64-linux-gnu/12/cc1", "cc1")
@@ -88,7 +90,9 @@ def test_selection_keeps_the_runtime_and_leaves_out_toolchains_and_the_python_ro
         assert members[kept].isfile() or members[kept].islnk(), kept
     for left_out in ("usr/bin/docker", "usr/lib/x86_64-linux-gnu/libc.a", "usr/lib/x86_64-linux-gnu/dri",
                      "usr/lib/jvm", "usr/lib/llvm-14", "usr/lib/gcc", "usr/lib/pyroot",
-                     "usr/lib/x86_64-linux-gnu/libfoo.so.1", "etc/initctl"):
+                     "usr/lib/x86_64-linux-gnu/libfoo.so.1", "etc/initctl",
+                     "usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15",
+                     "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.54.15"):
         assert not any(n == left_out or n.startswith(left_out + "/") for n in members), left_out
     # Links stay links (the merged-/usr top level, the loader), a hard link points at a member.
     assert {n: members[n].linkname for n in ("bin", "lib", "lib64")} == {

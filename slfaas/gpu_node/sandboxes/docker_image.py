@@ -7,6 +7,9 @@ installation, mounted read-only at its own path: nothing is installed twice, the
 ~150 MB, and glibc matches because the release is the host's. The rootfs tarball is cached
 (``~/.cache/slfaas/images``), so a rebuild takes seconds.
 
+With no network at all, ``host_image`` (``--from-host``) makes the same kind of image from the
+host's own files instead.
+
 With a registry, ``docker/Dockerfile.runtime`` builds a self-contained image (slfaas and its
 dependencies installed, label ``slfaas.python=image``), e.g. on an NVIDIA CUDA base for GPUs;
 ``build_dockerfile_image`` drives it with the same progress output.

@@ -50,6 +50,10 @@ DEFAULT_EXCLUDES = (
     "usr/lib/*/dri", "usr/lib/*/gtk-*", "usr/lib/*/qt5", "usr/lib/*/qt6", "usr/lib/modules",
     "usr/lib/firmware", "usr/lib/systemd", "usr/lib/udev", "usr/lib/postgresql", "usr/lib/git-core",
     "usr/lib/apt", "usr/lib/dpkg", "usr/lib/locale/locale-archive", "usr/lib/google-cloud-sdk",
+    # the NVIDIA driver's user-space libraries: the NVIDIA Container Toolkit injects the running
+    # driver's own into a GPU container, so the image never holds a copy gone stale by an upgrade
+    "usr/lib/*/libcuda.so*", "usr/lib/*/libcudadebugger.so*", "usr/lib/*/libnvidia-*", "usr/lib/*/libnvcuvid.so*",
+    "usr/lib/*/libnvoptix.so*", "usr/bin/nvidia-*",
     # container engines (a runtime never runs one)
     "usr/bin/docker*", "usr/bin/containerd*", "usr/bin/ctr", "usr/bin/runc", "usr/sbin/dockerd",
     "usr/sbin/docker-*", "usr/sbin/runc",
