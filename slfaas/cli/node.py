@@ -106,9 +106,20 @@ def _build_args(_ctx: click.Context, _param: click.Parameter, values: tuple[str,
     return dict(v.split("=", 1) for v in values)
 
 
+def _excludes(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    from slfaas.gpu_node.sandboxes.host_image import normalize_pattern
+
+    try:
+        return tuple(normalize_pattern(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1])
+
+
 @node.command("build-image", epilog=examples(
     "slfaas node build-image                    # registry-free, about a minute, then cached",
     "slfaas node build-image --check            # exit 1 unless the image exists and is current",
+    "slfaas node build-image --from-host        # no network at all: this host's own files",
+    "slfaas node build-image --from-host --exclude 'usr/lib/*/libav*' --tag slfaas/runtime:host",
     "slfaas node build-image --dockerfile docker/Dockerfile.runtime --tag slfaas/runtime:cpu",
     "slfaas node build-image --dockerfile docker/Dockerfile.runtime --tag slfaas/runtime:cuda \\",
     "    --base-image nvidia/cuda:12.4.1-runtime-ubuntu22.04"))
@@ -119,6 +130,11 @@ def _build_args(_ctx: click.Context, _param: click.Parameter, values: tuple[str,
               help="where the base rootfs tarball is kept")
 @click.option("--rebuild", is_flag=True, help="debootstrap again even if a cached rootfs exists")
 @click.option("--check", is_flag=True, help="only check that the image exists and is current (exit 1 if not)")
+@click.option("--from-host", is_flag=True,
+              help="make the image from this host's /etc and /usr/{bin,sbin,lib,lib64} instead of debootstrap "
+                   "(no network, no registry); with --check: accept only such an image")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", callback=_excludes,
+              help="with --from-host: also leave out paths matching this glob, relative to / (repeatable)")
 @click.option("--dockerfile", help="build this Dockerfile instead (context: the repository root)")
 @click.option("--base-image", help="with --dockerfile: the BASE_IMAGE build argument")
 @click.option("--build-arg", "build_args", multiple=True, metavar="NAME=VALUE", callback=_build_args,
@@ -126,28 +142,42 @@ def _build_args(_ctx: click.Context, _param: click.Parameter, values: tuple[str,
 @click.option("--build-network", help="with --dockerfile: network for RUN steps (e.g. host)")
 @click.pass_context
 def build_image(ctx: click.Context, tag: str, suite: str | None, mirror: str | None, cache_dir: str, rebuild: bool,
-                check: bool, dockerfile: str | None, base_image: str | None, build_args: dict[str, str],
-                build_network: str | None) -> None:
+                check: bool, from_host: bool, excludes: tuple[str, ...], dockerfile: str | None,
+                base_image: str | None, build_args: dict[str, str], build_network: str | None) -> None:
     """Build the Docker runtime image for `server --sandbox docker` (no registry needed).
 
     Without --dockerfile: debootstrap a minimal Debian of the host's release (cached under
     --cache-dir) and `docker import` it as a runtime image that runs the node's own Python
-    mounted read-only. With --dockerfile docker/Dockerfile.runtime: a self-contained image
-    (needs a registry / PyPI), e.g. --base-image nvidia/cuda:12.4.1-runtime-ubuntu22.04 for GPUs."""
+    mounted read-only. With --from-host (no network at all, e.g. GPU hosts): the same kind
+    of image, made in seconds from this host's own /etc and /usr, without what a Python+torch
+    runtime never needs (JVMs, compilers, LLVM, static libraries ...; --exclude adds more), the
+    host's secrets (shadow, ssh host keys, private keys) or the node's Python (mounted at run
+    time). --check accepts an image of either recipe, a --from-host one only if made on this OS
+    release (later package updates go unnoticed: rebuild after upgrading the host). With
+    --dockerfile docker/Dockerfile.runtime: a self-contained image (needs a registry / PyPI),
+    e.g. --base-image nvidia/cuda:12.4.1-runtime-ubuntu22.04 for GPUs."""
     from slfaas.gpu_node.sandboxes.docker import DockerUnavailable
     from slfaas.gpu_node.sandboxes.docker_image import ImageBuildError, build_dockerfile_image, build_local_image
 
+    if from_host and (dockerfile or suite or mirror):
+        raise click.UsageError("--from-host cannot be combined with --dockerfile, --suite or --mirror", ctx)
+    if excludes and not from_host:
+        raise click.UsageError("--exclude needs --from-host", ctx)
     try:
         if check:
             from slfaas.gpu_node.sandboxes.docker_image import image_problem
 
-            problem = image_problem(tag, suite)
+            problem = image_problem(tag, suite, from_host=True if from_host else None)
             if problem:
                 raise CliError(problem)
             click.echo(f"{tag} is ready")
             return
         with ui(ctx).step(f"building {tag}") as step:
-            if dockerfile:
+            if from_host:
+                from slfaas.gpu_node.sandboxes.host_image import build_host_image
+
+                build_host_image(tag, excludes, progress=step.note)
+            elif dockerfile:
                 if base_image:
                     build_args = {**build_args, "BASE_IMAGE": base_image}
                 build_dockerfile_image(Path(dockerfile), tag, build_args, build_network, progress=step.note)

@@ -7,6 +7,9 @@ installation, mounted read-only at its own path: nothing is installed twice, the
 ~150 MB, and glibc matches because the release is the host's. The rootfs tarball is cached
 (``~/.cache/slfaas/images``), so a rebuild takes seconds.
 
+With no network at all, ``host_image`` (``--from-host``) makes the same kind of image from the
+host's own files instead.
+
 With a registry, ``docker/Dockerfile.runtime`` builds a self-contained image (slfaas and its
 dependencies installed, label ``slfaas.python=image``), e.g. on an NVIDIA CUDA base for GPUs;
 ``build_dockerfile_image`` drives it with the same progress output.
@@ -132,8 +135,28 @@ def recipe_label(suite: str) -> str:
     return f"debian-{suite}-minbase-r{RECIPE_VERSION}"
 
 
-def image_problem(image: str = DEFAULT_IMAGE, suite: str | None = None) -> str | None:
-    """None when ``image`` is usable by the docker sandbox, else what is wrong with it."""
+HOST_RECIPE_VERSION = "1"
+
+
+def host_recipe_label() -> str:
+    """The ``--from-host`` recipe's label: the host's OS release, so that --check notices an upgrade
+    (an image made before it would hold the old glibc under the node's new Python)."""
+    try:
+        fields = dict(line.rstrip("\n").split("=", 1) for line in open("/etc/os-release") if "=" in line)
+    except OSError:
+        fields = {}
+    release = "-".join(re.sub(r"[^A-Za-z0-9._]", "", fields.get(k, "").strip('"')) or "unknown"
+                       for k in ("ID", "VERSION_ID"))
+    return f"from-host-{release}-r{HOST_RECIPE_VERSION}"
+
+
+def image_problem(image: str = DEFAULT_IMAGE, suite: str | None = None, from_host: bool | None = None) -> str | None:
+    """None when ``image`` is usable by the docker sandbox, else what is wrong with it.
+
+    A "host" image is current when made by this version of either registry-free recipe: the
+    debootstrap one for ``suite`` (default: the host's), or ``--from-host`` on this OS release.
+    ``from_host`` True accepts only the latter, False only the former (None: either, unless a
+    ``suite`` is named)."""
     import docker.errors
 
     client = connect(timeout_s=30)
@@ -143,7 +166,12 @@ def image_problem(image: str = DEFAULT_IMAGE, suite: str | None = None) -> str |
         return f"image {image} does not exist"
     finally:
         client.close()
-    if labels.get(LABEL_PYTHON) == "host" and labels.get("slfaas.recipe") != recipe_label(suite or host_debian_suite()):
+    accepted = set()
+    if not from_host:
+        accepted.add(recipe_label(suite or host_debian_suite()))
+    if from_host or (from_host is None and suite is None):
+        accepted.add(host_recipe_label())
+    if labels.get(LABEL_PYTHON) == "host" and labels.get("slfaas.recipe") not in accepted:
         return f"image {image} was built by another recipe ({labels.get('slfaas.recipe')}): rebuild it"
     return None
 
