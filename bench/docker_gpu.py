@@ -132,12 +132,14 @@ class Side:
                                                           WaiterConfig={"Delay": 0.5, "MaxAttempts": 1200})
 
     def invoke(self, name: str, event: dict) -> tuple[dict, float]:
+        """(the response body, its request id added; wall ms at the client)."""
         t0 = time.perf_counter()
         resp = self.client.invoke(FunctionName=name, Payload=json.dumps(event).encode())
         body = json.loads(resp["Payload"].read())
         wall_ms = (time.perf_counter() - t0) * 1000
         if resp.get("FunctionError"):
             raise RuntimeError(f"{self.sandbox} {name}: {body}")
+        body["request_id"] = resp["ResponseMetadata"]["RequestId"]
         return body, wall_ms
 
     def node(self) -> dict:
@@ -189,8 +191,7 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
                 wait_until(lambda: sides[s].prewarmed_ready() >= 1, 600, f"{s}'s pre-warmed runtime")
                 body, wall_ms = sides[s].invoke(f"fn-{k}", gen)
                 cold[s].append(wall_ms)
-                tiers[s].append(sides[s].usage(body.get("request_id", "")).get("preload_tier", "?")
-                                if body.get("request_id") else "?")
+                tiers[s].append(sides[s].usage(body["request_id"]).get("preload_tier", "?"))
                 tokens[s][str(adapters[k])] = body["tokens"]
             order.reverse()
             say(f"cold start {k}: " + ", ".join(f"{s} {cold[s][-1]:.0f} ms" for s in SANDBOXES))
@@ -215,11 +216,12 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
         res["attack"] = {s: write_attack(sides[s], adapters[0], memory_mb, gen, tokens[s][str(adapters[0])])
                          for s in SANDBOXES}
         res.update(per_sandbox(cold, tiers, ttft, memory, tokens, reference))
+        res["containers_before_stop"] = containers_left(sides["docker"].server.data_dir)
     finally:
         for s, side in sides.items():
             res.setdefault("server_exit", {})[s] = side.server.close()
             (out / f"server-{s}.log").write_text("".join(side.server.lines[-400:]))
-    res["containers_left"] = containers_left()
+    res["containers_left"] = containers_left(sides["docker"].server.data_dir)
     return res
 
 
@@ -237,11 +239,12 @@ def write_attack(side: Side, adapter: Path, memory_mb: int, gen: dict, expected:
             "neighbour_output_unchanged": body["tokens"] == expected}
 
 
-def containers_left() -> int | None:
+def containers_left(data_dir: Path) -> int | None:
+    """Containers of the Docker side's node (labelled with its data dir) still on the engine."""
     try:
         import docker
         client = docker.from_env()
-        return len(client.containers.list(all=True, filters={"label": "slfaas.managed"}))
+        return len(client.containers.list(all=True, filters={"label": f"slfaas.owner={data_dir}"}))
     except Exception:   # no engine: nothing can be left
         return None
 
