@@ -61,8 +61,11 @@ class Background:
     """A long-running CLI command (--follow, --watch, --stream) whose output is read as it comes."""
 
     def __init__(self, *args: str, url: str):
+        # Ctrl-C as a user's shell delivers it: a runner started in the background (``cmd &``)
+        # ignores SIGINT, and Python keeps an inherited ignore (no KeyboardInterrupt, no exit)
         self.proc = subprocess.Popen([sys.executable, "-m", "slfaas.cli.main", *args, "--endpoint", url],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.chunks: "queue.Queue[bytes]" = queue.Queue()
         self.seen = b""
         threading.Thread(target=self._read, daemon=True).start()
