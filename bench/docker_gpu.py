@@ -32,8 +32,7 @@ from pathlib import Path
 from slfaas.client import api, lambda_client, zip_adapter
 from slfaas.testing.serverproc import ServerProcess
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_assets import GEN_TOKENS, REF_SCRIPT, say  # noqa: E402
+from gpu_assets import GEN_TOKENS, REF_SCRIPT, say
 
 SANDBOXES = ("process", "docker")
 PROBE = '''
