@@ -50,3 +50,7 @@ class RequestTooLarge(SlfaasError):
 
 class NodeError(SlfaasError):
     """The node could not provide what an invocation needs (e.g. a backbone failed to load)."""
+
+
+class InvocationCancelled(SlfaasError):
+    """The invocation was dropped before it ran: its caller went away."""

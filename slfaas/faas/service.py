@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, NodeError, NotFound, RequestTooLarge,
-                           TooManyRequests)
+from slfaas.errors import (Conflict, InvalidParameter, InvalidRequestContent, InvocationCancelled, NodeError, NotFound,
+                           RequestTooLarge, TooManyRequests)
 from slfaas.billing.service import CostService
 from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS, DisconnectWatch, InvocationSlots
 from slfaas.faas.base_models import add_base_model, resolve_base_model
@@ -362,15 +362,18 @@ class FunctionService:
 
     def _run(self, request: InvocationRequest, record: InvocationRecord,
              client_gone: Callable[[], bool] | None = None) -> InvocationResult:
+        cancelled = threading.Event()
         try:
             self.cost.admit(request.function.name, request.request_id)   # hard budgets, enforced
             with (self.limits.tracker.lease(request.function.name),   # reserved concurrency, enforced
                   self.disconnects.watching(request.request_id, client_gone) as cancelled):
                 result = self.node.invoke(request)
         except BaseException as exc:
-            self.registry.finish_invocation(record, status="throttled" if isinstance(exc, TooManyRequests)
-                                            else "failed", end_ts=time.time(), error_type=exc.__class__.__name__,
-                                            error_message=str(exc))
+            status = ("cancelled" if cancelled.is_set() or isinstance(exc, InvocationCancelled) else
+                      "throttled" if isinstance(exc, TooManyRequests) else "failed")
+            message = f"{CANCELLED_MESSAGE} {exc}" if status == "cancelled" else str(exc)
+            self.registry.finish_invocation(record, status=status, end_ts=time.time(),
+                                            error_type=exc.__class__.__name__, error_message=message)
             if isinstance(exc, TooManyRequests):
                 self.metrics.throttled(request.function.name, exc.reason)
             raise

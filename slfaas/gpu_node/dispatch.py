@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-from slfaas.errors import TooManyRequests
+from slfaas.errors import InvocationCancelled, TooManyRequests
 from slfaas.gpu_node.lifecycle.instance import Instance
 from slfaas.gpu_node.lifecycle.table import InstanceTable, Valuer
 from slfaas.gpu_node.policy.placement import Refuse, start_one
@@ -138,8 +138,9 @@ class Dispatcher:
             self._schedule()
         self._stop_claimed()
         if not ticket.done.wait(timeout_s if timeout_s is not None else self._max_wait_s):
-            self.abort(request.request_id)
-            raise TooManyRequests("The request waited too long for an instance", reason="QueueTimeout")
+            # settled now, by this abort or by the placement that won the race to it
+            self.abort(request.request_id, TooManyRequests("The request waited too long for an instance",
+                                                           reason="QueueTimeout"))
         if ticket.error is not None:
             raise ticket.error
         assert ticket.placed is not None
@@ -170,11 +171,16 @@ class Dispatcher:
         finally:
             self._stop_claimed()
 
-    def abort(self, request_id: str) -> bool:
-        """Drop a request not placed yet (its caller gave up)."""
+    def abort(self, request_id: str, error: BaseException | None = None) -> bool:
+        """Drop a request not placed yet (its caller gave up); its waiting ``submit`` raises
+        ``error`` (``InvocationCancelled`` by default) at once."""
         with self._lock:
-            ticket = self._tickets.pop(request_id, None)
-            return ticket is not None and self._scheduler.abort(request_id)
+            if request_id not in self._tickets:   # placed (or refused) already
+                return False
+            self._scheduler.abort(request_id)
+            self._settle(request_id, error=error or InvocationCancelled(
+                "The invocation was cancelled before it ran: its caller went away"))
+            return True
 
     def finished(self, done: Finished) -> None:
         with self._lock:

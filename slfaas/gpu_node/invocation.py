@@ -28,7 +28,8 @@ LOG_SYNC_TIMEOUT_S = 5.0
 class DispatchGate:
     """Cancellation around the hand-over: a request cancelled before it reaches its runtime is
     never handed over (the instance it waited for serves others); once handed over, cancelling
-    it stops its instance, so the function does not keep the device busy for nobody."""
+    it stops its instance, so the function does not keep the device busy for nobody. A request
+    whose call already ended is not cancelled (its instance, healthy, is left alone)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -42,18 +43,30 @@ class DispatchGate:
             self._dispatched.add(request_id)
             return True
 
+    def cancelled(self, request_id: str) -> bool:
+        with self._lock:
+            return request_id in self._cancelled
+
     def end(self, request_id: str) -> None:
         with self._lock:
             self._dispatched.discard(request_id)
             self._cancelled.discard(request_id)
 
-    def cancel(self, request_id: str, inst: Instance) -> None:
+    def cancel(self, request_id: str, inst: Instance) -> bool:
+        """True: the request will not run on (or was stopped in) ``inst``; False: it had
+        already ended."""
         with self._lock:
             running = request_id in self._dispatched
             if not running:
                 self._cancelled.add(request_id)
-        if running and not inst.cancel(request_id, cancelled_outcome()):
-            inst.fail_and_kill()   # handed over but its call not registered yet: stop the instance
+                return True
+        stopped = inst.cancel(request_id, cancelled_outcome())
+        if stopped is None:   # handed over but its call not registered yet: stop the instance
+            with self._lock:
+                self._cancelled.add(request_id)   # so it is not placed again once found undelivered
+            inst.fail_and_kill()
+            return True
+        return stopped
 
 
 def cancelled_outcome() -> Outcome:
@@ -147,16 +160,20 @@ class InvocationRunner:
             self._reporter.start(request, inst)
             self._bus.publish(ev.InvocationStarted(dispatch_ts, request.request_id, inst.instance_id))
             outcome, _call = inst.run(request, cold, dispatch_ts, sink=on_chunk)
-            if redeliverable and not cold and outcome.error_type == "Runtime.ExitError" and outcome.delivered_ts is None:
-                raise NotDelivered(inst.instance_id)
+            if outcome.error_type == "Runtime.ExitError" and outcome.delivered_ts is None:
+                if self.gate.cancelled(request.request_id):   # its caller left, which stopped the instance
+                    return self._finish(request, inst, cancelled_outcome(), cold, submitted_ts, dispatch_ts)
+                if redeliverable and not cold:
+                    raise NotDelivered(inst.instance_id)
             if outcome.from_runtime and inst.init_facts.get("log_sync"):
                 # its output reaches the log through a pipe: wait until all of it has
                 inst.wait_log_synced(request.request_id, LOG_SYNC_TIMEOUT_S)
             return self._finish(request, inst, outcome, cold, submitted_ts, dispatch_ts)
         finally:
+            # released first: a cancel from here on finds the request nowhere (not "not yet begun")
+            inst.release(request.request_id)
             self.gate.end(request.request_id)
             self._bus.publish(ev.InvocationAborted(time.time(), request.request_id))   # no-op once it ended
-            inst.release(request.request_id)
             if inst.state is InstanceState.IDLE:
                 self._bus.publish(ev.InstanceIdle(time.time(), inst.instance_id, inst.function.name,
                                                   inst.provisioned))

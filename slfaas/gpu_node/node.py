@@ -111,15 +111,17 @@ class Node:
 
     def cancel(self, request_id: str) -> bool:
         """Not placed yet: dropped. Placed: never handed over, or (handed over) its instance is
-        stopped. False while the node does not know the request (the caller may ask again)."""
+        stopped. False while the node does not know the request (the caller may ask again) and
+        once its call has ended (nothing to stop)."""
         if self.dispatcher.abort(request_id):
             return True
         inst = self.table.holding(request_id)
         if inst is None:
             return False
+        if not self.runner.gate.cancel(request_id, inst):
+            return False   # it had already ended
         log.info("request %s cancelled: its caller went away", request_id)
         self.write_log(inst.function.name, inst.instance_id, f"CANCELLED RequestId: {request_id}: the caller went away")
-        self.runner.gate.cancel(request_id, inst)
         return True
 
     def provision(self, function: FunctionSpec, count: int) -> None:

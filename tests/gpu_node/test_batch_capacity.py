@@ -140,3 +140,31 @@ def test_the_node_keeps_only_the_contract_metrics_and_a_plausible_batch_size() -
     for bad in (None, {}, {"batch_size": "3"}, {"batch_size": True}, {"batch_size": float("nan")},
                 {"batch_size": -2}):
         assert batch_size(bad, 4) == 1
+
+
+def test_a_cancel_after_the_call_ended_leaves_a_healthy_instance_alone() -> None:
+    from slfaas.gpu_node.invocation import DispatchGate
+
+    inst = Instance("b-3", SPEC, capacity=1)
+    with inst._lock:
+        inst._move(InstanceState.IDLE)
+    a = make_request(SPEC)
+    assert inst.reserve(a.request_id)
+    gate = DispatchGate()
+    assert gate.begin(a.request_id)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(inst.run(a, False, time.time())[0]))
+    t.start()
+    assert wait_until(lambda: inst.undelivered() == 1, 30)
+    assert inst.complete(a.request_id, b"{}", None)
+    t.join(10)
+    # the caller leaves now, while its request still holds its place (the log sync, the report)
+    assert gate.cancel(a.request_id, inst) is False
+    assert inst.state is InstanceState.BUSY and out[0].error_type is None      # not killed
+    inst.release(a.request_id)
+    gate.end(a.request_id)
+    assert inst.state is InstanceState.IDLE
+    b = make_request(SPEC)                                # handed over, its call not registered yet
+    assert inst.reserve(b.request_id) and gate.begin(b.request_id)
+    assert gate.cancel(b.request_id, inst) is True and inst.state is InstanceState.FAILED
+    assert gate.cancelled(b.request_id)                   # so it is not placed again

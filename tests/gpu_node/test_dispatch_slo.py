@@ -137,3 +137,21 @@ def test_closing_refuses_the_requests_still_waiting() -> None:
     t.join(10)
     [err] = got
     assert isinstance(err, TooManyRequests) and err.reason == "NodeShuttingDown"
+
+
+def test_a_waiting_request_whose_caller_left_ends_at_once_as_cancelled() -> None:
+    from slfaas.errors import InvocationCancelled
+
+    table = InstanceTable()
+    _full_instance(table)
+    d = Dispatcher(_scheduler(max_queue_s=600), table, 1, stop=lambda i: None)
+    request = make_request(replace(SPEC, ttft_slo_ms=600_000))
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(pytest.raises(InvocationCancelled, d.submit, request, 600)))
+    t.start()
+    assert wait_until(lambda: d.waiting() == 1)
+    assert d.abort(request.request_id) is True
+    t.join(10)                              # at once, not after its 600-s wait
+    assert not t.is_alive() and len(got) == 1 and d.waiting() == 0
+    assert d.abort(request.request_id) is False
+    d.close()

@@ -43,25 +43,30 @@ def test_the_gpus_own_node_by_pci_bus_id_and_the_drivers_libraries(tmp_path: Pat
     assert all(not Path(host).is_symlink() for host in names.values())
 
 
-def test_without_a_driver_entry_the_index_is_the_minor(tmp_path: Path) -> None:
+def test_without_a_driver_entry_the_gpu_is_never_guessed(tmp_path: Path) -> None:
     dev, proc, lib = _host(tmp_path)
-    assert gd.gpu_minor(None, 2, proc) == 2
-    assert gd.gpu_minor("0000:ff:00.0", 3, proc) == 3     # a bus id the driver does not list
-    assert gd.passthrough(3, None, dev, proc, lib).devices[0] == f"{dev}/nvidia3:{dev}/nvidia3:rwm"
+    for bus in (None, "0000:ff:00.0"):          # no bus id, or one the driver does not list
+        with pytest.raises(gd.GpuNotFound, match="cannot tell which of 4"):
+            gd.passthrough(2, bus, dev, proc, lib)
+    (tmp_path / "one").mkdir()
+    one, _, _ = _host(tmp_path / "one", minors=(7,))
+    assert gd.gpu_minor(None, 0, tmp_path / "none", one) == 7   # a single GPU node: that one
 
 
 def test_a_host_without_the_driver_is_told_what_is_missing(tmp_path: Path) -> None:
     dev, proc, lib = _host(tmp_path, minors=(0,))
-    with pytest.raises(gd.GpuNotFound, match="nvidia5"):
-        gd.passthrough(5, None, dev, proc, lib)
+    (dev / "nvidia0").unlink()
+    with pytest.raises(gd.GpuNotFound, match="nvidia0"):
+        gd.passthrough(0, "0000:19:00.0", dev, proc, lib)
+    (dev / "nvidia0").touch()
     (dev / "nvidia-uvm").unlink()
     with pytest.raises(gd.GpuNotFound, match="nvidia-uvm"):
-        gd.passthrough(0, None, dev, proc, lib)
+        gd.passthrough(0, "0000:19:00.0", dev, proc, lib)
     (dev / "nvidia-uvm").touch()
     (lib / "libcuda.so.1").unlink()
     (lib / "libcuda.so").unlink()
     with pytest.raises(gd.GpuNotFound, match="libcuda.so.1"):
-        gd.passthrough(0, None, dev, proc, lib)
+        gd.passthrough(0, "0000:19:00.0", dev, proc, lib)
 
 
 def test_libcuda_is_found_where_the_node_maps_it(tmp_path: Path) -> None:
@@ -76,13 +81,27 @@ def test_libcuda_is_found_where_the_node_maps_it(tmp_path: Path) -> None:
 
 def test_container_options_with_and_without_the_toolkit(tmp_path: Path) -> None:
     dev, proc, lib = _host(tmp_path)
-    gpu = gd.passthrough(0, None, dev, proc, lib)
+    gpu = gd.passthrough(0, "0000:19:00.0", dev, proc, lib)
     own = gd.container_gpu(0, gpu, host_namespaces=False)
     assert own.options == {"devices": list(gpu.devices)}          # its own PID and IPC namespaces
     assert dict(own.env) == {"SLFAAS_DEVICE": "cuda:0", "LD_LIBRARY_PATH": gd.DRIVER_LIB_DIR}
     assert (f"{gd.DRIVER_LIB_DIR}/libcuda.so.1", str(lib / "libcuda.so.550.54.15")) in own.library_mounts
     legacy = gd.container_gpu(2, gpu, host_namespaces=True)
     assert legacy.options["pid_mode"] == "host" and legacy.options["ipc_mode"] == "host"
-    toolkit = gd.container_gpu(2, None, host_namespaces=False)
-    assert toolkit.options == {"device_requests": 2} and not toolkit.library_mounts
+    toolkit = gd.container_gpu("GPU-8f7e", None, host_namespaces=False)
+    assert toolkit.options == {"device_requests": "GPU-8f7e"} and not toolkit.library_mounts
     assert dict(toolkit.env) == {"SLFAAS_DEVICE": "cuda:0"}
+
+
+def test_a_container_gets_no_node_descriptor_numbers_and_no_gpu_it_was_not_given(tmp_path: Path) -> None:
+    from slfaas.gpu_node.sandboxes.base import SandboxSpec
+    from slfaas.gpu_node.sandboxes.docker import DockerSandboxFactory
+    from slfaas.runtime_contract import HANDOVER_FD_ENV
+
+    env = {name: "7" for name in HANDOVER_FD_ENV}
+    env.update({"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "all", "MY_SETTING": "1"})
+    spec = SandboxSpec("i-1", "fn", "$LATEST", ("python",), env, tmp_path, tmp_path / "s.sock", 1024)
+    got = DockerSandboxFactory.runtime_env(object.__new__(DockerSandboxFactory), spec)
+    assert not set(HANDOVER_FD_ENV) & set(got)                      # the node's fd numbers mean nothing inside
+    assert got["NVIDIA_VISIBLE_DEVICES"] == "void" and "NVIDIA_DRIVER_CAPABILITIES" not in got
+    assert got["MY_SETTING"] == "1"

@@ -118,6 +118,7 @@ class Instance:
         self._queue: queue.Queue[_Call | None] = queue.Queue()
         self._reserved: set[str] = ({reserved_for} if reserved_for else set()) | set(riders)
         self._calls: dict[str, _Call] = {}    # handed to the runtime (queued or delivered), not finished
+        self._ended: set[str] = set()          # finished calls whose requests still hold their place
         self.failed_deliveries = 0             # /next answers the runtime was gone to receive
         self._log_synced = threading.Condition()
         self._log_synced_requests: set[str] = set()   # output up to their response is in the log
@@ -153,6 +154,7 @@ class Instance:
     def release(self, request_id: str) -> None:
         with self._lock:
             self._reserved.discard(request_id)
+            self._ended.discard(request_id)
             self.last_used_ts = time.time()
             if self.state is InstanceState.BUSY and not self._reserved:
                 self._move(InstanceState.IDLE)
@@ -203,14 +205,18 @@ class Instance:
         assert call.outcome is not None
         return call.outcome, call
 
-    def cancel(self, request_id: str, outcome: Outcome) -> bool:
+    def cancel(self, request_id: str, outcome: Outcome) -> bool | None:
         """End a request's call now with ``outcome`` (its caller has gone); the runtime may be
         mid-work on it, so the instance is killed: a function must not keep burning the device
         for nobody. Unless it holds other calls (a batch): their callers are still there, and
-        the runtime's late answer for this one is refused. False if the call is not here."""
+        the runtime's late answer for this one is refused. False: the call already ended
+        (nothing to stop); None: no such call was handed to this instance (yet)."""
         with self._lock:
             call = self._calls.get(request_id)
-        if call is None or not self._finish(call, outcome):
+            ended = request_id in self._ended
+        if call is None:
+            return False if ended else None
+        if not self._finish(call, outcome):
             return False
         with self._lock:
             others = bool(self._calls)
@@ -244,6 +250,8 @@ class Instance:
             outcome.delivered_ts = call.delivered_ts
             call.outcome = outcome
             self._calls.pop(call.request.request_id, None)
+            if call.request.request_id in self._reserved:
+                self._ended.add(call.request.request_id)
             call.done.set()
             return True
 

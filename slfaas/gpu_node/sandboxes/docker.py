@@ -59,8 +59,11 @@ TASK_DIR = "/var/task"
 MODEL_DIR = "/opt/slfaas/model"
 RUN_DIR = "/run/slfaas"
 
-_DROP_ENV = (*rc.BACKBONE_FD_ENV, rc.ENV_NODE_PID, "TMPDIR", "HOME", "PYTHONPATH", "VIRTUAL_ENV",
+_DROP_ENV = (*rc.HANDOVER_FD_ENV, rc.ENV_NODE_PID, "TMPDIR", "HOME", "PYTHONPATH", "VIRTUAL_ENV",
              "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES")
+
+
+NO_TOOLKIT_GPUS = ("NVIDIA_VISIBLE_DEVICES", "void")
 
 
 class DockerUnavailable(NodeError):
@@ -229,8 +232,11 @@ class DockerSandboxFactory(SandboxFactory):
     # shared with the warm pool
     def runtime_env(self, spec: SandboxSpec) -> dict[str, str]:
         """The agent's runtime environment, minus what names node-side paths and descriptors."""
-        env = {k: v for k, v in spec.env.items() if k not in _DROP_ENV}
+        env = {k: v for k, v in spec.env.items() if k not in _DROP_ENV and not k.startswith("NVIDIA_")}
         env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "USER": "slfaas", "LAMBDA_TASK_ROOT": TASK_DIR})
+        # on a host whose default runtime is the NVIDIA toolkit's, no GPU unless the node asks for
+        # one (an image's or a function's NVIDIA_VISIBLE_DEVICES=all would otherwise get them all)
+        env[NO_TOOLKIT_GPUS[0]] = NO_TOOLKIT_GPUS[1]
         return env
 
     def python_argv(self, args: tuple[str, ...] | list[str], env: dict[str, str], mounts: list) -> list[str]:
@@ -302,17 +308,24 @@ class DockerSandboxFactory(SandboxFactory):
           capabilities, non-root). ``cuda_host_namespaces`` forces that for VMM too."""
         from docker.types import DeviceRequest, Mount
 
-        from slfaas.gpu_node.sandboxes import gpu_devices
-
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if not self.has_nvidia_toolkit() and self._gpu is None:
-            self._gpu = gpu_devices.passthrough(index, gpu_devices.node_pci_bus_id(index))
-        plan = gpu_devices.container_gpu(index, None if self.has_nvidia_toolkit() else self._gpu,
-                                         legacy_ipc or self.config.cuda_host_namespaces)
+        plan = self.gpu_plan(device, legacy_ipc)
         mounts += [Mount(target, host, type="bind", read_only=True) for target, host in plan.library_mounts]
         env.update(plan.env)
         extra = dict(plan.options)
-        if "device_requests" in extra:
+        if "device_requests" in extra:   # the toolkit's id: the GPU's UUID (its index is NVML's, not CUDA's)
+            env.pop(NO_TOOLKIT_GPUS[0], None)
             extra["device_requests"] = [DeviceRequest(device_ids=[str(extra["device_requests"])],
                                                       capabilities=[["gpu"]])]
         return extra
+
+    def gpu_plan(self, device: str, legacy_ipc: bool = False) -> Any:
+        """``gpu_devices.ContainerGpu`` for the node's ``device`` (found once)."""
+        from slfaas.gpu_node.sandboxes import gpu_devices
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if self.has_nvidia_toolkit():
+            return gpu_devices.container_gpu(gpu_devices.node_gpu_uuid(index), None,
+                                             legacy_ipc or self.config.cuda_host_namespaces)
+        if self._gpu is None:
+            self._gpu = gpu_devices.passthrough(index, gpu_devices.node_pci_bus_id(index))
+        return gpu_devices.container_gpu(index, self._gpu, legacy_ipc or self.config.cuda_host_namespaces)

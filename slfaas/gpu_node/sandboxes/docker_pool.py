@@ -59,13 +59,13 @@ class DockerPoolLauncher(PoolLauncher):
                closers: tuple[Callable[[], None], ...], prewarm: Prewarm | None = None) -> "DockerSandbox":
         from docker.types import Mount
 
-        from slfaas.gpu_node.sandboxes.docker import MODEL_DIR, RUN_DIR
+        from slfaas.gpu_node.sandboxes.docker import MODEL_DIR, NO_TOOLKIT_GPUS, RUN_DIR
         from slfaas.gpu_node.sandboxes.docker_sandbox import BackboneHandout, DockerSandbox
 
         env = {k: v for k, v in os.environ.items() if k.startswith(_PASS_ENV_PREFIXES)}
         env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "USER": "slfaas", "PYTHONUNBUFFERED": "1",
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                    ENV_POOL_SOCKET: f"{RUN_DIR}/pool.sock"})
+                    ENV_POOL_SOCKET: f"{RUN_DIR}/pool.sock", NO_TOOLKIT_GPUS[0]: NO_TOOLKIT_GPUS[1]})
         mounts = [Mount(RUN_DIR, str(slot_dir), type="bind", read_only=True)]
         handout = None
         if prewarm is not None:   # it attaches its backbone and warms up now
@@ -96,7 +96,7 @@ class DockerPoolLauncher(PoolLauncher):
         return file_handover(spec)
 
     def prepare(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> dict[str, str]:
-        from slfaas.gpu_node.sandboxes.docker import RUN_DIR
+        from slfaas.gpu_node.sandboxes.docker import NO_TOOLKIT_GPUS, RUN_DIR
         from slfaas.gpu_node.sandboxes.docker_sandbox import DockerSandbox
 
         assert isinstance(sandbox, DockerSandbox)
@@ -106,6 +106,10 @@ class DockerPoolLauncher(PoolLauncher):
         env = self.factory.runtime_env(spec)
         env[ENV_RUNTIME_SOCKET] = f"{RUN_DIR}/runtime.sock"
         self.factory.python_argv([], env, [])  # the same PYTHONPATH/PATH as a cold-started container
+        if self.cuda:   # what it was started with: its GPU is cuda:0 inside, the driver's libraries
+            env.update(self.factory.gpu_plan(self.device).env)
+            if self.factory.has_nvidia_toolkit():
+                env.pop(NO_TOOLKIT_GPUS[0], None)
         return env
 
     def finish(self, slot_dir: Path, sandbox: PoolSandbox, spec: SandboxSpec) -> None:

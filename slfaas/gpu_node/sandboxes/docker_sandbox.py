@@ -31,12 +31,13 @@ class BackboneHandout:
         self._tag = tag
         self._fds: list[int] = []
         self._closed = False
+        self._lock = threading.Lock()   # a hand-over and the close of its descriptors exclude each other
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # a memfd or table is reopened read-only; a VMM descriptor (not a file) is duplicated
-            self._fds = [os.dup(fd) if tag == TAG_VMM and k == 0 else
-                         os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-                         for k, fd in enumerate(node_fds)]
+            for k, fd in enumerate(node_fds):
+                self._fds.append(os.dup(fd) if tag == TAG_VMM and k == 0 else
+                                 os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC))
             self._sock.bind(str(path))
             os.chmod(path, 0o666)  # the container user connects; the directory keeps host users out
             self._sock.listen(4)
@@ -60,7 +61,9 @@ class BackboneHandout:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            with conn:
+            with conn, self._lock:
+                if self._closed:   # closed meanwhile: its descriptor numbers may be another file's now
+                    return
                 try:
                     socket.send_fds(conn, [self._tag], self._fds)
                 except OSError:
@@ -69,21 +72,22 @@ class BackboneHandout:
             return
 
     def close(self) -> None:
-        if getattr(self, "_closed", False):
-            return
-        self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
-        except OSError:
-            pass
-        self._sock.close()
-        self.path.unlink(missing_ok=True)
-        for fd in self._fds:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
-                os.close(fd)
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
             except OSError:
                 pass
-        self._fds = []
+            self._sock.close()
+            self.path.unlink(missing_ok=True)
+            for fd in self._fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds = []
 
 
 class DockerSandbox(Sandbox):

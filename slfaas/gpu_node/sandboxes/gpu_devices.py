@@ -45,10 +45,12 @@ class GpuPassthrough:
         return DRIVER_LIB_DIR
 
 
-def gpu_minor(pci_bus_id: str | None, index: int, proc_root: Path = Path("/proc")) -> int:
+def gpu_minor(pci_bus_id: str | None, index: int, proc_root: Path = Path("/proc"),
+              dev_root: Path = Path("/dev")) -> int:
     """The device-node minor (``/dev/nvidiaN``) of the GPU at ``pci_bus_id`` (as CUDA reports
-    it, e.g. ``0000:19:00.0``), read from the driver's ``/proc`` entry; without one, ``index``
-    (the driver numbers GPUs in PCI order, as ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` does)."""
+    it, e.g. ``0000:19:00.0``), read from the driver's ``/proc`` entry. Without that entry the
+    node cannot tell which node is its GPU (CUDA's order is not the driver's; the node may see
+    fewer GPUs than exist): only a host with a single GPU node is answered, never a guess."""
     gpus = proc_root / "driver/nvidia/gpus"
     if pci_bus_id:
         info = gpus / pci_bus_id.lower() / "information"
@@ -59,7 +61,12 @@ def gpu_minor(pci_bus_id: str | None, index: int, proc_root: Path = Path("/proc"
                     return int(value.strip())
         except (OSError, ValueError):
             pass
-    return index
+    nodes = sorted(p.name for p in dev_root.glob("nvidia[0-9]*") if p.name[6:].isdigit())
+    if len(nodes) == 1:
+        return int(nodes[0][6:])
+    raise GpuNotFound(f"cannot tell which of {len(nodes)} NVIDIA device nodes is the node's GPU {index} "
+                      f"(no /proc/driver/nvidia entry for PCI bus id {pci_bus_id}); install the NVIDIA "
+                      f"Container Toolkit or use --sandbox process")
 
 
 def driver_libraries(lib_dir: Path) -> tuple[tuple[str, str], ...]:
@@ -99,7 +106,7 @@ def find_libcuda(maps: Path = Path("/proc/self/maps"), lib_dirs: tuple[str, ...]
 def passthrough(index: int, pci_bus_id: str | None = None, dev_root: Path = Path("/dev"),
                 proc_root: Path = Path("/proc"), lib_dir: Path | None = None) -> GpuPassthrough:
     """What a container needs to use the node's GPU ``index`` (as ``cuda:0`` inside)."""
-    minor = gpu_minor(pci_bus_id, index, proc_root)
+    minor = gpu_minor(pci_bus_id, index, proc_root, dev_root)
     gpu = dev_root / f"nvidia{minor}"
     missing = [str(p) for p in (gpu, dev_root / "nvidiactl", dev_root / "nvidia-uvm") if not p.exists()]
     if missing:
@@ -124,13 +131,14 @@ class ContainerGpu:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def container_gpu(index: int, gpu: GpuPassthrough | None, host_namespaces: bool) -> ContainerGpu:
-    """``gpu`` None: the NVIDIA Container Toolkit does the passing through. ``host_namespaces``:
+def container_gpu(gpu_id: int | str, gpu: GpuPassthrough | None, host_namespaces: bool) -> ContainerGpu:
+    """``gpu`` None: the NVIDIA Container Toolkit does the passing through, of ``gpu_id`` (best
+    the GPU's UUID: a bare index is NVML's order, not CUDA's). ``host_namespaces``:
     the container shares the host's PID and IPC namespaces (what the legacy CUDA IPC handle
     needs); a VMM descriptor needs neither."""
     env = [(ENV_DEVICE, "cuda:0")]
     if gpu is None:
-        options: dict = {"device_requests": index}
+        options: dict = {"device_requests": gpu_id}
         mounts: tuple[tuple[str, str], ...] = ()
     else:
         options = {"devices": list(gpu.devices)}
@@ -139,6 +147,17 @@ def container_gpu(index: int, gpu: GpuPassthrough | None, host_namespaces: bool)
     if host_namespaces:
         options.update(pid_mode="host", ipc_mode="host")
     return ContainerGpu(options, mounts, tuple(env))
+
+
+def node_gpu_uuid(index: int) -> str:
+    """The node's GPU ``index`` as the toolkit names it (``GPU-<uuid>``); the index itself
+    where torch cannot say."""
+    try:
+        import torch
+
+        return f"GPU-{torch.cuda.get_device_properties(index).uuid}"
+    except Exception:
+        return str(index)
 
 
 def node_pci_bus_id(index: int) -> str | None:
