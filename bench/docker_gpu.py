@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -175,8 +176,10 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
     first = {"prompt": prompt, "max_tokens": 1, "temperature": 0}
     res: dict = {"device": args.device, "functions": args.functions, "command": " ".join(sys.argv)}
     tmp = Path(tempfile.mkdtemp(prefix="slfaas-dkgpu-"))
-    sides = {s: Side(s, tmp / s, args) for s in SANDBOXES}
+    sides: dict[str, Side] = {}
     try:
+        for s in SANDBOXES:
+            sides[s] = Side(s, tmp / s, args)
         for k, a in enumerate(adapters):
             for side in sides.values():
                 side.deploy(f"fn-{k}", with_handler(a, PROBE), memory_mb)
@@ -220,7 +223,8 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
         for s, side in sides.items():
             res.setdefault("server_exit", {})[s] = side.server.close()
             (out / f"server-{s}.log").write_text("".join(side.server.lines[-400:]))
-    res["containers_left"] = containers_left(sides["docker"].server.data_dir)
+    res["containers_left"] = containers_left(tmp / "docker")
+    shutil.rmtree(tmp, ignore_errors=True)
     return res
 
 
