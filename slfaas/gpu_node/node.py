@@ -111,8 +111,7 @@ class Node:
 
     def cancel(self, request_id: str) -> bool:
         """Not placed yet: dropped. Placed: never handed over, or (handed over) its instance is
-        stopped. False while the node does not know the request (the caller may ask again) and
-        once its call has ended (nothing to stop)."""
+        stopped. False while the node does not know the request (ask again) or once it ended."""
         if self.dispatcher.abort(request_id):
             return True
         inst = self.table.holding(request_id)
