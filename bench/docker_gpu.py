@@ -177,6 +177,8 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
     res: dict = {"device": args.device, "functions": args.functions, "command": " ".join(sys.argv)}
     tmp = Path(tempfile.mkdtemp(prefix="slfaas-dkgpu-"))
     sides: dict[str, Side] = {}
+    cold: dict[str, list[float]] = {s: [] for s in SANDBOXES}
+    tiers: dict[str, list[str]] = {s: [] for s in SANDBOXES}
     try:
         for s in SANDBOXES:
             sides[s] = Side(s, tmp / s, args)
@@ -185,8 +187,6 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
                 side.deploy(f"fn-{k}", with_handler(a, PROBE), memory_mb)
         say("deployed; waiting for both pre-warmed pools")
         order = list(SANDBOXES)
-        cold: dict[str, list[float]] = {s: [] for s in SANDBOXES}
-        tiers: dict[str, list[str]] = {s: [] for s in SANDBOXES}
         tokens: dict[str, dict[str, list[int]]] = {s: {} for s in SANDBOXES}
         for k in range(min(args.cold_samples, len(adapters))):
             for s in order:
@@ -220,6 +220,8 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
         res.update(per_sandbox(cold, tiers, ttft, memory, tokens, reference))
         res["containers_before_stop"] = containers_left(sides["docker"].server.data_dir)
     finally:
+        # what was measured so far, also when a step failed or the run was cut short
+        (out / "partial.json").write_text(json.dumps({**res, "cold_ms": cold, "cold_tiers": tiers}, default=str))
         for s, side in sides.items():
             res.setdefault("server_exit", {})[s] = side.server.close()
             (out / f"server-{s}.log").write_text("".join(side.server.lines[-400:]))

@@ -112,7 +112,7 @@ def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[n
                 say(f"{name} failed: {c['error']}; its log:\n{str(log_text)[-6000:]}")
                 raise RuntimeError(f"{name}: {c['error']}")
             warm = [json.loads(client.invoke(FunctionName=name, Payload=warm_event)["Payload"].read())
-                    for _ in range(3)]
+                    for _ in range(5)]
             recs = _records(server.url, name)
             c.update(runtime_ttft_ms=recs[0]["ttft_ms"], warm_runtime_ttft_ms=[r["ttft_ms"] for r in recs[1:]],
                      cold_request=recs[0]["request_id"], warm_tokens=warm[0]["tokens"])

@@ -54,10 +54,11 @@ class Settings:
     popularity: str = "zipf:1.0"
     speedup: float = 1.0
     batch: int = 8
+    prewarmed: int = 0      # serverlesslora's pre-warmed runtimes (0: the server's default)
 
 
 GPU = Settings(functions=16, start_s=600.0, duration_s=60.0, max_prompt=512, max_output=64, slo_ms=2000.0,
-               keep_alive_s=60.0, max_instances=64, memory_mb=10240, instance_gpu_mb=4096)
+               keep_alive_s=60.0, max_instances=64, memory_mb=10240, instance_gpu_mb=4096, prewarmed=16)
 TINY = Settings(functions=4, start_s=0.0, duration_s=8.0, max_prompt=32, max_output=6, slo_ms=20000.0,
                 keep_alive_s=30.0, max_instances=8, memory_mb=1024, instance_gpu_mb=1536)
 
@@ -120,7 +121,8 @@ def main() -> int:
     common = CommonSettings(device=args.device, keep_alive_s=settings.keep_alive_s,
                             max_instances=settings.max_instances, memory_mb=settings.memory_mb,
                             instance_gpu_mb=settings.instance_gpu_mb, max_batch_size=settings.batch,
-                            slo_ms=settings.slo_ms, server_args=tuple(args.server_args.split()))
+                            slo_ms=settings.slo_ms, server_args=tuple(args.server_args.split()),
+                            prewarmed=settings.prewarmed)
     try:
         # a request waits out 429s for up to 4 minutes (then it is an error, an SLO miss): each
         # command stays within its 10 minutes however far a baseline falls behind

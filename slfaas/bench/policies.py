@@ -41,10 +41,13 @@ class CommonSettings:
     init_timeout_s: float = 600.0
     slo_ms: float | None = None
     server_args: tuple[str, ...] = ()     # given to every server (e.g. --insecure-sandbox, --prices F)
+    prewarmed: int = 0                    # serverlesslora's --prewarm-min (0: the server's default)
 
     def __post_init__(self) -> None:
         if self.keep_alive_s < 0 or self.max_instances < 1 or self.memory_mb < 128 or self.max_batch_size < 1:
             raise TraceError("keep-alive must be >= 0 s, max instances and the batch size >= 1, memory >= 128 MB")
+        if not 0 <= self.prewarmed <= 64:
+            raise TraceError("pre-warmed runtimes must be between 0 and 64")
 
     def args(self, keep_alive_s: float | None = None) -> tuple[str, ...]:
         keep = self.keep_alive_s if keep_alive_s is None else keep_alive_s
@@ -96,6 +99,9 @@ def make_policy(name: str, common: CommonSettings, features: ServerFeatures) -> 
     one_at_a_time = {MAX_BATCH_SIZE: "1"}
     if name == "serverlesslora":
         args, env, notes = base, dict(batch), []
+        if common.prewarmed:   # the pool sized for the functions deployed; the budget at the admission bound
+            args += ("--prewarm-min", str(common.prewarmed),
+                     "--prewarm-budget-mb", str(common.instance_gpu_mb * common.prewarmed))
         if features.slo_scheduler:
             args += ("--scheduler", "slo")
             if common.slo_ms is not None:

@@ -86,8 +86,10 @@ class Provisioner:
             mine = [i for i in insts if i.function.pool_key == t.spec.pool_key]
             ready = sum(1 for i in mine if i.state in (InstanceState.IDLE, InstanceState.BUSY))
             starting = sum(1 for i in mine if i.state is InstanceState.STARTING)
-            out.append(ProvisionedInfo(name, version, t.spec.revision_id, t.count, ready, starting, t.failure,
-                                       t.failures))
+            # a failure explains a target not met: once met it is past (an instance can be ready
+            # a moment before its init's callback clears the failure)
+            out.append(ProvisionedInfo(name, version, t.spec.revision_id, t.count, ready, starting,
+                                       t.failure if ready < t.count else None, t.failures))
         return tuple(out)
 
     def reconcile(self) -> None:

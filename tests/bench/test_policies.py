@@ -25,6 +25,18 @@ def test_every_policy_shares_the_common_settings() -> None:
     assert keep == {"serverlesslora": "120", "no-sharing": "120", "serverlessllm-like": "120", "serverful": "86400"}
 
 
+def test_a_sized_pool_goes_to_serverlesslora_alone_with_a_budget_that_holds_it() -> None:
+    from dataclasses import replace
+    sized = replace(COMMON, prewarmed=16)
+    lora = make_policy("serverlesslora", sized, ServerFeatures(slo_scheduler=True)).server_args
+    assert _opt(lora, "--prewarm-min") == ["16"] and _opt(lora, "--prewarm-budget-mb") == [str(16 * 4096)]
+    for name in POLICIES[1:]:   # the baselines' command lines do not depend on it
+        assert make_policy(name, sized, ServerFeatures()).server_args == make_policy(name, COMMON,
+                                                                                     ServerFeatures()).server_args
+    with pytest.raises(TraceError, match="pre-warmed"):
+        replace(COMMON, prewarmed=65)
+
+
 def test_baselines_hold_private_backbones_one_request_at_a_time_with_nothing_prewarmed() -> None:
     for name, mode in (("no-sharing", "private-checkpoint"), ("serverlessllm-like", "private-host-cache")):
         p = make_policy(name, COMMON, ServerFeatures())

@@ -177,3 +177,19 @@ def test_the_container_user_is_added_even_when_passwd_is_excluded(host: Path) ->
     sel = Selection(DEFAULT_EXCLUDES + ("etc/passwd", "etc/group"))
     assert _read(host, sel, "etc/passwd") == f"root:x:0:0:root:/root:/bin/sh\n{tweak_passwd('').strip()}\n"
     assert _read(host, sel, "etc/group").endswith(f"slfaas:x:{CONTAINER_UID}:\n")
+
+
+def test_a_merged_sbin_becomes_a_real_directory_where_usr_is_mounted_at_run_time(tmp_path: Path) -> None:
+    """Docker mounts its init at /sbin/docker-init; where /usr is the node's Python root (mounted
+    over the image's at run time) a /sbin link into it would hide the init: /sbin is a directory."""
+    root = tmp_path / "merged"
+    _write(root, "etc/passwd", PASSWD)
+    _write(root, "usr/sbin/ldconfig", "ldconfig")
+    _write(root, "usr/bin/python3", "python")
+    for link in ("bin", "sbin"):
+        os.symlink(f"usr/{link}", root / link)
+    mounted = _members(root, Selection(DEFAULT_EXCLUDES, skip_roots=("usr",)))
+    assert mounted["sbin"].isdir() and mounted["bin"].issym()   # /bin still resolves into the mounted /usr
+    assert "usr/sbin/ldconfig" not in mounted
+    kept = _members(root, Selection(DEFAULT_EXCLUDES, skip_roots=("usr/lib/pyroot",)))
+    assert kept["sbin"].issym() and kept["sbin"].linkname == "usr/sbin" and "usr/sbin/ldconfig" in kept

@@ -152,6 +152,10 @@ def test_hard_budget_stops_a_burst_at_the_limit(tiny_assets, live_server_factory
             t.start()
         for t in wave:
             t.join()
+        # A usage record settles its invocation's reservation a moment after the response; until
+        # then the reservation (the function's largest recent cost, its cold start's) stands in,
+        # and a next wave sent at once would be refused against it, whatever the budget left.
+        wait_for(lambda: len(_usage(server, "budgeted")) == 3 + outcomes.count("ok"), 60, "usage records")
     assert outcomes.count("error") == 0, outcomes
     assert outcomes.count("throttled") >= 6, outcomes
     spent_after = sum((Decimal(u["cost_usd"]) for u in _usage(server, "budgeted")), Decimal(0))

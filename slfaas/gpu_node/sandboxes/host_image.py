@@ -259,6 +259,13 @@ def host_tar_stream(root: Path = Path("/"), selection: Selection = Selection(), 
     for top in TOP_LINKS + TOP_DIRS:
         if not os.path.lexists(w.root / top):
             continue  # e.g. no /usr/lib64 on this host
+        if top == "sbin" and _link_into_skipped_root(w.root / top, selection):
+            # Docker mounts its init at /sbin/docker-init; through the link it would land under
+            # the Python root (e.g. /usr) mounted over it at run time, and the container could
+            # not start ("stat /sbin/docker-init: no such file", seen on a GPU host): a real
+            # /sbin keeps it visible, and /usr/sbin still comes with the mounted root.
+            yield _header(_dir_info(top, 0o755, now))
+            continue
         before_b, before_n = w.stats.bytes_in, w.stats.members
         yield from w.entry(top)  # a link stays a link; a real /lib (no merged /usr) is walked
         if not (w.root / top).is_symlink():
@@ -276,6 +283,18 @@ def host_tar_stream(root: Path = Path("/"), selection: Selection = Selection(), 
     for name, mode in extra.items():
         yield _header(_dir_info(name, mode, now))
     yield b"\0" * (2 * _BLOCK)  # end of archive
+
+
+def _link_into_skipped_root(path: Path, selection: Selection) -> bool:
+    """``path`` is a symlink whose target is under a root left out of the image (mounted at run time)."""
+    if not path.is_symlink():
+        return False
+    target = os.path.normpath(os.path.join(path.parent.as_posix(), os.readlink(path)))
+    try:
+        rel = Path(target).relative_to(path.parent).as_posix()
+    except ValueError:   # an absolute link (/usr/sbin) on a host tree mounted elsewhere
+        rel = target.strip("/")
+    return any(rel == r or rel.startswith(r + "/") for r in selection.skip_roots)
 
 
 def import_host_image(client: Any, chunks: Iterator[bytes], image: str) -> str:

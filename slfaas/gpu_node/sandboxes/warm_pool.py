@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 600.0
 REFILL_QUIET_S = 5.0
+REFILL_MAX_DEFER_S = 10.0
+
+
+def refill_deferred(now: float, last_take: float, defer_since: float | None, quiet_s: float,
+                    max_defer_s: float) -> bool:
+    """Whether replacements still wait: the last take is less than ``quiet_s`` old and the first
+    take not replaced yet (``defer_since``; None: nothing to replace) less than ``max_defer_s``."""
+    return defer_since is not None and now - last_take < quiet_s and now - defer_since < max_defer_s
 
 
 @dataclass
@@ -85,9 +93,14 @@ class WarmPool:
         self._starting = 0                   # launches under way that are not slots yet
         self._last_take = 0.0                # monotonic time of the last runtime taken
         # Starting a runtime competes with cold starts for the GPU and the driver (context,
-        # mappings, warm-up): replacements wait until takes have been quiet for this long,
-        # unless no ready runtime is left at all.
+        # mappings, warm-up): replacements wait until takes have been quiet for this long, also
+        # when the pool is empty (on the H200, refilling at once behind a burst of 16 pre-warmed
+        # cold starts held every first token for ~17 s instead of 0.6 s), but no longer than
+        # ``refill_max_defer_s`` after the first take not replaced yet, so that a steady stream
+        # of cold starts cannot keep the pool empty.
         self.refill_quiet_s = REFILL_QUIET_S
+        self.refill_max_defer_s = REFILL_MAX_DEFER_S
+        self._defer_since: float | None = None   # monotonic time of the first take not replaced yet
         # Starting a runtime is seconds of CPU (imports, a pre-warmed one's warm-up): a few at a
         # time where there are cores for it, one at a time on a small machine.
         self._starter = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 4),
@@ -102,10 +115,13 @@ class WarmPool:
                 self._closed.wait(min(600.0, 5.0 * 2 ** (self._failures - 1)))
             with self._lock:
                 missing = self.size - len(self._slots) - self._starting
-                ready = sum(1 for s in self._slots if s.ready.is_set() and not s.claimed)
-                busy = time.monotonic() - self._last_take < self.refill_quiet_s and ready > 0
+                now = time.monotonic()
+                busy = refill_deferred(now, self._last_take, self._defer_since, self.refill_quiet_s,
+                                       self.refill_max_defer_s)
                 if busy:
                     missing = 0
+                elif missing > 0:
+                    self._defer_since = None
                 self._starting += max(0, missing)
             for _ in range(max(0, missing)):
                 self._starter.submit(self._start_one)
@@ -222,6 +238,8 @@ class WarmPool:
                 return None
             slot.claimed = True
             self._last_take = time.monotonic()
+            if self._defer_since is None:
+                self._defer_since = self._last_take
         slot.ready.wait(_READY_TIMEOUT_S)
         with self._lock:
             if slot in self._slots:
