@@ -93,11 +93,10 @@ class WarmPool:
         self._starting = 0                   # launches under way that are not slots yet
         self._last_take = 0.0                # monotonic time of the last runtime taken
         # Starting a runtime competes with cold starts for the GPU and the driver (context,
-        # mappings, warm-up): replacements wait until takes have been quiet for this long, also
-        # when the pool is empty (on the H200, refilling at once behind a burst of 16 pre-warmed
-        # cold starts held every first token for ~17 s instead of 0.6 s), but no longer than
-        # ``refill_max_defer_s`` after the first take not replaced yet, so that a steady stream
-        # of cold starts cannot keep the pool empty.
+        # mappings, warm-up; on the H200 8 replacements took 53 s beside served requests, 16 took
+        # 42 s on an idle node): replacements wait until takes have been quiet for this long, also
+        # when a burst emptied the pool, but no longer than ``refill_max_defer_s`` after the first
+        # take not replaced yet, so that a steady stream of cold starts cannot keep it empty.
         self.refill_quiet_s = REFILL_QUIET_S
         self.refill_max_defer_s = REFILL_MAX_DEFER_S
         self._defer_since: float | None = None   # monotonic time of the first take not replaced yet
@@ -120,8 +119,8 @@ class WarmPool:
                                        self.refill_max_defer_s)
                 if busy:
                     missing = 0
-                elif missing > 0:
-                    self._defer_since = None
+                else:
+                    self._defer_since = None   # replaced now (or nothing is missing)
                 self._starting += max(0, missing)
             for _ in range(max(0, missing)):
                 self._starter.submit(self._start_one)
