@@ -77,6 +77,26 @@ class Target:
             self.client.get_waiter("function_active_v2").wait(FunctionName=name,
                                                                WaiterConfig={"Delay": 1, "MaxAttempts": 900})
 
+    def wait_for_tiers(self, timeout_s: float = 300.0) -> None:
+        """Until every node's host tier holds every deployed adapter (the preloader fills them a
+        moment after deployment, node by node): a cold burst placed earlier would prefer the
+        node that happened to be first, not spread by load."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            report = api(self.server.url, "GET", "/slfaas/v1/node")
+            tiers = [[t for t in n.get("Tiers") or [] if t["tier"] == "host" and t["budget_bytes"] > 0]
+                     for n in report.get("Nodes") or [report]]
+            if not all(tiers):
+                return   # a node without a host tier: nothing to wait for
+            held = [max(len(t["adapters"]) for t in ts) for ts in tiers]
+            if min(held) >= len(self.names):
+                return
+            if time.monotonic() > deadline:
+                say(f"{self.label}: host tiers hold {held} of {len(self.names)} adapters after {timeout_s:.0f} s; "
+                    "going on (placement may then prefer the fuller node)")
+                return
+            time.sleep(0.5)
+
     def invoke(self, name: str, payload: bytes) -> dict:
         r = self.client.invoke(FunctionName=name, Payload=payload)
         body = json.loads(r["Payload"].read())
@@ -145,6 +165,7 @@ def main() -> int:
         for t in targets:
             say(f"{t.label}: deploying {functions} functions ...")
             t.deploy(adapters)
+            t.wait_for_tiers()
             cold = json.dumps({"prompt": prompt, "max_tokens": 1, "temperature": 0}).encode()
             t0 = time.perf_counter()
             with ThreadPoolExecutor(functions) as pool:

@@ -156,6 +156,7 @@ def test_agents_on_a_ray_cluster_spread_survive_a_lost_node_and_use_a_new_one(  
         return rec if rec["event"]["Status"] in ("success", "function_error") else None
     rec = wait_for(event_done, 120, "the event's retry")
     assert rec["event"]["Status"] == "success" and rec["event"]["Attempts"] == 2
+    assert rec["status"] == "success"   # the record read with a final event status is that attempt's
     assert rec["instance_id"] in {i["instance_id"] for i in node(server)["Instances"] if i["node_id"] == node_b}
 
     # later requests succeed, on node b

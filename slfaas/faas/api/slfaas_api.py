@@ -84,8 +84,11 @@ def list_invocations() -> Response:
 @bp.get("/invocations/<request_id>")
 def get_invocation(request_id: str) -> Response:
     svc = _service()
-    body = asdict(svc.registry.get_invocation(request_id))
+    # the event row first: an attempt writes its invocation row before the event's status, so a
+    # final status read here comes with that attempt's record (read the other way round, a
+    # retry's success could come with the record as it was while running)
     event = svc.events.details(request_id)
+    body = asdict(svc.registry.get_invocation(request_id))
     if event is not None:
         body["event"] = event  # InvocationType=Event: attempts and the last attempt's result
     return _json(body)
