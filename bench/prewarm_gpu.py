@@ -100,6 +100,7 @@ def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[n
         _deploy(client, seq + burst, adapters[: n_seq + n_burst])
         res["fill_s"] = _wait_ready(server.url, n_burst)
         say(f"{n_burst} runtimes pre-warmed after {res['fill_s']:.0f} s")
+        (out / "node-filled.json").write_text(json.dumps(api(server.url, "GET", "/slfaas/v1/node"), indent=1))
         event = json.dumps({"prompt": prompt, "max_tokens": GEN_TOKENS, "temperature": 0}).encode()
         warm_event = json.dumps({"prompt": prompt, "max_tokens": GEN_TOKENS, "temperature": 0,
                                  "return_tokens": True}).encode()
@@ -123,6 +124,7 @@ def prewarmed_phase(args, adapters, prompt, ref, out) -> dict:  # type: ignore[n
                 f"{statistics.median(c['warm_runtime_ttft_ms']):.0f} ms), greedy equal {c.get('greedy_equal')}")
         usage = _usage(server.url)
         node = api(server.url, "GET", "/slfaas/v1/node")
+        (out / "node-sequential.json").write_text(json.dumps(node, indent=1))
         facts = {i["function_name"]: i["init_report"] for i in node["Instances"]}
         for c, name in zip(cold, seq):
             u = usage.get(c.pop("cold_request"), {"preload_tier": "?", "adapter_tier": "?", "init_phases_s": {},

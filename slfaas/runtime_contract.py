@@ -41,6 +41,10 @@ ENV_SLOT_MODULES = "SLFAAS_SLOT_MODULES"        # ... and modules (comma-separat
 ENV_WARMUP_TOKENS = "SLFAAS_WARMUP_TOKENS"      # its warm-up prefill lengths (comma-separated)
 ENV_ADAPTER_FD = "SLFAAS_ADAPTER_FD"            # the adapter's weights from a node tier (a sealed memfd)
 ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime frees cached GPU memory
+# "1" (default): a pre-warmed runtime keeps its warm-up scratch (the allocator's cached blocks)
+# until a function owns it, so that function's first prefill allocates nothing; "0": freed
+# like any idle instance's, at a cost of device allocations on the cold start's first token.
+ENV_PREWARM_KEEP_SCRATCH = "SLFAAS_PREWARM_KEEP_SCRATCH"
 ENV_RUNTIME_CPU_THREADS = "SLFAAS_RUNTIME_CPU_THREADS"  # a GPU runtime's torch CPU threads (default 2)
 GPU_RUNTIME_CPU_THREADS = 2   # its CPU work is tokenising and copying: many runtimes share a host's cores
 # How many invocations the node may hand this runtime at once (its function's validated

@@ -16,7 +16,8 @@ from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
 from slfaas.functions.backbone_source import BackboneSource, build_borrowed_model
-from slfaas.runtime_contract import ENV_GPU_TRIM_IDLE_S, ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS
+from slfaas.runtime_contract import (ENV_GPU_TRIM_IDLE_S, ENV_PREWARM_KEEP_SCRATCH, ENV_RUNTIME_CPU_THREADS,
+                                     GPU_RUNTIME_CPU_THREADS)
 
 if TYPE_CHECKING:
     from slfaas.functions.slots import LoraSlots, Specialisation, WarmupShapes
@@ -108,6 +109,7 @@ class LoraEngine:
         self._busy = False
         self._last_active = time.monotonic()
         self._trim_idle_s = float(os.environ.get(ENV_GPU_TRIM_IDLE_S, "1.0"))
+        self._keep_warmup_scratch = slots is not None and os.environ.get(ENV_PREWARM_KEEP_SCRATCH, "1") != "0"
         if self.device.type == "cuda" and self._trim_idle_s >= 0:
             threading.Thread(target=self._trim_when_idle, daemon=True, name="gpu-trim").start()
         log.info("model ready on %s: attention=%s, backbone dtype=%s", self.device,
@@ -203,7 +205,8 @@ class LoraEngine:
             self.pick(out.logits[:, -1, :], GenerationRequest("", temperature=1.0, top_p=0.9), generator)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-            torch.cuda.empty_cache()
+            if not self._keep_warmup_scratch:
+                torch.cuda.empty_cache()
         trim_host_heap()
 
     def forward(self, ids: Any, mask: Any, cache: Any, position_ids: Any = None) -> Any:
@@ -358,5 +361,7 @@ class LoraEngine:
             time.sleep(self._trim_idle_s / 4)
             with self._activity:
                 idle = not self._busy and time.monotonic() - self._last_active > self._trim_idle_s
+                if self._keep_warmup_scratch and self.specialisation is None:
+                    continue   # pre-warmed for a cold start: its first prefill reuses this scratch
                 if idle and torch.cuda.memory_reserved(self.device) > torch.cuda.memory_allocated(self.device):
                     torch.cuda.empty_cache()

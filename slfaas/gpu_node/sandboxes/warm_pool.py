@@ -198,7 +198,9 @@ class WarmPool:
             conn.settimeout(None)
             info = json.loads(line)
         except (OSError, ValueError) as exc:
-            if not self._closed.is_set():
+            # a slot released on purpose while it started (the pool shrank) is no failure: its
+            # listener was closed under this accept, and backing off would only slow the refill
+            if not self._closed.is_set() and not slot.failed:
                 log.warning("warm-pool %s %s never became ready (%s)", self._kind, slot.sid, exc)
                 self._failures += 1
             self._discard(slot)
