@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -40,6 +42,26 @@ def _timed_health(url: str) -> float:
     with urllib.request.urlopen(url + "/slfaas/v1/health", timeout=HEALTH_LIMIT_S * 5) as resp:
         assert json.loads(resp.read()) == {"status": "ok"}
     return time.monotonic() - t0
+
+
+# Polls health every 0.1 s until its stdin closes; one line per call: seconds, or "error ...".
+# Its own process: the load test's 200 boto3 threads would otherwise starve an in-process
+# poller of the GIL, and the test would time its own client, not the server.
+_HEALTH_POLLER = r"""
+import json, sys, threading, time, urllib.request
+url, timeout_s = sys.argv[1], float(sys.argv[2])
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+while not done.is_set():
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(url + "/slfaas/v1/health", timeout=timeout_s) as resp:
+            ok = json.loads(resp.read()) == {"status": "ok"}
+        print(f"{time.monotonic() - t0:.6f}" if ok else "error: unexpected body", flush=True)
+    except Exception as exc:
+        print(f"error: {exc!r}", flush=True)
+    done.wait(0.1)
+"""
 
 
 def _assert_throttled(exc: Any) -> None:
@@ -170,17 +192,8 @@ def test_load_200_concurrent_invocations_over_4_functions(tiny_assets, live_serv
         deploy(c, name, tiny_assets.zip(tiny_assets.adapter_a, extra={"handler.py": SLEEPER_HANDLER}))
         assert "FunctionError" not in _sleeper(c, name, 0)   # one warm instance each
 
-    health_s: list[float] = []
-    health_errors: list[str] = []
-    stop = threading.Event()
-
-    def poll_health() -> None:
-        while not stop.is_set():
-            try:
-                health_s.append(_timed_health(server.url))
-            except Exception as exc:
-                health_errors.append(repr(exc))
-            stop.wait(0.1)
+    poller = subprocess.Popen([sys.executable, "-c", _HEALTH_POLLER, server.url, str(HEALTH_LIMIT_S * 5)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     outcomes: list[tuple[str, str, float]] = []   # (kind, request id or reason, seconds)
     lock = threading.Lock()
@@ -201,8 +214,6 @@ def test_load_200_concurrent_invocations_over_4_functions(tiny_assets, live_serv
         with lock:
             outcomes.append((kind, detail, time.monotonic() - t0))
 
-    poller = threading.Thread(target=poll_health, daemon=True)
-    poller.start()
     callers = [threading.Thread(target=one, args=(i,)) for i in range(200)]
     t_start = time.monotonic()
     for t in callers:
@@ -210,8 +221,9 @@ def test_load_200_concurrent_invocations_over_4_functions(tiny_assets, live_serv
     for t in callers:
         t.join(200)
     wall_s = time.monotonic() - t_start
-    stop.set()
-    poller.join(10)
+    lines = poller.communicate("", timeout=30)[0].splitlines()
+    health_s = [float(x) for x in lines if not x.startswith("error")]
+    health_errors = [x for x in lines if x.startswith("error")]
 
     kinds = {k: sum(1 for o in outcomes if o[0] == k) for k in ("ok", "429", "error", "failed")}
     reasons = sorted({o[1] for o in outcomes if o[0] == "429"})
