@@ -82,8 +82,11 @@ class Selection:
     excludes: tuple[str, ...] = DEFAULT_EXCLUDES
     skip_roots: tuple[str, ...] = ()  # the node's Python install roots: mounted at run time
 
+    def in_skipped_root(self, rel: str) -> bool:
+        return any(rel == r or rel.startswith(r + "/") for r in self.skip_roots)
+
     def excluded(self, rel: str) -> bool:
-        if any(rel == r or rel.startswith(r + "/") for r in self.skip_roots):
+        if self.in_skipped_root(rel):
             return True
         return any(fnmatch.fnmatchcase(rel, p) for p in SECRET_EXCLUDES + self.excludes)
 
@@ -294,7 +297,7 @@ def _link_into_skipped_root(path: Path, selection: Selection) -> bool:
         rel = Path(target).relative_to(path.parent).as_posix()
     except ValueError:   # an absolute link (/usr/sbin) on a host tree mounted elsewhere
         rel = target.strip("/")
-    return any(rel == r or rel.startswith(r + "/") for r in selection.skip_roots)
+    return selection.in_skipped_root(rel)
 
 
 def import_host_image(client: Any, chunks: Iterator[bytes], image: str) -> str:
