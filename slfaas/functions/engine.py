@@ -4,6 +4,7 @@ unmerged (x·W + x·A·B·s), so the shared weights are never written."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -108,7 +109,7 @@ class LoraEngine:
         self._activity = threading.Lock()  # held while generating: trimming waits for idle
         self._busy = False
         self._last_active = time.monotonic()
-        self._trim_idle_s = float(os.environ.get(ENV_GPU_TRIM_IDLE_S, "1.0"))
+        self._trim_idle_s = _trim_idle_s(os.environ.get(ENV_GPU_TRIM_IDLE_S))
         self._keep_warmup_scratch = slots is not None and os.environ.get(ENV_PREWARM_KEEP_SCRATCH, "1") != "0"
         if self.device.type == "cuda" and self._trim_idle_s >= 0:
             threading.Thread(target=self._trim_when_idle, daemon=True, name="gpu-trim").start()
@@ -144,6 +145,8 @@ class LoraEngine:
             raise RuntimeError("only a pre-warmed runtime that no function owns yet can be specialised")
         from slfaas.functions.slots import AdapterDoesNotFit, Specialisation
 
+        with self._activity:   # its idle time starts now: the trim must not free the kept scratch under the first request
+            self._last_active = time.monotonic()
         t0 = time.perf_counter()
         try:
             self.slots.load(source)
@@ -351,6 +354,11 @@ class LoraEngine:
         return Generation(text, finish, self.last_prompt_tokens, len(new_ids), ttft_ms, self.last_prefill_ms,
                           tuple(new_ids), self.last_device_ms, 1, self.last_device_ms)
 
+    def _awaiting_owner(self) -> bool:
+        """Pre-warmed with its slots and no function yet (a shared runtime, or one that fell
+        back to PEFT, has no slots: it trims like any instance)."""
+        return self._keep_warmup_scratch and self.slots is not None and self.specialisation is None
+
     def _trim_when_idle(self) -> None:
         """Give freed KV cache and activations back to the device once the instance has been
         idle for SLFAAS_GPU_TRIM_IDLE_S: idle instances' GPU memory decides how many functions
@@ -361,7 +369,25 @@ class LoraEngine:
             time.sleep(self._trim_idle_s / 4)
             with self._activity:
                 idle = not self._busy and time.monotonic() - self._last_active > self._trim_idle_s
-                if self._keep_warmup_scratch and self.specialisation is None:
+                if self._awaiting_owner():
                     continue   # pre-warmed for a cold start: its first prefill reuses this scratch
                 if idle and torch.cuda.memory_reserved(self.device) > torch.cuda.memory_allocated(self.device):
                     torch.cuda.empty_cache()
+
+
+MIN_TRIM_IDLE_S = 0.05
+
+
+def _trim_idle_s(value: str | None, default_s: float = 1.0) -> float:
+    """SLFAAS_GPU_TRIM_IDLE_S as the trim thread can use it: unset or unreadable is the default,
+    negative turns trimming off, anything else is at least MIN_TRIM_IDLE_S (0 would spin)."""
+    try:
+        seconds = float(value) if value is not None else default_s
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds: using %.1f", ENV_GPU_TRIM_IDLE_S, value, default_s)
+        return default_s
+    if math.isnan(seconds):
+        return default_s
+    if math.isinf(seconds):
+        return -1.0   # never idle long enough: no trimming
+    return seconds if seconds < 0 else max(MIN_TRIM_IDLE_S, seconds)

@@ -194,6 +194,16 @@ def test_load_200_concurrent_invocations_over_4_functions(tiny_assets, live_serv
 
     poller = subprocess.Popen([sys.executable, "-c", _HEALTH_POLLER, server.url, str(HEALTH_LIMIT_S * 5)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    polling = threading.Event()
+
+    def read_poller() -> None:
+        for line in poller.stdout:   # type: ignore[union-attr]
+            lines.append(line.strip())
+            polling.set()
+
+    reader = threading.Thread(target=read_poller, daemon=True)
+    reader.start()
 
     outcomes: list[tuple[str, str, float]] = []   # (kind, request id or reason, seconds)
     lock = threading.Lock()
@@ -214,14 +224,22 @@ def test_load_200_concurrent_invocations_over_4_functions(tiny_assets, live_serv
         with lock:
             outcomes.append((kind, detail, time.monotonic() - t0))
 
-    callers = [threading.Thread(target=one, args=(i,)) for i in range(200)]
-    t_start = time.monotonic()
-    for t in callers:
-        t.start()
-    for t in callers:
-        t.join(200)
-    wall_s = time.monotonic() - t_start
-    lines = poller.communicate("", timeout=30)[0].splitlines()
+    try:
+        assert polling.wait(60), "the health poller never answered"   # it samples the whole burst
+        callers = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+        t_start = time.monotonic()
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(200)
+        wall_s = time.monotonic() - t_start
+        poller.stdin.close()   # type: ignore[union-attr]
+        poller.wait(30)
+        reader.join(10)
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+            poller.wait()
     health_s = [float(x) for x in lines if not x.startswith("error")]
     health_errors = [x for x in lines if x.startswith("error")]
 
@@ -230,8 +248,8 @@ def test_load_200_concurrent_invocations_over_4_functions(tiny_assets, live_serv
     with capsys.disabled():
         q = statistics.quantiles(health_s, n=20) if len(health_s) >= 2 else [float("nan")] * 19
         print(f"\nload: 200 invocations over 4 functions in {wall_s:.1f} s: {kinds}, 429 reasons {reasons}; "
-              f"health {len(health_s)} calls: median {statistics.median(health_s) * 1000:.1f} ms, "
-              f"p95 {q[18] * 1000:.1f} ms, max {max(health_s) * 1000:.1f} ms, errors {len(health_errors)}")
+              f"health {len(health_s)} calls: median {statistics.median(health_s or [0]) * 1000:.1f} ms, "
+              f"p95 {q[18] * 1000:.1f} ms, max {max(health_s or [0]) * 1000:.1f} ms, errors {len(health_errors)}")
     assert len(outcomes) == 200 and kinds["failed"] == 0 and kinds["error"] == 0, outcomes
     assert kinds["ok"] >= 4 and kinds["429"] >= 1, kinds
     assert not health_errors, health_errors

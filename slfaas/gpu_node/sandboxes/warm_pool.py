@@ -63,6 +63,7 @@ class _Slot:
     tail: list[str] = field(default_factory=list)  # its last output lines until specialised
     claimed: bool = False    # a cold start is waiting for (or took) this slot
     failed: bool = False
+    released: bool = False   # let go on purpose (the pool shrank), not a failure to start
 
     def close_sockets(self) -> None:
         for s in (self.conn, self.listener):
@@ -122,8 +123,11 @@ class WarmPool:
                 else:
                     self._defer_since = None   # replaced now (or nothing is missing)
                 self._starting += max(0, missing)
-            for _ in range(max(0, missing)):
-                self._starter.submit(self._start_one)
+            try:
+                for _ in range(max(0, missing)):
+                    self._starter.submit(self._start_one)
+            except RuntimeError:   # close() shut the starter down since the check above
+                return
             self._wake.wait(0.5 if busy else 1.0)
             self._wake.clear()
 
@@ -200,7 +204,7 @@ class WarmPool:
         except (OSError, ValueError) as exc:
             # a slot released on purpose while it started (the pool shrank) is no failure: its
             # listener was closed under this accept, and backing off would only slow the refill
-            if not self._closed.is_set() and not slot.failed:
+            if not self._closed.is_set() and not slot.released:
                 log.warning("warm-pool %s %s never became ready (%s)", self._kind, slot.sid, exc)
                 self._failures += 1
             self._discard(slot)
@@ -280,6 +284,7 @@ class WarmPool:
             extra = spare[len(spare) - drop:] if drop else []
             for slot in extra:
                 slot.claimed = True
+                slot.released = True
         for slot in reversed(extra):
             self._discard(slot)
         self._wake.set()
