@@ -39,6 +39,7 @@ ENV_PREWARM = "SLFAAS_PREWARM"                  # "1": a pool runtime pre-warms 
 ENV_SLOT_RANK = "SLFAAS_SLOT_RANK"              # its LoRA slots' rank ...
 ENV_SLOT_MODULES = "SLFAAS_SLOT_MODULES"        # ... and modules (comma-separated last names)
 ENV_WARMUP_TOKENS = "SLFAAS_WARMUP_TOKENS"      # its warm-up prefill lengths (comma-separated)
+ENV_DEVICE_ACTIVITY_FD = "SLFAAS_DEVICE_ACTIVITY_FD"  # pre-warming only: the node's running-invocations page (read-only)
 ENV_ADAPTER_FD = "SLFAAS_ADAPTER_FD"            # the adapter's weights from a node tier (a sealed memfd)
 ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime frees cached GPU memory
 # "1" (default): a pre-warmed runtime keeps its warm-up scratch (the allocator's cached blocks)

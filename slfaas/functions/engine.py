@@ -11,7 +11,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
@@ -67,7 +67,8 @@ class LoraEngine:
     function's by ``specialise`` (also done here when ``adapter_dir`` is given too)."""
 
     def __init__(self, backbone: BackboneSource, base_model_dir: Path, adapter_dir: Path | None = None, *,
-                 slots: "SlotGeometry | None" = None, warmup: "WarmupShapes | None" = None):
+                 slots: "SlotGeometry | None" = None, warmup: "WarmupShapes | None" = None,
+                 pause: "Callable[[], None] | None" = None):
         if adapter_dir is None and slots is None:
             raise ValueError("an engine needs an adapter, slots, or both")
         t0 = time.perf_counter()
@@ -123,7 +124,7 @@ class LoraEngine:
         if self.slots is None:
             self._warm_up()
             return
-        self._warm_up_shapes(warmup or WarmupShapes())
+        self._warm_up_shapes(warmup or WarmupShapes(), pause or (lambda: None))
         self.warmup_s = time.perf_counter() - t3
         self.prewarm_timings = self.timings   # paid before any function needed this runtime
         if adapter_dir is not None:   # a fresh process with slots: its own cold start pays for all of it
@@ -132,9 +133,10 @@ class LoraEngine:
 
     @classmethod
     def prewarmed(cls, backbone: BackboneSource, base_model_dir: Path, geometry: "SlotGeometry | None" = None,
-                  warmup: "WarmupShapes | None" = None) -> "LoraEngine":
-        """A runtime for no function yet: backbone attached, empty slots, warm-up shapes run."""
-        return cls(backbone, base_model_dir, None, slots=geometry or DEFAULT_GEOMETRY, warmup=warmup)
+                  warmup: "WarmupShapes | None" = None, pause: "Callable[[], None] | None" = None) -> "LoraEngine":
+        """A runtime for no function yet: backbone attached, empty slots, warm-up shapes run
+        (``pause()`` before each warm-up forward: it returns once the device is free to use)."""
+        return cls(backbone, base_model_dir, None, slots=geometry or DEFAULT_GEOMETRY, warmup=warmup, pause=pause)
 
     def specialise(self, source: AdapterSource) -> "Specialisation":
         """Make this pre-warmed runtime ``source``'s: copy the adapter into the slots, or, when
@@ -187,7 +189,7 @@ class LoraEngine:
             self._torch.cuda.empty_cache()  # hand back warm-up scratch: GPU memory is per-instance cost
         trim_host_heap()
 
-    def _warm_up_shapes(self, shapes: "WarmupShapes") -> None:
+    def _warm_up_shapes(self, shapes: "WarmupShapes", pause: "Callable[[], None]") -> None:
         """The forwards a generation makes (prefill, then decode with the cache), at every
         warm-up length, through the (empty) slots; plus both token pickers."""
         torch = self._torch
@@ -200,8 +202,10 @@ class LoraEngine:
             for n in sorted({max(1, min(n, limit)) for n in shapes.prefill_tokens}):
                 ids = (torch.arange(n, device=self.device) % config.vocab_size).view(1, n)
                 mask, cache = torch.ones_like(ids), DynamicCache()
+                pause()
                 out = self.forward(ids, mask, cache)
                 for _ in range(shapes.decode_steps):
+                    pause()
                     token = self.pick(out.logits[:, -1, :], GenerationRequest("", temperature=0), None)
                     mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
                     out = self.forward(token.view(1, 1), mask, cache)

@@ -88,6 +88,7 @@ def prewarm() -> tuple[Any, dict]:
     """Everything a cold start does before its adapter: device context, the backbone attached,
     empty LoRA slots, and warm-up forwards over every shape family (no lazy set-up later)."""
     from slfaas.functions.engine import BackboneSource, LoraEngine
+    from slfaas.functions.activity import gate_from_env
     from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
     from slfaas.functions.slots import WarmupShapes
 
@@ -98,10 +99,18 @@ def prewarm() -> tuple[Any, dict]:
     warmup = WarmupShapes()
     if os.environ.get(ENV_WARMUP_TOKENS):
         warmup = WarmupShapes(tuple(int(n) for n in os.environ[ENV_WARMUP_TOKENS].split(",")))
-    engine = LoraEngine.prewarmed(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]), geometry, warmup)
+    gate, release = gate_from_env()   # the node's count of running invocations, if it sent one
+    try:
+        engine = LoraEngine.prewarmed(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]), geometry,
+                                      warmup, pause=gate.pause if gate is not None else None)
+    finally:
+        release()   # before any function owns this runtime: it must not see its neighbours' traffic
     t = engine.prewarm_timings
-    return engine, {"prewarmed": True, "device_init_s": round(t.device_init_s, 3),
-                    "backbone_attach_s": round(t.backbone_attach_s, 3), "warmup_s": round(engine.warmup_s, 3)}
+    facts = {"prewarmed": True, "device_init_s": round(t.device_init_s, 3),
+             "backbone_attach_s": round(t.backbone_attach_s, 3), "warmup_s": round(engine.warmup_s, 3)}
+    if gate is not None:
+        facts["warmup_paused_s"] = round(gate.paused_s, 3)
+    return engine, facts
 
 
 def main() -> int:

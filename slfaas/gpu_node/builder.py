@@ -22,6 +22,7 @@ from slfaas.gpu_node.preloader import PreloadConfig, Preloader
 from slfaas.gpu_node.resources import private_backbone
 from slfaas.gpu_node.resources.adapters import AdapterTiers
 from slfaas.gpu_node.resources.backbone import BackboneOwner
+from slfaas.gpu_node.resources.device_activity import DeviceActivity
 from slfaas.gpu_node.resources.memory import MemoryLedger
 from slfaas.gpu_node.sandboxes.base import SandboxFactory
 from slfaas.gpu_node.sandboxes.pool_support import Flavour, Prewarm
@@ -126,8 +127,10 @@ def _base_env() -> dict[str, str]:
     return {**node_environ(), **runtime_fixed_env()}
 
 
-def _prewarmed_pools(node: Node, factory: SandboxFactory, slots: SlotSettings) -> Callable[[Flavour, int], WarmPool] | None:
-    """How the node makes a pool of runtimes pre-warmed for one backbone (processes or containers)."""
+def _prewarmed_pools(node: Node, factory: SandboxFactory, slots: SlotSettings,
+                     activity: DeviceActivity | None = None) -> Callable[[Flavour, int], WarmPool] | None:
+    """How the node makes a pool of runtimes pre-warmed for one backbone (processes or containers).
+    ``activity``: a process runtime gets its page and pauses its warm-up while requests run."""
     if factory.name not in ("process", "docker"):
         return None
 
@@ -139,7 +142,12 @@ def _prewarmed_pools(node: Node, factory: SandboxFactory, slots: SlotSettings) -
                    rc.ENV_SLOT_RANK: str(slots.rank), rc.ENV_SLOT_MODULES: ",".join(slots.modules), **attachment.env}
             if slots.warmup_tokens:
                 env[rc.ENV_WARMUP_TOKENS] = ",".join(map(str, slots.warmup_tokens))
-            return Prewarm(env, attachment.inherit_fds, attachment.owned_fds)
+            inherit, owned = attachment.inherit_fds, attachment.owned_fds
+            if activity is not None and factory.name == "process":
+                page = activity.reader_fd()
+                env[rc.ENV_DEVICE_ACTIVITY_FD] = str(page)
+                inherit, owned = (*inherit, page), (*owned, page)
+            return Prewarm(env, inherit, owned)
         if factory.name == "docker":
             from slfaas.gpu_node.sandboxes.docker import DockerSandboxFactory
             from slfaas.gpu_node.sandboxes.docker_pool import docker_warm_pool
@@ -194,7 +202,9 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
     ledger = _ledger(config)
     node = Node(config, factory, BackboneOwner(private_backbone.owner_device(config.backbone, config.device)),
                 ledger=ledger, node_id=node_id, tiers=AdapterTiers(preload.host_tier_budget_mb << 20))
-    pools = Pools(generic, _prewarmed_pools(node, factory, slots or SlotSettings()) if shared else None)
+    activity = DeviceActivity()
+    node.bus.subscribe(activity.on_event)
+    pools = Pools(generic, _prewarmed_pools(node, factory, slots or SlotSettings(), activity) if shared else None)
     factory.attach_pool(pools)
     node.preloader = Preloader(preload, config.device, pools, node.tiers, node.backbones.loaded,
                                ledger.instance_estimate_mb)
@@ -210,4 +220,5 @@ def build_node(config: NodeConfig, sandbox: SandboxSettings, prices: PriceSheet 
         node.bus.subscribe(integrity)
     meter.start_flushing(probe=lambda: (len(node.backbones.loaded()), factory.warm_count()))
     node.on_shutdown.append(meter.close)
+    node.on_shutdown.append(activity.close)
     return BuiltNode(node, meter, metrics)

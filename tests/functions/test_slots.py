@@ -283,3 +283,19 @@ def test_cuda_slots_load_through_the_pinned_mirror(kit: Kit) -> None:
         assert (got.float() - want.float()).abs().max().item() <= 2e-2, name
     assert slots.storage.data_ptr() == ptr and slots._mirror is None
     assert sum(s.rank > 0 for s in slots.modules.values()) == 4
+
+
+def test_warm_up_pauses_before_every_forward(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pause`` (the node's device-activity gate) runs before each warm-up forward, so that a
+    pool filling itself waits between forwards while requests are served."""
+    events: list[object] = []
+    forward = LoraEngine.forward
+
+    def recording(self: LoraEngine, ids: torch.Tensor, *args: object, **kw: object) -> object:
+        events.append(int(ids.shape[1]))
+        return forward(self, ids, *args, **kw)
+
+    monkeypatch.setattr(LoraEngine, "forward", recording)
+    LoraEngine.prewarmed(BackboneSource(fd=kit.fd), kit.base, GEOMETRY, WarmupShapes((5, 2), decode_steps=1),
+                         pause=lambda: events.append("pause"))
+    assert events == ["pause", 2, "pause", 1, "pause", 5, "pause", 1]

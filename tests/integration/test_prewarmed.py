@@ -4,6 +4,7 @@ its init is the adapter copy alone, and its outputs equal a fresh process's toke
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -54,3 +55,36 @@ def test_first_invocation_of_a_new_function_is_served_by_a_prewarmed_runtime(tin
     # the taken runtime is replaced
     wait_for(lambda: _prewarmed_ready(server) >= 1, 180, "the pool's refill")
     assert json.loads(json.dumps(node(server)["Preload"]))["runtimes"][0][2] >= 1
+
+
+PEEKER_HANDLER = '''
+import os
+
+
+def handler(event, context):
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    maps = open("/proc/self/maps").read()
+    return {"env": sorted(k for k in os.environ if "ACTIVITY" in k),
+            "fds": [t for t in fds if "device-activity" in t],
+            "maps": [ln for ln in maps.splitlines() if "device-activity" in ln]}
+'''
+
+
+def test_a_function_never_holds_the_device_activity_page(tiny_assets, live_server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Pre-warming pauses on the node's count of running invocations; the runtime lets go of
+    that page before any function owns it (it would tell one tenant when others are served)."""
+    server = live_server_factory("--keep-alive-s", "600", "--prewarm-min", "1")
+    c = server.client()
+    deploy(c, "first", tiny_assets.zip(tiny_assets.adapter_a), MemorySize=2048)   # makes the backbone resident
+    wait_for(lambda: _prewarmed_ready(server) >= 1, 180, "a runtime pre-warmed for the backbone")
+    deploy(c, "peeker", tiny_assets.zip(tiny_assets.adapter_b, extra={"handler.py": PEEKER_HANDLER}), MemorySize=2048)
+    resp, body = invoke(c, "peeker", {})
+    assert "FunctionError" not in resp, body
+    assert _usage(server, request_id(resp))["preload_tier"] == "prewarmed"
+    assert body == {"env": [], "fds": [], "maps": []}
+    assert any(re.search(r"warm-pool .* ready .*paused for served requests", ln) for ln in list(server.output))
