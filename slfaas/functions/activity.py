@@ -1,6 +1,8 @@
 """The runtime's side of the node's device-activity page (``slfaas.gpu_node.resources.
-device_activity``): a pre-warming runtime pauses between warm-up forwards while requests run
-on its device, so that filling the pool does not slow the requests being served."""
+device_activity``): a pre-warming runtime starts its imports once no request has run on its
+device for a moment and pauses between warm-up forwards while requests run, so that filling
+the pool does not slow the requests being served. The waits share one budget per runtime
+(``MAX_YIELD_S``): under steady load the pool still fills."""
 from __future__ import annotations
 
 import mmap
@@ -11,7 +13,9 @@ from typing import Callable
 
 from slfaas.runtime_contract import ENV_DEVICE_ACTIVITY_FD
 
-POLL_S = 0.002
+POLL_S = 0.002         # between warm-up forwards
+QUIET_POLL_S = 0.01    # before the imports
+QUIET_BEFORE_IMPORTS_S = 0.5
 MAX_YIELD_S = 30.0   # in all, per runtime: under steady load the pool must still fill
 
 
@@ -29,11 +33,28 @@ class ActivityGate:
 
     def pause(self) -> None:
         while self._left_s > 0 and self._read() > 0:
-            t0 = self._clock()
-            self._sleep(POLL_S)
-            waited = self._clock() - t0
-            self._left_s -= waited
-            self.paused_s += waited
+            self._wait(POLL_S)
+
+    def wait_quiet(self, quiet_s: float) -> None:
+        """Before a long step that cannot pause midway (the imports): until no invocation has
+        run for ``quiet_s`` (back-to-back requests leave gaps of milliseconds), within the same
+        budget."""
+        quiet_since: float | None = None
+        while self._left_s > 0:
+            if self._read() > 0:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = self._clock()
+            elif self._clock() - quiet_since >= quiet_s:
+                return
+            self._wait(QUIET_POLL_S)
+
+    def _wait(self, seconds: float) -> None:
+        t0 = self._clock()
+        self._sleep(seconds)
+        waited = self._clock() - t0
+        self._left_s -= waited
+        self.paused_s += waited
 
 
 class _Page:

@@ -20,11 +20,14 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slfaas.runtime_contract import (ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_FUNCTION_NAME, ENV_POOL_SOCKET, ENV_PREWARM,
                                      ENV_SLOT_MODULES, ENV_SLOT_RANK, ENV_TASK_ROOT, ENV_WARMUP_TOKENS, MAX_FDS,
                                      SPEC_HEADER)
+
+if TYPE_CHECKING:
+    from slfaas.functions.activity import ActivityGate
 
 TASK_DIR = Path("/tmp/slfaas/task")
 MODEL_DIR = Path("/tmp/slfaas/model")
@@ -84,7 +87,7 @@ def specialise(spec: dict, fds: list[int]) -> None:
     os.chdir(os.environ[ENV_CODE_DIR])  # where a cold-started runtime starts
 
 
-def prewarm() -> tuple[Any, dict]:
+def prewarm(gate: "ActivityGate | None" = None) -> tuple[Any, dict]:
     """Everything a cold start does before its adapter: device context, the backbone attached,
     empty LoRA slots, and warm-up forwards over every shape family (no lazy set-up later)."""
     from slfaas.functions.engine import BackboneSource, LoraEngine
@@ -99,17 +102,13 @@ def prewarm() -> tuple[Any, dict]:
     warmup = WarmupShapes()
     if os.environ.get(ENV_WARMUP_TOKENS):
         warmup = WarmupShapes(tuple(int(n) for n in os.environ[ENV_WARMUP_TOKENS].split(",")))
-    gate, release = gate_from_env()   # the node's count of running invocations, if it sent one
-    try:
-        engine = LoraEngine.prewarmed(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]), geometry,
-                                      warmup, pause=gate.pause if gate is not None else None)
-    finally:
-        release()   # before any function owns this runtime: it must not see its neighbours' traffic
+    engine = LoraEngine.prewarmed(BackboneSource.from_env(), Path(os.environ[ENV_BASE_MODEL_DIR]), geometry,
+                                  warmup, pause=gate.pause if gate is not None else None)
     t = engine.prewarm_timings
     facts = {"prewarmed": True, "device_init_s": round(t.device_init_s, 3),
              "backbone_attach_s": round(t.backbone_attach_s, 3), "warmup_s": round(engine.warmup_s, 3)}
     if gate is not None:
-        facts["warmup_paused_s"] = round(gate.paused_s, 3)
+        facts["paused_s"] = round(gate.paused_s, 3)   # before its imports and between warm-up forwards
     return engine, facts
 
 
@@ -117,8 +116,16 @@ def main() -> int:
     from slfaas.functions.__main__ import _die_with_node
 
     _die_with_node()  # a pool process dies with its node, like an instance (no-op in a container)
-    imports_s = preimport()
-    engine, facts = prewarm() if os.environ.get(ENV_PREWARM) == "1" else (None, {})
+    from slfaas.functions.activity import QUIET_BEFORE_IMPORTS_S, gate_from_env
+
+    gate, release = gate_from_env()   # the node's count of running invocations, if it sent one
+    try:
+        if gate is not None:
+            gate.wait_quiet(QUIET_BEFORE_IMPORTS_S)   # seconds of CPU that requests would feel
+        imports_s = preimport()
+        engine, facts = prewarm(gate) if os.environ.get(ENV_PREWARM) == "1" else (None, {})
+    finally:
+        release()   # before any function owns this runtime: it must not see its neighbours' traffic
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(os.environ[ENV_POOL_SOCKET])

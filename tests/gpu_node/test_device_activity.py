@@ -112,3 +112,23 @@ def test_gate_stops_pausing_after_its_budget_under_steady_load() -> None:
     before = clock.now
     gate.pause()   # the budget is spent: the next warm-up forward runs at once
     assert clock.now == before
+
+
+def test_imports_wait_for_a_quiet_moment_not_a_gap_between_requests() -> None:
+    clock = FakeClock()
+    # running, a 20-ms gap, running again, then quiet for good
+    pattern = [1] * 50 + [0] * 2 + [1] * 30 + [0] * 1000
+    reads = iter(pattern)
+    gate = ActivityGate(lambda: next(reads), max_yield_s=30.0, sleep=clock.sleep, clock=lambda: clock.now)
+    gate.wait_quiet(0.5)
+    # the gap did not start the imports: they wait for 0.5 s of quiet after the last request
+    assert gate.paused_s == pytest.approx((50 + 2 + 30) * 0.01 + 0.5, abs=0.02)
+
+
+def test_quiet_wait_and_pauses_share_one_budget() -> None:
+    clock = FakeClock()
+    gate = ActivityGate(lambda: 1, max_yield_s=2.0, sleep=clock.sleep, clock=lambda: clock.now)
+    gate.wait_quiet(0.5)   # never quiet: gives up when the budget is spent
+    assert gate.paused_s == pytest.approx(2.0, abs=0.02)
+    gate.pause()
+    assert gate.paused_s == pytest.approx(2.0, abs=0.02)

@@ -215,8 +215,8 @@ class WarmPool:
         extra = (f", device init {info.get('device_init_s', 0.0):.2f} s, backbone attach "
                  f"{info.get('backbone_attach_s', 0.0):.2f} s, warm-up {info.get('warmup_s', 0.0):.2f} s"
                  if info.get("prewarmed") else "")
-        if "warmup_paused_s" in info:   # it read the node's device-activity page
-            extra += f" (of which paused for served requests {info['warmup_paused_s']:.2f} s)"
+        if "paused_s" in info:   # it read the node's device-activity page
+            extra += f", paused for served requests {info['paused_s']:.2f} s"
         log.info("warm-pool %s %s ready (imports %.2f s%s)", self._kind, slot.sid, info.get("imports_s", 0.0), extra)
 
     def _discard(self, slot: _Slot) -> None:
