@@ -124,7 +124,7 @@ class LoraEngine:
         if self.slots is None:
             self._warm_up()
             return
-        self._warm_up_shapes(warmup or WarmupShapes(), pause or (lambda: None))
+        self._warm_up_shapes(warmup or WarmupShapes(), self._pausing(pause))
         self.warmup_s = time.perf_counter() - t3
         self.prewarm_timings = self.timings   # paid before any function needed this runtime
         if adapter_dir is not None:   # a fresh process with slots: its own cold start pays for all of it
@@ -188,6 +188,19 @@ class LoraEngine:
             self._torch.cuda.synchronize()
             self._torch.cuda.empty_cache()  # hand back warm-up scratch: GPU memory is per-instance cost
         trim_host_heap()
+
+    def _pausing(self, pause: "Callable[[], None] | None") -> "Callable[[], None]":
+        """``pause`` after the device has finished the forwards queued so far: a paused runtime
+        must not keep running kernels it queued before (forwards do not wait for the GPU)."""
+        if pause is None:
+            return lambda: None
+        if self.device.type != "cuda":
+            return pause
+
+        def synced() -> None:
+            self._torch.cuda.synchronize(self.device)
+            pause()
+        return synced
 
     def _warm_up_shapes(self, shapes: "WarmupShapes", pause: "Callable[[], None]") -> None:
         """The forwards a generation makes (prefill, then decode with the cache), at every

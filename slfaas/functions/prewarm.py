@@ -91,7 +91,6 @@ def prewarm(gate: "ActivityGate | None" = None) -> tuple[Any, dict]:
     """Everything a cold start does before its adapter: device context, the backbone attached,
     empty LoRA slots, and warm-up forwards over every shape family (no lazy set-up later)."""
     from slfaas.functions.engine import BackboneSource, LoraEngine
-    from slfaas.functions.activity import gate_from_env
     from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
     from slfaas.functions.slots import WarmupShapes
 

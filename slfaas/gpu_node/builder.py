@@ -143,8 +143,8 @@ def _prewarmed_pools(node: Node, factory: SandboxFactory, slots: SlotSettings,
             if slots.warmup_tokens:
                 env[rc.ENV_WARMUP_TOKENS] = ",".join(map(str, slots.warmup_tokens))
             inherit, owned = attachment.inherit_fds, attachment.owned_fds
-            if activity is not None and factory.name == "process":
-                page = activity.reader_fd()
+            page = activity.reader_fd() if activity is not None and factory.name == "process" else None
+            if page is not None:
                 env[rc.ENV_DEVICE_ACTIVITY_FD] = str(page)
                 inherit, owned = (*inherit, page), (*owned, page)
             return Prewarm(env, inherit, owned)

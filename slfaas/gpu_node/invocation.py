@@ -171,9 +171,11 @@ class InvocationRunner:
             return self._finish(request, inst, outcome, cold, submitted_ts, dispatch_ts)
         finally:
             # released first: a cancel from here on finds the request nowhere (not "not yet begun")
-            inst.release(request.request_id)
-            self.gate.end(request.request_id)
-            self._bus.publish(ev.InvocationAborted(time.time(), request.request_id))   # no-op once it ended
+            try:
+                inst.release(request.request_id)
+                self.gate.end(request.request_id)
+            finally:   # whatever happens, it stops counting as running (device activity, metrics)
+                self._bus.publish(ev.InvocationAborted(time.time(), request.request_id))   # no-op once it ended
             if inst.state is InstanceState.IDLE:
                 self._bus.publish(ev.InstanceIdle(time.time(), inst.instance_id, inst.function.name,
                                                   inst.provisioned))

@@ -97,6 +97,14 @@ def _logits(engine: LoraEngine) -> torch.Tensor:
         return engine.model(input_ids=ids).logits
 
 
+def _assert_padding_exact(slots: torch.Tensor, peft: torch.Tensor) -> None:
+    """Zero-padding a rank adds exact zeros, but a product with a longer inner dimension may
+    sum the same non-zero terms in another order (the BLAS kernel is chosen by shape and CPU):
+    equal up to fp32 rounding, and the tokens (asserted by the callers) are identical."""
+    diff = (slots - peft).abs().max().item()
+    assert diff <= 1e-5 * max(1.0, peft.abs().max().item()), diff
+
+
 @pytest.fixture(scope="module")
 def bare_tokens(kit: Kit) -> list[tuple[int, ...]]:
     """The backbone alone, through empty slots."""
@@ -110,7 +118,7 @@ def test_specialised_runtime_equals_peft(kit: Kit, name: str, bare_tokens: list)
     assert spec.path == "slots" and spec.reasons == ()
     reference = _peft(kit, name)
     assert _tokens(engine) == _tokens(reference)
-    assert torch.equal(_logits(engine), _logits(reference))   # zero padding adds exact zeros
+    _assert_padding_exact(_logits(engine), _logits(reference))
     assert _tokens(engine) != bare_tokens                      # the adapter matters: the test can fail
 
 
@@ -178,7 +186,7 @@ def test_reloading_clears_what_a_larger_adapter_left(kit: Kit) -> None:
     engine.slots.load(AdapterSource.from_dir(kit.adapters["r16_rslora_mlp"]))
     engine.slots.load(AdapterSource.from_dir(kit.adapters["r8_dropout"]))
     engine.slots.load(AdapterSource.from_dir(kit.adapters["r4_qv"]))
-    assert torch.equal(_logits(engine), _logits(_peft(kit, "r4_qv")))
+    _assert_padding_exact(_logits(engine), _logits(_peft(kit, "r4_qv")))
     assert sum(s.rank > 0 for s in engine.slots.modules.values()) == 4   # q, v × 2 layers
 
 

@@ -180,8 +180,11 @@ class DockerSandboxFactory(SandboxFactory):
             live = list(self._live.values())
 
         def end(sandbox: DockerSandbox) -> None:
-            sandbox.kill()
-            sandbox.wait(10)
+            try:
+                sandbox.kill()
+                sandbox.wait(10)
+            except Exception:   # the engine gone or restarting: the reaping below still runs
+                log.exception("ending container %s at stop failed", sandbox.container.name)
 
         # All containers at once: one after another (a kill, a wait, a removal each), a node
         # with many instances took minutes to stop while another client kept the engine busy.
