@@ -46,6 +46,7 @@ ENV_GPU_TRIM_IDLE_S = "SLFAAS_GPU_TRIM_IDLE_S"  # idle seconds before a runtime 
 # until a function owns it, so that function's first prefill allocates nothing; "0": freed
 # like any idle instance's, at a cost of device allocations on the cold start's first token.
 ENV_PREWARM_KEEP_SCRATCH = "SLFAAS_PREWARM_KEEP_SCRATCH"
+ENV_CUDNN_SDPA = "SLFAAS_CUDNN_SDPA"   # "1": a GPU runtime keeps torch's cuDNN attention (default off: per-length set-up)
 ENV_RUNTIME_CPU_THREADS = "SLFAAS_RUNTIME_CPU_THREADS"  # a GPU runtime's torch CPU threads (default 2)
 GPU_RUNTIME_CPU_THREADS = 2   # its CPU work is tokenising and copying: many runtimes share a host's cores
 # How many invocations the node may hand this runtime at once (its function's validated

@@ -17,7 +17,7 @@ from slfaas.functions.adapter_tensors import AdapterSource
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.slot_geometry import DEFAULT_GEOMETRY, SlotGeometry
 from slfaas.functions.backbone_source import BackboneSource, build_borrowed_model
-from slfaas.runtime_contract import (ENV_GPU_TRIM_IDLE_S, ENV_PREWARM_KEEP_SCRATCH, ENV_RUNTIME_CPU_THREADS,
+from slfaas.runtime_contract import (ENV_CUDNN_SDPA, ENV_GPU_TRIM_IDLE_S, ENV_PREWARM_KEEP_SCRATCH, ENV_RUNTIME_CPU_THREADS,
                                      GPU_RUNTIME_CPU_THREADS)
 
 if TYPE_CHECKING:
@@ -84,6 +84,12 @@ class LoraEngine:
             # torch's default is a thread per core in every runtime; a GPU runtime's CPU work is
             # small, and dozens of runtimes share the host's cores
             torch.set_num_threads(max(1, int(os.environ.get(ENV_RUNTIME_CPU_THREADS, GPU_RUNTIME_CPU_THREADS))))
+            if os.environ.get(ENV_CUDNN_SDPA, "0") != "1":
+                # cuDNN's attention builds an execution plan for every new sequence length, so a
+                # runtime's first generation at lengths it has not run pays for each of them
+                # (on the H200 its decode steps took twice as long as a later generation's);
+                # the flash and memory-efficient kernels need no such set-up
+                torch.backends.cuda.enable_cudnn_sdp(False)
             torch.cuda.set_device(self.device)
             torch.zeros(1, device=self.device)  # creates the CUDA context now: timed as device init
         t_dev = time.perf_counter()

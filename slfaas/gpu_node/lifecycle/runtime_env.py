@@ -12,7 +12,8 @@ from slfaas import runtime_contract as rc
 PACKAGE_ROOT = str(Path(slfaas.__file__).resolve().parent.parent)
 # What a runtime inherits from the node's environment; everything else is the function's own.
 _PASS_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV",
-                       rc.ENV_RUNTIME_CPU_THREADS, rc.ENV_GPU_TRIM_IDLE_S, rc.ENV_PREWARM_KEEP_SCRATCH})
+                       rc.ENV_RUNTIME_CPU_THREADS, rc.ENV_GPU_TRIM_IDLE_S, rc.ENV_PREWARM_KEEP_SCRATCH,
+                       rc.ENV_CUDNN_SDPA})
 _PASS_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "NCCL_", "NVSHMEM_", "TORCH_", "PYTORCH_", "OMP_", "MKL_")
 
 
