@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import deploy
+from tests.conftest import TEST_SANDBOX, deploy
 from tests.integration._util import invoke, node, request_id, wait_for
 
 pytestmark = pytest.mark.slow
@@ -87,4 +87,5 @@ def test_a_function_never_holds_the_device_activity_page(tiny_assets, live_serve
     assert "FunctionError" not in resp, body
     assert _usage(server, request_id(resp))["preload_tier"] == "prewarmed"
     assert body == {"env": [], "fds": [], "maps": []}
-    assert any(re.search(r"warm-pool .* ready .*paused for served requests", ln) for ln in list(server.output))
+    if TEST_SANDBOX == "process":   # only process runtimes read the page (containers do not get it yet)
+        assert any(re.search(r"warm-pool .* ready .*paused for served requests", ln) for ln in list(server.output))
