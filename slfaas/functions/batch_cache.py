@@ -60,6 +60,14 @@ class PaddedBatch:
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
         return self.mask
 
+    def rollback(self, columns: int) -> None:
+        """Back to ``columns`` columns: undoes a decode step that failed part-way (its mask
+        column added, some layers' keys and values appended, the others not)."""
+        for layer in self.cache.layers:
+            if layer.keys.shape[-2] > columns:
+                layer.keys, layer.values = layer.keys[..., :columns, :], layer.values[..., :columns, :]
+        self.mask = self.mask[:, :columns]
+
     def merge(self, other: "PaddedBatch") -> "PaddedBatch":
         """This batch's rows, then ``other``'s, right-aligned."""
         width = max(self.mask.shape[1], other.mask.shape[1])

@@ -15,6 +15,13 @@ its positions are its own, and each request samples with its own ``torch.Generat
 seeded from its ``seed`` (``LoraEngine.generator_for``), drawing one number per token in
 the same order as the unbatched path, whatever else shares its forward passes.
 
+Memory: an emptied batch gives what its cache held back to the device (other instances
+share it). Before requests join, ``kv_budget`` checks that the batch's cache at its final width
+and the prefill fit in the device memory left (CUDA; the headroom is measured each time), and
+the rest wait. A pass that runs out of device memory anyway (other processes share the device)
+fails no running request: a prefill's joiners go back to the queue (fewer at a time, or after
+a running request leaves), a decode step is rolled back and its newest request alone fails.
+
 Billing: each forward pass's device time (CUDA events on GPU, wall time on CPU) is split
 among the requests in it by their share of its tokens: a prefill by prompt tokens (padding
 counts for no one), a decode step evenly (one token each). A request's ``device_ms`` is the
@@ -24,112 +31,40 @@ requests one of its passes held.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from slfaas.functions.batch_stream import _END, TokenStream, _Seq
+from slfaas.functions.device_memory import device_headroom, dtype_bytes, idle_release, oom_errors
 from slfaas.functions.engine import Generation, LoraEngine
 from slfaas.functions.events import GenerationRequest
+from slfaas.functions.kv_budget import KvGeometry, Row, joiners_that_fit
 
 if TYPE_CHECKING:
     from slfaas.functions.shared import SharedEngine
 
 log = logging.getLogger(__name__)
 
-_END = object()
+LONE_OOM_WAIT_S = 10.0   # a request alone in its instance waits this long for device memory
 
 
 class EngineClosed(RuntimeError):
     """The batching engine stopped before the request finished."""
 
 
-@dataclass(frozen=True)
-class SequenceStats:
-    """One request's account of its generation, final once its stream ended."""
-
-    prompt_tokens: int
-    prefill_ms: float           # wall time of the prefill pass it was in (device-synchronised)
-    device_ms: float            # its token share of the device time of every pass it was in
-    batch_device_ms: float      # those passes' whole device time
-    batch_size: int             # the most requests in one pass with it
-
-
-@dataclass(eq=False)
-class _Seq:
-    req: GenerationRequest
-    ids: Any                    # the prompt, (1, n) on the CPU
-    generator: Any
-    adapter: str | None = None  # a shared runtime's: the adapter this row runs with
-    out: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    emitted: int = 0
-    last_token: int = 0
-    prefill_ms: float = 0.0
-    device_ms: float = 0.0
-    batch_device_ms: float = 0.0
-    batch_size: int = 0
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(self.ids.shape[1])
-
-    def stats(self) -> SequenceStats:
-        return SequenceStats(self.prompt_tokens, self.prefill_ms, self.device_ms, self.batch_device_ms,
-                             max(1, self.batch_size))
-
-
-class TokenStream:
-    """The token ids of one request as the loop produces them (an iterator, like
-    ``LoraEngine.stream``); ``close()`` takes the request out of the batch."""
-
-    def __init__(self, engine: "BatchEngine", seq: _Seq):
-        self._engine = engine
-        self._seq = seq
-        self._done = False
-
-    def __iter__(self) -> "TokenStream":
-        return self
-
-    def __next__(self) -> int:
-        if self._done:
-            raise StopIteration
-        item = self._seq.out.get()
-        if item is _END:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        return int(item)
-
-    def close(self) -> None:
-        """Leave the batch; returns once the loop let go of the request (at the latest after
-        the pass in flight), so ``stats`` include every pass it was in."""
-        if self._done:
-            return
-        self._seq.cancelled.set()
-        self._engine._wake()
-        while True:
-            item = self._seq.out.get()
-            if item is _END or isinstance(item, BaseException):
-                break
-        self._done = True
-
-    @property
-    def stats(self) -> SequenceStats:
-        """Final once the stream ended (or was closed and drained)."""
-        return self._seq.stats()
-
-
 class BatchEngine:
     """Runs ``engine``'s model on up to ``max_batch_size`` requests at once. Thread-safe:
     any number of threads may call ``stream``/``generate``; one loop thread does the work."""
 
-    def __init__(self, engine: "LoraEngine | SharedEngine", max_batch_size: int):
+    def __init__(self, engine: "LoraEngine | SharedEngine", max_batch_size: int,
+                 headroom: Callable[[], float | None] | None = None, release_idle: Callable[[], None] | None = None):
+        """``headroom``: bytes of device memory this batch may still take (default: measured
+        on CUDA, no limit elsewhere); ``release_idle``: called when the batch has emptied
+        (default: on CUDA, gives a large unused cache back to the device)."""
         from slfaas.functions.batch_cache import supports_padding
 
         if max_batch_size < 1:
@@ -144,6 +79,12 @@ class BatchEngine:
         self.device_ms_total = 0.0       # every pass's device time: the requests' shares add up to it
         self.passes = 0
         self._torch = engine._torch
+        self._oom = oom_errors(self._torch)
+        self._headroom = headroom if headroom is not None else device_headroom(self._torch, engine.device)
+        self._release_idle = release_idle if release_idle is not None else idle_release(self._torch, engine.device)
+        self._geometry = KvGeometry.of(engine.model_base.config, dtype_bytes(engine.model_base))
+        self._join_cap = max_batch_size   # halved by a prefill that ran out of memory
+        self._wait_below: int | None = None   # after one: no joiner until fewer rows run than this
         self._cond = threading.Condition()
         self._pending: deque[_Seq] = deque()
         self._closed = False
@@ -239,8 +180,9 @@ class BatchEngine:
                         s.out.put(EngineClosed("the batching engine closed"))
                     self._pending.clear()
                     return
-                room = self.max_batch_size - len(running)
+                room = min(self.max_batch_size - len(running), self._join_cap)
                 joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            joining = self._admit(batch, running, joining)
             try:
                 with self.engine.busy():
                     batch, running = self._iteration(batch, running, joining)
@@ -249,6 +191,8 @@ class BatchEngine:
                 for s in [*running, *joining]:
                     s.out.put(exc)
                 batch, running = None, []
+            if not running and not self._pending:
+                self._release_idle()
 
     def _iteration(self, batch: Any, running: list[_Seq], joining: list[_Seq]) -> tuple[Any, list[_Seq]]:
         for s in joining:
@@ -257,17 +201,85 @@ class BatchEngine:
         joining = [s for s in joining if not s.cancelled.is_set()]
         batch, running = self._drop(batch, running, [not s.cancelled.is_set() for s in running])
         if joining:
-            fresh = self._prefill(joining)
-            keep = [self._emit(s, t) for s, t in zip(joining, fresh.tokens)]
-            joined, joining = self._drop(fresh.batch, joining, keep)
-            if joined is not None:
-                batch = joined if batch is None else batch.merge(joined)
-                running = running + joining
+            try:
+                fresh = self._prefill(joining)
+                # merged before any token goes out: a failure here leaves nothing to take back
+                merged = fresh.batch if batch is None else batch.merge(fresh.batch)
+            except self._oom as exc:
+                if not self._prefill_out_of_memory(running, joining, exc):
+                    raise                      # it does not fit even alone: its error
+                joining = []
+        if joining:
+            self._join_cap = self.max_batch_size
+            for s in joining:
+                s.oom_since = None
+            keep = [True] * len(running) + [self._emit(s, t) for s, t in zip(joining, fresh.tokens)]
+            batch, running = self._drop(merged, running + joining, keep)
         if running:
-            tokens = self._decode(batch, running)
+            try:
+                tokens = self._decode(batch, running)
+            except self._oom as exc:
+                return self._decode_out_of_memory(batch, running, exc)
             keep = [self._emit(s, t) for s, t in zip(running, tokens)]
             batch, running = self._drop(batch, running, keep)
         return batch, running
+
+    def _admit(self, batch: Any, running: list[_Seq], joining: list[_Seq]) -> list[_Seq]:
+        """The joiners that fit (``kv_budget``); the others go back to the front of the queue."""
+        keep = len(joining)
+        if keep and self._wait_below is not None:
+            if running and len(running) >= self._wait_below:
+                keep = 0
+            else:
+                self._wait_below = None
+        if keep and (headroom := self._headroom()) is not None:
+            width = int(batch.mask.shape[1]) if batch is not None else 0
+            rows = [Row(width, width + s.req.max_tokens - s.emitted) for s in running]
+            keep = min(keep, joiners_that_fit(self._geometry, rows,
+                                              [Row(0, s.prompt_tokens + s.req.max_tokens) for s in joining[:keep]],
+                                              headroom))
+        if keep < len(joining):
+            with self._cond:
+                self._pending.extendleft(reversed(joining[keep:]))
+        return joining[:keep]
+
+    def _free_cached(self) -> None:
+        if self.engine.device.type == "cuda":
+            self._torch.cuda.empty_cache()   # what this process holds unused goes back to the device
+
+    def _prefill_out_of_memory(self, running: list[_Seq], joining: list[_Seq], exc: BaseException) -> bool:
+        """The joiners wait (False: a lone request has waited ``LONE_OOM_WAIT_S`` already): half
+        as many next time, or one alone until a running row left or, with nothing running
+        here, until other processes free memory. Their generators restart, as if never run."""
+        self._free_cached()
+        now = time.monotonic()
+        if not running and len(joining) == 1:
+            first = joining[0].oom_since = joining[0].oom_since or now
+            if now - first >= LONE_OOM_WAIT_S:
+                return False
+            with self._cond:
+                self._cond.wait(timeout=0.2)       # memory other processes hold may come free
+        elif len(joining) > 1:
+            self._join_cap = max(1, len(joining) // 2)
+        else:
+            self._wait_below = len(running)
+        log.warning("out of device memory prefilling %d request(s) beside %d running; they wait (%s)",
+                    len(joining), len(running), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        for s in joining:
+            s.generator = self.engine.generator_for(s.req)
+        with self._cond:
+            self._pending.extendleft(reversed(joining))
+        return True
+
+    def _decode_out_of_memory(self, batch: Any, running: list[_Seq],
+                              exc: BaseException) -> tuple[Any, list[_Seq]]:
+        """Undo the step; the newest request fails with the error, the others go on."""
+        batch.rollback(int(batch.mask.shape[1]) - 1)
+        self._free_cached()
+        log.warning("out of device memory in a decode step of %d request(s): the newest fails", len(running))
+        running[-1].out.put(exc)
+        rows = list(range(len(running) - 1))
+        return batch.select(rows), running[:-1]
 
     def _drop(self, batch: Any, seqs: list[_Seq], keep: list[bool]) -> tuple[Any, list[_Seq]]:
         if all(keep):

@@ -28,6 +28,9 @@ def test_eight_containers_share_one_backbone(docker_client, tmp_path: Path) -> N
     # one copy of the backbone between the 8 containers, not eight
     assert docker.backbone_pss_sum_mb <= 1.05 * docker.backbone_mb, docker
     assert docker.backbone_rss_sum_mb >= 6 * docker.backbone_pss_sum_mb, docker
-    assert docker.pss_sum_mb < docker.bound_mb, docker
+    # (the bench's bound, 1.5 × backbone + 8 × one instance's overhead, is not asserted here: it
+    # adds an overhead measured while the first instance ran alone to a sum measured later, and
+    # the shared libraries' share of PSS moves with every process on the machine mapping them;
+    # the single backbone copy is asserted just above, the containers' overhead just below)
     # the issue's bound against the process backend
     assert docker.pss_sum_mb <= 1.5 * process.pss_sum_mb, (docker, process)

@@ -213,3 +213,108 @@ def test_models_whose_windows_count_padding_run_one_at_a_time(kit: Kit) -> None:
     assert supports_padding(LlamaConfig())
     assert not supports_padding(MistralConfig(sliding_window=4096))
     assert supports_padding(MistralConfig(sliding_window=None))
+
+
+def _raise_once(module: torch.nn.Module, when) -> dict:  # type: ignore[no-untyped-def]
+    """A forward hook on ``module`` that raises the device's out-of-memory error the first
+    time ``when(hidden_states)`` holds (after the module ran: earlier layers have cached)."""
+    state = {"raised": 0}
+
+    def hook(_m: object, _args: object, output: object) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if not state["raised"] and when(hidden):
+            state["raised"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (a test)")
+    state["handle"] = module.register_forward_hook(hook)
+    return state
+
+
+def test_joiners_wait_for_memory_and_outputs_stay_equal(kit: Kit) -> None:
+    """A headroom of nothing beyond the safety margin: a request joins only an empty batch."""
+    from slfaas.functions.kv_budget import SAFETY_BYTES
+
+    engine = BatchEngine(kit.engine, 4, headroom=lambda: float(SAFETY_BYTES))
+    try:
+        reqs = _reqs(EVENTS[:4])
+        together = engine.generate_many(reqs)
+    finally:
+        engine.close()
+    assert [g.batch_size for g in together] == [1, 1, 1, 1]
+    for r, g in zip(reqs, together):
+        _same(kit.engine.generate(r), g)
+
+
+def test_a_prefill_out_of_memory_requeues_its_joiners(kit: Kit, batched: BatchEngine) -> None:
+    layer = kit.engine.model_base.model.layers[1]
+    state = _raise_once(layer, lambda h: h.shape[0] > 1 and h.shape[1] > 1)   # a prefill of several rows
+    try:
+        reqs = _reqs([{**e, "ignore_eos": True} for e in EVENTS[:4]])
+        together = batched.generate_many(reqs)
+    finally:
+        state["handle"].remove()
+    assert state["raised"] == 1
+    for r, g in zip(reqs, together):
+        _same(kit.engine.generate(r), g)
+    assert max(g.batch_size for g in together) >= 2      # they still batched, fewer at a time
+
+
+def test_a_decode_out_of_memory_fails_only_the_newest_request(kit: Kit, batched: BatchEngine) -> None:
+    """The step is rolled back (layers 0-1 had cached its token, the rest not): the older
+    request goes on and computes what it would alone."""
+    layer = kit.engine.model_base.model.layers[1]
+    state = _raise_once(layer, lambda h: h.shape[0] == 2 and h.shape[1] == 1)   # a decode step of both
+    try:
+        old, new = _reqs([{"prompt": "the quick brown fox", "max_tokens": 10, "temperature": 0, "ignore_eos": True},
+                          {"prompt": "dear sir", "max_tokens": 10, "temperature": 0, "ignore_eos": True}])
+        streams = batched.open([old, new])
+        with pytest.raises(torch.OutOfMemoryError):
+            list(streams[1])
+        tokens = list(streams[0])
+    finally:
+        state["handle"].remove()
+    assert state["raised"] == 1
+    assert tokens == list(kit.engine.generate(old).token_ids)
+    _same(kit.engine.generate(new), batched.generate(new))     # the engine goes on
+
+
+def test_a_lone_request_waits_for_memory_then_fails_with_the_error(kit: Kit, batched: BatchEngine,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import slfaas.functions.batching as batching
+
+    req = parse_event({**EVENTS[2], "max_tokens": 6})          # seeded sampling: its generator restarts
+    alone = kit.engine.generate(req)
+    layer = kit.engine.model_base.model.layers[1]
+    state = _raise_once(layer, lambda h: h.shape[1] > 1)
+    try:
+        _same(alone, batched.generate(req))   # one refusal, then memory came free
+    finally:
+        state["handle"].remove()
+    assert state["raised"] == 1
+
+    monkeypatch.setattr(batching, "LONE_OOM_WAIT_S", 0.0)
+    def always(*_: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+    hook = layer.register_forward_hook(always)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            batched.generate(req)
+    finally:
+        hook.remove()
+    _same(alone, batched.generate(req))
+
+
+def test_an_emptied_batch_releases_its_memory_once(kit: Kit) -> None:
+    released = threading.Event()
+    calls: list[int] = []
+
+    def release() -> None:
+        calls.append(engine.passes)
+        released.set()
+    engine = BatchEngine(kit.engine, 4, release_idle=release)
+    try:
+        together = engine.generate_many(_reqs(EVENTS[:4]))
+        assert released.wait(timeout=60)
+        assert calls == [engine.passes]          # after the last pass, not between passes
+        assert max(g.batch_size for g in together) == 4
+    finally:
+        engine.close()

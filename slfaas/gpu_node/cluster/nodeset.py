@@ -35,7 +35,7 @@ from slfaas.gpu_node.cluster.handle import NodeHandle, NodeLost
 from slfaas.gpu_node.cluster.logs_merge import merge, unpack_offsets
 from slfaas.gpu_node.cluster.outcomes import NODE_LOST, FinishedStream, TrackedStream, lost_result
 from slfaas.gpu_node.cluster.targets import ProvisionedTargets, Target
-from slfaas.gpu_node.policy.cluster_placement import NodeView, Want, rank
+from slfaas.gpu_node.policy.cluster_placement import NodeView, Want, rank, why_no_room
 from slfaas.gpu_node.types import (BackboneInfo, FunctionSpec, IntegrityEvent, InvocationRequest, InvocationResult,
                                    LogChunk, NodeInfo)
 
@@ -194,13 +194,14 @@ class NodeSet:
                 member.mean_s = (took_s if member.mean_s == 0
                                  else (1 - EWMA_WEIGHT) * member.mean_s + EWMA_WEIGHT * took_s)
 
-    def _no_room(self, refusal: TooManyRequests | None) -> TooManyRequests:
+    def _no_room(self, refusal: TooManyRequests | None, function: FunctionSpec) -> TooManyRequests:
         if refusal is not None:
             return refusal
         if not self.live():
             return TooManyRequests("No live node can run the function right now", "ConcurrentInvocationLimitExceeded")
-        return TooManyRequests("Every node is at its instance or memory limit, all instances busy",
-                               "ConcurrentInvocationLimitExceeded")
+        with self._placing:
+            error_type, message = why_no_room([v for _m, v in self._views()], self._want(function))
+        return TooManyRequests(message, error_type)
 
     # NodeApi
     def prepare(self, function: FunctionSpec) -> BackboneInfo:
@@ -246,7 +247,7 @@ class NodeSet:
                 return result
             finally:
                 self._end(m, request.request_id, result)
-        raise self._no_room(refusal)
+        raise self._no_room(refusal, request.function)
 
     def invoke_stream(self, request: InvocationRequest) -> NodeStream:
         start_ts = time.time()
@@ -268,7 +269,7 @@ class NodeSet:
                 self._end(m, request.request_id)
                 raise
             return TrackedStream(inner, functools.partial(self._stream_ended, m, request, start_ts))
-        raise self._no_room(refusal)
+        raise self._no_room(refusal, request.function)
 
     def _stream_ended(self, member: _Member, request: InvocationRequest, start_ts: float,
                       result: InvocationResult | None, error: BaseException | None) -> InvocationResult | None:

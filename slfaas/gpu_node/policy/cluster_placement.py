@@ -95,6 +95,21 @@ def _room(node: NodeView, want: Want) -> bool | None:
     return None
 
 
+def why_no_room(nodes: tuple[NodeView, ...] | list[NodeView], want: Want) -> tuple[str, str]:
+    """When ``rank`` found no node: the AWS error type and a message that says what is short
+    (device memory when some node had an instance slot but not the memory, else instances)."""
+    memory_short = [n for n in nodes if n.free_mb is not None
+                    and (n.live_instances < n.max_instances or n.idle_instances) and _room(n, want) is None]
+    if memory_short:
+        n = max(memory_short, key=lambda n: (n.free_mb or 0.0, n.node_id))
+        need_mb = n.instance_mb + (0 if want.backbone in n.backbones else want.backbone_bytes / MIB)
+        where = "the node" if len(nodes) == 1 else f"any of the {len(nodes)} nodes"
+        return ("InsufficientGpuMemory",
+                f"Not enough GPU memory for another instance on {where}: {(n.free_mb or 0.0) / 1024:.1f} GiB "
+                f"free at most, {need_mb / 1024:.1f} GiB needed, and stopping idle instances would not make room")
+    return ("ConcurrentInvocationLimitExceeded", "Every node is at its instance or memory limit, all instances busy")
+
+
 def rank(nodes: tuple[NodeView, ...] | list[NodeView], want: Want) -> tuple[Ranked, ...]:
     """The nodes that can take the request, in the order to try them (the first may still
     refuse when its state changed since the snapshot; the next one is tried then)."""

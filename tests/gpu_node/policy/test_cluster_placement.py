@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slfaas.gpu_node.policy.cluster_placement import (ADAPTER_RESIDENT, BACKBONE_RESIDENT, COLD, MIB, WARM, NodeView,
-                                                      Want, estimate_cold_start_s, rank)
+                                                      Want, estimate_cold_start_s, rank, why_no_room)
 
 A = ("a", "r1")
 BASE = "/models/base"
@@ -126,3 +126,23 @@ def test_ranking_is_a_function_of_the_views_alone(specs, rnd) -> None:  # type: 
         v = next(n for n in nodes if n.node_id == r.node_id)
         assert v.warm_free.get(A, 0) > 0 or v.live_instances < v.max_instances or v.idle_instances > 0
     assert {r.node_id for r in first} >= {n.node_id for n in nodes if n.warm_free.get(A, 0) > 0}
+
+
+def test_no_room_says_memory_when_a_slot_is_free_but_the_device_is_full() -> None:
+    small = node("small", 0, backbones=frozenset({BASE}), free_mb=1024.0, instance_mb=8192.0)
+    smaller = node("smaller", 1, backbones=frozenset({BASE}), free_mb=512.0, instance_mb=8192.0)
+    assert ids([small, smaller]) == []
+    error_type, message = why_no_room([small, smaller], WANT)
+    assert error_type == "InsufficientGpuMemory"
+    assert "Not enough GPU memory" in message and "1.0 GiB free at most, 8.0 GiB needed" in message
+    assert "any of the 2 nodes" in message
+    # a node without the backbone also needs room for it
+    _t, message = why_no_room([node("cold", 0, free_mb=1024.0, instance_mb=1024.0)], WANT)
+    assert "on the node: 1.0 GiB free at most, 5.0 GiB needed" in message
+
+
+def test_no_room_says_instances_when_every_slot_is_busy() -> None:
+    full = node("full", 0, live_instances=4, idle_instances=0, max_instances=4, free_mb=1e6, instance_mb=1.0)
+    assert why_no_room([full], WANT)[0] == "ConcurrentInvocationLimitExceeded"
+    assert why_no_room([node("cpu", 0, live_instances=4, max_instances=4)], WANT)[0] == \
+        "ConcurrentInvocationLimitExceeded"

@@ -1,0 +1,43 @@
+"""What the batch engine measures of device memory: the errors that mean it ran out, the
+model's element size, the headroom a batch may still take, and giving an idle batch's
+memory back."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def oom_errors(torch: Any) -> tuple[type[BaseException], ...]:
+    found = (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+    return tuple(dict.fromkeys(e for e in found if isinstance(e, type) and issubclass(e, BaseException)))
+
+
+def dtype_bytes(model: Any) -> int:
+    return int(getattr(getattr(model, "dtype", None), "itemsize", 2) or 2)
+
+
+def device_headroom(torch: Any, device: Any) -> Callable[[], float | None]:
+    """Free device memory plus what this process's allocator holds unused (CUDA); elsewhere
+    no limit."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return lambda: None
+
+    def measure() -> float:
+        free, _total = torch.cuda.mem_get_info(device)
+        return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    return measure
+
+
+IDLE_KEEP_BYTES = 1 << 30   # an idle process keeps this much cached: a lone request's scratch
+
+
+def idle_release(torch: Any, device: Any) -> Callable[[], None]:
+    """Give cached device memory back when an emptied batch left more than ``IDLE_KEEP_BYTES``
+    unused: the allocator keeps what a batch's cache used, and other instances on the device
+    may need it (CUDA; elsewhere nothing to do)."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return lambda: None
+
+    def release() -> None:
+        if torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device) > IDLE_KEEP_BYTES:
+            torch.cuda.empty_cache()
+    return release
