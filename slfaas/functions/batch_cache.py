@@ -78,14 +78,26 @@ class PaddedBatch:
         mask = torch.cat([_pad_left(self.mask, pa, 1), _pad_left(other.mask, pb, 1)])
         return PaddedBatch(DynamicCache(ddp_cache_data=data), mask)
 
+    def without_last_row(self) -> "PaddedBatch | None":
+        """All rows but the last, as views (allocates nothing: for when memory ran out)."""
+        n = self.rows - 1
+        if n == 0:
+            return None
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:n], layer.values[:n]
+        self.mask = self.mask[:n]
+        return self
+
     def select(self, rows: list[int]) -> "PaddedBatch | None":
         """Only ``rows`` (in that order), without the columns that are padding in all of them;
-        None when no row is left."""
+        None when no row is left. In place, a layer at a time: the copy needs one layer's room."""
         if not rows:
             return None
         index = torch.tensor(rows, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         start = int(mask.any(dim=0).nonzero()[0])
-        data = [(k.index_select(0, index)[..., start:, :], v.index_select(0, index)[..., start:, :])
-                for k, v in _layers(self.cache)]
-        return PaddedBatch(DynamicCache(ddp_cache_data=data), mask[:, start:])
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[..., start:, :]
+            layer.values = layer.values.index_select(0, index)[..., start:, :]
+        self.mask = mask[:, start:]
+        return self

@@ -85,6 +85,7 @@ class BatchEngine:
         self._geometry = KvGeometry.of(engine.model_base.config, dtype_bytes(engine.model_base))
         self._join_cap = max_batch_size   # halved by a prefill that ran out of memory
         self._wait_below: int | None = None   # after one: no joiner until fewer rows run than this
+        self._retry_at = 0.0                  # a lone request refused for memory is tried again then
         self._cond = threading.Condition()
         self._pending: deque[_Seq] = deque()
         self._closed = False
@@ -173,28 +174,39 @@ class BatchEngine:
         running: list[_Seq] = []
         while True:
             with self._cond:
-                while not self._pending and not running and not self._closed:
-                    self._cond.wait()
+                while not self._closed and not running and (not self._pending or self._retry_at > time.monotonic()):
+                    self._cond.wait(None if not self._pending else self._retry_at - time.monotonic())
                 if self._closed:
                     for s in [*running, *self._pending]:
                         s.out.put(EngineClosed("the batching engine closed"))
                     self._pending.clear()
                     return
+                self._sweep_cancelled()
                 room = min(self.max_batch_size - len(running), self._join_cap)
                 joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-            joining = self._admit(batch, running, joining)
+            requeued: list[_Seq] = []
             try:
+                joining = self._admit(batch, running, joining)
                 with self.engine.busy():
-                    batch, running = self._iteration(batch, running, joining)
+                    batch, running = self._iteration(batch, running, joining, requeued)
+                if not running and not self._pending:
+                    self._release_idle()
             except Exception as exc:   # a failed pass fails its requests, never the loop
                 log.exception("batched forward pass failed")
                 for s in [*running, *joining]:
-                    s.out.put(exc)
+                    if s not in requeued:   # those wait in the queue again: not this pass's
+                        s.out.put(exc)
                 batch, running = None, []
-            if not running and not self._pending:
-                self._release_idle()
 
-    def _iteration(self, batch: Any, running: list[_Seq], joining: list[_Seq]) -> tuple[Any, list[_Seq]]:
+    def _sweep_cancelled(self) -> None:
+        """Requests whose reader went away while they waited leave the queue (under the lock)."""
+        if any(s.cancelled.is_set() for s in self._pending):
+            for s in [s for s in self._pending if s.cancelled.is_set()]:
+                self._pending.remove(s)
+                s.out.put(_END)
+
+    def _iteration(self, batch: Any, running: list[_Seq], joining: list[_Seq],
+                   requeued: list[_Seq]) -> tuple[Any, list[_Seq]]:
         for s in joining:
             if s.cancelled.is_set():
                 s.out.put(_END)
@@ -206,20 +218,27 @@ class BatchEngine:
                 # merged before any token goes out: a failure here leaves nothing to take back
                 merged = fresh.batch if batch is None else batch.merge(fresh.batch)
             except self._oom as exc:
-                if not self._prefill_out_of_memory(running, joining, exc):
+                fits_alone = self._prefill_out_of_memory(running, joining, exc)
+                if not fits_alone:
                     raise                      # it does not fit even alone: its error
+                requeued.extend(joining)
                 joining = []
+            else:
+                self._account(joining, [s.prompt_tokens for s in joining], fresh.pass_ms)
+                first_tokens = fresh.tokens
+                batch = fresh = None           # the old cache and the joiners' own are in ``merged`` now
         if joining:
             self._join_cap = self.max_batch_size
             for s in joining:
                 s.oom_since = None
-            keep = [True] * len(running) + [self._emit(s, t) for s, t in zip(joining, fresh.tokens)]
+            keep = [True] * len(running) + [self._emit(s, t) for s, t in zip(joining, first_tokens)]
             batch, running = self._drop(merged, running + joining, keep)
         if running:
+            columns = int(batch.mask.shape[1])
             try:
                 tokens = self._decode(batch, running)
             except self._oom as exc:
-                return self._decode_out_of_memory(batch, running, exc)
+                return self._decode_out_of_memory(batch, running, columns, exc)
             keep = [self._emit(s, t) for s, t in zip(running, tokens)]
             batch, running = self._drop(batch, running, keep)
         return batch, running
@@ -236,7 +255,7 @@ class BatchEngine:
             width = int(batch.mask.shape[1]) if batch is not None else 0
             rows = [Row(width, width + s.req.max_tokens - s.emitted) for s in running]
             keep = min(keep, joiners_that_fit(self._geometry, rows,
-                                              [Row(0, s.prompt_tokens + s.req.max_tokens) for s in joining[:keep]],
+                                              [Row(0, s.prompt_tokens + s.req.max_tokens, s.prompt_tokens) for s in joining[:keep]],
                                               headroom))
         if keep < len(joining):
             with self._cond:
@@ -257,8 +276,7 @@ class BatchEngine:
             first = joining[0].oom_since = joining[0].oom_since or now
             if now - first >= LONE_OOM_WAIT_S:
                 return False
-            with self._cond:
-                self._cond.wait(timeout=0.2)       # memory other processes hold may come free
+            self._retry_at = now + 0.2             # memory other processes hold may come free
         elif len(joining) > 1:
             self._join_cap = max(1, len(joining) // 2)
         else:
@@ -271,15 +289,17 @@ class BatchEngine:
             self._pending.extendleft(reversed(joining))
         return True
 
-    def _decode_out_of_memory(self, batch: Any, running: list[_Seq],
+    def _decode_out_of_memory(self, batch: Any, running: list[_Seq], columns: int,
                               exc: BaseException) -> tuple[Any, list[_Seq]]:
-        """Undo the step; the newest request fails with the error, the others go on."""
-        batch.rollback(int(batch.mask.shape[1]) - 1)
+        """Undo the step; the newest request fails with the error (dropped through views: no
+        allocation), the others go on, and no one joins until one of them has left."""
+        batch.rollback(columns)
+        batch = batch.without_last_row()
         self._free_cached()
         log.warning("out of device memory in a decode step of %d request(s): the newest fails", len(running))
         running[-1].out.put(exc)
-        rows = list(range(len(running) - 1))
-        return batch.select(rows), running[:-1]
+        self._wait_below = len(running) - 1
+        return batch, running[:-1]
 
     def _drop(self, batch: Any, seqs: list[_Seq], keep: list[bool]) -> tuple[Any, list[_Seq]]:
         if all(keep):
@@ -317,10 +337,9 @@ class BatchEngine:
         t0 = time.perf_counter()
         tokens, pass_ms = self._timed_pass(ids, mask, cache, positions, seqs)
         wall_ms = (time.perf_counter() - t0) * 1000
-        self._account(seqs, [s.prompt_tokens for s in seqs], pass_ms)
         for s in seqs:
             s.prefill_ms = wall_ms
-        return _Prefilled(PaddedBatch(cache, mask), tokens)
+        return _Prefilled(PaddedBatch(cache, mask), tokens, pass_ms)   # accounted once merged
 
     def _decode(self, batch: Any, seqs: list[_Seq]) -> list[int]:
         torch = self._torch
@@ -369,3 +388,4 @@ class BatchEngine:
 class _Prefilled:
     batch: Any
     tokens: list[int]
+    pass_ms: float

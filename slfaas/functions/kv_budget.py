@@ -46,29 +46,33 @@ class KvGeometry:
 
 @dataclass(frozen=True)
 class Row:
-    """A request as the budget sees it: the columns it holds now and its final length."""
+    """A request as the budget sees it: the columns it holds now, its final length, and (a
+    joiner) its prompt."""
 
     width_now: int       # columns it occupies today (0 for a request not prefilled yet)
-    final_tokens: int    # prompt + every output token it may still produce
+    final_tokens: int    # the columns it ends with: prompt + every output token it may still produce
+    prompt_tokens: int = 0
 
 
 def joiners_that_fit(geometry: KvGeometry, running: Sequence[Row], joining: Sequence[Row],
                      headroom_bytes: float) -> int:
-    """The most of ``joining`` (a prefix, in order) whose prefill and final cache fit in
-    ``headroom_bytes`` beside the running rows' growth. At least one when nothing runs: a
-    lone request always gets its chance (the engine handles an out-of-memory pass)."""
-    held_columns = max((r.width_now for r in running), default=0) * len(running)
+    """The most of ``joining`` (a prefix, in order) that fit in ``headroom_bytes`` (new
+    allocations only: what the running rows hold is allocated already). Two moments count,
+    the larger of them: the merge, when the merged cache at the common width exists beside
+    the running one and the joiners' own; and the end, when every row is padded to the
+    longest final length. Plus the prefill's activations and attention scores. At least one
+    when nothing runs: a lone request always gets its chance (the engine handles a pass that
+    runs out of memory)."""
+    n = len(running)
+    width = max((r.width_now for r in running), default=0)
     fit = 0
     for j in range(1, len(joining) + 1):
         rows = [*running, *joining[:j]]
-        final_columns = max(r.final_tokens for r in rows) * len(rows)
-        grow = (final_columns - held_columns) * geometry.kv_bytes_per_token
-        # the prefill's activations, bounded by the joiners' final length (their prompt is shorter)
-        width = max(r.final_tokens for r in joining[:j])
-        # and the joiners' own cache, alive beside the merged one until the merge is done
-        transient = j * width * (geometry.activation_bytes_per_token + width * geometry.score_bytes_per_square
-                                 + geometry.kv_bytes_per_token)
-        if grow + transient + SAFETY_BYTES > headroom_bytes:
+        prompt = max(r.prompt_tokens or r.final_tokens for r in joining[:j])
+        at_merge = (n + j) * max(width, prompt) + j * prompt
+        at_end = (n + j) * max(r.final_tokens for r in rows) - n * width
+        prefill = j * prompt * (geometry.activation_bytes_per_token + prompt * geometry.score_bytes_per_square)
+        if max(at_merge, at_end) * geometry.kv_bytes_per_token + prefill + SAFETY_BYTES > headroom_bytes:
             break
         fit = j
     return max(fit, 0 if running else min(1, len(joining)))

@@ -318,3 +318,88 @@ def test_an_emptied_batch_releases_its_memory_once(kit: Kit) -> None:
         assert max(g.batch_size for g in together) == 4
     finally:
         engine.close()
+
+
+def test_a_failing_memory_probe_fails_its_requests_not_the_loop(kit: Kit) -> None:
+    calls: list[int] = []
+
+    def headroom() -> float | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access (a test)")
+        return None
+    engine = BatchEngine(kit.engine, 4, headroom=headroom)
+    try:
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            list(engine.stream(parse_event(EVENTS[4])))
+        _same(kit.engine.generate(parse_event(EVENTS[4])), engine.generate(parse_event(EVENTS[4])))
+    finally:
+        engine.close()
+
+
+def test_a_waiting_request_closed_by_its_reader_leaves_at_once(kit: Kit) -> None:
+    """B waits for memory while A generates 400 tokens; B's reader closes: the close returns
+    after the loop's next step, not when A is done."""
+    from slfaas.functions.kv_budget import SAFETY_BYTES
+
+    engine = BatchEngine(kit.engine, 4, headroom=lambda: float(SAFETY_BYTES))
+    try:
+        a = engine.stream(parse_event({"prompt": "hi", "max_tokens": 400, "temperature": 0, "ignore_eos": True}))
+        next(a)
+        b = engine.stream(parse_event({"prompt": "x", "max_tokens": 5, "temperature": 0}))
+        b.close()
+        assert a.stats.prompt_tokens and a._seq.emitted < 400   # A was still generating when B's close returned
+        a.close()
+    finally:
+        engine.close()
+
+
+def test_requeued_joiners_are_not_failed_by_their_neighbours_error(kit: Kit, batched: BatchEngine) -> None:
+    """B's prefill runs out of memory (B goes back to the queue); in the same iteration A's
+    decode step fails for another reason: A gets that error, B runs later as it would alone."""
+    b_req = parse_event({"prompt": "xyz abc", "max_tokens": 12, "temperature": 0, "ignore_eos": True})
+    b_alone = kit.engine.generate(b_req)
+    layer = kit.engine.model_base.model.layers[1]
+    armed = {"step": -1}
+
+    def hook(_m: object, _a: object, out: object) -> None:
+        h = out[0] if isinstance(out, tuple) else out
+        if armed["step"] == 0 and h.shape[1] > 1:
+            armed["step"] = 1
+            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+        if armed["step"] == 1 and h.shape[1] == 1:
+            armed["step"] = 2
+            raise RuntimeError("device fault (a test)")
+    handle = layer.register_forward_hook(hook)
+    try:
+        a = batched.stream(parse_event({"prompt": "hi", "max_tokens": 400, "temperature": 0, "ignore_eos": True}))
+        next(a)
+        armed["step"] = 0
+        b = batched.stream(b_req)
+        with pytest.raises(RuntimeError, match="device fault"):
+            list(a)
+        assert list(b) == list(b_alone.token_ids)
+    finally:
+        handle.remove()
+    assert armed["step"] == 2
+
+
+def test_a_step_failing_before_its_mask_column_rolls_back_nothing_else(kit: Kit, batched: BatchEngine,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from slfaas.functions.batch_cache import PaddedBatch
+
+    original = PaddedBatch.decode_mask
+    calls = {"n": 0}
+
+    def decode_mask(self: PaddedBatch) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 3 and self.rows == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+        return original(self)
+    monkeypatch.setattr(PaddedBatch, "decode_mask", decode_mask)
+    old, new = _reqs([{"prompt": "the quick brown fox", "max_tokens": 10, "temperature": 0, "ignore_eos": True},
+                      {"prompt": "dear sir", "max_tokens": 10, "temperature": 0, "ignore_eos": True}])
+    streams = batched.open([old, new])
+    with pytest.raises(torch.OutOfMemoryError):
+        list(streams[1])
+    assert list(streams[0]) == list(kit.engine.generate(old).token_ids)

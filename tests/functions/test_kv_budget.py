@@ -1,4 +1,6 @@
-"""The batch engine's memory admission as a pure function (``kv_budget``)."""
+"""The batch engine's memory admission as a pure function (``kv_budget``), on hand-worked
+figures: 1,000 bytes of cache and 100 of activations per token, no attention scores unless
+said."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -19,35 +21,49 @@ def test_geometry_of_a_llama_7b_shape_in_fp16() -> None:
     assert grouped.kv_bytes_per_token == g.kv_bytes_per_token // 4
 
 
-def need(rows: int, width: int, joiners: int, held: int = 0) -> float:
-    return SAFETY_BYTES + (rows * width - held) * 1000 + joiners * width * (100 + 1000)
+def test_into_an_empty_batch_the_end_counts() -> None:
+    # 4 joiners of prompt 60, final 100: at the merge 4·60 + 4·60 = 480 columns, at the end
+    # 400, so 480 · 1000 + the prefill 4 · 60 · 100 = 504,000 bytes
+    joining = [Row(0, 100, 60)] * 4
+    assert joiners_that_fit(GEO, [], joining, SAFETY_BYTES + 504_000) == 4
+    assert joiners_that_fit(GEO, [], joining, SAFETY_BYTES + 503_999) == 3
+    # 2 of them: 240 columns at the merge, 12,000 bytes of prefill
+    assert joiners_that_fit(GEO, [], joining, SAFETY_BYTES + 252_000) == 2
 
 
-def test_joiners_fit_until_the_final_padded_cache_would_not() -> None:
-    joining = [Row(0, 100)] * 4
-    assert joiners_that_fit(GEO, [], joining, need(4, 100, 4)) == 4
-    assert joiners_that_fit(GEO, [], joining, need(4, 100, 4) - 1) == 3
-    assert joiners_that_fit(GEO, [], joining, need(2, 100, 2)) == 2
+def test_a_long_prompt_joining_a_nearly_done_batch_counts_the_merge() -> None:
+    """3 rows at width 1,000 with 10 tokens left; a joiner of 1,000 prompt tokens and 10 out.
+    At the end 4 · 1,010 − 3,000 = 1,040 new columns, but the merge allocates 4 · 1,000 for the
+    merged cache plus the joiner's own 1,000 beside the running 3,000: 5,000."""
+    running = [Row(1000, 1010)] * 3
+    need = SAFETY_BYTES + 5000 * 1000 + 1000 * 100
+    assert joiners_that_fit(GEO, running, [Row(0, 1010, 1000)], need) == 1
+    assert joiners_that_fit(GEO, running, [Row(0, 1010, 1000)], need - 1) == 0
 
 
-def test_a_wide_joiner_widens_every_row_and_running_rows_count_their_growth() -> None:
-    running = [Row(50, 60), Row(50, 80)]            # 100 columns held, up to 160 at the end
-    assert joiners_that_fit(GEO, running, [Row(0, 70)], need(3, 80, 1, held=100)) == 1
-    # a joiner of 200 columns pads the running rows to 200 as well
-    assert joiners_that_fit(GEO, running, [Row(0, 200)], need(3, 80, 1, held=100)) == 0
-    assert joiners_that_fit(GEO, running, [Row(0, 200)], need(3, 200, 1, held=100)) == 1
-
-
-def test_attention_scores_grow_with_the_square_of_the_prefill_width() -> None:
+def test_a_long_output_counts_at_the_end_not_in_the_prefill() -> None:
+    """1 row at width 10 ending at 20; a joiner of prompt 10 and 4,000 tokens out: at the end
+    2 · 4,010 − 10 = 8,010 new columns; its prefill only 10 tokens wide."""
     geo = KvGeometry(1000, 100, score_bytes_per_square=10)
-    # two rows padded to 100 columns (one held already), and for the prefill 100 × (activations,
-    # scores of 100 columns, its own cache until merged)
-    enough = SAFETY_BYTES + (2 * 100 - 1) * 1000 + 100 * (100 + 100 * 10 + 1000)
-    assert joiners_that_fit(geo, [Row(1, 2)], [Row(0, 100)], enough) == 1
-    assert joiners_that_fit(geo, [Row(1, 2)], [Row(0, 100)], enough - 1) == 0
+    need = SAFETY_BYTES + 8010 * 1000 + 10 * (100 + 10 * 10)
+    assert joiners_that_fit(geo, [Row(10, 20)], [Row(0, 4010, 10)], need) == 1
+    assert joiners_that_fit(geo, [Row(10, 20)], [Row(0, 4010, 10)], need - 1) == 0
+
+
+def test_attention_scores_grow_with_the_square_of_the_prompt() -> None:
+    geo = KvGeometry(1000, 100, score_bytes_per_square=10)
+    # beside one row of width 1: the merged 2 · 100 columns and the joiner's own 100; the
+    # prefill 100 · (100 + 100 · 10)
+    need = SAFETY_BYTES + 300 * 1000 + 100 * (100 + 100 * 10)
+    assert joiners_that_fit(geo, [Row(1, 2)], [Row(0, 100, 100)], need) == 1
+    assert joiners_that_fit(geo, [Row(1, 2)], [Row(0, 100, 100)], need - 1) == 0
+    # ten times the prompt: a hundred times the scores
+    wide = SAFETY_BYTES + 3000 * 1000 + 1000 * (100 + 1000 * 10)
+    assert joiners_that_fit(geo, [Row(1, 2)], [Row(0, 1000, 1000)], wide) == 1
+    assert joiners_that_fit(geo, [Row(1, 2)], [Row(0, 1000, 1000)], wide - 1) == 0
 
 
 def test_a_lone_request_always_gets_its_chance_but_not_beside_a_running_batch() -> None:
-    assert joiners_that_fit(GEO, [], [Row(0, 10_000)], 0.0) == 1
-    assert joiners_that_fit(GEO, [Row(5, 10)], [Row(0, 10_000)], 0.0) == 0
+    assert joiners_that_fit(GEO, [], [Row(0, 10_000, 5_000)], 0.0) == 1
+    assert joiners_that_fit(GEO, [Row(5, 10)], [Row(0, 10_000, 5_000)], 0.0) == 0
     assert joiners_that_fit(GEO, [], [], 1e12) == 0

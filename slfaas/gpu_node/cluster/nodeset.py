@@ -199,8 +199,7 @@ class NodeSet:
             return refusal
         if not self.live():
             return TooManyRequests("No live node can run the function right now", "ConcurrentInvocationLimitExceeded")
-        with self._placing:
-            error_type, message = why_no_room([v for _m, v in self._views()], self._want(function))
+        error_type, message = why_no_room([v for _m, v in self._views()], self._want(function))
         return TooManyRequests(message, error_type)
 
     # NodeApi

@@ -101,12 +101,14 @@ def why_no_room(nodes: tuple[NodeView, ...] | list[NodeView], want: Want) -> tup
     memory_short = [n for n in nodes if n.free_mb is not None
                     and (n.live_instances < n.max_instances or n.idle_instances) and _room(n, want) is None]
     if memory_short:
-        n = max(memory_short, key=lambda n: (n.free_mb or 0.0, n.node_id))
-        need_mb = n.instance_mb + (0 if want.backbone in n.backbones else want.backbone_bytes / MIB)
-        where = "the node" if len(nodes) == 1 else f"any of the {len(nodes)} nodes"
+        def need_mb(n: NodeView) -> float:
+            return n.instance_mb + (0 if want.backbone in n.backbones else want.backbone_bytes / MIB)
+        n = min(memory_short, key=lambda n: (need_mb(n) - (n.free_mb or 0.0), n.node_id))   # the nearest to fitting
+        where = ("the node" if len(nodes) == 1 else
+                 f"the {len(memory_short)} of {len(nodes)} nodes with an instance slot free")
         return ("InsufficientGpuMemory",
                 f"Not enough GPU memory for another instance on {where}: {(n.free_mb or 0.0) / 1024:.1f} GiB "
-                f"free at most, {need_mb / 1024:.1f} GiB needed, and stopping idle instances would not make room")
+                f"free, {need_mb(n) / 1024:.1f} GiB needed, and stopping idle instances would not make room")
     return ("ConcurrentInvocationLimitExceeded", "Every node is at its instance or memory limit, all instances busy")
 
 

@@ -134,11 +134,13 @@ def test_no_room_says_memory_when_a_slot_is_free_but_the_device_is_full() -> Non
     assert ids([small, smaller]) == []
     error_type, message = why_no_room([small, smaller], WANT)
     assert error_type == "InsufficientGpuMemory"
-    assert "Not enough GPU memory" in message and "1.0 GiB free at most, 8.0 GiB needed" in message
-    assert "any of the 2 nodes" in message
-    # a node without the backbone also needs room for it
-    _t, message = why_no_room([node("cold", 0, free_mb=1024.0, instance_mb=1024.0)], WANT)
-    assert "on the node: 1.0 GiB free at most, 5.0 GiB needed" in message
+    assert "Not enough GPU memory" in message and "1.0 GiB free, 8.0 GiB needed" in message
+    full = node("full", 2, live_instances=4, max_instances=4, free_mb=0.0, instance_mb=8192.0)
+    assert "the 2 of 3 nodes with an instance slot free" in why_no_room([small, smaller, full], WANT)[1]
+    # a node without the backbone also needs room for it; the one nearest to fitting is named
+    _t, message = why_no_room([node("cold", 0, free_mb=1024.0, instance_mb=1024.0),
+                               node("warm", 1, backbones=frozenset({BASE}), free_mb=512.0, instance_mb=1024.0)], WANT)
+    assert "0.5 GiB free, 1.0 GiB needed" in message
 
 
 def test_no_room_says_instances_when_every_slot_is_busy() -> None:
