@@ -19,6 +19,7 @@ from slfaas.billing.service import CostService
 from slfaas.faas import auth
 from slfaas.faas.admission import DEFAULT_MAX_CONCURRENT_INVOCATIONS
 from slfaas.faas.api import create_app
+from slfaas.faas.http_lanes import accept_in_batches, invocation_classifier, lane_dispatcher
 from slfaas.faas.metrics import ControlPlaneMetrics, NodesCollector
 from slfaas.faas.registry import Registry
 from slfaas.faas.service import FunctionService
@@ -114,7 +115,8 @@ def check_auth_config(config: ServerConfig) -> auth.SigV4Verifier | None:
 
 def http_options(config: ServerConfig) -> dict[str, Any]:
     """waitress's settings: a thread for every invocation slot plus ``threads`` for the rest,
-    so control operations never queue behind invocations; idle connections closed after
+    so control operations never wait for a thread behind invocations (and ``http_lanes``
+    serves queued control requests first); idle connections closed after
     ``idle_timeout_s``; poll() rather than select(), which stops at descriptor 1024; and
     reading ahead on a connection while its request runs, which is how a client that went
     away is noticed (``waitress.client_disconnected``) and its invocation cancelled."""
@@ -172,7 +174,10 @@ class SlfaasServer:
         self.app = create_app(self.service)
         if self.verifier is not None:
             auth.install(self.app, self.verifier, config.metrics_token)
-        self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas", **options)
+        dispatcher = lane_dispatcher(invocation_classifier(self.app), options["threads"])
+        self._http = create_server(self.app, host=config.host, port=config.port, ident="slfaas", _dispatcher=dispatcher,
+                                   **options)
+        accept_in_batches(self._http)
         self._thread: threading.Thread | None = None
         self._closed = False
 

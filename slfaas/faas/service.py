@@ -304,9 +304,7 @@ class FunctionService:
                           max_payload_bytes: int, operation: str) -> tuple[FunctionRecord, str]:
         """The checks every invoke API makes, in AWS's order, and the version it runs with the
         ARN it was invoked by (see ``select_version``)."""
-        if log_type not in (None, "", "None", "Tail"):
-            raise InvalidParameter(f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
-                                   f"satisfy constraint: Member must satisfy enum value set: [Tail, None]")
+        _check_log_type(log_type)
         rec, invoked_arn = self.select_version(ref, qualifier)
         if rec.state != "Active":
             raise Conflict(f"The operation cannot be performed at this time. The function is currently in the "
@@ -331,18 +329,22 @@ class FunctionService:
         if invocation_type == "Event":
             rec, invoked_arn = self.invocation_target(ref, qualifier, payload, log_type, MAX_ASYNC_PAYLOAD_BYTES,
                                                       "InvokeAsync")
-        else:
-            rec, invoked_arn = self.invocation_target(ref, qualifier, payload, log_type, MAX_SYNC_PAYLOAD_BYTES,
-                                                      "InvokeFunction")
-        request_id = str(uuid.uuid4())
-        if invocation_type == "DryRun":
-            return InvokeOutcome(204, b"", None, rec.version, request_id)
-        if invocation_type == "Event":
+            request_id = str(uuid.uuid4())
             self.events.enqueue(request_id, rec, invoked_arn, payload or b"{}", client_context)
             return InvokeOutcome(202, b"", None, rec.version, request_id)
-        request = InvocationRequest(request_id, replace(self.spec(rec), arn=invoked_arn), payload or b"{}",
-                                    client_context)
+        if invocation_type == "DryRun":
+            rec, _arn = self.invocation_target(ref, qualifier, payload, log_type, MAX_SYNC_PAYLOAD_BYTES,
+                                               "InvokeFunction")
+            return InvokeOutcome(204, b"", None, rec.version, str(uuid.uuid4()))
+        _check_log_type(log_type)   # the free checks before the slot; the rest once it is held
+        # the slot first: a saturated server sheds a burst before any registry work for it (a
+        # burst's 429s otherwise cost the interpreter that health and control share)
         with self.slots.slot():
+            rec, invoked_arn = self.invocation_target(ref, qualifier, payload, log_type, MAX_SYNC_PAYLOAD_BYTES,
+                                                      "InvokeFunction")
+            request_id = str(uuid.uuid4())
+            request = InvocationRequest(request_id, replace(self.spec(rec), arn=invoked_arn), payload or b"{}",
+                                        client_context)
             record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
                                       status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
             self.registry.record_invocation(record)
@@ -410,3 +412,9 @@ class FunctionService:
 
     def code_location(self, rec: FunctionRecord) -> str:
         return f"{self.public_url()}/slfaas/v1/code/{rec.code_sha256_hex}.zip"
+
+
+def _check_log_type(log_type: str | None) -> None:
+    if log_type not in (None, "", "None", "Tail"):
+        raise InvalidParameter(f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
+                               f"satisfy constraint: Member must satisfy enum value set: [Tail, None]")
