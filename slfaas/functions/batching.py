@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from slfaas.functions.batch_stream import _END, TokenStream, _Seq
-from slfaas.functions.device_memory import device_headroom, dtype_bytes, idle_release, oom_errors
+from slfaas.functions.device_memory import cache_release, device_headroom, dtype_bytes, idle_release, oom_errors
 from slfaas.functions.engine import Generation, LoraEngine
 from slfaas.functions.events import GenerationRequest
 from slfaas.functions.kv_budget import KvGeometry, Row, joiners_that_fit
@@ -82,6 +82,7 @@ class BatchEngine:
         self._oom = oom_errors(self._torch)
         self._headroom = headroom if headroom is not None else device_headroom(self._torch, engine.device)
         self._release_idle = release_idle if release_idle is not None else idle_release(self._torch, engine.device)
+        self._free_cached = cache_release(self._torch, engine.device)
         self._geometry = KvGeometry.of(engine.model_base.config, dtype_bytes(engine.model_base))
         self._join_cap = max_batch_size   # halved by a prefill that ran out of memory
         self._wait_below: int | None = None   # after one: no joiner until fewer rows run than this
@@ -218,9 +219,8 @@ class BatchEngine:
                 # merged before any token goes out: a failure here leaves nothing to take back
                 merged = fresh.batch if batch is None else batch.merge(fresh.batch)
             except self._oom as exc:
-                fits_alone = self._prefill_out_of_memory(running, joining, exc)
-                if not fits_alone:
-                    raise                      # it does not fit even alone: its error
+                if not self._prefill_out_of_memory(running, joining, exc):
+                    raise                      # a lone request that waited long enough: its error
                 requeued.extend(joining)
                 joining = []
             else:
@@ -261,10 +261,6 @@ class BatchEngine:
             with self._cond:
                 self._pending.extendleft(reversed(joining[keep:]))
         return joining[:keep]
-
-    def _free_cached(self) -> None:
-        if self.engine.device.type == "cuda":
-            self._torch.cuda.empty_cache()   # what this process holds unused goes back to the device
 
     def _prefill_out_of_memory(self, running: list[_Seq], joining: list[_Seq], exc: BaseException) -> bool:
         """The joiners wait (False: a lone request has waited ``LONE_OOM_WAIT_S`` already): half

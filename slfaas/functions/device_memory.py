@@ -27,6 +27,14 @@ def device_headroom(torch: Any, device: Any) -> Callable[[], float | None]:
     return measure
 
 
+def cache_release(torch: Any, device: Any) -> Callable[[], None]:
+    """Give everything this process's allocator holds unused back to the device (after running
+    out of memory: the retry, or another instance, may need it); elsewhere nothing to do."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return lambda: None
+    return torch.cuda.empty_cache
+
+
 IDLE_KEEP_BYTES = 1 << 30   # an idle process keeps this much cached: a lone request's scratch
 
 
