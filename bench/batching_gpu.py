@@ -51,6 +51,7 @@ from gpu_assets import make_adapters, make_checkpoint, say
 from slfaas.bench.prompts import PromptBuilder, load_tokenizer
 from slfaas.bench.records import RequestRecord
 from slfaas.bench.replayer import Boto3Sender, Clock, WorkItem, run_open_loop
+from slfaas.bench.sampler import NodeSampler
 from slfaas.bench.summary import summarize
 from slfaas.bench.trace import read_azure_csv
 from slfaas.bench.workload import PlannedRequest
@@ -191,8 +192,11 @@ def run_mode(args: argparse.Namespace, mode: str, adapters: list[Path], items: l
         res["warmup_s"] = time.monotonic() - t0
         say(f"{mode}: {args.functions} functions deployed and warm in {res['warmup_s']:.0f} s")
         sender = RetryingSender(Boto3Sender(server.url, max_in_flight=len(items)), args.give_up_s, args.seed)
-        run = run_open_loop(items, sender, speedup=1.0, max_in_flight=len(items))
+        with NodeSampler(server.url, 1.0) as sampler:   # device memory through the burst
+            run = run_open_loop(items, sender, speedup=1.0, max_in_flight=len(items))
         summary = summarize(run.records, args.slo_ms)
+        res["device_memory"] = _memory_peaks(sampler.samples)
+        res["error_samples"] = sorted({(r.error or "")[:600] for r in run.records if r.error_type})[:4]
         met = round((summary.slo_attainment or 0.0) * summary.requests)
         res.update(summary=summary.to_json(), retries_429=sender.retries, wall_s=run.wall_s,
                    goodput_rps=met / summary.makespan_s if summary.makespan_s else 0.0,
@@ -213,6 +217,16 @@ def run_mode(args: argparse.Namespace, mode: str, adapters: list[Path], items: l
         server.close()
         (out / f"server-{mode}.log").write_text("".join(server.lines[-800:]))
     return res
+
+
+def _memory_peaks(samples: list) -> dict[str, Any]:
+    """The peaks of what the node measured on the device: all of it in use, and what its
+    instances held (how close the burst came to the device's capacity, and who held it)."""
+    used = [x.device_used_mb for x in samples if x.device_used_mb is not None]
+    held = [x.instances_device_mb for x in samples if x.instances_device_mb is not None]
+    total = next((x.device_total_mb for x in samples if x.device_total_mb is not None), None)
+    return {"samples": len(samples), "device_total_mb": total, "device_used_mb_max": max(used, default=None),
+            "instances_held_mb_max": max(held, default=None)}
 
 
 def _table(results: dict) -> str:

@@ -45,3 +45,16 @@ def test_no_or_unreadable_results_mean_a_fresh_table(bench, tmp_path: Path) -> N
     assert bench._earlier_modes(tmp_path / "results.json", _args(bench)) == {}
     (tmp_path / "results.json").write_text("{not json")
     assert bench._earlier_modes(tmp_path / "results.json", _args(bench)) == {}
+
+
+def test_memory_peaks_are_the_largest_samples(bench) -> None:  # type: ignore[no-untyped-def]
+    from slfaas.bench.sampler import NodeSample
+
+    samples = [NodeSample(1.0, 4, 2, 0, 90_000.0, 143_000.0, 20_000.0),
+               NodeSample(2.0, 4, 4, 0, 130_500.0, 143_000.0, 61_000.0),
+               NodeSample(3.0, 4, 1, 0, 100_000.0, 143_000.0, None)]
+    assert bench._memory_peaks(samples) == {"samples": 3, "device_total_mb": 143_000.0,
+                                            "device_used_mb_max": 130_500.0, "instances_held_mb_max": 61_000.0}
+    cpu = [NodeSample(1.0, 1, 0, 0, None, None, None)]
+    assert bench._memory_peaks(cpu) == {"samples": 1, "device_total_mb": None, "device_used_mb_max": None,
+                                        "instances_held_mb_max": None}
