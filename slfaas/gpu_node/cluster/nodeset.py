@@ -171,16 +171,17 @@ class NodeSet:
                                     s.free_mb, s.instance_mb, dict(s.adapter_tiers), dict(s.tier_bytes_per_s))))
         return out
 
-    def _candidates(self, request: InvocationRequest) -> list[_Member]:
-        """The nodes to try, best first; the first already counts the request as running there
-        (ranking and counting are one step, so a burst placed at once spreads)."""
+    def _candidates(self, request: InvocationRequest) -> tuple[list[_Member], list[NodeView]]:
+        """The nodes to try, best first, and the views they were ranked by (a refusal explains
+        itself from them); the first already counts the request as running there (ranking and
+        counting are one step, so a burst placed at once spreads)."""
         with self._placing:
             views = self._views()
             by_id = {m.node_id: m for m, _v in views}
             order = [by_id[r.node_id] for r in rank([v for _m, v in views], self._want(request.function))]
             if order:
                 self._begin(order[0], request)
-        return order
+        return order, [v for _m, v in views]
 
     def _begin(self, member: _Member, request: InvocationRequest) -> None:
         with self._lock:
@@ -194,12 +195,13 @@ class NodeSet:
                 member.mean_s = (took_s if member.mean_s == 0
                                  else (1 - EWMA_WEIGHT) * member.mean_s + EWMA_WEIGHT * took_s)
 
-    def _no_room(self, refusal: TooManyRequests | None, function: FunctionSpec) -> TooManyRequests:
+    def _no_room(self, refusal: TooManyRequests | None, function: FunctionSpec,
+                 views: list[NodeView]) -> TooManyRequests:
         if refusal is not None:
             return refusal
-        if not self.live():
+        if not views:
             return TooManyRequests("No live node can run the function right now", "ConcurrentInvocationLimitExceeded")
-        error_type, message = why_no_room([v for _m, v in self._views()], self._want(function))
+        error_type, message = why_no_room(views, self._want(function))
         return TooManyRequests(message, error_type)
 
     # NodeApi
@@ -231,7 +233,8 @@ class NodeSet:
     def invoke(self, request: InvocationRequest) -> InvocationResult:
         start_ts = time.time()
         refusal: TooManyRequests | None = None
-        for k, m in enumerate(self._candidates(request)):
+        candidates, views = self._candidates(request)
+        for k, m in enumerate(candidates):
             if k:
                 self._begin(m, request)
             result = None
@@ -246,12 +249,13 @@ class NodeSet:
                 return result
             finally:
                 self._end(m, request.request_id, result)
-        raise self._no_room(refusal, request.function)
+        raise self._no_room(refusal, request.function, views)
 
     def invoke_stream(self, request: InvocationRequest) -> NodeStream:
         start_ts = time.time()
         refusal: TooManyRequests | None = None
-        for k, m in enumerate(self._candidates(request)):
+        candidates, views = self._candidates(request)
+        for k, m in enumerate(candidates):
             if k:
                 self._begin(m, request)
             try:
@@ -268,7 +272,7 @@ class NodeSet:
                 self._end(m, request.request_id)
                 raise
             return TrackedStream(inner, functools.partial(self._stream_ended, m, request, start_ts))
-        raise self._no_room(refusal, request.function)
+        raise self._no_room(refusal, request.function, views)
 
     def _stream_ended(self, member: _Member, request: InvocationRequest, start_ts: float,
                       result: InvocationResult | None, error: BaseException | None) -> InvocationResult | None:
