@@ -125,19 +125,22 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
     if invocation_type not in ("RequestResponse", "DryRun"):
         raise InvalidParameter(f"Unsupported InvocationType for InvokeWithResponseStream: {invocation_type}. "
                                f"Valid values are RequestResponse and DryRun.")
-    # an alias's routing draws the version
-    rec, invoked_arn = service.invocation_target(ref, qualifier, payload, log_type, MAX_STREAM_PAYLOAD_BYTES,
-                                                 "InvokeWithResponseStream")
     if invocation_type == "DryRun":
+        service.invocation_target(ref, qualifier, payload, log_type, MAX_STREAM_PAYLOAD_BYTES,
+                                  "InvokeWithResponseStream")
         return None
-    request_id = str(uuid.uuid4())
-    request = InvocationRequest(request_id, replace(service.spec(rec), arn=invoked_arn), payload or b"{}",
-                                client_context, response_stream=True)
-    record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
-                              status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
     lease = ExitStack()
-    lease.enter_context(service.slots.slot())   # the API-wide bound on invocations: 429 at once beyond it
+    # the API-wide bound on invocations: 429 at once beyond it, before any registry work
+    lease.enter_context(service.slots.slot())
     try:
+        # an alias's routing draws the version
+        rec, invoked_arn = service.invocation_target(ref, qualifier, payload, log_type, MAX_STREAM_PAYLOAD_BYTES,
+                                                     "InvokeWithResponseStream")
+        request_id = str(uuid.uuid4())
+        request = InvocationRequest(request_id, replace(service.spec(rec), arn=invoked_arn), payload or b"{}",
+                                    client_context, response_stream=True)
+        record = InvocationRecord(request_id=request_id, function_name=rec.name, version=rec.version,
+                                  status="running", start_ts=time.time(), code_sha256_hex=rec.code_sha256_hex)
         service.registry.record_invocation(record)
     except BaseException:
         lease.close()
