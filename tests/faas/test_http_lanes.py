@@ -70,8 +70,11 @@ class _LaneServer:
             return "ok"
 
         self.dispatcher = lane_dispatcher(lambda method, path: path.startswith("/invoke"), threads, control_only)
-        self.server = create_server(app, host="127.0.0.1", port=0, _dispatcher=self.dispatcher)
-        threading.Thread(target=self.server.run, daemon=True).start()
+        # poll(), as the server runs it: closing the socket under select() fails its loop (EBADF)
+        self.server = create_server(app, host="127.0.0.1", port=0, _dispatcher=self.dispatcher,
+                                    asyncore_use_poll=True)
+        self._loop = threading.Thread(target=self.server.run, daemon=True)
+        self._loop.start()
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
 
     def call(self, path: str, method: str = "GET") -> threading.Thread:
@@ -85,6 +88,7 @@ class _LaneServer:
     def close(self) -> None:
         self.release.set()
         self.server.close()
+        self._loop.join(10)
 
 
 def test_a_free_thread_serves_health_before_queued_invocations() -> None:
