@@ -11,6 +11,7 @@ oldest invocation; invocations keep their order among themselves.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from flask import Flask
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ThreadedTaskDispatcher
 from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 # the Flask endpoints that run a function (buffered, streamed, or through the OpenAI API)
 INVOCATION_ENDPOINTS = frozenset({"lambda_api.invoke", "lambda_streaming.invoke_with_response_stream",
@@ -83,12 +86,14 @@ class LaneDispatcher(ThreadedTaskDispatcher):
         self.queue: TwoLaneQueue = TwoLaneQueue(self._is_background)   # type: ignore[assignment]
         self._is_invocation = is_invocation
         self.control_cv = threading.Condition(self.lock)   # where the control-only threads wait
+        self._count: int | None = None
 
     def _is_background(self, channel: Any) -> bool:
         try:
             request = channel.requests[0]
             return self._is_invocation(request.command or "GET", request.path or "/")
-        except (AttributeError, IndexError):   # nothing to classify: served as control
+        except Exception:   # nothing to classify, or a classifier that failed: served as control
+            log.exception("could not tell which lane a request goes to; serving it as a control request")
             return False
 
     def handler_thread(self, thread_no: int) -> None:
@@ -120,8 +125,21 @@ class LaneDispatcher(ThreadedTaskDispatcher):
             self.queue_cv.notify()   # a thread of both lanes
             if self.queue.control_waiting:
                 self.control_cv.notify()   # and one of control's own, in case all of those are busy
+            waiting = len(self.queue) - (len(self.threads) - self.stop_count - self.active_count)
+            if waiting > 0:   # as waitress's own dispatcher says it
+                self.queue_logger.warning("Task queue depth is %d", waiting)
 
     def set_thread_count(self, count: int) -> None:
+        """Once, then 0 at shutdown: a thread's lane is fixed by its number (waitress stops
+        whichever threads see a stop first, so lowering the count could leave none for
+        invocations)."""
+        if count:
+            if self._count is not None and count != self._count:
+                raise ValueError(f"this dispatcher runs {self._count} threads until shutdown, not {count}")
+            if count <= self.control_only:
+                raise ValueError(f"{count} threads leave none for invocations beside {self.control_only} "
+                                 f"control-only ones")
+            self._count = count
         super().set_thread_count(count)
         with self.lock:   # threads told to stop may be waiting for control requests
             self.control_cv.notify_all()

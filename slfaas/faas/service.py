@@ -304,7 +304,7 @@ class FunctionService:
                           max_payload_bytes: int, operation: str) -> tuple[FunctionRecord, str]:
         """The checks every invoke API makes, in AWS's order, and the version it runs with the
         ARN it was invoked by (see ``select_version``)."""
-        _check_log_type(log_type)
+        check_log_type(log_type)
         rec, invoked_arn = self.select_version(ref, qualifier)
         if rec.state != "Active":
             raise Conflict(f"The operation cannot be performed at this time. The function is currently in the "
@@ -336,7 +336,7 @@ class FunctionService:
             rec, _arn = self.invocation_target(ref, qualifier, payload, log_type, MAX_SYNC_PAYLOAD_BYTES,
                                                "InvokeFunction")
             return InvokeOutcome(204, b"", None, rec.version, str(uuid.uuid4()))
-        _check_log_type(log_type)   # the free checks before the slot; the rest once it is held
+        check_log_type(log_type)   # the free checks before the slot; the rest once it is held
         # the slot first: a saturated server sheds a burst before any registry work for it (a
         # burst's 429s otherwise cost the interpreter that health and control share)
         with self.slots.slot():
@@ -414,7 +414,7 @@ class FunctionService:
         return f"{self.public_url()}/slfaas/v1/code/{rec.code_sha256_hex}.zip"
 
 
-def _check_log_type(log_type: str | None) -> None:
+def check_log_type(log_type: str | None) -> None:
     if log_type not in (None, "", "None", "Tail"):
         raise InvalidParameter(f"1 validation error detected: Value '{log_type}' at 'logType' failed to "
                                f"satisfy constraint: Member must satisfy enum value set: [Tail, None]")

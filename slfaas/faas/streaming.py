@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterator
 from slfaas.errors import InvalidParameter, TooManyRequests
 from slfaas.faas.registry import InvocationRecord
 from slfaas.faas.function_config import opt_float, opt_int
-from slfaas.faas.service import CANCELLED_MESSAGE
+from slfaas.faas.service import CANCELLED_MESSAGE, check_log_type
 from slfaas.gpu_node.types import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ def start_stream(service: "FunctionService", ref: str, qualifier: str | None, pa
         service.invocation_target(ref, qualifier, payload, log_type, MAX_STREAM_PAYLOAD_BYTES,
                                   "InvokeWithResponseStream")
         return None
+    check_log_type(log_type)   # the free check before the slot, as for a buffered invoke
     lease = ExitStack()
     # the API-wide bound on invocations: 429 at once beyond it, before any registry work
     lease.enter_context(service.slots.slot())

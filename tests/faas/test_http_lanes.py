@@ -124,3 +124,28 @@ def test_health_is_served_while_every_other_thread_holds_an_invocation() -> None
         assert sorted(s.served) == ["health", "invoke-0", "invoke-1", "invoke-2", "invoke-3"]
     finally:
         s.close()
+
+
+def test_the_thread_count_is_fixed_until_shutdown() -> None:
+    dispatcher = lane_dispatcher(lambda method, path: False, threads=2, control_only=1)
+    try:
+        with pytest.raises(ValueError, match="runs 3 threads until shutdown"):
+            dispatcher.set_thread_count(2)   # could stop the only thread that takes invocations
+        with pytest.raises(ValueError, match="none for invocations"):
+            lane_dispatcher(lambda method, path: False, threads=0, control_only=2)
+    finally:
+        dispatcher.shutdown(timeout=10)
+    assert not dispatcher.threads   # the control-only thread stopped too
+
+
+def test_a_request_that_cannot_be_classified_is_served_as_control() -> None:
+    def broken(method: str, path: str) -> bool:
+        raise RuntimeError("classifier bug")
+
+    s = _LaneServer(threads=1, control_only=1)
+    s.dispatcher._is_invocation = broken
+    try:
+        s.call("/health").join(30)
+        assert s.served == ["health"]
+    finally:
+        s.close()
