@@ -144,10 +144,15 @@ def _invoke(client: Any, name: str, event: dict, give_up_s: float = 300.0) -> di
 
 
 def _server_flags(args: argparse.Namespace, mode: str) -> tuple[str, ...]:
+    # the shared runtimes of the co-batching mode each hold a large batch: fewer, larger instances
+    shared = mode == "cobatched"
+    instances, instance_mb = (args.shared_instances, args.shared_gpu_mb) if shared else (args.functions,
+                                                                                          args.instance_gpu_mb)
     flags = ["--device", args.device, "--keep-alive-s", "3600", "--init-timeout-s", "480", "--verify-interval-s", "0",
-             "--max-instances", str(args.functions), "--max-concurrent-invocations", str(4 * args.requests),
+             "--max-instances", str(instances), "--max-concurrent-invocations", str(4 * args.requests),
              "--max-queue-per-function", str(args.requests), "--max-queue-s", str(args.give_up_s),
-             "--ttft-slo-ms", str(args.slo_ms), "--prewarm-min", "0", "--prewarm-budget-mb", "0",
+             "--ttft-slo-ms", str(args.slo_ms), "--instance-gpu-mb", str(instance_mb),
+             "--prewarm-min", "0", "--prewarm-budget-mb", "0",
              "--scheduler", "fcfs" if mode == "unbatched" else "slo", "--shared-batch-size", str(args.shared_batch)]
     return (*flags, *args.server_arg)
 
@@ -179,8 +184,8 @@ def _billing(url: str, names: list[str], request_ids: set[str]) -> dict:
 
 def run_mode(args: argparse.Namespace, mode: str, adapters: list[Path], items: list[WorkItem], out: Path) -> dict:
     names = [f"fn-{k}" for k in range(args.functions)]
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix=f"slfaas-batching-{mode}-")), *_server_flags(args, mode),
-                           timeout_s=300)
+    data_dir = Path(tempfile.mkdtemp(prefix=f"slfaas-batching-{mode}-"))
+    server = ServerProcess(data_dir, *_server_flags(args, mode), timeout_s=300)
     res: dict[str, Any] = {"mode": mode, "flags": list(_server_flags(args, mode)), "env": _env(args, mode)}
     try:
         client = lambda_client(server.url, max_pool_connections=max(PROBES, args.functions))
@@ -216,7 +221,17 @@ def run_mode(args: argparse.Namespace, mode: str, adapters: list[Path], items: l
     finally:
         server.close()
         (out / f"server-{mode}.log").write_text("".join(server.lines[-800:]))
+        _keep_function_logs(data_dir / "logs", out / f"logs-{mode}")
     return res
+
+
+def _keep_function_logs(logs: Path, into: Path, lines: int = 400) -> None:
+    """The last lines of every function's log (the runtimes' own: out-of-memory retries,
+    batch sizes), one file each, for a run that went wrong."""
+    for path in sorted(p for p in logs.rglob("*") if p.is_file()) if logs.is_dir() else []:
+        into.mkdir(parents=True, exist_ok=True)
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        (into / "_".join(path.relative_to(logs).parts)).write_text("\n".join(tail) + "\n")
 
 
 def _memory_peaks(samples: list) -> dict[str, Any]:
@@ -280,13 +295,22 @@ def main() -> int:
     ap.add_argument("--max-prompt", type=int, default=None)
     ap.add_argument("--max-output", type=int, default=None)
     ap.add_argument("--memory-mb", type=int, default=None, help="MemorySize of the functions")
+    ap.add_argument("--instance-gpu-mb", type=int, default=None,
+                    help="the node's --instance-gpu-mb: what each instance's batches may hold beside the backbone "
+                         "(default: a 16th of an H200 less the backbone, 6144; tiny: 1536)")
+    ap.add_argument("--shared-instances", type=int, default=4, help="the co-batching mode's --max-instances")
+    ap.add_argument("--shared-gpu-mb", type=int, default=None,
+                    help="the co-batching mode's --instance-gpu-mb (default: 28672, a quarter of an H200 less "
+                         "the backbone; tiny: 1536)")
     ap.add_argument("--give-up-s", type=float, default=300.0, help="the client stops retrying 429s after this")
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"of {', '.join(MODES)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--server-arg", action="append", default=[], help="one more server flag (repeatable)")
     args = ap.parse_args()
-    small = {"functions": 4, "requests": 24, "max_prompt": 48, "max_output": 8, "memory_mb": 2048}
-    large = {"functions": 16, "requests": 256, "max_prompt": 1024, "max_output": 128, "memory_mb": 8192}
+    small = {"functions": 4, "requests": 24, "max_prompt": 48, "max_output": 8, "memory_mb": 2048, "instance_gpu_mb": 1536,
+             "shared_gpu_mb": 1536}
+    large = {"functions": 16, "requests": 256, "max_prompt": 1024, "max_output": 128, "memory_mb": 8192,
+             "instance_gpu_mb": 6144, "shared_gpu_mb": 28672}
     for key, value in (small if args.tiny else large).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

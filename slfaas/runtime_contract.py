@@ -59,6 +59,13 @@ MAX_BATCH_SIZE_LIMIT = 64
 # one's adapter from the node (PATH_ADAPTER) and batches their requests together. Set by the
 # node for every runtime ("0" for a function's own), never by a function.
 ENV_SHARED_EXECUTION = "SLFAAS_SHARED_EXECUTION"
+# The device memory (MiB) a GPU runtime may hold beside the borrowed backbone: the node's
+# --instance-gpu-mb, which its placement counts on. A batching runtime (SLFAAS_MAX_BATCH_SIZE
+# above 1, or a shared runtime) admits requests only while their cache and activations fit
+# under it and holds its allocator to it, so runtimes on one device cannot all take the same
+# free memory at once. Set by the node, never by a function; unset (CPU): the device's free
+# memory is the only bound.
+ENV_INSTANCE_DEVICE_MB = "SLFAAS_INSTANCE_DEVICE_MB"
 ENV_HANDLER = "_HANDLER"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 ENV_FUNCTION_VERSION = "AWS_LAMBDA_FUNCTION_VERSION"
@@ -107,6 +114,16 @@ STREAMING = "streaming"
 # invocations one of its passes held, its first token's latency; plus a stream's usage.
 RESULT_METRIC_KEYS = ("device_ms", "batch_device_ms", "batch_size", "ttft_ms", "prompt_tokens",
                       "completion_tokens", "finish_reason")
+
+
+def instance_device_bytes(env: Mapping[str, str]) -> int | None:
+    """The runtime's device-memory bound from its environment: None when unset or not a
+    positive number."""
+    try:
+        value = int(env.get(ENV_INSTANCE_DEVICE_MB, "0"))
+    except ValueError:
+        return None
+    return value * 1024 * 1024 if value > 0 else None
 
 
 def max_batch_size(env: Mapping[str, str]) -> int:

@@ -101,8 +101,9 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
 @click.option("--verify-interval-s", type=float, default=None,
               help="backbone integrity check period (default: 60 on CUDA; CPU backbones are sealed)")
 @click.option("--instance-gpu-mb", type=int, default=1536, show_default=True,
-              help="upper bound of an instance's GPU memory for admission control; measured figures "
-                   "(NVML) are used below it")
+              help="upper bound of an instance's GPU memory beside its backbone: admission control counts it "
+                   "(measured figures, NVML, below it), and a batching runtime holds its batches and allocator "
+                   "to it (raise it to batch long prompts)")
 @click.option("--backbone", type=click.Choice(["shared", "private-checkpoint", "private-host-cache"]),
               default="shared", show_default=True,
               help="shared: one backbone per node, borrowed by every instance. For baselines without sharing "

@@ -144,7 +144,13 @@ def main(engine: Any = None) -> int:
     # Lambda's runtimes do), their generations batched by one loop (BatchEngine). A handler
     # of the function's own then runs in several threads at once.
     from slfaas.functions.batching import BatchEngine
-    batched = BatchEngine(engine, capacity)
+    import torch
+
+    from slfaas.functions.device_memory import bound_allocator, device_headroom
+    from slfaas.runtime_contract import instance_device_bytes
+    bound = instance_device_bytes(os.environ)    # the node's share for this instance (GPU)
+    bound_allocator(torch, engine.device, bound)
+    batched = BatchEngine(engine, capacity, headroom=device_headroom(torch, engine.device, bound))
     log.info("serving up to %d invocations at once, batched%s", capacity, " (shared: adapters per invocation)"
              if shared else "")
     scope = _shared_scope(client, engine, batched) if shared else (lambda _inv: nullcontext(batched))

@@ -15,16 +15,32 @@ def dtype_bytes(model: Any) -> int:
     return int(getattr(getattr(model, "dtype", None), "itemsize", 2) or 2)
 
 
-def device_headroom(torch: Any, device: Any) -> Callable[[], float | None]:
-    """Free device memory plus what this process's allocator holds unused (CUDA); elsewhere
-    no limit."""
+def device_headroom(torch: Any, device: Any, bound_bytes: int | None = None) -> Callable[[], float | None]:
+    """Free device memory plus what this process's allocator holds unused (CUDA), and at most
+    ``bound_bytes`` less what its allocator holds in use (the node's share for this instance:
+    runtimes on one device would otherwise all count the same free memory as theirs);
+    elsewhere no limit."""
     if getattr(device, "type", "cpu") != "cuda":
         return lambda: None
 
     def measure() -> float:
         free, _total = torch.cuda.mem_get_info(device)
-        return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        allocated = torch.cuda.memory_allocated(device)
+        room = float(free + torch.cuda.memory_reserved(device) - allocated)
+        return room if bound_bytes is None else min(room, float(bound_bytes - allocated))
     return measure
+
+
+def bound_allocator(torch: Any, device: Any, bound_bytes: int | None) -> None:
+    """Hold this process's allocator to ``bound_bytes`` on a CUDA device (cached blocks
+    included: a batch's growing cache leaves freed blocks behind that the allocator keeps, and
+    neighbours on the device would run out while this process hoards them); past it an
+    allocation frees the cache and, still short, raises OutOfMemoryError, which the batch
+    engine handles. Elsewhere, or unbounded, nothing to do."""
+    if bound_bytes is None or getattr(device, "type", "cpu") != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, bound_bytes / total), device)
 
 
 def cache_release(torch: Any, device: Any) -> Callable[[], None]:

@@ -67,3 +67,34 @@ def test_a_lone_request_always_gets_its_chance_but_not_beside_a_running_batch() 
     assert joiners_that_fit(GEO, [], [Row(0, 10_000, 5_000)], 0.0) == 1
     assert joiners_that_fit(GEO, [Row(5, 10)], [Row(0, 10_000, 5_000)], 0.0) == 0
     assert joiners_that_fit(GEO, [], [], 1e12) == 0
+
+
+class _FakeCuda:
+    """torch.cuda as device_headroom reads it: 10 GiB free on the device, this process's
+    allocator holding 3 GiB of which 2 GiB in use."""
+
+    GIB = 2**30
+
+    def mem_get_info(self, _device: object) -> tuple[int, int]:
+        return 10 * self.GIB, 80 * self.GIB
+
+    def memory_reserved(self, _device: object) -> int:
+        return 3 * self.GIB
+
+    def memory_allocated(self, _device: object) -> int:
+        return 2 * self.GIB
+
+
+def test_the_headroom_is_the_free_memory_under_the_instances_bound() -> None:
+    import types
+
+    from slfaas.functions.device_memory import device_headroom
+
+    torch = types.SimpleNamespace(cuda=_FakeCuda())
+    cuda = types.SimpleNamespace(type="cuda")
+    gib = _FakeCuda.GIB
+    assert device_headroom(torch, cuda)() == 11 * gib               # free + cached unused
+    assert device_headroom(torch, cuda, 5 * gib)() == 3 * gib       # the bound less what is in use
+    assert device_headroom(torch, cuda, 20 * gib)() == 11 * gib     # a loose bound: the device's
+    assert device_headroom(torch, cuda, 1 * gib)() == -1 * gib      # over it already: nothing joins
+    assert device_headroom(torch, types.SimpleNamespace(type="cpu"), gib)() is None

@@ -132,3 +132,22 @@ def test_cuda_refuses_instances_that_do_not_fit(tiny_assets, live_server_factory
     with pytest.raises(c.exceptions.TooManyRequestsException, match="Not enough GPU memory"):
         c.invoke(FunctionName="big", Payload=json.dumps({"prompt": "x", "max_tokens": 2}))
     assert server.alive()
+
+
+def test_a_batching_instance_is_held_to_its_share_and_its_batches_match_alone(tiny_assets, live_server_factory) -> None:
+    """A runtime that batches gets the node's --instance-gpu-mb as its bound (its allocator held
+    to it, its batches admitted under it): concurrent greedy requests equal each alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    server = live_server_factory("--device", "cuda", "--verify-interval-s", "0", "--instance-gpu-mb", "512")
+    c = server.client()
+    deploy(c, "gbatch", tiny_assets.zip(tiny_assets.adapter_a), Environment={"Variables": {"SLFAAS_MAX_BATCH_SIZE": "4"}})
+    events = [{"prompt": f"prompt number {k} " * (1 + 3 * k), "max_tokens": 12, "temperature": 0} for k in range(4)]
+    alone = [_invoke(c, "gbatch", e)["text"] for e in events]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda e: _invoke(c, "gbatch", e)["text"], events))
+    assert together == alone
+    pids = [i["pid"] for i in server.api("GET", "/slfaas/v1/node")["Instances"] if i["function_name"] == "gbatch"]
+    environ = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
+    assert b"SLFAAS_INSTANCE_DEVICE_MB=512" in environ

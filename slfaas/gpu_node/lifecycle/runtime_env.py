@@ -31,7 +31,10 @@ def runtime_fixed_env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-def runtime_env(function: FunctionSpec, instance_id: str, socket_path: Path, device: str) -> dict[str, str]:
+def runtime_env(function: FunctionSpec, instance_id: str, socket_path: Path, device: str,
+                instance_device_mb: int | None = None) -> dict[str, str]:
+    """``instance_device_mb``: the device memory a GPU runtime may hold beside its backbone
+    (the node's --instance-gpu-mb; a batching runtime's allocator is held to it)."""
     env = node_environ()
     env.update(function.environment)
     env.update(runtime_fixed_env())
@@ -49,4 +52,7 @@ def runtime_env(function: FunctionSpec, instance_id: str, socket_path: Path, dev
         rc.ENV_MAX_BATCH_SIZE: str(max(1, function.max_batch_size)),
         rc.ENV_SHARED_EXECUTION: "1" if function.is_shared_runtime else "0",
     })
+    env.pop(rc.ENV_INSTANCE_DEVICE_MB, None)   # the node's to set, never a function's
+    if instance_device_mb and device.startswith("cuda"):
+        env[rc.ENV_INSTANCE_DEVICE_MB] = str(int(instance_device_mb))
     return env
