@@ -150,7 +150,7 @@ def main(engine: Any = None) -> int:
     from slfaas.runtime_contract import instance_device_bytes
     bound = instance_device_bytes(os.environ)    # the node's share for this instance (GPU)
     bound_allocator(torch, engine.device, bound)
-    batched = BatchEngine(engine, capacity, headroom=device_headroom(torch, engine.device, bound))
+    batched = BatchEngine(engine, capacity, headroom=device_headroom(torch, engine.device, bound), bound_bytes=bound)
     log.info("serving up to %d invocations at once, batched%s", capacity, " (shared: adapters per invocation)"
              if shared else "")
     scope = _shared_scope(client, engine, batched) if shared else (lambda _inv: nullcontext(batched))

@@ -61,10 +61,12 @@ class BatchEngine:
     any number of threads may call ``stream``/``generate``; one loop thread does the work."""
 
     def __init__(self, engine: "LoraEngine | SharedEngine", max_batch_size: int,
-                 headroom: Callable[[], float | None] | None = None, release_idle: Callable[[], None] | None = None):
+                 headroom: Callable[[], float | None] | None = None, release_idle: Callable[[], None] | None = None,
+                 bound_bytes: int | None = None):
         """``headroom``: bytes of device memory this batch may still take (default: measured
         on CUDA, no limit elsewhere); ``release_idle``: called when the batch has emptied
-        (default: on CUDA, gives a large unused cache back to the device)."""
+        (default: on CUDA, gives a large unused cache back to the device); ``bound_bytes``: the
+        node's bound on this instance's device memory, named in out-of-memory errors."""
         from slfaas.functions.batch_cache import supports_padding
 
         if max_batch_size < 1:
@@ -83,6 +85,7 @@ class BatchEngine:
         self._headroom = headroom if headroom is not None else device_headroom(self._torch, engine.device)
         self._release_idle = release_idle if release_idle is not None else idle_release(self._torch, engine.device)
         self._free_cached = cache_release(self._torch, engine.device)
+        self._bound_bytes = bound_bytes
         self._geometry = KvGeometry.of(engine.model_base.config, dtype_bytes(engine.model_base))
         self._join_cap = max_batch_size   # halved by a prefill that ran out of memory
         self._wait_below: int | None = None   # after one: no joiner until fewer rows run than this
@@ -220,7 +223,7 @@ class BatchEngine:
                 merged = fresh.batch if batch is None else batch.merge(fresh.batch)
             except self._oom as exc:
                 if not self._prefill_out_of_memory(running, joining, exc):
-                    raise                      # a lone request that waited long enough: its error
+                    raise self._explain(exc) from exc   # a lone request that waited long enough: its error
                 requeued.extend(joining)
                 joining = []
             else:
@@ -293,9 +296,20 @@ class BatchEngine:
         batch = batch.without_last_row()
         self._free_cached()
         log.warning("out of device memory in a decode step of %d request(s): the newest fails", len(running))
-        running[-1].out.put(exc)
+        running[-1].out.put(self._explain(exc))
         self._wait_below = len(running) - 1
         return batch, running[:-1]
+
+    def _explain(self, exc: BaseException) -> BaseException:
+        """The out-of-memory error a request fails with, naming the instance's bound where the
+        node set one (the operator's remedy is to raise it): same type, so callers see the same."""
+        if self._bound_bytes is None:
+            return exc
+        try:
+            return type(exc)(f"{exc} [this instance may hold {self._bound_bytes / 2**20:.0f} MiB of device memory "
+                             "beside its backbone: the node's --instance-gpu-mb]")
+        except Exception:   # an error type that takes other arguments: as raised
+            return exc
 
     def _drop(self, batch: Any, seqs: list[_Seq], keep: list[bool]) -> tuple[Any, list[_Seq]]:
         if all(keep):

@@ -295,11 +295,16 @@ def test_a_lone_request_waits_for_memory_then_fails_with_the_error(kit: Kit, bat
     def always(*_: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory (a test)")
     hook = layer.register_forward_hook(always)
+    bounded = BatchEngine(kit.engine, 4, bound_bytes=1536 * 2**20)   # a node's bound is named in the error
     try:
-        with pytest.raises(torch.OutOfMemoryError):
+        with pytest.raises(torch.OutOfMemoryError) as plain:
             batched.generate(req)
+        with pytest.raises(torch.OutOfMemoryError, match=r"may hold 1536 MiB .*--instance-gpu-mb"):
+            bounded.generate(req)
     finally:
         hook.remove()
+        bounded.close()
+    assert "--instance-gpu-mb" not in str(plain.value)
     _same(alone, batched.generate(req))
 
 
