@@ -146,14 +146,15 @@ def _invoke(client: Any, name: str, event: dict, give_up_s: float = 300.0) -> di
 def _server_flags(args: argparse.Namespace, mode: str) -> tuple[str, ...]:
     # the shared runtimes of the co-batching mode each hold a large batch: fewer, larger instances
     shared = mode == "cobatched"
-    instances, instance_mb = (args.shared_instances, args.shared_gpu_mb) if shared else (args.functions,
-                                                                                          args.instance_gpu_mb)
+    instances = args.shared_instances if shared else args.functions
     flags = ["--device", args.device, "--keep-alive-s", "3600", "--init-timeout-s", "480", "--verify-interval-s", "0",
              "--max-instances", str(instances), "--max-concurrent-invocations", str(4 * args.requests),
              "--max-queue-per-function", str(args.requests), "--max-queue-s", str(args.give_up_s),
-             "--ttft-slo-ms", str(args.slo_ms), "--instance-gpu-mb", str(instance_mb),
+             "--ttft-slo-ms", str(args.slo_ms), "--instance-gpu-mb", str(args.instance_gpu_mb),
              "--prewarm-min", "0", "--prewarm-budget-mb", "0",
              "--scheduler", "fcfs" if mode == "unbatched" else "slo", "--shared-batch-size", str(args.shared_batch)]
+    if shared:
+        flags += ["--shared-runtime-gpu-mb", str(args.shared_gpu_mb)]
     return (*flags, *args.server_arg)
 
 
@@ -300,8 +301,8 @@ def main() -> int:
                          "(default: a 16th of an H200 less the backbone, 6144; tiny: 1536)")
     ap.add_argument("--shared-instances", type=int, default=4, help="the co-batching mode's --max-instances")
     ap.add_argument("--shared-gpu-mb", type=int, default=None,
-                    help="the co-batching mode's --instance-gpu-mb (default: 28672, a quarter of an H200 less "
-                         "the backbone; tiny: 1536)")
+                    help="the co-batching mode's --shared-runtime-gpu-mb (default: 28672, a quarter of an H200 "
+                         "less the backbone; tiny: 1536)")
     ap.add_argument("--give-up-s", type=float, default=300.0, help="the client stops retrying 429s after this")
     ap.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"of {', '.join(MODES)}")
     ap.add_argument("--seed", type=int, default=0)

@@ -132,6 +132,9 @@ def _auth_line(server: Any, host: str, credentials: str | None) -> str:
                    "0: --max-instances")
 @click.option("--shared-batch-size", type=click.IntRange(1, 64), default=16, show_default=True, metavar="N",
               help="invocations a shared runtime (functions with SLFAAS_SHARED_EXECUTION=1) batches at once")
+@click.option("--shared-runtime-gpu-mb", type=click.IntRange(0), default=0, show_default=True, metavar="MB",
+              help="GPU memory a shared runtime may hold beside its backbone (its batches and allocator are held "
+                   "to it); 0: no bound but the device's free memory (set it where several share a device)")
 @click.option("--max-concurrent-invocations", type=int, default=64, show_default=True, metavar="N",
               help="invocations in flight at once; beyond, 429 TooManyRequestsException with Retry-After")
 @click.option("--idle-timeout-s", type=int, default=30, show_default=True,
@@ -173,7 +176,7 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
            auth: str, credentials: str | None, auth_max_skew_s: float, metrics_token: str | None,
            insecure: bool, insecure_sandbox: bool, prices: str | None, log_level: str, scheduler: str,
            ttft_slo_ms: float, max_queue_per_function: int, max_queue_s: float, max_running_batches: int,
-           shared_batch_size: int) -> None:
+           shared_batch_size: int, shared_runtime_gpu_mb: int) -> None:
     """Run the API and its node agents.
 
     The Lambda-compatible API, slfaas's own endpoints and one local node agent, in one
@@ -200,7 +203,8 @@ def server(host: str, port: int, data_dir: str, database_url: str | None, sandbo
             ray_resource=ray_resource, node_data_dir=Path(node_data_dir) if node_data_dir else None,
             backbone=backbone, scheduler=scheduler, ttft_slo_ms=ttft_slo_ms,
             max_queue_per_function=max_queue_per_function, max_queue_s=max_queue_s,
-            max_running_batches=max_running_batches, shared_max_batch_size=shared_batch_size))
+            max_running_batches=max_running_batches, shared_max_batch_size=shared_batch_size,
+            shared_gpu_mb=shared_runtime_gpu_mb))
     except OSError as exc:
         raise CliError(f"cannot start the server on {host}:{port}: {exc}")
     except (ValueError, SlfaasError) as exc:

@@ -88,7 +88,8 @@ def _scheduling(config: "ServerConfig") -> dict[str, Any]:
     """The nodes' scheduling settings (``NodeConfig`` fields)."""
     return dict(scheduler=config.scheduler, ttft_slo_ms=config.ttft_slo_ms,
                 max_queue_per_function=config.max_queue_per_function, max_queue_s=config.max_queue_s,
-                max_running_batches=config.max_running_batches, shared_max_batch_size=config.shared_max_batch_size)
+                max_running_batches=config.max_running_batches, shared_max_batch_size=config.shared_max_batch_size,
+                shared_gpu_mb=config.shared_gpu_mb)
 
 
 def keep_alive_settings(config: "ServerConfig") -> dict[str, Any]:

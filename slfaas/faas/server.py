@@ -76,6 +76,7 @@ class ServerConfig:
     max_queue_s: float = 30.0                # slo: the longest a request waits for an instance; then 429
     max_running_batches: int = 0             # slo: batches running at once on the device (0: --max-instances)
     shared_max_batch_size: int = 16          # a shared runtime's capacity (functions in shared execution)
+    shared_gpu_mb: int = 0                   # a shared runtime's device memory beside its backbone (0: no bound)
 
 
 MIN_METRICS_TOKEN_CHARS = 16

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slfaas.functions.runtime_client import NodeGone, RuntimeClient
-from slfaas.runtime_contract import (ENV_ADAPTER_FD, ENV_BASE_MODEL_DIR, ENV_CODE_DIR, ENV_HANDLER, ENV_NODE_PID,
-                                     ENV_RUNTIME_SOCKET, ENV_SHARED_EXECUTION, LOG_SYNC_MARKER, max_batch_size)
+from slfaas.runtime_contract import (ENV_ADAPTER_FD, ENV_BACKBONE_PRIVATE, ENV_BASE_MODEL_DIR, ENV_CODE_DIR,
+                                     ENV_HANDLER, ENV_NODE_PID, ENV_RUNTIME_SOCKET, ENV_SHARED_EXECUTION,
+                                     LOG_SYNC_MARKER, instance_device_bytes, max_batch_size)
 
 log = logging.getLogger("slfaas.functions")
 
@@ -99,6 +100,9 @@ def main(engine: Any = None) -> int:
     _die_with_node()
     client = RuntimeClient(os.environ[ENV_RUNTIME_SOCKET])
     shared = os.environ.get(ENV_SHARED_EXECUTION) == "1"
+    # the node's settings, read before the function's code is imported (it may change os.environ)
+    capacity, bound = max_batch_size(os.environ), instance_device_bytes(os.environ)
+    private_backbone = bool(os.environ.get(ENV_BACKBONE_PRIVATE))
     try:
         from slfaas.functions.engine import BackboneSource, LoraEngine
 
@@ -136,7 +140,6 @@ def main(engine: Any = None) -> int:
             pass
         return 1
 
-    capacity = max_batch_size(os.environ)
     if capacity == 1 and not shared:
         _serve(client, lambda _inv: nullcontext(engine), handler)
         return 0
@@ -146,11 +149,14 @@ def main(engine: Any = None) -> int:
     from slfaas.functions.batching import BatchEngine
     import torch
 
-    from slfaas.functions.device_memory import bound_allocator, device_headroom
-    from slfaas.runtime_contract import instance_device_bytes
-    bound = instance_device_bytes(os.environ)    # the node's share for this instance (GPU)
-    bound_allocator(torch, engine.device, bound)
-    batched = BatchEngine(engine, capacity, headroom=device_headroom(torch, engine.device, bound), bound_bytes=bound)
+    from slfaas.functions.device_memory import allocator_reserved, bound_allocator, device_headroom
+    # the node's share for this instance, beside its backbone: a private backbone is in this
+    # process's allocator already, and is not counted against it
+    beside = allocator_reserved(torch, engine.device) if private_backbone else 0
+    if bound_allocator(torch, engine.device, bound, beside):
+        log.info("device memory beside the backbone held to %d MiB (the node's bound for this instance)", bound // 2**20)
+    batched = BatchEngine(engine, capacity, headroom=device_headroom(torch, engine.device, bound, beside),
+                          bound_bytes=bound)
     log.info("serving up to %d invocations at once, batched%s", capacity, " (shared: adapters per invocation)"
              if shared else "")
     scope = _shared_scope(client, engine, batched) if shared else (lambda _inv: nullcontext(batched))

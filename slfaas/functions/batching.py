@@ -307,7 +307,8 @@ class BatchEngine:
             return exc
         try:
             return type(exc)(f"{exc} [this instance may hold {self._bound_bytes / 2**20:.0f} MiB of device memory "
-                             "beside its backbone: the node's --instance-gpu-mb]")
+                             "beside its backbone: the node's --instance-gpu-mb, or --shared-runtime-gpu-mb for a "
+                             "shared runtime]")
         except Exception:   # an error type that takes other arguments: as raised
             return exc
 

@@ -15,9 +15,11 @@ def dtype_bytes(model: Any) -> int:
     return int(getattr(getattr(model, "dtype", None), "itemsize", 2) or 2)
 
 
-def device_headroom(torch: Any, device: Any, bound_bytes: int | None = None) -> Callable[[], float | None]:
+def device_headroom(torch: Any, device: Any, bound_bytes: int | None = None,
+                    beside_bytes: int = 0) -> Callable[[], float | None]:
     """Free device memory plus what this process's allocator holds unused (CUDA), and at most
-    ``bound_bytes`` less what its allocator holds in use (the node's share for this instance:
+    ``bound_bytes`` less what its allocator holds in use beyond ``beside_bytes`` (a private
+    backbone's: the bound is the node's share for this instance beside its backbone, and
     runtimes on one device would otherwise all count the same free memory as theirs);
     elsewhere no limit."""
     if getattr(device, "type", "cpu") != "cuda":
@@ -27,20 +29,27 @@ def device_headroom(torch: Any, device: Any, bound_bytes: int | None = None) -> 
         free, _total = torch.cuda.mem_get_info(device)
         allocated = torch.cuda.memory_allocated(device)
         room = float(free + torch.cuda.memory_reserved(device) - allocated)
-        return room if bound_bytes is None else min(room, float(bound_bytes - allocated))
+        return room if bound_bytes is None else min(room, float(bound_bytes + beside_bytes - allocated))
     return measure
 
 
-def bound_allocator(torch: Any, device: Any, bound_bytes: int | None) -> None:
-    """Hold this process's allocator to ``bound_bytes`` on a CUDA device (cached blocks
-    included: a batch's growing cache leaves freed blocks behind that the allocator keeps, and
-    neighbours on the device would run out while this process hoards them); past it an
-    allocation frees the cache and, still short, raises OutOfMemoryError, which the batch
-    engine handles. Elsewhere, or unbounded, nothing to do."""
+def allocator_reserved(torch: Any, device: Any) -> int:
+    """What this process's allocator holds on a CUDA device now (0 elsewhere)."""
+    return int(torch.cuda.memory_reserved(device)) if getattr(device, "type", "cpu") == "cuda" else 0
+
+
+def bound_allocator(torch: Any, device: Any, bound_bytes: int | None, beside_bytes: int = 0) -> bool:
+    """Hold this process's allocator to ``bound_bytes`` beyond ``beside_bytes`` (a private
+    backbone it holds already) on a CUDA device, cached blocks included: a batch's growing
+    cache leaves freed blocks behind that the allocator keeps, and neighbours on the device
+    would run out while this process hoards them. Past it an allocation frees the cache and,
+    still short, raises OutOfMemoryError, which the batch engine handles. The CUDA context
+    is outside the allocator and comes on top. True where a bound was set."""
     if bound_bytes is None or getattr(device, "type", "cpu") != "cuda":
-        return
+        return False
     total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, bound_bytes / total), device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (bound_bytes + beside_bytes) / total), device)
+    return True
 
 
 def cache_release(torch: Any, device: Any) -> Callable[[], None]:

@@ -35,12 +35,18 @@ class NodeConfig:
     max_running_batches: int = 0        # slo: batches running at once on the device, at most (0: max_instances)
     shared_max_batch_size: int = 16     # a shared runtime's capacity (functions in shared execution)
     shared_memory_mb: int = 8192        # a shared runtime's memory bound
+    shared_gpu_mb: int = 0              # a shared runtime's device memory beside its backbone (0: no bound)
+
+    @property
+    def device_bounds_mb(self) -> tuple[int, int]:
+        """Device memory beside the backbone: a function's own runtime, a shared runtime (0: none)."""
+        return self.instance_gpu_mb, self.shared_gpu_mb
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not (self.ttft_slo_ms > 0 and self.max_queue_per_function >= 1 and self.max_queue_s > 0
-                and self.max_running_batches >= 0 and self.shared_max_batch_size >= 1 and self.shared_memory_mb > 0):
+                and self.max_running_batches >= 0 and self.shared_max_batch_size >= 1 and self.shared_memory_mb > 0 and self.shared_gpu_mb >= 0):
             raise ValueError("scheduling settings must be positive (--ttft-slo-ms, --max-queue-per-function, "
                              "--max-queue-s, --max-running-batches)")
 

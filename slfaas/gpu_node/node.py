@@ -57,7 +57,7 @@ class Node:
         self.table = InstanceTable()
         self.launcher = Launcher(self.node_id, config.device, config.python, sandboxes, self.backbones, self.table,
                                  self._logs, self.bus.publish, on_gone=self.ledger.forget, tiers=self.tiers,
-                                 backbone_mode=config.backbone, instance_device_mb=config.instance_gpu_mb)
+                                 backbone_mode=config.backbone, device_bounds_mb=config.device_bounds_mb)
         self.dispatcher = build_dispatcher(config, scheduler, self.table, self.launcher.stop, self.ledger,
                                            lambda: self.preloader)
         self.runner = InvocationRunner(config.init_timeout_s, self.table, self.launcher, self.dispatcher,

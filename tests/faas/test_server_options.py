@@ -47,3 +47,16 @@ def test_the_server_refuses_bad_keep_alive_flags_without_touching_the_data_dir(t
         SlfaasServer(ServerConfig(data_dir=tmp_path / "data", port=0, keep_alive_policy="histogram",
                                   keep_alive_bin_s=-2.0))
     assert not (tmp_path / "data").exists()
+
+
+def test_the_device_memory_bounds_reach_the_node_config() -> None:
+    from slfaas.faas.node_setup import _scheduling
+    from slfaas.faas.server import ServerConfig
+    from slfaas.gpu_node.config import NodeConfig
+
+    config = ServerConfig(data_dir=Path("."), instance_gpu_mb=6144, shared_gpu_mb=28672)
+    node = NodeConfig(Path("."), instance_gpu_mb=config.instance_gpu_mb, **_scheduling(config))
+    assert node.device_bounds_mb == (6144, 28672)
+    assert NodeConfig(Path(".")).device_bounds_mb == (1536, 0)      # a shared runtime: no bound by default
+    with pytest.raises(ValueError):
+        NodeConfig(Path("."), shared_gpu_mb=-1)

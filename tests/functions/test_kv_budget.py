@@ -98,3 +98,23 @@ def test_the_headroom_is_the_free_memory_under_the_instances_bound() -> None:
     assert device_headroom(torch, cuda, 20 * gib)() == 11 * gib     # a loose bound: the device's
     assert device_headroom(torch, cuda, 1 * gib)() == -1 * gib      # over it already: nothing joins
     assert device_headroom(torch, types.SimpleNamespace(type="cpu"), gib)() is None
+    # a private backbone the process holds already is not counted against the bound
+    assert device_headroom(torch, cuda, 1 * gib, beside_bytes=2 * gib)() == 1 * gib
+
+
+def test_the_allocator_is_held_to_the_bound_beside_a_private_backbone() -> None:
+    import types
+
+    from slfaas.functions.device_memory import bound_allocator
+
+    set_to: list[tuple[float, object]] = []
+    cuda = _FakeCuda()
+    cuda.get_device_properties = lambda _d: types.SimpleNamespace(total_memory=80 * _FakeCuda.GIB)  # type: ignore[attr-defined]
+    cuda.set_per_process_memory_fraction = lambda f, d: set_to.append((f, d))  # type: ignore[attr-defined]
+    torch, dev = types.SimpleNamespace(cuda=cuda), types.SimpleNamespace(type="cuda")
+    gib = _FakeCuda.GIB
+    assert bound_allocator(torch, dev, 8 * gib) and set_to[-1] == (0.1, dev)
+    assert bound_allocator(torch, dev, 8 * gib, beside_bytes=16 * gib) and set_to[-1] == (0.3, dev)
+    assert bound_allocator(torch, dev, 800 * gib) and set_to[-1] == (1.0, dev)     # never above the device
+    assert not bound_allocator(torch, dev, None) and not bound_allocator(torch, types.SimpleNamespace(type="cpu"), gib)
+    assert len(set_to) == 3

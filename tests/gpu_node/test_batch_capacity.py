@@ -171,19 +171,22 @@ def test_a_cancel_after_the_call_ended_leaves_a_healthy_instance_alone() -> None
 
 
 def test_a_gpu_runtime_learns_its_device_memory_bound_and_a_function_cannot_forge_it() -> None:
+    from slfaas.gpu_node.lifecycle.runtime_env import device_bound_mb
+    from slfaas.gpu_node.types import SHARED_NAME_PREFIX, SHARED_REVISION
     from slfaas.runtime_contract import ENV_INSTANCE_DEVICE_MB, instance_device_bytes
 
-    env = runtime_env(SPEC, "b-1", Path("/tmp/s.sock"), "cuda:0", 7000)
+    sock = Path("/tmp/s.sock")
+    env = runtime_env(SPEC, "b-1", sock, "cuda:0", 7000)
     assert instance_device_bytes(env) == 7000 * 2**20
     forged = replace(SPEC, environment={ENV_INSTANCE_DEVICE_MB: "999999"})
-    assert instance_device_bytes(runtime_env(forged, "b-1", Path("/tmp/s.sock"), "cuda:0", 7000)) == 7000 * 2**20
-    # no bound where the node sets none, or on a CPU; a shared runtime is bounded as any instance
-    assert ENV_INSTANCE_DEVICE_MB not in runtime_env(forged, "b-1", Path("/tmp/s.sock"), "cuda:0")
-    assert ENV_INSTANCE_DEVICE_MB not in runtime_env(SPEC, "b-1", Path("/tmp/s.sock"), "cpu", 7000)
-    from slfaas.gpu_node.types import SHARED_NAME_PREFIX, SHARED_REVISION
-
-    shared = replace(SPEC, name=SHARED_NAME_PREFIX + "x", revision_id=SHARED_REVISION)
-    assert shared.is_shared_runtime
-    assert instance_device_bytes(runtime_env(shared, "b-1", Path("/tmp/s.sock"), "cuda:0", 7000)) == 7000 * 2**20
+    assert instance_device_bytes(runtime_env(forged, "b-1", sock, "cuda:0", 7000)) == 7000 * 2**20
+    # where the node sets none, a function's own value is dropped too; none on a CPU
+    assert ENV_INSTANCE_DEVICE_MB not in runtime_env(forged, "b-1", sock, "cuda:0")
+    assert ENV_INSTANCE_DEVICE_MB not in runtime_env(SPEC, "b-1", sock, "cpu", 7000)
     assert instance_device_bytes({}) is None and instance_device_bytes({ENV_INSTANCE_DEVICE_MB: "x"}) is None
     assert instance_device_bytes({ENV_INSTANCE_DEVICE_MB: "0"}) is None
+    # a function's own runtime gets --instance-gpu-mb; the shared runtime --shared-runtime-gpu-mb (0: none)
+    shared = replace(SPEC, name=SHARED_NAME_PREFIX + "x", revision_id=SHARED_REVISION)
+    assert shared.is_shared_runtime and not SPEC.is_shared_runtime
+    assert device_bound_mb(SPEC, 1536, 0) == 1536 and device_bound_mb(shared, 1536, 0) is None
+    assert device_bound_mb(shared, 1536, 28672) == 28672 and device_bound_mb(SPEC, 1536, 28672) == 1536

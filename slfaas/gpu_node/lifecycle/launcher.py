@@ -14,7 +14,7 @@ from typing import Callable
 
 from slfaas.gpu_node import events as ev
 from slfaas.gpu_node.lifecycle.instance import Instance, InstanceState, error_payload
-from slfaas.gpu_node.lifecycle.runtime_env import runtime_env
+from slfaas.gpu_node.lifecycle.runtime_env import device_bound_mb, runtime_env
 from slfaas.gpu_node.lifecycle.table import InstanceTable
 from slfaas.gpu_node.logs import FunctionLogs
 from slfaas.gpu_node.resources import private_backbone
@@ -31,7 +31,7 @@ class Launcher:
     def __init__(self, node_id: str, device: str, python: str, sandboxes: SandboxFactory, backbones: BackboneOwner,
                  table: InstanceTable, logs: FunctionLogs, publish: Callable[[ev.NodeEvent], object],
                  on_gone: Callable[[str], None] = lambda _iid: None, tiers: AdapterTiers | None = None,
-                 backbone_mode: str = private_backbone.SHARED, instance_device_mb: int | None = None):
+                 backbone_mode: str = private_backbone.SHARED, device_bounds_mb: tuple[int, int] = (0, 0)):
         self.node_id = node_id
         self.device = device
         self.python = python
@@ -43,7 +43,7 @@ class Launcher:
         self._on_gone = on_gone
         self.tiers = tiers
         self.backbone_mode = backbone_mode
-        self.instance_device_mb = instance_device_mb   # what each runtime's batches may hold (the ledger's bound)
+        self.device_bounds_mb = device_bounds_mb   # what a runtime's batches may hold: a function's own, a shared one
         # Unix socket paths are limited to 108 bytes, so they live in a short temp dir.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="slfaas-rt-"))
         self._lock = threading.Lock()
@@ -69,7 +69,8 @@ class Launcher:
         api = RuntimeApiServer(socket_path, inst).start()
         with self._lock:
             self._apis[inst.instance_id] = api
-        env = runtime_env(function, inst.instance_id, socket_path, self.device, self.instance_device_mb)
+        env = runtime_env(function, inst.instance_id, socket_path, self.device,
+                          device_bound_mb(function, *self.device_bounds_mb))
         env.update(attachment.env)
         inherit, owned = attachment.inherit_fds, attachment.owned_fds
         adapter_fd = self.tiers.handout(function.code_dir) if self.tiers is not None else None

@@ -31,10 +31,18 @@ def runtime_fixed_env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
+def device_bound_mb(function: FunctionSpec, instance_mb: int, shared_mb: int) -> int | None:
+    """The bound a runtime of ``function`` gets: the node's --instance-gpu-mb (what its placement
+    counts per instance) for a function's own, --shared-runtime-gpu-mb for the platform's shared
+    runtime (it batches many functions' requests: 0, no bound beyond the device's free memory)."""
+    mb = shared_mb if function.is_shared_runtime else instance_mb
+    return mb if mb > 0 else None
+
+
 def runtime_env(function: FunctionSpec, instance_id: str, socket_path: Path, device: str,
                 instance_device_mb: int | None = None) -> dict[str, str]:
     """``instance_device_mb``: the device memory a GPU runtime may hold beside its backbone
-    (the node's --instance-gpu-mb; a batching runtime's allocator is held to it)."""
+    (``device_bound_mb``; a batching runtime's allocator is held to it)."""
     env = node_environ()
     env.update(function.environment)
     env.update(runtime_fixed_env())
