@@ -154,7 +154,8 @@ def main(engine: Any = None) -> int:
     # process's allocator already, and is not counted against it
     beside = allocator_reserved(torch, engine.device) if private_backbone else 0
     if bound_allocator(torch, engine.device, bound, beside):
-        log.info("device memory beside the backbone held to %d MiB (the node's bound for this instance)", bound // 2**20)
+        log.info("device memory beside the backbone held to %d MiB (the node's bound for this instance)",
+                 bound // 2**20)
     batched = BatchEngine(engine, capacity, headroom=device_headroom(torch, engine.device, bound, beside),
                           bound_bytes=bound)
     log.info("serving up to %d invocations at once, batched%s", capacity, " (shared: adapters per invocation)"

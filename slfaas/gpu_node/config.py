@@ -46,9 +46,10 @@ class NodeConfig:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not (self.ttft_slo_ms > 0 and self.max_queue_per_function >= 1 and self.max_queue_s > 0
-                and self.max_running_batches >= 0 and self.shared_max_batch_size >= 1 and self.shared_memory_mb > 0 and self.shared_gpu_mb >= 0):
+                and self.max_running_batches >= 0 and self.shared_max_batch_size >= 1 and self.shared_memory_mb > 0
+                and self.shared_gpu_mb >= 0):
             raise ValueError("scheduling settings must be positive (--ttft-slo-ms, --max-queue-per-function, "
-                             "--max-queue-s, --max-running-batches)")
+                             "--max-queue-s, --max-running-batches, --shared-runtime-gpu-mb)")
 
     def keep_alive_histogram(self) -> HistogramKeepAlive:
         """The histogram policy with this node's bins and TTL (also what a function that
