@@ -7,10 +7,11 @@ of that backbone in shared execution; each delivery names the adapter it runs wi
 sets it; the event cannot). The runtime fetches an adapter from its node the first time it
 sees it (``RuntimeClient.adapter``: the node serves only adapters of invocations it handed
 this instance), loads it into one PEFT model beside the others under its own name, and
-every forward pass gives PEFT's mixed-batch LoRA the adapter of each row
-(``adapter_names=[...]``): rows of one adapter compute x·W + x·A·B·s with that adapter's A,
-B and s, exactly as that function's own runtime would, so its outputs equal its unbatched
-ones. Only the built-in handler runs here (no function's code). Adapters not in use are
+every forward pass gives each row its adapter (``adapter_names=[...]``): rows of one adapter
+compute x·W + x·A·B·s with that adapter's A, B and s, as that function's own runtime would,
+so its outputs equal its unbatched ones. The LoRA layers gather each row's A and B from
+weights stacked per set of loaded adapters (``gathered_lora``) rather than run PEFT's loop
+over the adapters present. Only the built-in handler runs here (no function's code). Adapters not in use are
 unloaded, least recently used first, beyond ``max_adapters``.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ class SharedEngine:
         self.base = engine
         self.max_adapters = max_adapters
         self._peft: Any = None
+        self._gathered: Any = None                     # GatheredLora over ``_peft``, restacked as adapters change
         self._lock = threading.RLock()                 # loading and unloading never overlap a forward
         self._loaded: OrderedDict[str, int] = OrderedDict()   # adapter id → bytes, least recently used first
         self._in_use: dict[str, int] = {}
@@ -116,8 +118,10 @@ class SharedEngine:
             if self._peft is None or adapter_names is None:
                 return self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                                   logits_to_keep=1, **extra)
-            return self._peft(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                              logits_to_keep=1, adapter_names=[_name(a) for a in adapter_names], **extra)
+            names = [_name(a) for a in adapter_names]
+            with self._gathered.rows(names, self.device):
+                return self._peft(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                                  logits_to_keep=1, adapter_names=names, **extra)
 
     # adapters
     def loaded(self) -> tuple[str, ...]:
@@ -159,6 +163,7 @@ class SharedEngine:
                                         torch_device=str(self.device))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+        self._restack()
         self._loaded[adapter_id] = sum(p.numel() * p.element_size() for n, p in self._peft.named_parameters()
                                        if f".{_name(adapter_id)}." in n)
         log.info("adapter %s loaded (%d bytes; %d adapters held)", adapter_id, self._loaded[adapter_id],
@@ -166,11 +171,24 @@ class SharedEngine:
 
     def _unload_beyond(self, limit: int) -> None:
         """Caller holds ``_lock``. PEFT keeps at least one adapter: the last one stays."""
+        deleted = False
         for adapter_id in [a for a in self._loaded if a not in self._in_use]:
             if len(self._loaded) <= max(1, limit):
-                return
+                break
             self._peft.delete_adapter(_name(adapter_id))
             del self._loaded[adapter_id]
+            deleted = True
+        if deleted:
+            self._restack()
+
+    def _restack(self) -> None:
+        """Caller holds ``_lock``: the gathered layers' stacks follow the adapters loaded."""
+        from slfaas.functions.gathered_lora import GatheredLora
+
+        if self._gathered is None:
+            self._gathered = GatheredLora(self._peft)
+        else:
+            self._gathered.refresh()
 
 
 def _name(adapter_id: str) -> str:

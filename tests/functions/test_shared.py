@@ -112,6 +112,7 @@ def test_each_request_gets_its_own_adapters_tokens_in_mixed_batches(kit: Kit) ->
     for aid, i in jobs:
         assert results[(aid, i)] == alone[aid][i], (aid, i)
     assert max(sizes.values()) == len(jobs)               # rows of all three adapters in one pass
+    assert shared._gathered.gathered_calls > 0             # the LoRA layers gathered (not PEFT's loop)
     assert sorted(calls) == ["a", "b", "c"]                # each adapter fetched once
     assert set(shared.loaded()) == {"a", "b", "c"} and shared.adapter_bytes > 0
 
@@ -133,3 +134,35 @@ def test_adapters_beyond_the_limit_are_unloaded_least_recently_used_first_never_
         with shared.using("nope", fetch):
             pass
     assert "nope" not in shared.loaded()
+
+
+def test_gathered_rows_compute_what_peft_s_mixed_batch_loop_computes(kit: Kit) -> None:
+    """Rows of three adapters (two ranks, different modules) and an adapter set that changes:
+    the gathered layers' logits equal PEFT's own loop over the adapters (fp32), row by row."""
+    from transformers import DynamicCache
+
+    calls: list[str] = []
+    shared = _shared(kit)
+    fetch = _fetcher(kit, calls)
+    tok = shared.tokenizer
+    rows = [tok(p).input_ids for p in ("the quick brown fox jumps", "dear sir, thank you", "hello there my friend")]
+    ids = torch.tensor([r[:min(map(len, rows))] for r in rows])
+    mask = torch.ones_like(ids)
+
+    def both(adapters: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        names = [f"a_{a}" for a in adapters]
+        with torch.inference_mode():
+            before = shared._gathered.gathered_calls
+            gathered = shared.forward(ids, mask, DynamicCache(), adapter_names=adapters).logits
+            assert shared._gathered.gathered_calls > before
+            loop = shared._peft(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1,
+                                adapter_names=names).logits         # no gathered pass open: PEFT's own
+        return gathered, loop
+
+    with shared.using("a", fetch), shared.using("c", fetch):
+        gathered, loop = both(["c", "a", "c"])
+        assert torch.allclose(gathered, loop, atol=1e-5, rtol=0)
+        with shared.using("b", fetch):                   # a third adapter: restacked
+            gathered, loop = both(["b", "c", "a"])
+            assert torch.allclose(gathered, loop, atol=1e-5, rtol=0)
+            assert not torch.allclose(gathered[0], gathered[1], atol=1e-3)   # the rows' adapters differ
