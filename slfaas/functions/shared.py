@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -119,7 +119,7 @@ class SharedEngine:
                 return self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                                   logits_to_keep=1, **extra)
             names = [_name(a) for a in adapter_names]
-            with self._gathered.rows(names, self.device):
+            with self._gathered.rows(names, self.device) if self._gathered is not None else nullcontext():
                 return self._peft(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
                                   logits_to_keep=1, adapter_names=names, **extra)
 
@@ -185,10 +185,13 @@ class SharedEngine:
         """Caller holds ``_lock``: the gathered layers' stacks follow the adapters loaded."""
         from slfaas.functions.gathered_lora import GatheredLora
 
-        if self._gathered is None:
-            self._gathered = GatheredLora(self._peft)
-        else:
-            self._gathered.refresh()
+        try:
+            if self._gathered is None:
+                self._gathered = GatheredLora(self._peft)
+            else:
+                self._gathered.refresh()
+        except Exception:   # never fail a load for it: PEFT's own loop serves the rows
+            log.exception("could not stack the adapters for gathered LoRA: PEFT's mixed-batch loop runs")
 
 
 def _name(adapter_id: str) -> str:

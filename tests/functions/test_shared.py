@@ -166,3 +166,51 @@ def test_gathered_rows_compute_what_peft_s_mixed_batch_loop_computes(kit: Kit) -
             gathered, loop = both(["b", "c", "a"])
             assert torch.allclose(gathered, loop, atol=1e-5, rtol=0)
             assert not torch.allclose(gathered[0], gathered[1], atol=1e-3)   # the rows' adapters differ
+
+
+def test_evicting_the_only_adapter_of_some_layers_keeps_gathering_for_the_rest(kit: Kit) -> None:
+    """``c`` alone adapts k_proj and up_proj: once it is evicted those layers hold no adapter,
+    and loading another must still work, gathered, equal to PEFT's loop."""
+    from transformers import DynamicCache
+
+    shared = _shared(kit)
+    shared.max_adapters = 1
+    fetch = _fetcher(kit, [])
+    with shared.using("c", fetch):
+        pass
+    with shared.using("a", fetch):                    # loads a; c is evicted as it ends
+        pass
+    with shared.using("a", fetch):
+        assert shared.loaded() == ("a",) and shared._gathered.active
+        ids = torch.tensor([shared.tokenizer("the quick brown fox").input_ids] * 2)
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            before = shared._gathered.gathered_calls
+            gathered = shared.forward(ids, mask, DynamicCache(), adapter_names=["a", "a"]).logits
+            assert shared._gathered.gathered_calls > before
+            loop = shared._peft(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1,
+                                adapter_names=["a_a", "a_a"]).logits
+    assert torch.allclose(gathered, loop, atol=1e-5, rtol=0)
+
+
+def test_what_cannot_be_stacked_exactly_is_left_to_peft(kit: Kit) -> None:
+    """A bias on B, or a row naming an adapter with nothing stacked (PEFT's ``__base__``):
+    PEFT's loop runs, so the result is PEFT's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from slfaas.functions.gathered_lora import GatheredLora
+
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    plain = get_peft_model(AutoModelForCausalLM.from_pretrained(str(kit.base)), config, adapter_name="x").eval()
+    gathered = GatheredLora(plain)
+    ids = torch.tensor([[5, 6, 7, 8]] * 2)
+    with torch.inference_mode():
+        loop = plain(input_ids=ids, adapter_names=["x", "__base__"]).logits
+        with gathered.rows(["x", "__base__"], ids.device):
+            mixed = plain(input_ids=ids, adapter_names=["x", "__base__"]).logits
+    assert gathered.active and gathered.gathered_calls == 0 and torch.equal(mixed, loop)
+
+    biased = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, lora_bias=True)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(kit.base)), biased, adapter_name="y").eval()
+    assert not GatheredLora(model).active
