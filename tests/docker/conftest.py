@@ -43,9 +43,19 @@ def docker_client() -> Iterator[Any]:
 
 
 def containers_of(client: Any, **labels: str) -> list[Any]:
-    """Containers (running or not) carrying all of these slfaas labels."""
+    """Containers (running or not) carrying all of these slfaas labels. Listed, then looked
+    up one by one: one removed in between (another test run's, on the same engine) is gone,
+    not an error, where the SDK's ``containers.list`` would raise NotFound."""
+    import docker.errors
+
     filters = [f"slfaas.{k}={v}" for k, v in labels.items()] or ["slfaas.managed"]
-    return client.containers.list(all=True, filters={"label": filters})
+    found = []
+    for listed in client.api.containers(all=True, filters={"label": filters}):
+        try:
+            found.append(client.containers.get(listed["Id"]))
+        except docker.errors.NotFound:
+            pass
+    return found
 
 
 @pytest.fixture(scope="module")

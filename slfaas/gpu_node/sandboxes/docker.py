@@ -149,24 +149,29 @@ class DockerSandboxFactory(SandboxFactory):
 
     def reap_orphans(self) -> int:
         """Remove containers whose node process is gone (a crash, kill -9, a lost Ctrl-C)."""
-        victims = [c for c in self.client.containers.list(all=True, filters={"label": LABEL_MANAGED})
-                   if self._orphaned(c.labels)]
-        return self._remove(victims)
+        return self._remove([c for c in self._listed(LABEL_MANAGED) if self._orphaned(c.get("Labels") or {})])
 
-    def _remove(self, containers: list[Any]) -> int:
+    def _listed(self, label: str) -> list[dict[str, Any]]:
+        """Containers carrying ``label``, as the engine lists them (id, names, labels): in one
+        call, where the SDK's ``containers.list`` inspects each one after and fails on a
+        container another node removed in between (several nodes share an engine)."""
+        return list(self.client.api.containers(all=True, filters={"label": label}))
+
+    def _remove(self, containers: list[dict[str, Any]]) -> int:
         import docker.errors
 
         removed = 0
         for c in containers:
+            name = ((c.get("Names") or ["?"])[0]).lstrip("/")
             try:
-                c.remove(force=True)
+                self.client.api.remove_container(c["Id"], force=True)
                 removed += 1
-                log.info("reaped container %s (%s)", c.name, c.labels.get("slfaas.function", "?"))
+                log.info("reaped container %s (%s)", name, (c.get("Labels") or {}).get("slfaas.function", "?"))
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
                 if "already in progress" not in str(exc):
-                    log.warning("could not remove container %s: %s", c.name, exc)
+                    log.warning("could not remove container %s: %s", name, exc)
         return removed
 
     def close(self) -> None:
@@ -191,7 +196,7 @@ class DockerSandboxFactory(SandboxFactory):
         with ThreadPoolExecutor(max_workers=CLOSE_WORKERS, thread_name_prefix="docker-close") as workers:
             list(workers.map(end, live))
             try:
-                left = self.client.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={self.session}"})
+                left = self._listed(f"{LABEL_SESSION}={self.session}")
                 list(workers.map(lambda c: self._remove([c]), left))
             except Exception:
                 log.exception("reaping this node's containers at stop failed")
@@ -282,7 +287,7 @@ class DockerSandboxFactory(SandboxFactory):
             return container, runtime_pid(container)
         except BaseException:
             if container is not None:
-                self._remove([container])
+                self._remove([{"Id": container.id, "Names": [name], "Labels": labels}])
             raise
 
     @property
