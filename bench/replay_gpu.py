@@ -134,7 +134,7 @@ def main() -> int:
         return 1
     data = json.loads(paths["json"].read_text())
     print(markdown_table(data["rows"]))
-    print(json.dumps({"savings_of_serverlesslora": data["savings_of_serverlesslora"]}, indent=1))
+    print(json.dumps({k: v for k, v in data.items() if k.startswith("savings_of_")}, indent=1))
     say("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -29,6 +29,7 @@ from slfaas.bench.server import deploy_functions
 log = logging.getLogger(__name__)
 
 POOL_READY_TIMEOUT_S = 180.0
+REAP_GRACE_S = 30.0     # beyond the keep-alive: the reaper's tick, an instance's stop
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ def run_policy(policy: Policy, workload: Workload, spec: CompareSpec, data_dir: 
         ends = [r.end_s for r in result.records if r.end_s is not None] + [r.scheduled_s for r in result.records]
         since = result.started_unix
         until = since + (max(ends) if ends else result.wall_s)
+        lives_until = None
+        if policy.billing == "container" and c.bill_keep_alive:
+            lives_until = max(until, _wait_instances_ended(server.url, since, c.keep_alive_s + REAP_GRACE_S, say,
+                                                            policy.name))
         ids = [r.request_id for r in result.records if r.request_id]
         usage = fetch_usage(server.url, ids)
         instances = fetch_instances(server.url, since)
@@ -141,7 +146,8 @@ def run_policy(policy: Policy, workload: Workload, spec: CompareSpec, data_dir: 
         total_mb = next((s.device_total_mb for s in sampler.samples if s.device_total_mb), None)
         device_type = nodes[-1].device_type if nodes else (usage[0].device_type if usage else "cpu")
         cost = policy_cost(policy.billing, sheet, device_type=device_type, memory_mb=c.memory_mb, since_ts=since,
-                           until_ts=until, usage=usage, instances=instances, nodes=nodes, device_total_mb=total_mb)
+                           until_ts=until, usage=usage, instances=instances, nodes=nodes, device_total_mb=total_mb,
+                           lives_until_ts=lives_until)
         checks = _checks(result, usage)
         say(f"{policy.name}: {result.summary.completed}/{result.summary.requests} completed, "
             f"{result.summary.cold_starts} cold starts, user ${cost.user_usd:.6f}, provider ${cost.provider_usd:.6f}")
@@ -163,6 +169,27 @@ def _checks(result: ReplayResult, usage: list[UsageRecord]) -> dict[str, int]:
         "token_mismatches": sum(1 for r in ok if (r.server_prompt_tokens, r.server_completion_tokens)
                                 != (r.prompt_tokens, r.output_tokens)),
     }
+
+
+def _wait_instances_ended(endpoint: str, since_ts: float, limit_s: float, say: Callable[[str], None],
+                          name: str) -> float:
+    """Wait (at most ``limit_s``) until the node has ended every instance, as its keep-alive
+    does, and its billing has every one's end (the node lists an instance as stopping before
+    its end is metered); returns when waiting stopped (unix time). A container platform bills
+    the keep-alive."""
+    from slfaas.client import api
+
+    say(f"{name}: waiting up to {limit_s:.0f} s for keep-alive to end the instances (billed while alive)")
+    deadline = time.monotonic() + limit_s
+    while True:
+        node = api(endpoint, "GET", "/slfaas/v1/node")
+        alive = any(i.get("state") in ("STARTING", "IDLE", "BUSY") for i in node.get("Instances", []))
+        if not alive and all(i.end_ts is not None for i in fetch_instances(endpoint, since_ts)):
+            return time.time()
+        if time.monotonic() > deadline:
+            say(f"{name}: instances still alive after {limit_s:.0f} s: billed up to now")
+            return time.time()
+        time.sleep(0.5)
 
 
 def _wait_pools_ready(endpoint: str, say: Callable[[str], None], name: str) -> None:

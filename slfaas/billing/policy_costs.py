@@ -17,8 +17,10 @@ from the run's own billing records.
 (b) What the provider spends: the node's device-seconds in the window (the node holds its device
 from start to stop, whatever runs on it), at the device's price.
 
-Windows are [since, until]: instances alive at its end pay up to its end only, so a baseline's
-keep-alive after its last request is not counted (its cost is a lower bound).
+Windows are [since, until]. A container's bill runs over [since, ``lives_until``]: its whole
+life, keep-alive after its last request included, where the harness waited for the node to end
+its containers (``lives_until`` = when it stopped waiting; an instance still alive then pays up
+to that time), or up to ``until`` only (a lower bound) where it did not wait.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class PolicyCost:
     containers: int              # instances alive in the window
     window_s: float
     explanation: str             # one line: what was counted
+    after_window_device_s: float = 0.0   # of user_device_s: containers' keep-alive after the window
 
 
 def _overlap_s(start: float, end: float, since: float, until: float) -> float:
@@ -70,19 +73,25 @@ def container_share(life: InstanceUsage, device_total_mb: float | None, fallback
 
 def policy_cost(billing: str, sheet: PriceSheet, *, device_type: str, memory_mb: int, since_ts: float,
                 until_ts: float, usage: Sequence[UsageRecord] = (), instances: Sequence[InstanceUsage] = (),
-                nodes: Sequence[NodeUsage] = (), device_total_mb: float | None = None) -> PolicyCost:
+                nodes: Sequence[NodeUsage] = (), device_total_mb: float | None = None,
+                lives_until_ts: float | None = None) -> PolicyCost:
     """The user's and the provider's cost of one run. ``usage``: the run's invocations' records;
     ``instances``: instances alive at some time in the window; ``nodes``: the node's sessions;
-    ``memory_mb``: the functions' MemorySize (it prices a CPU device-second)."""
+    ``memory_mb``: the functions' MemorySize (it prices a CPU device-second); ``lives_until_ts``:
+    containers are billed up to this time (at least ``until_ts``, its default)."""
     if billing not in BILLING_MODELS:
         raise ValueError(f"billing must be one of {', '.join(BILLING_MODELS)}, got {billing!r}")
     window_s = until_ts - since_ts
     if not math.isfinite(window_s) or window_s < 0:
         raise ValueError(f"window end {until_ts} is before its start {since_ts}")
+    lives_until = until_ts if lives_until_ts is None else lives_until_ts
+    if not lives_until >= until_ts:   # also NaN
+        raise ValueError(f"containers cannot be billed up to {lives_until_ts}, before the window's end {until_ts}")
     node_s = provider_device_s(nodes, since_ts, until_ts)
     provider_usd = invocation_cost_usd(sheet, device_type, memory_mb, node_s, requests=0)
     lives = [i for i in instances if i.alive_s(since_ts, until_ts) > 0]
     requests = len(usage)
+    after_s = 0.0
     if billing == "per-request":
         user_usd = sum((r.cost_usd for r in usage), Decimal(0))
         user_s = math.fsum(r.billed_device_s for r in usage)
@@ -92,14 +101,19 @@ def policy_cost(billing: str, sheet: PriceSheet, *, device_type: str, memory_mb:
         fallback = max(known) if known else None
         user_usd, user_s = sheet.request_usd * requests, 0.0
         for life in lives:
-            seconds = life.alive_s(since_ts, until_ts) * container_share(life, device_total_mb, fallback)
+            share = container_share(life, device_total_mb, fallback)
+            seconds = life.alive_s(since_ts, lives_until) * share
+            after_s += (life.alive_s(since_ts, lives_until) - life.alive_s(since_ts, until_ts)) * share
             user_s += seconds
             user_usd += invocation_cost_usd(sheet, device_type, life.memory_mb or memory_mb, seconds, requests=0)
-        text = (f"{len(lives)} containers billed while alive ({math.fsum(i.alive_s(since_ts, until_ts) for i in lives):.1f} s), "
-                f"by device memory share, + {requests} request fees")
+        alive = math.fsum(i.alive_s(since_ts, lives_until) for i in lives)
+        tail = (f", keep-alive after the window included ({after_s:.1f} device-s)" if lives_until > until_ts
+                else ", up to the window's end only")
+        text = (f"{len(lives)} containers billed while alive ({alive:.1f} s) by device memory share{tail}, "
+                f"+ {requests} request fees")
     else:
         user_s = window_s
         user_usd = invocation_cost_usd(sheet, device_type, memory_mb, window_s, requests=0)
         text = f"the whole device for the {window_s:.1f} s window, always on"
         requests = 0
-    return PolicyCost(billing, user_usd, user_s, node_s, provider_usd, requests, len(lives), window_s, text)
+    return PolicyCost(billing, user_usd, user_s, node_s, provider_usd, requests, len(lives), window_s, text, after_s)

@@ -55,6 +55,9 @@ _TRACE = "bench/data/AzureLLMInferenceTrace_conv.csv"
 @click.option("--work-dir", type=click.Path(path_type=Path), help="the servers' data dirs (default: a temp dir)")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="write comparison.json, table.md, report.html, PNGs and each policy's records here")
+@click.option("--window-only", is_flag=True,
+              help="bill the serverless baselines' containers up to the window's end only (a lower bound) instead "
+                   "of waiting, after the window, for their keep-alive to end them")
 @click.option("--merge", is_flag=True,
               help="add these policies to the comparison already in --out (same slice and settings): "
                    "one comparison run as several commands")
@@ -66,7 +69,8 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
                 max_output_tokens: int | None, model_dir: Path | None, function_prefix: str, seed: int, device: str,
                 keep_alive_s: float, max_instances: int, memory_mb: int, max_batch_size: int, instance_gpu_mb: int,
                 retry_throttled_s: float, max_in_flight: int, sample_interval_s: float, prices_file: Path | None,
-                server_args: tuple[str, ...], work_dir: Path | None, out_dir: Path, merge: bool, output: str) -> None:
+                server_args: tuple[str, ...], work_dir: Path | None, out_dir: Path, window_only: bool, merge: bool,
+                output: str) -> None:
     """Run each policy on a fresh server (same functions, caps, keep-alive and SLO) against
     the same slice, and compare TTFT, SLO attainment, cold starts and cost."""
     from slfaas.bench import BenchError, ReplayOptions, WorkloadSpec, build_workload, load_slice
@@ -85,7 +89,7 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
         names = parse_policies(policies)
         ReplayOptions("http://unused", speedup, slo_ms, max_in_flight, retry_throttled_s=retry_throttled_s)
         common = CommonSettings(device, keep_alive_s, max_instances, memory_mb, 900, instance_gpu_mb, max_batch_size,
-                                slo_ms=slo_ms, server_args=tuple(server_args))
+                                slo_ms=slo_ms, server_args=tuple(server_args), bill_keep_alive=not window_only)
         model_dir = model_dir or adapter_base_model(adapters)
         if model_dir is None:
             raise BenchError("cannot tell the adapters' base model (its tokenizer builds the prompts): give --model DIR")
@@ -113,7 +117,7 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
         say("note: " + note.read_text().strip())
     data = json.loads(paths["json"].read_text())
     if output == "json":
-        click.echo(json.dumps({"rows": data["rows"], "savings_of_serverlesslora": data["savings_of_serverlesslora"]},
+        click.echo(json.dumps({"rows": data["rows"], **{k: v for k, v in data.items() if k.startswith("savings_of_")}},
                               indent=2))
     else:
         click.echo(markdown_table(data["rows"]), nl=False)

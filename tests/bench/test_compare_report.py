@@ -149,3 +149,20 @@ def test_runs_split_over_two_commands_are_reported_together(comparison: Comparis
     other = replace(second, common=CommonSettings(slo_ms=900.0))
     with pytest.raises(Exception, match="different common"):
         write_comparison(other, tmp_path, merge_existing=True)
+
+
+def test_the_cobatched_configuration_gets_its_own_savings_when_it_ran(comparison: Comparison, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    assert set(k for k in to_json(comparison) if k.startswith("savings_of_")) == {"savings_of_serverlesslora"}
+    cob = _run("serverlesslora-cobatched", [50.0, 60.0, 70.0], "0.00005", ["cold", "warm", "warm"])
+    assert not cob.policy.complete   # on a server without shared execution: no savings of its own
+    assert "savings_of_serverlesslora-cobatched" not in to_json(replace(comparison, runs=(*comparison.runs, cob)))
+    cob = replace(cob, policy=make_policy(cob.policy.name, COMMON, ServerFeatures(shared_execution=True)))
+    write_comparison(comparison, tmp_path)
+    data = json.loads(write_comparison(replace(comparison, runs=(cob,)), tmp_path, merge_existing=True)["json"].read_text())
+    assert [r["policy"] for r in data["rows"]][-1] == "serverlesslora-cobatched"
+    mine = data["savings_of_serverlesslora-cobatched"]
+    assert mine["no-sharing"]["user_cost"] == pytest.approx(1 - 0.00005 / 0.0020)
+    assert mine["serverlesslora"]["ttft_p50"] == pytest.approx(1 - 60 / 200)
+    assert data["savings_of_serverlesslora"]["serverlesslora-cobatched"]["user_cost"] == pytest.approx(1 - 0.0001 / 0.00005)

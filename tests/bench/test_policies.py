@@ -22,7 +22,8 @@ def test_every_policy_shares_the_common_settings() -> None:
         assert _opt(p.server_args, "--instance-gpu-mb") == ["4096"] and "--insecure-sandbox" in p.server_args
         assert len(_opt(p.server_args, "--keep-alive-s")) == 1   # one value, never overridden by a second
     keep = {n: _opt(make_policy(n, COMMON, ServerFeatures()).server_args, "--keep-alive-s")[0] for n in POLICIES}
-    assert keep == {"serverlesslora": "120", "no-sharing": "120", "serverlessllm-like": "120", "serverful": "86400"}
+    assert keep == {"serverlesslora": "120", "no-sharing": "120", "serverlessllm-like": "120", "serverful": "86400",
+                    "serverlesslora-cobatched": "120"}
 
 
 def test_a_sized_pool_goes_to_serverlesslora_alone_with_a_budget_that_holds_it() -> None:
@@ -72,6 +73,18 @@ def test_serverful_is_always_on_and_says_when_shared_execution_is_missing() -> N
     missing = make_policy("serverful", COMMON, ServerFeatures())
     assert not missing.complete and "SLFAAS_SHARED_EXECUTION" not in missing.function_env
     assert missing.notes[0].startswith("INCOMPLETE") and missing.describe()["complete"] is False
+
+
+def test_cobatched_serverlesslora_opts_every_function_into_shared_execution_billed_per_request() -> None:
+    features = ServerFeatures(slo_scheduler=True, shared_execution=True, shared_batch_size=True)
+    p = make_policy("serverlesslora-cobatched", COMMON, features)
+    assert p.billing == "per-request" and p.provisioned and p.complete and not p.prewarms
+    assert p.function_env == {"SLFAAS_MAX_BATCH_SIZE": "8", "SLFAAS_SHARED_EXECUTION": "1", "SLFAAS_TTFT_SLO_MS": "2000"}
+    assert _opt(p.server_args, "--shared-batch-size") == ["8"] and _opt(p.server_args, "--scheduler") == ["slo"]
+    assert _opt(p.server_args, "--keep-alive-s") == ["120"] and _opt(p.server_args, "--prewarm-min") == ["0"]
+    missing = make_policy("serverlesslora-cobatched", COMMON, ServerFeatures())
+    assert not missing.complete and "SLFAAS_SHARED_EXECUTION" not in missing.function_env
+    assert missing.notes[0].startswith("INCOMPLETE")
 
 
 def test_bad_policy_lists_and_settings_are_one_line_errors() -> None:

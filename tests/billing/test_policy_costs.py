@@ -84,3 +84,24 @@ def test_provider_time_is_the_sessions_overlap_with_the_window_and_bad_input_is_
         policy_cost("free", SHEET, device_type="H200", memory_mb=1, since_ts=0.0, until_ts=1.0)
     with pytest.raises(ValueError, match="before its start"):
         policy_cost("container", SHEET, device_type="H200", memory_mb=1, since_ts=5.0, until_ts=1.0)
+
+
+def test_containers_billed_through_their_keep_alive_after_the_window() -> None:
+    """The harness waited for keep-alive to end the containers: each pays its whole life from
+    the window's start, the part after the window reported apart; the provider's cost stays
+    the window's."""
+    lives = [life("a", 90.0, 260.0), life("b", 150.0, 230.0), life("c", 120.0, None)]
+    within = policy_cost("container", SHEET, device_type="H200", memory_mb=16384, since_ts=100.0, until_ts=200.0,
+                         instances=lives, nodes=[node(0.0, 300.0)], device_total_mb=H200_MB)
+    whole = policy_cost("container", SHEET, device_type="H200", memory_mb=16384, since_ts=100.0, until_ts=200.0,
+                        instances=lives, nodes=[node(0.0, 300.0)], device_total_mb=H200_MB, lives_until_ts=270.0)
+    share = container_share(lives[0], H200_MB, None)
+    assert within.after_window_device_s == 0.0
+    assert within.user_device_s == pytest.approx((100 + 50 + 80) * share)
+    assert whole.after_window_device_s == pytest.approx((60 + 30 + 70) * share)
+    assert whole.user_device_s == pytest.approx(within.user_device_s + whole.after_window_device_s)
+    assert whole.provider_device_s == within.provider_device_s == pytest.approx(100.0)
+    assert whole.user_usd > within.user_usd and "keep-alive after the window" in whole.explanation
+    with pytest.raises(ValueError, match="before the window's end"):
+        policy_cost("container", SHEET, device_type="H200", memory_mb=16384, since_ts=100.0, until_ts=200.0,
+                    instances=lives, device_total_mb=H200_MB, lives_until_ts=150.0)

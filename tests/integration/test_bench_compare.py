@@ -49,7 +49,7 @@ def test_four_policies_on_one_slice(model: tuple[Path, Path], tmp_path: Path) ->
     out, work = tmp_path / "out", tmp_path / "work"
     result = CliRunner().invoke(bench, [
         "compare", "--trace", str(trace), "--functions", "1", "--adapters", str(adapter), "--speedup", "1",
-        "--max-prompt-tokens", "24", "--max-output-tokens", "12", "--slo-ms", "60000", "--keep-alive-s", "120",
+        "--max-prompt-tokens", "24", "--max-output-tokens", "12", "--slo-ms", "60000", "--keep-alive-s", "30",
         "--max-instances", "4", "--memory-mb", "1024", "--max-batch-size", "8", "--sample-interval-s", "0.25",
         "--work-dir", str(work), "--out", str(out), "-o", "json"])
     assert result.exit_code == 0, result.output
@@ -60,7 +60,8 @@ def test_four_policies_on_one_slice(model: tuple[Path, Path], tmp_path: Path) ->
         assert r["completed"] == 4 and r["errors"] == 0, (name, r)
         assert r["checks"] == {"without_server_record": 0, "without_usage_record": 0, "token_mismatches": 0}
     # the same settings for every policy, written into the results
-    assert data["common"]["keep_alive_s"] == 120 and data["common"]["max_instances"] == 4
+    assert data["common"]["keep_alive_s"] == 30 and data["common"]["max_instances"] == 4
+    assert data["common"]["bill_keep_alive"]
     assert data["workload"]["requests"] == 4 and data["workload"]["functions"] == ["replay-0"]
 
     lora, nosh = rows["serverlesslora"], rows["no-sharing"]
@@ -70,6 +71,11 @@ def test_four_policies_on_one_slice(model: tuple[Path, Path], tmp_path: Path) ->
     assert lora["ttft_p50_ms"] < nosh["ttft_p50_ms"]    # its burst ran warm, no-sharing's mostly cold
     assert rows["serverful"]["cold_starts"] == 0 and rows["serverful"]["billing"] == "whole-device"
     assert nosh["billing"] == rows["serverlessllm-like"]["billing"] == "container" and lora["billing"] == "per-request"
+    for name in ("no-sharing", "serverlessllm-like"):   # billed through their keep-alive: the harness waited
+        run = data["runs"][name]
+        assert run["cost"]["after_window_device_s"] > 0, run["cost"]
+        ended = [i["end_ts"] for i in run["instances"]]
+        assert None not in ended and max(ended) > run["window"]["until_ts"], run["instances"]
     for name in rows:
         assert data["runs"][name]["samples"], name          # the timeline was sampled
     modes = {p["name"]: p["server_args"] for p in data["policies"]}
@@ -93,3 +99,28 @@ def test_four_policies_on_one_slice(model: tuple[Path, Path], tmp_path: Path) ->
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 3 and all(n in html for n in rows)
     assert (out / "ttft_cdf.png").is_file() and (out / "timeline.png").is_file()
+
+
+def test_cobatched_configuration_serves_the_slice_in_the_shared_runtime(model: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    """slfaas with its functions opted in to shared execution: the shared runtime, started
+    before the window, serves the whole slice warm; billed per request, records match."""
+    base, adapter = model
+    trace = tmp_path / "slice.csv"
+    trace.write_text(SLICE)
+    out, work = tmp_path / "out", tmp_path / "work"
+    result = CliRunner().invoke(bench, [
+        "compare", "--policies", "serverlesslora-cobatched", "--trace", str(trace), "--functions", "1",
+        "--adapters", str(adapter), "--max-prompt-tokens", "24", "--max-output-tokens", "12", "--slo-ms", "60000",
+        "--keep-alive-s", "30", "--max-instances", "4", "--memory-mb", "1024", "--max-batch-size", "8",
+        "--work-dir", str(work), "--out", str(out), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "comparison.json").read_text())
+    (r,) = data["rows"]
+    assert r["policy"] == "serverlesslora-cobatched" and r["billing"] == "per-request"
+    assert r["completed"] == 4 and r["errors"] == 0 and r["cold_starts"] == 0, r
+    assert r["checks"] == {"without_server_record": 0, "without_usage_record": 0, "token_mismatches": 0}
+    assert data["policies"][0]["function_env"]["SLFAAS_SHARED_EXECUTION"] == "1"
+    assert "savings_of_serverlesslora-cobatched" in data
+    records = [json.loads(line) for line in (out / "serverlesslora-cobatched" / "requests.jsonl").read_text().splitlines()]
+    assert all(rec["instance_id"].startswith("slfaas-shared-") for rec in records), records
