@@ -28,7 +28,7 @@ from gpu_assets import make_adapters, make_checkpoint
 
 from slfaas.bench import BenchError, WorkloadSpec, build_workload
 from slfaas.bench.compare import CompareSpec, run_comparison
-from slfaas.bench.compare_report import write_comparison
+from slfaas.bench.compare_report import check_mergeable, write_comparison
 from slfaas.bench.compare_table import markdown_table
 from slfaas.bench.policies import POLICIES, CommonSettings, parse_policies
 
@@ -124,6 +124,8 @@ def main() -> int:
                             slo_ms=settings.slo_ms, server_args=tuple(args.server_args.split()),
                             prewarmed=settings.prewarmed)
     try:
+        if not args.fresh:
+            check_mergeable(out, workload.describe(), common)
         # a request waits out 429s for up to 4 minutes (then it is an error, an SLO miss): each
         # command stays within its 10 minutes however far a baseline falls behind
         result = run_comparison(workload, CompareSpec(policies, tuple(adapters), common, settings.speedup,

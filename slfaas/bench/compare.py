@@ -175,18 +175,28 @@ def _wait_instances_ended(endpoint: str, since_ts: float, limit_s: float, say: C
                           name: str) -> float:
     """Wait (at most ``limit_s``) until the node has ended every instance, as its keep-alive
     does, and its billing has every one's end (the node lists an instance as stopping before
-    its end is metered); returns when waiting stopped (unix time). A container platform bills
-    the keep-alive."""
-    from slfaas.client import api
+    its end is metered; an instance is counted once seen, so one between the meter's live list
+    and its stored record is waited for); returns when waiting stopped (unix time). A failed
+    poll is tried again until the deadline. A container platform bills the keep-alive."""
+    from slfaas.client import CliError, api
 
     say(f"{name}: waiting up to {limit_s:.0f} s for keep-alive to end the instances (billed while alive)")
     deadline = time.monotonic() + limit_s
+    seen: set[str] = set()
     while True:
-        node = api(endpoint, "GET", "/slfaas/v1/node")
-        alive = any(i.get("state") in ("STARTING", "IDLE", "BUSY") for i in node.get("Instances", []))
-        if not alive and all(i.end_ts is not None for i in fetch_instances(endpoint, since_ts)):
-            return time.time()
-        if time.monotonic() > deadline:
+        left_s = deadline - time.monotonic()
+        try:
+            node = api(endpoint, "GET", "/slfaas/v1/node", timeout_s=max(1.0, min(10.0, left_s)))
+            lives = fetch_instances(endpoint, since_ts)
+        except (CliError, BenchError) as exc:
+            log.warning("%s: reading the node while waiting for keep-alive failed: %s", name, exc)
+        else:
+            alive = any(i.get("state") in ("STARTING", "IDLE", "BUSY") for i in node.get("Instances", []))
+            seen |= {i.instance_id for i in lives}
+            ended = {i.instance_id for i in lives if i.end_ts is not None}
+            if not alive and seen <= ended:
+                return time.time()
+        if left_s <= 0:
             say(f"{name}: instances still alive after {limit_s:.0f} s: billed up to now")
             return time.time()
         time.sleep(0.5)

@@ -12,7 +12,7 @@ from slfaas.bench.errors import BenchError
 from slfaas.bench.compare_html import render_html
 from slfaas.bench.compare_png import write_pngs
 from slfaas.bench.compare_table import markdown_table, row, savings
-from slfaas.bench.policies import POLICIES
+from slfaas.bench.policies import POLICIES, CommonSettings
 
 
 OURS = ("serverlesslora", "serverlesslora-cobatched")   # slfaas's configurations: savings are theirs
@@ -43,13 +43,41 @@ def to_json(cmp: Comparison) -> dict[str, Any]:
     }
 
 
+# settings a comparison written before they existed had, as they were then
+_EARLIER_COMMON = {"bill_keep_alive": False}   # containers billed up to the window's end
+
+
+def _same_settings(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to merge comparisons of different slices or settings, naming what differs."""
+    def norm(d: Any) -> dict[str, Any]:
+        return json.loads(json.dumps(d or {}, sort_keys=True, default=str))
+    for key in ("workload", "common"):
+        a, b = norm(old.get(key)), norm(new.get(key))
+        if key == "common":
+            a = {**_EARLIER_COMMON, **a}
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if differ:
+            raise BenchError(f"cannot merge comparisons with different {key} ({', '.join(differ)}): run every "
+                             f"policy on the same slice and settings, or write to another --out")
+
+
+def check_mergeable(out_dir: Path | str, workload: dict[str, Any], common: CommonSettings) -> None:
+    """Before any run: a comparison already in ``out_dir`` has the same slice and settings (a
+    merge refused after the runs would lose them)."""
+    path = Path(out_dir) / "comparison.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path} cannot be read as a comparison ({exc}): write to another --out") from None
+    _same_settings(old, {"workload": workload, "common": asdict(common)})
+
+
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Two comparisons of the same slice and settings as one (``new``'s runs win); a run of
     policies split over several commands is reported together."""
-    for key in ("workload", "common"):
-        if json.dumps(old.get(key), sort_keys=True, default=str) != json.dumps(new.get(key), sort_keys=True, default=str):
-            raise BenchError(f"cannot merge comparisons with different {key}: run every policy on the same slice "
-                             f"and settings, or write to another --out")
+    _same_settings(old, new)
     names = [p["name"] for p in new["policies"]]
     keep = [p["name"] for p in old["policies"] if p["name"] not in names]
     order = [n for n in POLICIES if n in keep + names] + [n for n in keep + names if n not in POLICIES]

@@ -134,7 +134,8 @@ def make_policy(name: str, common: CommonSettings, features: ServerFeatures) -> 
             if common.slo_ms is not None:
                 env[TTFT_SLO_MS] = str(int(common.slo_ms))
         if not features.shared_execution:
-            return Policy(name, args, batch, "per-request", provisioned=True, complete=False, notes=(
+            own = {k: v for k, v in env.items() if k != SHARED_EXECUTION}
+            return Policy(name, args, own, "per-request", provisioned=True, complete=False, notes=(
                 "INCOMPLETE: this server has no shared execution across adapters (SLFAAS_SHARED_EXECUTION): "
                 "each function ran its own batching instances",))
         return Policy(name, args, env, "per-request", provisioned=True, notes=(

@@ -85,8 +85,9 @@ def policy_cost(billing: str, sheet: PriceSheet, *, device_type: str, memory_mb:
     if not math.isfinite(window_s) or window_s < 0:
         raise ValueError(f"window end {until_ts} is before its start {since_ts}")
     lives_until = until_ts if lives_until_ts is None else lives_until_ts
-    if not lives_until >= until_ts:   # also NaN
-        raise ValueError(f"containers cannot be billed up to {lives_until_ts}, before the window's end {until_ts}")
+    if not (math.isfinite(lives_until) and lives_until >= until_ts):   # also NaN
+        raise ValueError(f"containers are billed up to a finite time no earlier than the window's end {until_ts}, "
+                         f"got {lives_until_ts}")
     node_s = provider_device_s(nodes, since_ts, until_ts)
     provider_usd = invocation_cost_usd(sheet, device_type, memory_mb, node_s, requests=0)
     lives = [i for i in instances if i.alive_s(since_ts, until_ts) > 0]

@@ -76,7 +76,7 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
     from slfaas.bench import BenchError, ReplayOptions, WorkloadSpec, build_workload, load_slice
     from slfaas.bench.server import adapter_base_model
     from slfaas.bench.compare import CompareSpec, run_comparison
-    from slfaas.bench.compare_report import write_comparison
+    from slfaas.bench.compare_report import check_mergeable, write_comparison
     from slfaas.bench.compare_table import markdown_table
     from slfaas.bench.policies import CommonSettings, parse_policies
 
@@ -99,6 +99,8 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
         trace = load_slice(spec)
         with progress_bars(quiet) as progress:
             workload = build_workload(spec, progress, trace)
+            if merge:
+                check_mergeable(out_dir, workload.describe(), common)
             result = run_comparison(workload, CompareSpec(
                 names, tuple(adapters), common, speedup, max_in_flight, retry_throttled_s, sample_interval_s,
                 prices_file, work_dir), progress=progress, say=say)

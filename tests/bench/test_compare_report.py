@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from slfaas.bench.errors import BenchError
 from slfaas.bench.compare import Comparison, PolicyRun
 from slfaas.bench.compare_html import render_html
 from slfaas.bench.compare_report import to_json, write_comparison
@@ -166,3 +167,32 @@ def test_the_cobatched_configuration_gets_its_own_savings_when_it_ran(comparison
     assert mine["no-sharing"]["user_cost"] == pytest.approx(1 - 0.00005 / 0.0020)
     assert mine["serverlesslora"]["ttft_p50"] == pytest.approx(1 - 60 / 200)
     assert data["savings_of_serverlesslora"]["serverlesslora-cobatched"]["user_cost"] == pytest.approx(1 - 0.0001 / 0.00005)
+
+
+def test_a_merge_is_checked_before_the_runs_and_names_what_differs(comparison: Comparison, tmp_path: Path) -> None:
+    from dataclasses import asdict, replace
+
+    from slfaas.bench.compare_report import check_mergeable
+
+    check_mergeable(tmp_path, comparison.workload, comparison.common)      # nothing there yet: fine
+    write_comparison(comparison, tmp_path)
+    check_mergeable(tmp_path, comparison.workload, comparison.common)
+    with pytest.raises(BenchError, match=r"different common \(keep_alive_s, slo_ms\)"):
+        check_mergeable(tmp_path, comparison.workload, replace(comparison.common, slo_ms=1.0, keep_alive_s=1.0))
+    with pytest.raises(BenchError, match=r"different workload \(requests\)"):
+        check_mergeable(tmp_path, {**comparison.workload, "requests": 999}, comparison.common)
+    # a comparison written before containers were billed through keep-alive: it billed them to
+    # the window's end, so only a --window-only run merges with it
+    path = tmp_path / "comparison.json"
+    older = json.loads(path.read_text())
+    del older["common"]["bill_keep_alive"]
+    path.write_text(json.dumps(older))
+    with pytest.raises(BenchError, match=r"different common \(bill_keep_alive\)"):
+        check_mergeable(tmp_path, comparison.workload, comparison.common)
+    window_only = replace(comparison.common, bill_keep_alive=False)
+    check_mergeable(tmp_path, comparison.workload, window_only)
+    merged = write_comparison(replace(comparison, common=window_only), tmp_path, merge_existing=True)
+    assert json.loads(merged["json"].read_text())["common"] == json.loads(json.dumps(asdict(window_only)))
+    path.write_text("{not json")
+    with pytest.raises(BenchError, match="cannot be read as a comparison"):
+        check_mergeable(tmp_path, comparison.workload, comparison.common)

@@ -102,6 +102,7 @@ def test_containers_billed_through_their_keep_alive_after_the_window() -> None:
     assert whole.user_device_s == pytest.approx(within.user_device_s + whole.after_window_device_s)
     assert whole.provider_device_s == within.provider_device_s == pytest.approx(100.0)
     assert whole.user_usd > within.user_usd and "keep-alive after the window" in whole.explanation
-    with pytest.raises(ValueError, match="before the window's end"):
-        policy_cost("container", SHEET, device_type="H200", memory_mb=16384, since_ts=100.0, until_ts=200.0,
-                    instances=lives, device_total_mb=H200_MB, lives_until_ts=150.0)
+    for bad in (150.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="no earlier than the window's end"):
+            policy_cost("container", SHEET, device_type="H200", memory_mb=16384, since_ts=100.0, until_ts=200.0,
+                        instances=lives, device_total_mb=H200_MB, lives_until_ts=bad)
