@@ -20,7 +20,8 @@ _TRACE = "bench/data/AzureLLMInferenceTrace_conv.csv"
     f"slfaas bench compare --policies serverlesslora,no-sharing --trace {_TRACE} --functions 4 "
     "--adapters ./lora --max-requests 20 --max-output-tokens 4 --server-arg=--insecure-sandbox --out /tmp/cmp"))
 @click.option("--policies", default="serverlesslora,no-sharing,serverlessllm-like,serverful", show_default=True,
-              help="comma-separated: serverlesslora, no-sharing, serverlessllm-like, serverful")
+              help="comma-separated: serverlesslora, no-sharing, serverlessllm-like, serverful, "
+                   "serverlesslora-cobatched (slfaas with every function in shared execution)")
 @click.option("--trace", "trace_path", required=True, type=click.Path(path_type=Path),
               help="trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens)")
 @click.option("--functions", "n_functions", required=True, type=int, help="number of functions to spread requests over")
