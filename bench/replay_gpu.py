@@ -28,7 +28,7 @@ from gpu_assets import make_adapters, make_checkpoint
 
 from slfaas.bench import BenchError, WorkloadSpec, build_workload
 from slfaas.bench.compare import CompareSpec, run_comparison
-from slfaas.bench.compare_report import check_mergeable, write_comparison
+from slfaas.bench.compare_report import check_mergeable, savings_in, write_comparison
 from slfaas.bench.compare_table import markdown_table
 from slfaas.bench.policies import POLICIES, CommonSettings, parse_policies
 
@@ -136,7 +136,7 @@ def main() -> int:
         return 1
     data = json.loads(paths["json"].read_text())
     print(markdown_table(data["rows"]))
-    print(json.dumps({k: v for k, v in data.items() if k.startswith("savings_of_")}, indent=1))
+    print(json.dumps(savings_in(data), indent=1))
     say("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -25,6 +25,11 @@ def savings_of_ours(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {f"savings_of_{p}": savings(rows, p) for p in OURS if p == OURS[0] or p in present}
 
 
+def savings_in(data: dict[str, Any]) -> dict[str, Any]:
+    """The ``savings_of_*`` entries of a written comparison."""
+    return {k: v for k, v in data.items() if k.startswith("savings_of_")}
+
+
 def to_json(cmp: Comparison) -> dict[str, Any]:
     rows = [row(r) for r in cmp.runs]
     return {

@@ -100,20 +100,24 @@ def parse_policies(text: str) -> tuple[str, ...]:
     return names
 
 
+def _slo_scheduling(common: CommonSettings, features: ServerFeatures) -> tuple[tuple[str, ...], dict[str, str]]:
+    """slfaas's SLO-aware scheduler, where the server has it: its flag, and the functions' TTFT SLO."""
+    if not features.slo_scheduler:
+        return (), {}
+    return ("--scheduler", "slo"), ({} if common.slo_ms is None else {TTFT_SLO_MS: str(int(common.slo_ms))})
+
+
 def make_policy(name: str, common: CommonSettings, features: ServerFeatures) -> Policy:
     base = common.args()
     batch = {MAX_BATCH_SIZE: str(common.max_batch_size)}
     one_at_a_time = {MAX_BATCH_SIZE: "1"}
     if name == "serverlesslora":
-        args, env, notes = base, dict(batch), []
+        slo_args, slo_env = _slo_scheduling(common, features)
+        args, env, notes = base + slo_args, {**batch, **slo_env}, []
         if common.prewarmed:   # the pool sized for the functions deployed; the budget at the admission bound
             args += ("--prewarm-min", str(common.prewarmed),
                      "--prewarm-budget-mb", str(common.instance_gpu_mb * common.prewarmed))
-        if features.slo_scheduler:
-            args += ("--scheduler", "slo")
-            if common.slo_ms is not None:
-                env[TTFT_SLO_MS] = str(int(common.slo_ms))
-        else:
+        if not features.slo_scheduler:
             notes.append("no SLO-aware scheduler on this server (--scheduler slo): its default scheduler ran")
         return Policy(name, args, env, "per-request", prewarms=True, notes=tuple(notes))
     # baselines queue nothing on the node: a request with no room is refused and the client waits
@@ -125,20 +129,16 @@ def make_policy(name: str, common: CommonSettings, features: ServerFeatures) -> 
         return Policy(name, (*base, "--backbone", "private-host-cache", *_NOTHING_PREWARMED, *fcfs), one_at_a_time,
                       "container", notes=("backbones copied from the node's host-memory image (a checkpoint cache)",))
     if name == "serverlesslora-cobatched":
-        args = (*base, "--prewarm-min", "0", "--prewarm-budget-mb", "0")
-        env = {**batch, SHARED_EXECUTION: "1"}
+        slo_args, slo_env = _slo_scheduling(common, features)
+        args, env = (*base, "--prewarm-min", "0", "--prewarm-budget-mb", "0"), {**batch, **slo_env}
         if features.shared_batch_size:
             args += ("--shared-batch-size", str(common.max_batch_size))
-        if features.slo_scheduler:
-            args += ("--scheduler", "slo")
-            if common.slo_ms is not None:
-                env[TTFT_SLO_MS] = str(int(common.slo_ms))
+        args += slo_args
         if not features.shared_execution:
-            own = {k: v for k, v in env.items() if k != SHARED_EXECUTION}
-            return Policy(name, args, own, "per-request", provisioned=True, complete=False, notes=(
+            return Policy(name, args, env, "per-request", provisioned=True, complete=False, notes=(
                 "INCOMPLETE: this server has no shared execution across adapters (SLFAAS_SHARED_EXECUTION): "
                 "each function ran its own batching instances",))
-        return Policy(name, args, env, "per-request", provisioned=True, notes=(
+        return Policy(name, args, {**env, SHARED_EXECUTION: "1"}, "per-request", provisioned=True, notes=(
             "every function opted in to shared execution; the shared runtime started and each adapter loaded "
             "before the window (one request per function), as pre-loading would",))
     if name == "serverful":

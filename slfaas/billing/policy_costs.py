@@ -101,13 +101,15 @@ def policy_cost(billing: str, sheet: PriceSheet, *, device_type: str, memory_mb:
         known = [i.device_mb for i in lives if i.device_mb is not None]
         fallback = max(known) if known else None
         user_usd, user_s = sheet.request_usd * requests, 0.0
+        alive = 0.0
         for life in lives:
             share = container_share(life, device_total_mb, fallback)
-            seconds = life.alive_s(since_ts, lives_until) * share
-            after_s += (life.alive_s(since_ts, lives_until) - life.alive_s(since_ts, until_ts)) * share
-            user_s += seconds
-            user_usd += invocation_cost_usd(sheet, device_type, life.memory_mb or memory_mb, seconds, requests=0)
-        alive = math.fsum(i.alive_s(since_ts, lives_until) for i in lives)
+            whole_s = life.alive_s(since_ts, lives_until)
+            alive += whole_s
+            after_s += (whole_s - life.alive_s(since_ts, until_ts)) * share
+            user_s += whole_s * share
+            user_usd += invocation_cost_usd(sheet, device_type, life.memory_mb or memory_mb, whole_s * share,
+                                            requests=0)
         tail = (f", keep-alive after the window included ({after_s:.1f} device-s)" if lives_until > until_ts
                 else ", up to the window's end only")
         text = (f"{len(lives)} containers billed while alive ({alive:.1f} s) by device memory share{tail}, "

@@ -77,7 +77,7 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
     from slfaas.bench import BenchError, ReplayOptions, WorkloadSpec, build_workload, load_slice
     from slfaas.bench.server import adapter_base_model
     from slfaas.bench.compare import CompareSpec, run_comparison
-    from slfaas.bench.compare_report import check_mergeable, write_comparison
+    from slfaas.bench.compare_report import check_mergeable, savings_in, write_comparison
     from slfaas.bench.compare_table import markdown_table
     from slfaas.bench.policies import CommonSettings, parse_policies
 
@@ -120,7 +120,6 @@ def compare_cmd(ctx: click.Context, policies: str, trace_path: Path, n_functions
         say("note: " + note.read_text().strip())
     data = json.loads(paths["json"].read_text())
     if output == "json":
-        click.echo(json.dumps({"rows": data["rows"], **{k: v for k, v in data.items() if k.startswith("savings_of_")}},
-                              indent=2))
+        click.echo(json.dumps({"rows": data["rows"], **savings_in(data)}, indent=2))
     else:
         click.echo(markdown_table(data["rows"]), nl=False)
